@@ -1,0 +1,106 @@
+/**
+ * The SSRF baseline (interface.md "SSRF baseline"): address classes refused before any rule,
+ * whatever the policy says, and not softened by shadow mode.
+ *
+ * Threat: an agent steered to cloud metadata (169.254.169.254, fd00:ec2::254), to the host's
+ * own services, or into a private network, directly or through a name or an IPv6 form that
+ * carries an internal IPv4 address. Every candidate address is judged here, after resolution and
+ * before the dial, so the judged address is the dialled address (pinned dial, pinned-dial.ts).
+ *
+ * Scope: classification of one address. IPv6 forms that carry IPv4 (mapped, compatible, NAT64,
+ * 6to4) are judged by the IPv4 they carry; `::` and `::1` as themselves. The operator's
+ * `baseline.allow_cidrs` exempt what they name (judged on the same address); nothing else does,
+ * and nothing exempts `self`, the proxy's own listening addresses (a request loop).
+ */
+import { cidrContains, ipv4FromInt, parseCidr } from './address.js';
+import type { Cidr, IpAddress } from './address.js';
+
+export type AddressClass =
+  | 'metadata'
+  | 'loopback'
+  | 'unspecified'
+  | 'private'
+  | 'shared'
+  | 'link_local'
+  | 'unique_local'
+  | 'multicast'
+  | 'broadcast'
+  | 'reserved'
+  | 'self';
+
+function cidrs(...texts: string[]): Cidr[] {
+  return texts.map((t) => {
+    const c = parseCidr(t.includes('/') ? t : `${t}/${t.includes(':') ? 128 : 32}`);
+    /* c8 ignore next */
+    if ('error' in c) throw new Error(c.error);
+    return c;
+  });
+}
+
+/** The table, in order: the first row that matches names the class. */
+const TABLE: ReadonlyArray<readonly [AddressClass, readonly Cidr[]]> = [
+  ['metadata', cidrs('169.254.169.254', '169.254.170.2', '100.100.100.200', '168.63.129.16', '192.0.0.192', 'fd00:ec2::254')],
+  ['loopback', cidrs('127.0.0.0/8', '::1')],
+  ['unspecified', cidrs('0.0.0.0/8', '::')],
+  ['private', cidrs('10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16')],
+  ['shared', cidrs('100.64.0.0/10')],
+  ['link_local', cidrs('169.254.0.0/16', 'fe80::/10')],
+  ['unique_local', cidrs('fc00::/7')],
+  ['multicast', cidrs('224.0.0.0/4', 'ff00::/8')],
+  ['broadcast', cidrs('255.255.255.255')],
+  [
+    'reserved',
+    cidrs('192.0.0.0/24', '192.0.2.0/24', '198.18.0.0/15', '198.51.100.0/24', '203.0.113.0/24', '240.0.0.0/4', '2001:db8::/32', '100::/64', '2001::/32', '64:ff9b:1::/48'),
+  ],
+];
+const GLOBAL_UNICAST = cidrs('2000::/3')[0] as Cidr;
+
+const COMPATIBLE_PREFIX = '000000000000000000000000'; // ::/96
+const NAT64_PREFIX = '0064ff9b0000000000000000'; // 64:ff9b::/96
+const SIX_TO_FOUR_PREFIX = '2002'; // 2002::/16
+
+/** The IPv4 address an IPv6 address carries (compatible, NAT64, 6to4), or null. */
+export function embeddedIpv4(ip: IpAddress): IpAddress | null {
+  if (ip.family === 4) return null;
+  const { hex } = ip;
+  if (hex.startsWith(COMPATIBLE_PREFIX)) {
+    const tail = hex.slice(24);
+    // `::` and `::1` are themselves (unspecified, loopback), not 0.0.0.0 and 0.0.0.1.
+    if (tail === '00000000' || tail === '00000001') return null;
+    return ipv4FromInt(parseInt(tail, 16));
+  }
+  if (hex.startsWith(NAT64_PREFIX)) return ipv4FromInt(parseInt(hex.slice(24), 16));
+  if (hex.startsWith(SIX_TO_FOUR_PREFIX)) return ipv4FromInt(parseInt(hex.slice(4, 12), 16));
+  return null;
+}
+
+/** The table's class for `ip` (embedded IPv4 unwrapped), ignoring exemptions and `self`. */
+export function classifyAddress(ip: IpAddress): Exclude<AddressClass, 'self'> | null {
+  const judged = embeddedIpv4(ip) ?? ip;
+  for (const [addressClass, blocks] of TABLE) {
+    for (const block of blocks) if (cidrContains(block, judged)) return addressClass as Exclude<AddressClass, 'self'>;
+  }
+  if (judged.family === 6 && !cidrContains(GLOBAL_UNICAST, judged)) return 'reserved';
+  return null;
+}
+
+export interface BaselineOptions {
+  /** Operator exemptions (`baseline.allow_cidrs`). */
+  readonly allowCidrs?: readonly Cidr[];
+  /** Whether `ip:port` is one of the proxy's own listening sockets. */
+  readonly isSelf?: (ip: IpAddress, port: number) => boolean;
+}
+
+/** The baseline as the policy engine's `classify` hook. */
+export function createBaseline(options: BaselineOptions = {}): (ip: IpAddress, port: number) => AddressClass | null {
+  const allow = options.allowCidrs ?? [];
+  const isSelf = options.isSelf;
+  return (ip, port) => {
+    if (isSelf?.(ip, port)) return 'self';
+    const addressClass = classifyAddress(ip);
+    if (addressClass === null) return null;
+    const judged = embeddedIpv4(ip) ?? ip;
+    for (const block of allow) if (cidrContains(block, judged) || cidrContains(block, ip)) return null;
+    return addressClass;
+  };
+}

@@ -1,0 +1,297 @@
+/**
+ * Evaluates one call against a compiled policy, exactly as policy.md "Evaluating one connection"
+ * says. Pure: the data path resolves names and passes the candidate addresses in.
+ *
+ *   decideByName  step 7: a name the policy blocks whatever it resolves to is refused before
+ *                 any DNS query (resolving it would leak the name to its name server).
+ *   decide        steps 2-5: for each candidate address, the SSRF baseline first (not softened by
+ *                 shadow mode), then the first matching rule by priority and file order, else
+ *                 the default verdict; shadow mode downgrades deny to a dispatched "would deny";
+ *                 the call is dispatched only if every candidate is.
+ *
+ * Either returns a Decision: the deciding rule, the reason, and a trace per candidate; with
+ * `explain`, the trace also says why each earlier rule did not match.
+ */
+import { cidrContains, v4Key, v6Key } from '../net/address.js';
+import type { IpAddress } from '../net/address.js';
+import { addressOnSet, nameOnSet } from './compile.js';
+import type { CompiledPolicy, CompiledRule } from './compile.js';
+import type { CallContext, Decision, EgressVerdict, Entry, NotMatched, RuleSpec, TraceEntry } from './types.js';
+
+/** The SSRF baseline, injected: the address class that refuses `ip`, or null. */
+export type Classify = (ip: IpAddress, port: number) => string | null;
+
+export interface DecideOptions {
+  readonly classify?: Classify;
+  readonly explain?: boolean;
+}
+
+/**
+ * A canonical destination host: `name` for a host name, null for an IP literal (whose single
+ * candidate address is passed to `decide`).
+ */
+export interface DestinationHost {
+  readonly name: string | null;
+}
+
+function applies(rule: CompiledRule, ctx: CallContext): boolean {
+  if (rule.unfiltered) return true;
+  return rule.tool(ctx.tool) && rule.server(ctx.server) && (rule.ports === null || rule.ports.has(ctx.port));
+}
+
+function exemptFor(rule: CompiledRule, name: string | null, ip: IpAddress): boolean {
+  const exempt = rule.exempt;
+  return exempt !== null && (nameOnSet(exempt, name) || addressOnSet(exempt, ip));
+}
+
+/** The index lists a host name can hit, looked up once per decision and shared by its addresses. */
+function nameLists(policy: CompiledPolicy, name: string | null, ctx: CallContext): number[][] {
+  const { index } = policy;
+  const lists: number[][] = [];
+  if (ctx.tool !== null) {
+    const byTool = index.universalByTool.get(ctx.tool);
+    if (byTool) lists.push(byTool);
+  }
+  // Rules whose literal tool glob is '' can still match an empty tool name; others need a tool.
+  if (index.universalOther.length > 0) lists.push(index.universalOther);
+  if (name === null) return lists;
+  const exact = index.byHost.get(name);
+  if (exact) lists.push(exact);
+  if (index.bySuffix.size > 0) {
+    for (let dot = name.indexOf('.'); dot !== -1; dot = name.indexOf('.', dot + 1)) {
+      const list = index.bySuffix.get(name.slice(dot + 1));
+      if (list) lists.push(list);
+    }
+  }
+  return lists;
+}
+
+/** The lowest rule order in `list` below `best` that fully matches, else `best`. */
+function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx: CallContext, name: string | null, ip: IpAddress): number {
+  for (let i = 0; i < list.length; i++) {
+    const order = list[i] as number;
+    if (order >= best) return best;
+    const rule = policy.rules[order] as CompiledRule;
+    if (applies(rule, ctx) && !exemptFor(rule, name, ip)) return order;
+  }
+  return best;
+}
+
+/** The first rule (evaluation order) matching `(name, ip)` for this call, or -1. */
+function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: number[][], ip: IpAddress): number {
+  let best = Infinity;
+  for (const list of lists) best = scan(policy, list, best, ctx, name, ip);
+  const { index } = policy;
+  if (ip.family === 4) {
+    for (const [len, keys] of index.v4) {
+      const list = keys.get(v4Key(ip.v4, len));
+      if (list) best = scan(policy, list, best, ctx, name, ip);
+    }
+  } else {
+    for (const [len, keys] of index.v6) {
+      const list = keys.get(v6Key(ip.hex, len));
+      if (list) best = scan(policy, list, best, ctx, name, ip);
+    }
+  }
+  return best === Infinity ? -1 : best;
+}
+
+/** How much an outcome matters when several are folded into one answer. */
+function severity(e: { dispatched: boolean; shadow: boolean; verdict: EgressVerdict }): number {
+  if (!e.dispatched) return 3;
+  if (e.shadow) return 2;
+  return e.verdict === 'audit' ? 1 : 0;
+}
+
+/** The first of the most severe outcomes: a refusal, else a shadowed refusal, else an audit. */
+export function mostSevere<T extends { dispatched: boolean; shadow: boolean; verdict: EgressVerdict }>(items: readonly T[]): T {
+  let chosen = items[0] as T;
+  for (const item of items) if (severity(item) > severity(chosen)) chosen = item;
+  return chosen;
+}
+
+export function decide(
+  policy: CompiledPolicy,
+  ctx: CallContext,
+  dest: DestinationHost,
+  addresses: readonly IpAddress[],
+  options: DecideOptions = {},
+): Decision {
+  if (addresses.length === 0) throw new Error('decide needs at least one candidate address');
+  const lists = nameLists(policy, dest.name, ctx);
+  const trace: TraceEntry[] = [];
+  let anyBaseline = false;
+  let anyDefault = false;
+  for (const ip of addresses) {
+    const addressClass = options.classify?.(ip, ctx.port) ?? null;
+    if (addressClass !== null) {
+      anyBaseline = true;
+      trace.push({ address: ip.text, verdict: 'deny', decided_by: 'ssrf_baseline', rule: null, dispatched: false, shadow: false, address_class: addressClass });
+      continue;
+    }
+    const order = firstMatch(policy, ctx, dest.name, lists, ip);
+    const rule = order >= 0 ? (policy.rules[order] as CompiledRule) : null;
+    const verdict: EgressVerdict = rule ? rule.verdict : policy.defaultVerdict;
+    if (!rule) anyDefault = true;
+    const shadow = verdict === 'deny' && policy.shadowMode;
+    const entry: TraceEntry = {
+      address: ip.text,
+      verdict,
+      decided_by: rule ? 'rule' : 'default',
+      rule: rule ? rule.ref : null,
+      dispatched: verdict !== 'deny' || shadow,
+      shadow,
+    };
+    trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, ip, order) } : entry);
+  }
+  const deciding = mostSevere(trace);
+  const decision: Decision = {
+    verdict: deciding.verdict,
+    dispatched: trace.every((e) => e.dispatched),
+    shadow: deciding.shadow,
+    reason: deciding.decided_by,
+    rule: deciding.rule,
+    addresses: addresses.map((a) => a.text),
+    trace,
+    uncovered: policy.observeMode && anyDefault && !anyBaseline,
+  };
+  return deciding.address_class ? { ...decision, address_class: deciding.address_class } : decision;
+}
+
+/**
+ * Step 7: the decision for a host name that the policy blocks whatever it resolves to, or null
+ * when some address could be dispatched (the name must be resolved and `decide` called).
+ *
+ * Walks what the name can hit by name (exact, wildcard, every-destination rules) for the first
+ * rule that matches every address (B), and the dispatching rules that may match some address
+ * (D). Blocked without DNS exactly when no D comes before B and B (or the default) blocks.
+ */
+export function decideByName(policy: CompiledPolicy, ctx: CallContext, name: string, options: DecideOptions = {}): Decision | null {
+  if (policy.shadowMode) return null;
+  const { index } = policy;
+  let allMatch = Infinity;
+  let mayDispatch = index.firstUnconditionalAddressDispatcher;
+  for (const list of nameLists(policy, name, ctx)) {
+    for (let i = 0; i < list.length; i++) {
+      const order = list[i] as number;
+      if (order >= allMatch || order >= mayDispatch) break;
+      const rule = policy.rules[order] as CompiledRule;
+      if (!applies(rule, ctx) || (rule.exempt !== null && nameOnSet(rule.exempt, name))) continue;
+      if (rule.exempt?.hasAddresses) {
+        // Matches only the addresses its exemptions leave: a blocker here blocks some, not all.
+        if (rule.verdict === 'deny') continue;
+        mayDispatch = order;
+      } else {
+        allMatch = order;
+      }
+      break;
+    }
+  }
+  for (const order of index.addressDispatchers) {
+    if (order >= allMatch || order >= mayDispatch) break;
+    const rule = policy.rules[order] as CompiledRule;
+    if (applies(rule, ctx) && !(rule.exempt !== null && nameOnSet(rule.exempt, name))) {
+      mayDispatch = order;
+      break;
+    }
+  }
+  if (mayDispatch < allMatch) return null;
+  const rule = allMatch === Infinity ? null : (policy.rules[allMatch] as CompiledRule);
+  if ((rule ? rule.verdict : policy.defaultVerdict) !== 'deny') return null;
+  const entry: TraceEntry = {
+    address: null,
+    verdict: 'deny',
+    decided_by: rule ? 'rule' : 'default',
+    rule: rule ? rule.ref : null,
+    dispatched: false,
+    shadow: false,
+  };
+  return {
+    verdict: 'deny',
+    dispatched: false,
+    shadow: false,
+    reason: entry.decided_by,
+    rule: entry.rule,
+    addresses: [],
+    trace: [options.explain ? { ...entry, not_matched: explainName(policy, ctx, name, rule) } : entry],
+    uncovered: policy.observeMode && rule === null,
+  };
+}
+
+/**
+ * Several registered tool calls on one client: each is evaluated and the call is dispatched
+ * only if all would be; the answer is the most severe of them.
+ */
+export function combineDecisions(decisions: readonly Decision[]): Decision {
+  if (decisions.length === 1) return decisions[0] as Decision;
+  const chosen = mostSevere(decisions);
+  return { ...chosen, dispatched: decisions.every((d) => d.dispatched), uncovered: decisions.some((d) => d.uncovered) };
+}
+
+// ---- explanations (explain mode only; never on the proxy's hot path) ----
+
+function describeCall(ctx: CallContext, what: 'tool' | 'server'): string {
+  const value = what === 'tool' ? ctx.tool : ctx.server;
+  return value === null ? `an unattributed call (no ${what})` : `${what} '${value}'`;
+}
+
+function filterMiss(rule: CompiledRule, ctx: CallContext): string | null {
+  if (!rule.tool(ctx.tool)) return `tool_name_glob '${rule.spec.toolGlob}' does not match ${describeCall(ctx, 'tool')}`;
+  if (!rule.server(ctx.server)) return `server_glob '${rule.spec.serverGlob}' does not match ${describeCall(ctx, 'server')}`;
+  if (rule.ports !== null && !rule.ports.has(ctx.port)) return `port ${ctx.port} is not in ports [${rule.spec.ports?.join(', ')}]`;
+  return null;
+}
+
+export function entryMatches(entry: Entry, name: string | null, ip: IpAddress | null): boolean {
+  if (entry.kind === 'host') return name !== null && name === entry.host;
+  if (entry.kind === 'wildcard') return name !== null && name.endsWith(`.${entry.suffix}`);
+  return ip !== null && cidrContains(entry.cidr, ip);
+}
+
+function skippedReason(spec: RuleSpec): string | null {
+  if (spec.stage !== 'egress') return `stage ${spec.stage} is not evaluated by the egress proxy`;
+  if (spec.verdict === 'pending_approval' || spec.verdict === 'cap_cost') return `verdict ${spec.verdict} is not enforced on the egress surface`;
+  return null;
+}
+
+/** Why each rule before `upTo` (a compiled rule order, or -1 for none) did not match. */
+function walkBefore(policy: CompiledPolicy, upTo: CompiledRule | null, why: (rule: CompiledRule) => string): NotMatched[] {
+  const compiled = new Map(policy.rules.map((r) => [r.spec, r] as const));
+  const out: NotMatched[] = [];
+  for (const spec of policy.allRules) {
+    const rule = compiled.get(spec);
+    if (upTo && rule === upTo) break;
+    out.push({ rule: spec.id, why: rule ? why(rule) : (skippedReason(spec) as string) });
+  }
+  return out;
+}
+
+function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string | null, ip: IpAddress, order: number): NotMatched[] {
+  const dest = name ?? ip.text;
+  return walkBefore(policy, order >= 0 ? (policy.rules[order] as CompiledRule) : null, (rule) => {
+    const miss = filterMiss(rule, ctx);
+    if (miss) return miss;
+    if (rule.scope && !nameOnSet(rule.scope, name) && !addressOnSet(rule.scope, ip)) {
+      return `${dest} (${ip.text}) is not on the ${rule.scopeSide} list`;
+    }
+    const hit = rule.exempt?.entries.find((e) => entryMatches(e, name, ip));
+    /* c8 ignore next */
+    if (!hit) return 'did not match';
+    return `exempt: ${dest} (${ip.text}) matches ${rule.exemptSide} entry '${hit.text}'`;
+  });
+}
+
+function explainName(policy: CompiledPolicy, ctx: CallContext, name: string, upTo: CompiledRule | null): NotMatched[] {
+  return walkBefore(policy, upTo, (rule) => {
+    const miss = filterMiss(rule, ctx);
+    if (miss) return miss;
+    const hit = rule.exempt?.entries.find((e) => entryMatches(e, name, null));
+    if (hit) return `exempt: ${name} matches ${rule.exemptSide} entry '${hit.text}'`;
+    if (rule.scope && !nameOnSet(rule.scope, name)) {
+      return rule.scope.hasAddresses
+        ? `${name} is not on the ${rule.scopeSide} list by name; its address entries can only refuse some addresses`
+        : `${name} is not on the ${rule.scopeSide} list`;
+    }
+    return `matches only addresses outside its ${rule.exemptSide} exemptions; does not refuse every address`;
+  });
+}

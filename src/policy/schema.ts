@@ -1,0 +1,252 @@
+/**
+ * Policy file validation (policy.md "File shape" and "Validation"). Strict: unknown keys, wrong
+ * types, duplicate ids, bad entries and empty lists are errors, each at the node that caused it;
+ * the later node of a two-node problem. Every problem is reported, not only the first. Rules
+ * the egress surface does not enforce are kept in the spec and counted, with a warning for an
+ * egress rule whose verdict is skipped.
+ */
+import { readFile } from 'node:fs/promises';
+import type { Node, Pair } from 'yaml';
+import { isScalar } from 'yaml';
+import { YamlSource } from '../config/yaml.js';
+import type { Diagnostic } from '../config/yaml.js';
+import { parseEntry } from './entries.js';
+import { RULE_VERDICTS, STAGES } from './types.js';
+import type { EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
+
+const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
+const RULE_KEYS = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports'] as const;
+/** Rule ids travel in the `x-egress-rule` response header: visible ASCII only. */
+const RULE_ID = /^[\x21-\x7e]{1,200}$/;
+
+export interface PolicyLoadResult {
+  readonly spec: PolicySpec | null;
+  readonly diagnostics: readonly Diagnostic[];
+  /** Rules the proxy evaluates, and rules it skips (other stages, non-enforced verdicts). */
+  readonly egressRules: number;
+  readonly skippedRules: number;
+}
+
+export async function loadPolicyFile(file: string): Promise<PolicyLoadResult & { readonly bytes: Buffer | null }> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(file);
+  } catch (err) {
+    const message = `cannot read policy file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    return { spec: null, bytes: null, egressRules: 0, skippedRules: 0, diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }] };
+  }
+  return { ...parsePolicy(file, bytes.toString('utf8')), bytes };
+}
+
+export function parsePolicy(file: string, text: string): PolicyLoadResult {
+  const src = new YamlSource(file, text);
+  if (!src.ok) return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+  const root = src.doc.contents as Node | null;
+  if (root === null || (isScalar(root) && root.value === null)) {
+    src.error(0, 'empty policy file: version is required');
+    return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+  }
+  const top = src.mapping(root, 'policy', TOP_KEYS);
+  if (!top) return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+
+  const version = top.get('version');
+  if (!version) src.error(root, 'version is required (version: 1)');
+  else {
+    const v = src.integer(version, 'version');
+    if (v !== undefined && v !== 1) src.error(src.at(version), 'version must be 1 (the only version)');
+  }
+  const defaultPair = top.get('default_verdict');
+  const defaultVerdict = defaultPair ? src.oneOf(defaultPair, 'default_verdict', ['allow', 'deny'] as const) : 'deny';
+  const shadowPair = top.get('shadow_mode');
+  const shadowMode = shadowPair ? src.boolean(shadowPair, 'shadow_mode') : false;
+  const observePair = top.get('observe_mode');
+  const observeMode = observePair ? src.boolean(observePair, 'observe_mode') : false;
+
+  const rules: RuleSpec[] = [];
+  const rulesPair = top.get('rules');
+  if (rulesPair && rulesPair.value !== null && !(isScalar(rulesPair.value) && rulesPair.value.value === null)) {
+    const items = src.sequence(rulesPair, 'rules');
+    const seenIds = new Map<string, number>();
+    items?.forEach((item, index) => {
+      const rule = readRule(src, item, index + 1, seenIds);
+      if (rule) rules.push(rule);
+    });
+  }
+
+  let egressRules = 0;
+  let skippedRules = 0;
+  for (const rule of rules) {
+    if (rule.stage === 'egress' && isEnforcedVerdict(rule.verdict)) egressRules++;
+    else skippedRules++;
+  }
+  if (!src.ok || defaultVerdict === undefined || shadowMode === undefined || observeMode === undefined) {
+    return { spec: null, diagnostics: src.diagnostics, egressRules, skippedRules };
+  }
+  return { spec: { defaultVerdict, shadowMode, observeMode, rules }, diagnostics: src.diagnostics, egressRules, skippedRules };
+}
+
+export function isEnforcedVerdict(verdict: RuleVerdict): verdict is 'allow' | 'deny' | 'audit' {
+  return verdict === 'allow' || verdict === 'deny' || verdict === 'audit';
+}
+
+function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<string, number>): RuleSpec | null {
+  const what = `rules[${position - 1}]`;
+  const pairs = src.mapping(node, `rule ${position}`, RULE_KEYS);
+  if (!pairs) return null;
+  const before = src.diagnostics.length;
+
+  let id = `rule-${position}`;
+  const idPair = pairs.get('id');
+  if (idPair) {
+    const v = src.string(idPair, 'id');
+    if (v !== undefined && !RULE_ID.test(v)) src.error(src.at(idPair), 'id must be 1 to 200 visible ASCII characters (no spaces)');
+    else if (v !== undefined) id = v;
+  }
+  const previous = seenIds.get(id);
+  if (previous !== undefined) src.error(idPair ? src.at(idPair) : node, `duplicate rule id '${id}' (also rule ${previous})`);
+  else seenIds.set(id, position);
+
+  const priorityPair = pairs.get('priority');
+  const priority = priorityPair ? src.integer(priorityPair, 'priority') : undefined;
+  if (!priorityPair) src.error(node, `${what}: priority is required`);
+
+  const labelPair = pairs.get('label');
+  const label = labelPair ? src.string(labelPair, 'label') : null;
+  const stagePair = pairs.get('stage');
+  const stage: Stage | undefined = stagePair ? src.oneOf(stagePair, 'stage', STAGES) : 'egress';
+  const toolPair = pairs.get('tool_name_glob');
+  const toolGlob = toolPair ? src.string(toolPair, 'tool_name_glob') : '*';
+  const serverPair = pairs.get('server_glob');
+  const serverGlob = serverPair ? src.string(serverPair, 'server_glob') : '*';
+  const verdictPair = pairs.get('verdict');
+  const verdict = verdictPair ? src.oneOf(verdictPair, 'verdict', RULE_VERDICTS) : undefined;
+  if (!verdictPair) src.error(node, `${what}: verdict is required`);
+
+  const lists = readLists(src, pairs);
+  const ports = readPorts(src, pairs.get('ports'));
+
+  if (verdict && stage === 'egress' && !isEnforcedVerdict(verdict)) {
+    src.warning(verdictPair, `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
+  }
+  if (src.diagnostics.slice(before).some((d) => d.severity === 'error')) return null;
+  return {
+    position,
+    id,
+    label: label ?? null,
+    priority: priority as number,
+    stage: stage as Stage,
+    toolGlob: toolGlob as string,
+    serverGlob: serverGlob as string,
+    verdict: verdict as RuleVerdict,
+    lists: lists ?? null,
+    ports: ports ?? null,
+  };
+}
+
+/** The rule's lists; null for no list at all; undefined after an error. */
+function readLists(src: YamlSource, pairs: Map<string, Pair<Node, Node | null>>): EgressLists | null | undefined {
+  const yamlPair = pairs.get('egress');
+  const jsonPair = pairs.get('egress_json');
+  if (yamlPair && jsonPair) {
+    // Point at whichever of the two comes later in the file.
+    const later = (yamlPair.key.range?.[0] ?? 0) > (jsonPair.key.range?.[0] ?? 0) ? yamlPair : jsonPair;
+    src.error(later.key, 'a rule has either egress or egress_json, not both');
+    return undefined;
+  }
+  if (yamlPair) return readYamlLists(src, yamlPair);
+  if (jsonPair) return readJsonLists(src, jsonPair);
+  return null;
+}
+
+function readYamlLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLists | undefined {
+  const lists = src.mapping(pair.value, 'egress', ['allow', 'deny'], pair);
+  if (!lists) return undefined;
+  const out: { allow: Entry[]; deny: Entry[] } = { allow: [], deny: [] };
+  let ok = true;
+  for (const side of ['allow', 'deny'] as const) {
+    const sidePair = lists.get(side);
+    if (!sidePair) continue;
+    const items = src.strings(sidePair, `egress.${side}`);
+    if (!items) {
+      ok = false;
+      continue;
+    }
+    for (const item of items) {
+      const entry = parseEntry(item.value);
+      if ('error' in entry) {
+        src.error(item.node, entry.error);
+        ok = false;
+      } else out[side].push(entry);
+    }
+  }
+  if (ok && out.allow.length === 0 && out.deny.length === 0) {
+    src.error(src.at(pair), 'egress declares no entry: list at least one allow or deny entry, or remove egress');
+    return undefined;
+  }
+  return ok ? out : undefined;
+}
+
+function readJsonLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLists | null | undefined {
+  const text = src.string(pair, 'egress_json');
+  if (text === undefined) return undefined;
+  if (text === '') return null;
+  const at = src.at(pair);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    src.error(at, `egress_json is not valid JSON: ${(err as Error).message}`);
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    src.error(at, 'egress_json must be a JSON object {"allow"?: [...], "deny"?: [...]}');
+    return undefined;
+  }
+  const out: { allow: Entry[]; deny: Entry[] } = { allow: [], deny: [] };
+  let ok = true;
+  for (const [key, value] of Object.entries(parsed)) {
+    if (key !== 'allow' && key !== 'deny') {
+      src.error(at, `egress_json: unknown key '${key}' (expected allow, deny)`);
+      ok = false;
+      continue;
+    }
+    if (!Array.isArray(value) || !value.every((v) => typeof v === 'string')) {
+      src.error(at, `egress_json: ${key} must be an array of strings`);
+      ok = false;
+      continue;
+    }
+    for (const text of value as string[]) {
+      const entry = parseEntry(text);
+      if ('error' in entry) {
+        src.error(at, `egress_json.${key}: ${entry.error}`);
+        ok = false;
+      } else out[key].push(entry);
+    }
+  }
+  if (ok && out.allow.length === 0 && out.deny.length === 0) {
+    src.error(at, 'egress_json declares no entry: list at least one allow or deny entry, or use ""');
+    return undefined;
+  }
+  return ok ? out : undefined;
+}
+
+function readPorts(src: YamlSource, pair: Pair<Node, Node | null> | undefined): number[] | null | undefined {
+  if (!pair) return null;
+  const items = src.sequence(pair, 'ports');
+  if (!items) return undefined;
+  if (items.length === 0) {
+    src.error(src.at(pair), 'ports must list at least one port (omit ports for every port)');
+    return undefined;
+  }
+  const ports: number[] = [];
+  let ok = true;
+  for (const item of items) {
+    const v = isScalar(item) ? item.value : undefined;
+    if (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535) ports.push(v);
+    else {
+      src.error(item, 'ports: each port must be an integer from 1 to 65535');
+      ok = false;
+    }
+  }
+  return ok ? ports : undefined;
+}

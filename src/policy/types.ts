@@ -1,0 +1,96 @@
+/**
+ * The policy's data: what a validated file says (PolicySpec) and what a decision says
+ * (Decision). The decision is one value that travels from evaluation to the answer, the event
+ * and the metrics; nothing downstream re-derives it.
+ */
+import type { Cidr } from '../net/address.js';
+
+export const RULE_VERDICTS = ['allow', 'deny', 'audit', 'pending_approval', 'cap_cost'] as const;
+export type RuleVerdict = (typeof RULE_VERDICTS)[number];
+/** The verdicts the egress surface enforces; the others are skipped (policy.md). */
+export type EgressVerdict = 'allow' | 'deny' | 'audit';
+export const STAGES = ['egress', 'inbound', 'mcp'] as const;
+export type Stage = (typeof STAGES)[number];
+
+export type Entry =
+  | { readonly kind: 'host'; readonly text: string; readonly host: string }
+  | { readonly kind: 'wildcard'; readonly text: string; readonly suffix: string }
+  | { readonly kind: 'cidr'; readonly text: string; readonly cidr: Cidr };
+
+export interface EgressLists {
+  readonly allow: readonly Entry[];
+  readonly deny: readonly Entry[];
+}
+
+export interface RuleSpec {
+  /** 1-based position in the file, among all rules. */
+  readonly position: number;
+  readonly id: string;
+  readonly label: string | null;
+  readonly priority: number;
+  readonly stage: Stage;
+  readonly toolGlob: string;
+  readonly serverGlob: string;
+  readonly verdict: RuleVerdict;
+  /** null: the rule has no list at all and is in scope for every destination. */
+  readonly lists: EgressLists | null;
+  readonly ports: readonly number[] | null;
+}
+
+export interface PolicySpec {
+  readonly defaultVerdict: 'allow' | 'deny';
+  readonly shadowMode: boolean;
+  readonly observeMode: boolean;
+  readonly rules: readonly RuleSpec[];
+}
+
+export interface RuleRef {
+  readonly id: string;
+  readonly label: string | null;
+  readonly priority: number;
+}
+
+/** Why a decision refused or allowed: `rule`/`default` when the policy decided. */
+export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed';
+
+export interface NotMatched {
+  readonly rule: string;
+  readonly why: string;
+}
+
+export interface TraceEntry {
+  /** The candidate address; null for a decision made on the name alone, before any DNS. */
+  readonly address: string | null;
+  readonly verdict: EgressVerdict;
+  readonly decided_by: 'rule' | 'default' | 'ssrf_baseline';
+  readonly rule: RuleRef | null;
+  readonly dispatched: boolean;
+  readonly shadow: boolean;
+  readonly address_class?: string;
+  /** Explain mode only: the rules walked before the deciding one and why each did not match. */
+  readonly not_matched?: readonly NotMatched[];
+}
+
+/** The decision object of interface.md (`test`, `POST /v1/test`, events). */
+export interface Decision {
+  readonly verdict: EgressVerdict;
+  readonly dispatched: boolean;
+  readonly shadow: boolean;
+  readonly reason: DecisionReason;
+  readonly rule: RuleRef | null;
+  readonly addresses: readonly string[];
+  readonly trace: readonly TraceEntry[];
+  /** Set on baseline refusals. */
+  readonly address_class?: string;
+  /** Observe mode: no rule covered the call (the default verdict decided). */
+  readonly uncovered: boolean;
+}
+
+/** Who is calling and where to: the part of a call the rules look at. */
+export interface CallContext {
+  /** The tool name, or null for an unattributed connection (only `*` globs match it). */
+  readonly tool: string | null;
+  /** The client identity ("server"). */
+  readonly server: string | null;
+  readonly port: number;
+}

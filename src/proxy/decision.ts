@@ -1,0 +1,54 @@
+/**
+ * One call's decision, as the proxy, the `test` command and the admin API's dry run all make
+ * it: a name the policy blocks by name alone is refused with no DNS query; otherwise the name is
+ * resolved once and every candidate address is judged (baseline, then rules). The addresses in
+ * the decision are the only ones the dial may use.
+ */
+import type { IpAddress } from '../net/address.js';
+import type { Target } from '../net/destination.js';
+import { DnsError } from '../net/resolve.js';
+import type { NameResolver } from '../net/resolve.js';
+import { combineDecisions, decide, decideByName } from '../policy/evaluate.js';
+import type { Classify } from '../policy/evaluate.js';
+import type { CompiledPolicy } from '../policy/compile.js';
+import type { CallContext, Decision } from '../policy/types.js';
+
+export interface DecisionDeps {
+  readonly resolver: NameResolver;
+  readonly classify: Classify;
+  readonly explain?: boolean;
+}
+
+export type CallOutcome =
+  | { readonly kind: 'decided'; readonly decision: Decision; readonly candidates: readonly IpAddress[]; readonly dnsMs: number | null }
+  | { readonly kind: 'dns_error'; readonly error: DnsError; readonly dnsMs: number | null };
+
+/** Decides one call for each of `contexts` (several registered calls share one resolution). */
+export async function decideCall(
+  policy: CompiledPolicy,
+  contexts: readonly CallContext[],
+  target: Target,
+  deps: DecisionDeps,
+): Promise<CallOutcome> {
+  const options = { classify: deps.classify, explain: deps.explain ?? false };
+  const { host } = target;
+  if (host.kind === 'ip') {
+    const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));
+    return { kind: 'decided', decision: combineDecisions(decisions), candidates: [host.ip], dnsMs: null };
+  }
+  const byName = contexts.map((ctx) => decideByName(policy, ctx, host.host, options));
+  const blocked = byName.find((d): d is Decision => d !== null);
+  if (blocked) return { kind: 'decided', decision: blocked, candidates: [], dnsMs: null };
+  let addresses: readonly IpAddress[];
+  let dnsMs: number;
+  try {
+    const resolution = await deps.resolver.resolve(host.host);
+    addresses = resolution.addresses;
+    dnsMs = resolution.durationMs;
+  } catch (err) {
+    if (err instanceof DnsError) return { kind: 'dns_error', error: err, dnsMs: null };
+    throw err;
+  }
+  const decisions = contexts.map((ctx) => decide(policy, ctx, { name: host.host }, addresses, options));
+  return { kind: 'decided', decision: combineDecisions(decisions), candidates: addresses, dnsMs };
+}
