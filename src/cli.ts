@@ -10,9 +10,17 @@ import { processIO } from './commands/io.js';
 import type { CommandIO } from './commands/io.js';
 import { runTest, USAGE_ERROR } from './commands/test.js';
 
+/** The package's version, from the nearest package.json above this module (src/ or dist/src/). */
 function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  for (let dir = new URL('.', import.meta.url); dir.pathname !== '/'; dir = new URL('..', dir)) {
+    try {
+      return (JSON.parse(readFileSync(new URL('package.json', dir), 'utf8')) as { version: string }).version;
+    } catch {
+      // not here; look one level up
+    }
+  }
+  /* c8 ignore next */
+  return 'unknown';
 }
 
 export async function main(argv: readonly string[], io: CommandIO = processIO): Promise<number> {

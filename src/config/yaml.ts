@@ -21,6 +21,11 @@ export function formatDiagnostic(d: Diagnostic): string {
 /** Something with a source position: a node, a pair (its key), or a raw offset. */
 export type Located = Node | Pair | number | null | undefined;
 
+/** A value left empty in the source (`key:`), which has no position of its own worth showing. */
+function isEmpty(node: Node | null | undefined): boolean {
+  return node === null || node === undefined || (isScalar(node) && node.value === null && !node.source);
+}
+
 export class YamlSource {
   readonly doc: Document.Parsed;
   readonly diagnostics: Diagnostic[] = [];
@@ -32,7 +37,7 @@ export class YamlSource {
   ) {
     this.doc = parseDocument(text, { lineCounter: this.lines, uniqueKeys: true, prettyErrors: false });
     for (const e of this.doc.errors) {
-      const [line, col] = e.linePos ? [e.linePos[0].line, e.linePos[0].col] : [1, 1];
+      const { line, col } = this.lines.linePos(e.pos[0]);
       this.diagnostics.push({ file, line, col, severity: 'error', message: e.message.split('\n')[0] as string });
     }
   }
@@ -67,7 +72,7 @@ export class YamlSource {
    */
   mapping(node: Node | null | undefined, what: string, known: readonly string[], at: Located = node): Map<string, Pair<Node, Node | null>> | null {
     if (!isMap(node)) {
-      this.error(node ?? at, `${what} must be a mapping`);
+      this.error(isEmpty(node) ? at : node, `${what} must be a mapping`);
       return null;
     }
     const pairs = new Map<string, Pair<Node, Node | null>>();
@@ -97,7 +102,7 @@ export class YamlSource {
 
   /** The node to point at for a pair's value (the key when the value is empty). */
   at(pair: Pair<Node, Node | null>): Located {
-    return pair.value ?? pair;
+    return isEmpty(pair.value) ? pair : pair.value;
   }
 
   string(pair: Pair<Node, Node | null>, name: string): string | undefined {

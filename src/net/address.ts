@@ -74,14 +74,31 @@ export function ipv6FromHex(hex: string): IpAddress {
 }
 
 /**
+ * IPv6 text with a trailing dotted quad, as hex groups. ipaddr.js reads `::10.1.2.3` (an
+ * IPv4-compatible address, ::a01:203) as the mapped `::ffff:10.1.2.3`, which would change the
+ * address we dial; spelled in hex it parses as what it is.
+ */
+function dottedTailToHex(text: string): string {
+  const m = /^(.*:)([0-9]{1,3}(?:\.[0-9]{1,3}){3})$/.exec(text);
+  if (!m || !ipaddr.IPv4.isValidFourPartDecimal(m[2] as string)) return text;
+  const [a, b, c, d] = (m[2] as string).split('.').map(Number) as [number, number, number, number];
+  return `${m[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+}
+
+function parseIpv6(text: string): ipaddr.IPv6 | null {
+  const hexText = dottedTailToHex(text);
+  return ipaddr.IPv6.isValid(hexText) ? ipaddr.IPv6.parse(hexText) : null;
+}
+
+/**
  * A strict IP literal as a resolver returns it or a CIDR is written: canonical dotted-quad IPv4
  * or IPv6 text without brackets or zone. Returns null for anything else.
  */
 export function parseIpLiteral(text: string): IpAddress | null {
   if (text.includes('%')) return null;
   if (text.includes(':')) {
-    if (!ipaddr.IPv6.isValid(text)) return null;
-    return fromIpaddrV6(ipaddr.IPv6.parse(text));
+    const parsed = parseIpv6(text);
+    return parsed ? fromIpaddrV6(parsed) : null;
   }
   if (!ipaddr.IPv4.isValidFourPartDecimal(text)) return null;
   return fromIpaddrV4(ipaddr.IPv4.parse(text));
@@ -163,9 +180,12 @@ export function formatHostPort(host: string, port: number): string {
 
 // ---- prefix keys, used by CIDR matching (policy index, baseline) ----
 
-/** The IPv4 network key of `v4` for a prefix of `len` bits. */
+/**
+ * The IPv4 network key of `v4` for a prefix of `len` bits. Kept in signed 32-bit range so that
+ * V8 stores it as a small integer: Map lookups on heap numbers cost several times more.
+ */
 export function v4Key(v4: number, len: number): number {
-  return len === 0 ? 0 : v4 >>> (32 - len);
+  return len === 0 ? 0 : (v4 >>> (32 - len)) | 0;
 }
 
 /**
@@ -209,9 +229,9 @@ export function parseCidr(text: string): CidrResult {
   let ip: IpAddress | null;
   let mappedBlock = false;
   if (addrText.includes(':')) {
-    if (addrText.includes('%') || !ipaddr.IPv6.isValid(addrText)) return { error: `invalid IPv6 address in '${text}'` };
+    const parsed = addrText.includes('%') ? null : parseIpv6(addrText);
+    if (!parsed) return { error: `invalid IPv6 address in '${text}'` };
     if (prefix > 128) return { error: `prefix length above 128 in '${text}'` };
-    const parsed = ipaddr.IPv6.parse(addrText);
     mappedBlock = parsed.isIPv4MappedAddress() && prefix >= 96;
     if (mappedBlock) {
       ip = fromIpaddrV4(parsed.toIPv4Address());
@@ -227,7 +247,7 @@ export function parseCidr(text: string): CidrResult {
   }
   if (ip.family === 4) {
     const key = v4Key(ip.v4, prefix);
-    const network = prefix === 0 ? 0 : (key << (32 - prefix)) >>> 0;
+    const network = prefix === 0 ? 0 : (prefix === 32 ? key : key << (32 - prefix)) >>> 0;
     if (network !== ip.v4) return { error: `'${text}' has bits set beyond its /${prefixText} prefix` };
     return { family: 4, prefix, key, text: `${ip.text}/${prefix}` };
   }

@@ -74,9 +74,27 @@ export function embeddedIpv4(ip: IpAddress): IpAddress | null {
   return null;
 }
 
+/**
+ * First octets that some IPv4 row covers. Most public addresses miss every row, and this lets
+ * them skip the table walk: classification runs for every candidate of every call.
+ */
+const V4_FIRST_OCTETS: ReadonlySet<number> = (() => {
+  const octets = new Set<number>();
+  for (const [, blocks] of TABLE) {
+    for (const block of blocks) {
+      if (block.family !== 4) continue;
+      const first = block.prefix >= 8 ? (block.key as number) >>> (block.prefix - 8) : (block.key as number) << (8 - block.prefix);
+      const span = block.prefix >= 8 ? 1 : 1 << (8 - block.prefix);
+      for (let o = first; o < first + span; o++) octets.add(o & 255);
+    }
+  }
+  return octets;
+})();
+
 /** The table's class for `ip` (embedded IPv4 unwrapped), ignoring exemptions and `self`. */
 export function classifyAddress(ip: IpAddress): Exclude<AddressClass, 'self'> | null {
   const judged = embeddedIpv4(ip) ?? ip;
+  if (judged.family === 4 && !V4_FIRST_OCTETS.has(judged.v4 >>> 24)) return null;
   for (const [addressClass, blocks] of TABLE) {
     for (const block of blocks) if (cidrContains(block, judged)) return addressClass as Exclude<AddressClass, 'self'>;
   }

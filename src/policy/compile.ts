@@ -50,8 +50,15 @@ type Positions = number[];
 export interface RuleIndex {
   readonly byHost: ReadonlyMap<string, Positions>;
   readonly bySuffix: ReadonlyMap<string, Positions>;
-  /** Per prefix length, network key → rules; longest lists first does not matter (min is taken). */
-  readonly v4: ReadonlyArray<readonly [number, ReadonlyMap<number, Positions>]>;
+  /** The fewest and most labels of any wildcard suffix (lookups outside that range cannot hit). */
+  readonly minSuffixLabels: number;
+  readonly maxSuffixLabels: number;
+  /** IPv4 prefixes shorter than /16: per length, network key → rules. */
+  readonly v4Short: ReadonlyArray<readonly [number, ReadonlyMap<number, Positions>]>;
+  /** IPv4 prefixes of /16 and longer: per length (index), network key → rules. */
+  readonly v4Long: ReadonlyArray<ReadonlyMap<number, Positions> | undefined>;
+  /** For each /16 that holds such a prefix: bit (len - 16) set for each length present there. */
+  readonly v4LongLengths: ReadonlyMap<number, number>;
   readonly v6: ReadonlyArray<readonly [number, ReadonlyMap<string, Positions>]>;
   /** Rules in scope for every destination, split by tool so that many tool-specific catch-alls stay cheap. */
   readonly universalByTool: ReadonlyMap<string, Positions>;
@@ -184,6 +191,17 @@ export function compilePolicy(spec: PolicySpec): CompiledPolicy {
     }
   }
 
+  const suffixLabels = [...bySuffix.keys()].map((k) => k.split('.').length);
+  const v4Long: Array<Map<number, Positions> | undefined> = [];
+  const v4LongLengths = new Map<number, number>();
+  for (const [len, keys] of v4) {
+    if (len < 16) continue;
+    v4Long[len] = keys;
+    for (const key of keys.keys()) {
+      const slash16 = (key >>> 0) >>> (len - 16);
+      v4LongLengths.set(slash16, (v4LongLengths.get(slash16) ?? 0) | (1 << (len - 16)));
+    }
+  }
   const longestFirst = <K>(m: Map<number, Map<K, Positions>>) => [...m.entries()].sort((a, b) => b[0] - a[0]);
   return Object.freeze({
     spec,
@@ -195,7 +213,11 @@ export function compilePolicy(spec: PolicySpec): CompiledPolicy {
     index: {
       byHost,
       bySuffix,
-      v4: longestFirst(v4),
+      minSuffixLabels: suffixLabels.length > 0 ? Math.min(...suffixLabels) : Infinity,
+      maxSuffixLabels: suffixLabels.length > 0 ? Math.max(...suffixLabels) : 0,
+      v4Short: longestFirst(v4).filter(([len]) => len < 16),
+      v4Long,
+      v4LongLengths,
       v6: longestFirst(v6),
       universalByTool,
       universalOther,

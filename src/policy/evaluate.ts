@@ -28,10 +28,13 @@ export interface DecideOptions {
 
 /**
  * A canonical destination host: `name` for a host name, null for an IP literal (whose single
- * candidate address is passed to `decide`).
+ * candidate address is passed to `decide`). `lookupName` fills in the index lists the name can
+ * hit, so that the by-name step and `decide` of one call look them up once.
  */
 export interface DestinationHost {
   readonly name: string | null;
+  /** From `lookupName` with the same policy. */
+  readonly nameLists?: readonly (readonly number[])[];
 }
 
 function applies(rule: CompiledRule, ctx: CallContext): boolean {
@@ -44,25 +47,42 @@ function exemptFor(rule: CompiledRule, name: string | null, ip: IpAddress): bool
   return exempt !== null && (nameOnSet(exempt, name) || addressOnSet(exempt, ip));
 }
 
-/** The index lists a host name can hit, looked up once per decision and shared by its addresses. */
-function nameLists(policy: CompiledPolicy, name: string | null, ctx: CallContext): number[][] {
+/** The index lists a host name can hit by name (exact and wildcard entries). */
+export function lookupName(policy: CompiledPolicy, name: string | null): DestinationHost {
   const { index } = policy;
   const lists: number[][] = [];
-  if (ctx.tool !== null) {
-    const byTool = index.universalByTool.get(ctx.tool);
-    if (byTool) lists.push(byTool);
-  }
-  // Rules whose literal tool glob is '' can still match an empty tool name; others need a tool.
-  if (index.universalOther.length > 0) lists.push(index.universalOther);
-  if (name === null) return lists;
-  const exact = index.byHost.get(name);
-  if (exact) lists.push(exact);
-  if (index.bySuffix.size > 0) {
-    for (let dot = name.indexOf('.'); dot !== -1; dot = name.indexOf('.', dot + 1)) {
-      const list = index.bySuffix.get(name.slice(dot + 1));
-      if (list) lists.push(list);
+  if (name !== null) {
+    const exact = index.byHost.get(name);
+    if (exact) lists.push(exact);
+    if (index.bySuffix.size > 0) {
+      // Only suffixes with as many labels as some wildcard entry has can hit.
+      let labels = 1;
+      for (let i = name.indexOf('.'); i !== -1; i = name.indexOf('.', i + 1)) labels++;
+      for (let dot = name.indexOf('.'); dot !== -1; dot = name.indexOf('.', dot + 1)) {
+        labels--;
+        if (labels > index.maxSuffixLabels) continue;
+        if (labels < index.minSuffixLabels) break;
+        const list = index.bySuffix.get(name.slice(dot + 1));
+        if (list) lists.push(list);
+      }
     }
   }
+  return { name, nameLists: lists };
+}
+
+/** The lists of rules in scope for every destination that this call's tool can hit. */
+function universalLists(policy: CompiledPolicy, ctx: CallContext, into: (readonly number[])[]): void {
+  const { index } = policy;
+  if (ctx.tool !== null) {
+    const byTool = index.universalByTool.get(ctx.tool);
+    if (byTool) into.push(byTool);
+  }
+  if (index.universalOther.length > 0) into.push(index.universalOther);
+}
+
+function candidateLists(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost): (readonly number[])[] {
+  const lists = [...(dest.nameLists ?? lookupName(policy, dest.name).nameLists ?? [])];
+  universalLists(policy, ctx, lists);
   return lists;
 }
 
@@ -78,13 +98,21 @@ function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx
 }
 
 /** The first rule (evaluation order) matching `(name, ip)` for this call, or -1. */
-function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: number[][], ip: IpAddress): number {
+function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly (readonly number[])[], ip: IpAddress): number {
   let best = Infinity;
   for (const list of lists) best = scan(policy, list, best, ctx, name, ip);
   const { index } = policy;
   if (ip.family === 4) {
-    for (const [len, keys] of index.v4) {
+    for (const [len, keys] of index.v4Short) {
       const list = keys.get(v4Key(ip.v4, len));
+      if (list) best = scan(policy, list, best, ctx, name, ip);
+    }
+    // Only the prefix lengths that some entry under this /16 has.
+    let lengths = index.v4LongLengths.get(ip.v4 >>> 16) ?? 0;
+    while (lengths !== 0) {
+      const bit = 31 - Math.clz32(lengths);
+      lengths &= ~(1 << bit);
+      const list = (index.v4Long[bit + 16] as ReadonlyMap<number, number[]>).get(v4Key(ip.v4, bit + 16));
       if (list) best = scan(policy, list, best, ctx, name, ip);
     }
   } else {
@@ -118,7 +146,7 @@ export function decide(
   options: DecideOptions = {},
 ): Decision {
   if (addresses.length === 0) throw new Error('decide needs at least one candidate address');
-  const lists = nameLists(policy, dest.name, ctx);
+  const lists = candidateLists(policy, ctx, dest);
   const trace: TraceEntry[] = [];
   let anyBaseline = false;
   let anyDefault = false;
@@ -166,12 +194,13 @@ export function decide(
  * rule that matches every address (B), and the dispatching rules that may match some address
  * (D). Blocked without DNS exactly when no D comes before B and B (or the default) blocks.
  */
-export function decideByName(policy: CompiledPolicy, ctx: CallContext, name: string, options: DecideOptions = {}): Decision | null {
+export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost & { readonly name: string }, options: DecideOptions = {}): Decision | null {
   if (policy.shadowMode) return null;
   const { index } = policy;
+  const { name } = dest;
   let allMatch = Infinity;
   let mayDispatch = index.firstUnconditionalAddressDispatcher;
-  for (const list of nameLists(policy, name, ctx)) {
+  for (const list of candidateLists(policy, ctx, dest)) {
     for (let i = 0; i < list.length; i++) {
       const order = list[i] as number;
       if (order >= allMatch || order >= mayDispatch) break;

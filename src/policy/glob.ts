@@ -21,7 +21,7 @@ export function compileGlob(glob: string): GlobMatcher {
   if (isLiteralGlob(glob)) return (subject) => subject === glob;
   const source = glob
     .split('')
-    .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[\\^$.|+()[\]{}\-/]/g, '\\$&')))
+    .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[\\^$.|+?*()[\]{}/]/g, '\\$&')))
     .join('');
   // 's' lets '.' cross line breaks, 'u' makes '?' one code point rather than one UTF-16 unit.
   const re = new RegExp(`^${source}$`, 'su');

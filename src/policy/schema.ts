@@ -126,7 +126,7 @@ function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<st
   const ports = readPorts(src, pairs.get('ports'));
 
   if (verdict && stage === 'egress' && !isEnforcedVerdict(verdict)) {
-    src.warning(verdictPair, `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
+    src.warning(src.at(verdictPair as Pair<Node, Node | null>), `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
   }
   if (src.diagnostics.slice(before).some((d) => d.severity === 'error')) return null;
   return {

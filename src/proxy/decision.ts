@@ -8,8 +8,8 @@ import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DnsError } from '../net/resolve.js';
 import type { NameResolver } from '../net/resolve.js';
-import { combineDecisions, decide, decideByName } from '../policy/evaluate.js';
-import type { Classify } from '../policy/evaluate.js';
+import { combineDecisions, decide, decideByName, lookupName } from '../policy/evaluate.js';
+import type { Classify, DestinationHost } from '../policy/evaluate.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { CallContext, Decision } from '../policy/types.js';
 
@@ -36,7 +36,8 @@ export async function decideCall(
     const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));
     return { kind: 'decided', decision: combineDecisions(decisions), candidates: [host.ip], dnsMs: null };
   }
-  const byName = contexts.map((ctx) => decideByName(policy, ctx, host.host, options));
+  const dest = lookupName(policy, host.host) as DestinationHost & { readonly name: string };
+  const byName = contexts.map((ctx) => decideByName(policy, ctx, dest, options));
   const blocked = byName.find((d): d is Decision => d !== null);
   if (blocked) return { kind: 'decided', decision: blocked, candidates: [], dnsMs: null };
   let addresses: readonly IpAddress[];
@@ -49,6 +50,6 @@ export async function decideCall(
     if (err instanceof DnsError) return { kind: 'dns_error', error: err, dnsMs: null };
     throw err;
   }
-  const decisions = contexts.map((ctx) => decide(policy, ctx, { name: host.host }, addresses, options));
+  const decisions = contexts.map((ctx) => decide(policy, ctx, dest, addresses, options));
   return { kind: 'decided', decision: combineDecisions(decisions), candidates: addresses, dnsMs };
 }
