@@ -1,5 +1,145 @@
+/**
+ * `serve`: wires configuration, policy, resolver, registry, event log and listeners together,
+ * and owns the process's signals. Fails closed: no valid config or no valid policy at start
+ * means no listener at all.
+ */
+import { CallRegistry } from '../attribution/registry.js';
+import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
+import { formatDiagnostic } from '../config/yaml.js';
+import { createResolver } from '../net/resolve.js';
+import { DiscoveredStore } from '../proxy/discovered.js';
+import { createEventSink, createLogger } from '../proxy/events.js';
+import type { EventSink } from '../proxy/events.js';
+import { PolicyStore } from '../proxy/policy-store.js';
+import { ProxyServer } from '../proxy/server.js';
+import type { ProxyObserver } from '../proxy/server.js';
 import type { CommandIO } from './io.js';
-export async function runServe(_opts: { config?: string; listen?: string; adminListen?: string }, io: CommandIO): Promise<number> {
-  io.err('serve: not built yet\n');
-  return 1;
+
+export interface ServeOptions {
+  readonly config?: string;
+  readonly listen?: string;
+  readonly adminListen?: string;
+}
+
+/** The running proxy, for the admin API and for tests that run it in-process. */
+export interface Running {
+  readonly config: ProxyConfig;
+  readonly proxy: ProxyServer;
+  readonly store: PolicyStore;
+  readonly registry: CallRegistry;
+  readonly discovered: DiscoveredStore;
+  readonly events: EventSink;
+  reload(trigger: string): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO): ProxyConfig | null {
+  let listen = config.listen;
+  let adminListen: ListenAddress | null = config.admin.listen;
+  if (opts.listen) {
+    const parsed = parseListen(opts.listen);
+    if ('error' in parsed) {
+      io.err(`error: --listen: ${parsed.error}\n`);
+      return null;
+    }
+    listen = parsed;
+  }
+  if (opts.adminListen) {
+    if (opts.adminListen === 'off') adminListen = null;
+    else {
+      const parsed = parseListen(opts.adminListen);
+      if ('error' in parsed) {
+        io.err(`error: --admin-listen: ${parsed.error}\n`);
+        return null;
+      }
+      adminListen = parsed;
+    }
+  }
+  return { ...config, listen, admin: { ...config.admin, listen: adminListen } };
+}
+
+export async function startProxy(config: ProxyConfig, events: EventSink, observer?: ProxyObserver): Promise<Running | null> {
+  const store = new PolicyStore(config.policy);
+  const logLoad = (trigger: string, result: Awaited<ReturnType<PolicyStore['load']>>) => {
+    if (result.ok) {
+      const g = result.generation;
+      if (result.changed) {
+        events.info(
+          { event: 'policy.loaded', trigger, generation: g.generation, sha256: g.sha256, source: g.source, egress_rules: g.egressRules, skipped_rules: g.skippedRules, warnings: g.warnings },
+          `policy generation ${g.generation} loaded from ${g.source}`,
+        );
+      }
+      return true;
+    }
+    events.warn({ event: 'policy.rejected', trigger, source: config.policy, errors: result.error.errors }, `policy rejected; ${store.loaded ? `generation ${store.current.generation} keeps serving` : 'nothing is served'}`);
+    return false;
+  };
+  if (!logLoad('start', await store.load())) return null;
+
+  if (config.baseline.allowCidrs.length > 0) {
+    events.warn({ event: 'baseline.exemptions', allow_cidrs: config.baseline.allowCidrs.map((c) => c.text) }, 'SSRF baseline exemptions in force');
+  }
+  const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
+  const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs });
+  const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
+  const discovered = new DiscoveredStore();
+  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer });
+  const bound = await proxy.listen(config.listen.host, config.listen.port);
+  events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
+
+  return {
+    config,
+    proxy,
+    store,
+    registry,
+    discovered,
+    events,
+    reload: async (trigger) => logLoad(trigger, await store.load()),
+    stop: async () => {
+      clearInterval(sweeper);
+      await proxy.close(config.shutdownGraceMs);
+    },
+  };
+}
+
+export async function runServe(opts: ServeOptions, io: CommandIO): Promise<number> {
+  const file = opts.config ?? process.env.MCP_EGRESS_CONFIG ?? 'config/proxy.yaml';
+  const loaded = await loadProxyConfig(file);
+  for (const d of loaded.diagnostics) io.err(`${formatDiagnostic(d)}\n`);
+  if (!loaded.config) return 1;
+  const config = applyOverrides(loaded.config, opts, io);
+  if (!config) return 2;
+
+  const logger = createLogger(config.log.level);
+  const events = createEventSink(logger);
+  let running: Running | null;
+  try {
+    running = await startProxy(config, events);
+  } catch (err) {
+    events.warn({ event: 'startup_failed', err: (err as Error).message }, 'could not start');
+    io.err(`error: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (!running) {
+    io.err(`error: the policy ${config.policy} is not valid; not serving (see the policy.rejected event)\n`);
+    return 1;
+  }
+  const r = running;
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = async (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      events.info({ event: 'shutdown', signal, open_calls: r.proxy.activeCalls, grace_ms: config.shutdownGraceMs }, `${signal}: stopping`);
+      await r.stop();
+      events.info({ event: 'stopped' }, 'stopped');
+      events.flush();
+      resolve(0);
+    };
+    process.on('SIGTERM', () => void stop('SIGTERM'));
+    process.on('SIGINT', () => void stop('SIGINT'));
+    process.on('SIGHUP', () => void r.reload('SIGHUP'));
+  });
 }

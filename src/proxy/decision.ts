@@ -8,7 +8,7 @@ import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DnsError } from '../net/resolve.js';
 import type { NameResolver } from '../net/resolve.js';
-import { combineDecisions, decide, decideByName, lookupName } from '../policy/evaluate.js';
+import { combineDecisions, decide, decideByName, lookupName, mostSevere } from '../policy/evaluate.js';
 import type { Classify, DestinationHost } from '../policy/evaluate.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { CallContext, Decision } from '../policy/types.js';
@@ -20,7 +20,14 @@ export interface DecisionDeps {
 }
 
 export type CallOutcome =
-  | { readonly kind: 'decided'; readonly decision: Decision; readonly candidates: readonly IpAddress[]; readonly dnsMs: number | null }
+  | {
+      readonly kind: 'decided';
+      readonly decision: Decision;
+      /** Which of the contexts the decision speaks for (the most severe one). */
+      readonly index: number;
+      readonly candidates: readonly IpAddress[];
+      readonly dnsMs: number | null;
+    }
   | { readonly kind: 'dns_error'; readonly error: DnsError; readonly dnsMs: number | null };
 
 /** Decides one call for each of `contexts` (several registered calls share one resolution). */
@@ -34,12 +41,12 @@ export async function decideCall(
   const { host } = target;
   if (host.kind === 'ip') {
     const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));
-    return { kind: 'decided', decision: combineDecisions(decisions), candidates: [host.ip], dnsMs: null };
+    return { kind: 'decided', decision: combineDecisions(decisions), index: decisions.indexOf(mostSevere(decisions)), candidates: [host.ip], dnsMs: null };
   }
   const dest = lookupName(policy, host.host) as DestinationHost & { readonly name: string };
   const byName = contexts.map((ctx) => decideByName(policy, ctx, dest, options));
-  const blocked = byName.find((d): d is Decision => d !== null);
-  if (blocked) return { kind: 'decided', decision: blocked, candidates: [], dnsMs: null };
+  const blocked = byName.findIndex((d) => d !== null);
+  if (blocked !== -1) return { kind: 'decided', decision: byName[blocked] as Decision, index: blocked, candidates: [], dnsMs: null };
   let addresses: readonly IpAddress[];
   let dnsMs: number;
   try {
@@ -51,5 +58,5 @@ export async function decideCall(
     throw err;
   }
   const decisions = contexts.map((ctx) => decide(policy, ctx, dest, addresses, options));
-  return { kind: 'decided', decision: combineDecisions(decisions), candidates: addresses, dnsMs };
+  return { kind: 'decided', decision: combineDecisions(decisions), index: decisions.indexOf(mostSevere(decisions)), candidates: addresses, dnsMs };
 }

@@ -1,0 +1,53 @@
+/**
+ * Client identity ("server" in rules and events): the user name of `Proxy-Authorization: Basic`
+ * when the client sends one, else the client's source IP. With users configured the password is
+ * checked (SHA-256, constant-time) and a missing or wrong credential is refused with 407; with
+ * none configured any user name is a label. The header's value never reaches a log line.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ProxyUser } from '../config/proxy-config.js';
+
+export type IdentityResult = { readonly ok: true; readonly client: string; readonly viaCredentials: boolean } | { readonly ok: false; readonly reason: string };
+
+export function sha256Hex(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
+}
+
+/** Constant-time equality of two hex digests. */
+export function digestsEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a, 'hex');
+  const y = Buffer.from(b, 'hex');
+  return x.length === y.length && x.length > 0 && timingSafeEqual(x, y);
+}
+
+function parseBasic(header: string): { user: string; password: string } | null {
+  const m = /^Basic[ \t]+([A-Za-z0-9+/=]+)[ \t]*$/i.exec(header);
+  if (!m) return null;
+  const decoded = Buffer.from(m[1] as string, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon === -1) return null;
+  return { user: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+}
+
+/** The canonical text of a socket's remote address (IPv4-mapped IPv6 as IPv4). */
+export function sourceAddress(remote: string | undefined): string {
+  if (!remote) return 'unknown';
+  return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
+}
+
+export function identify(authorization: string | undefined, remoteAddress: string | undefined, users: readonly ProxyUser[]): IdentityResult {
+  const basic = authorization ? parseBasic(authorization) : null;
+  if (users.length === 0) {
+    if (basic && basic.user !== '') return { ok: true, client: basic.user, viaCredentials: true };
+    return { ok: true, client: sourceAddress(remoteAddress), viaCredentials: false };
+  }
+  if (!basic) return { ok: false, reason: authorization ? 'unsupported Proxy-Authorization' : 'proxy credentials required' };
+  const digest = sha256Hex(basic.password);
+  // Compare against every user so the time taken does not say which names exist.
+  let match: ProxyUser | null = null;
+  for (const user of users) {
+    const passwordOk = digestsEqual(digest, user.passwordSha256);
+    if (passwordOk && user.name === basic.user) match = user;
+  }
+  return match ? { ok: true, client: match.name, viaCredentials: true } : { ok: false, reason: 'invalid proxy credentials' };
+}

@@ -1,0 +1,43 @@
+/**
+ * Observe mode's record of destinations no rule covered: per (server, tool, host, port), a count
+ * and first/last seen. Bounded, so a flood of unique names cannot grow it without end.
+ */
+export interface DiscoveredDestination {
+  readonly server: string;
+  readonly tool: string | null;
+  readonly host: string;
+  readonly port: number;
+  count: number;
+  readonly first_seen: string;
+  last_seen: string;
+}
+
+export class DiscoveredStore {
+  private readonly entries = new Map<string, DiscoveredDestination>();
+  dropped = 0;
+
+  constructor(private readonly limit = 10_000) {}
+
+  /** Records one call; returns the entry when it is new (to log `egress.discovered` once). */
+  record(server: string, tool: string | null, host: string, port: number, now = new Date()): DiscoveredDestination | null {
+    const key = `${server}\u0000${tool ?? ''}\u0000${tool === null ? 0 : 1}\u0000${host}\u0000${port}`;
+    const existing = this.entries.get(key);
+    const stamp = now.toISOString();
+    if (existing) {
+      existing.count++;
+      existing.last_seen = stamp;
+      return null;
+    }
+    if (this.entries.size >= this.limit) {
+      this.dropped++;
+      return null;
+    }
+    const entry: DiscoveredDestination = { server, tool, host, port, count: 1, first_seen: stamp, last_seen: stamp };
+    this.entries.set(key, entry);
+    return entry;
+  }
+
+  list(): DiscoveredDestination[] {
+    return [...this.entries.values()].map((e) => ({ ...e }));
+  }
+}

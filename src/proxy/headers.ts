@@ -1,0 +1,51 @@
+/**
+ * Header hygiene for forwarded plain-HTTP requests and their responses. Hop-by-hop headers
+ * (RFC 9110 §7.6.1) and every header named in `Connection` describe one hop and are dropped
+ * both ways; so are `Proxy-*` headers (credentials for us, never for the origin) including the
+ * non-standard `Proxy-Connection`, and the attribution headers. From responses, `x-egress-*`
+ * is dropped so that an upstream cannot forge a proxy refusal.
+ */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
+
+/** Names listed in Connection header values, lower-cased. */
+function connectionListed(raw: readonly string[]): Set<string> {
+  const listed = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
+    for (const token of (raw[i + 1] as string).split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name) listed.add(name);
+    }
+  }
+  return listed;
+}
+
+/**
+ * The request headers to send upstream, as a flat [name, value, ...] list in the client's order
+ * and case, without hop-by-hop, Proxy-*, Connection-listed and `drop` headers. `host` is
+ * removed too: the caller sets it.
+ */
+export function forwardRequestHeaders(raw: readonly string[], drop: ReadonlySet<string>): string[] {
+  const listed = connectionListed(raw);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  return out;
+}
+
+/** The response headers to return to the client: no hop-by-hop, Proxy-*, Connection-listed or x-egress-*. */
+export function forwardResponseHeaders(raw: readonly string[]): string[] {
+  const listed = connectionListed(raw);
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if ((HOP_BY_HOP.has(lower) && lower !== 'host') || lower.startsWith('proxy-') || lower.startsWith('x-egress-') || listed.has(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  return out;
+}

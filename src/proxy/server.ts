@@ -1,0 +1,511 @@
+/**
+ * The data path: CONNECT tunnels and absolute-form plain HTTP on one `node:http` server.
+ *
+ * Every call (each CONNECT, each request on a kept-alive connection) is admitted the same way:
+ * client identity, attribution, one policy generation, one decision (no DNS for a name refused
+ * by name; one resolution otherwise), then a pinned dial to the vetted candidates only. A
+ * refusal is answered before anything is forwarded (on CONNECT, before any `200`). Each call has
+ * its own `conn_id`, decision event and closed event with its own byte counts.
+ *
+ * Written on `node:http` rather than proxy-chain: proxy-chain gives no answer on a failed CONNECT
+ * dial, counts bytes per client socket rather than per request, forwards `Proxy-Connection` and
+ * a Host that names another authority, and pins only through a `lookup` callback (README,
+ * "Why not proxy-chain"; the benchmark keeps it as the baseline row).
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, request as httpRequest } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { Duplex } from 'node:stream';
+import type { ProxyConfig } from '../config/proxy-config.js';
+import { attribute } from '../attribution/attribute.js';
+import type { Attribution } from '../attribution/attribute.js';
+import { identify } from '../attribution/identity.js';
+import type { CallRegistry } from '../attribution/registry.js';
+import { canonicalHost } from '../net/address.js';
+import type { IpAddress } from '../net/address.js';
+import { createBaseline } from '../net/baseline.js';
+import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
+import type { Target } from '../net/destination.js';
+import { DialError, pinnedDial } from '../net/pinned-dial.js';
+import type { PinnedConnection } from '../net/pinned-dial.js';
+import type { NameResolver } from '../net/resolve.js';
+import type { Decision } from '../policy/types.js';
+import { failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
+import type { Answer, CallLabel } from './answers.js';
+import { decideCall } from './decision.js';
+import type { DiscoveredStore } from './discovered.js';
+import type { EndReason, EventSink } from './events.js';
+import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+import type { PolicyStore } from './policy-store.js';
+
+export interface ProxyServerOptions {
+  readonly config: ProxyConfig;
+  readonly store: PolicyStore;
+  readonly resolver: NameResolver;
+  readonly registry: CallRegistry;
+  readonly events: EventSink;
+  readonly discovered: DiscoveredStore;
+  /** Other sockets of this process the proxy must never dial (the admin listener). */
+  readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
+  /** Observes every finished decision and closed call (metrics). */
+  readonly observer?: ProxyObserver;
+}
+
+export interface ProxyObserver {
+  decision?(decision: Decision, method: string): void;
+  closed?(bytesUp: number, bytesDown: number, end: EndReason, tunnel: boolean): void;
+  dns?(durationMs: number): void;
+  failure?(code: string): void;
+  tunnels?(open: number): void;
+}
+
+/** A call that was admitted: who, under which policy generation, and what was decided. */
+interface Admitted {
+  readonly connId: string;
+  readonly client: string;
+  readonly call: Attribution;
+  readonly generation: number;
+  readonly decision: Decision;
+  readonly candidates: readonly IpAddress[];
+  readonly target: Target;
+  readonly method: string;
+}
+
+type Admission = { readonly ok: true; readonly admitted: Admitted } | { readonly ok: false; readonly answer: Answer };
+
+interface ActiveCall {
+  abort(reason: EndReason): void;
+}
+
+const UNSPECIFIED = new Set(['0.0.0.0', '::']);
+
+export class ProxyServer {
+  readonly server: Server;
+  private readonly active = new Set<ActiveCall>();
+  private readonly tunnelsByClient = new Map<string, number>();
+  private openTunnels = 0;
+  private openConnections = 0;
+  private readonly connPrefix = randomBytes(4).toString('hex');
+  private connCounter = 0;
+  private readonly classify: (ip: IpAddress, port: number) => string | null;
+  private localAddressCache: { at: number; addresses: Set<string> } | null = null;
+  private readonly dropHeaders: ReadonlySet<string>;
+  private closing = false;
+
+  constructor(private readonly options: ProxyServerOptions) {
+    const { config } = options;
+    this.dropHeaders = new Set([config.attribution.toolHeader, config.attribution.callHeader, config.attribution.sessionHeader]);
+    this.classify = createBaseline({ allowCidrs: config.baseline.allowCidrs, isSelf: (ip, port) => this.isSelf(ip, port) });
+    this.server = createServer({
+      maxHeaderSize: config.limits.maxHeaderBytes,
+      headersTimeout: config.limits.headerTimeoutMs,
+      requestTimeout: 0,
+      keepAliveTimeout: 5_000,
+      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.limits.headerTimeoutMs / 2))),
+      requireHostHeader: false,
+    });
+    this.server.on('connection', (socket: Socket) => this.onConnection(socket));
+    this.server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.onRequest(req, res));
+    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onConnect(req, socket as Socket, head));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+      sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.labelFor(null, req)));
+    });
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
+  }
+
+  listen(host: string, port: number): Promise<{ address: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port }, () => {
+        this.server.removeListener('error', reject);
+        const addr = this.server.address() as { address: string; port: number };
+        resolve({ address: addr.address, port: addr.port });
+      });
+    });
+  }
+
+  get address(): { address: string; port: number } | null {
+    const addr = this.server.address();
+    return addr && typeof addr === 'object' ? { address: addr.address, port: addr.port } : null;
+  }
+
+  get activeCalls(): number {
+    return this.active.size;
+  }
+
+  /**
+   * Stops accepting, lets open calls finish for `graceMs`, then ends the rest (`shutdown`).
+   */
+  async close(graceMs: number): Promise<void> {
+    this.closing = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const deadline = Date.now() + graceMs;
+    while (this.active.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      this.server.closeIdleConnections();
+    }
+    for (const call of [...this.active]) call.abort('shutdown');
+    this.server.closeAllConnections();
+    await closed;
+  }
+
+  // ---- admission: identity, attribution, decision ----
+
+  private nextConnId(): string {
+    return `${this.connPrefix}-${(++this.connCounter).toString(36)}`;
+  }
+
+  private labelFor(target: Target | null, _req: IncomingMessage | null, call?: Attribution): CallLabel {
+    return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
+  }
+
+  private async admit(req: IncomingMessage, target: Target, method: string): Promise<Admission> {
+    const { config, events } = this.options;
+    const connId = this.nextConnId();
+    const identity = identify(req.headers['proxy-authorization'], req.socket.remoteAddress, config.auth.users);
+    if (!identity.ok) {
+      events.error({ conn_id: connId, code: 'proxy_auth_required', host: target.host.host, port: target.port, method }, identity.reason);
+      this.options.observer?.failure?.('proxy_auth_required');
+      return {
+        ok: false,
+        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target, req), { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' }),
+      };
+    }
+    const client = identity.client;
+    const headerValues = (name: string) => req.headersDistinct[name];
+    const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
+    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
+
+    const generation = this.options.store.current;
+    if (attribution.kind === 'unattributed') {
+      const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, addresses: [], trace: [], uncovered: false };
+      const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
+      const admitted: Admitted = { connId, client, call, generation: generation.generation, decision, candidates: [], target, method };
+      this.logDecision(admitted, null, attribution.reason);
+      return { ok: false, answer: refusal(decision, this.labelFor(target, req, call), config.denyStatus, attribution.reason) };
+    }
+
+    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port }));
+    const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.classify });
+    const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
+    if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
+    if (outcome.kind === 'dns_error') {
+      events.error({ conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client, tool: call.tool, call_id: call.callId }, outcome.error.message);
+      this.options.observer?.failure?.('dns_error');
+      return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, req, call)) };
+    }
+    const admitted: Admitted = { connId, client, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    if (outcome.decision.uncovered) this.recordDiscovered(admitted);
+    if (!outcome.decision.dispatched) {
+      this.logDecision(admitted, null);
+      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, req, call), config.denyStatus) };
+    }
+    return { ok: true, admitted };
+  }
+
+  private recordDiscovered(a: Admitted): void {
+    const entry = this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port);
+    if (entry) this.options.events.discovered({ server: entry.server, tool: entry.tool, host: entry.host, port: entry.port, first_seen: entry.first_seen, conn_id: a.connId });
+  }
+
+  private logDecision(a: Admitted, pinned: string | null, detail?: string): void {
+    this.options.events.decision({
+      conn_id: a.connId,
+      policy_generation: a.generation,
+      decision: a.decision,
+      tool: a.call.tool,
+      call_id: a.call.callId,
+      session_id: a.call.sessionId,
+      server: a.client,
+      host: a.target.host.host,
+      port: a.target.port,
+      method: a.method,
+      pinned_address: pinned,
+      ...(detail ? { detail } : {}),
+    });
+    this.options.observer?.decision?.(a.decision, a.method);
+  }
+
+  private badRequest(connId: string, message: string, target: Target | null, method: string): Answer {
+    this.options.events.error({ conn_id: connId, code: 'bad_request', method, host: target?.host.host ?? null, port: target?.port ?? null }, message);
+    this.options.observer?.failure?.('bad_request');
+    return failure('bad_request', message, this.labelFor(target, null));
+  }
+
+  private dialFailure(a: Admitted, err: unknown): Answer {
+    const timeout = err instanceof DialError && err.kind === 'timeout';
+    const code = timeout ? 'upstream_timeout' : 'upstream_unreachable';
+    const message = timeout ? `connecting to ${a.target.host.host}:${a.target.port} timed out` : `could not connect to ${a.target.host.host}:${a.target.port}`;
+    this.options.events.error({ conn_id: a.connId, code, host: a.target.host.host, port: a.target.port, attempts: err instanceof DialError ? err.attempts : String(err) }, message);
+    this.options.observer?.failure?.(code);
+    return failure(code, message, this.labelFor(a.target, null, a.call));
+  }
+
+  // ---- baseline "self": never dial our own listeners ----
+
+  private localAddresses(): Set<string> {
+    const now = Date.now();
+    if (this.localAddressCache && now - this.localAddressCache.at < 5_000) return this.localAddressCache.addresses;
+    const addresses = new Set<string>();
+    for (const list of Object.values(networkInterfaces())) {
+      for (const info of list ?? []) {
+        const h = canonicalHost(info.address.split('%')[0] as string);
+        if (h.kind === 'ip') addresses.add(h.host);
+      }
+    }
+    this.localAddressCache = { at: now, addresses };
+    return addresses;
+  }
+
+  private isSelf(ip: IpAddress, port: number): boolean {
+    const listeners = [...(this.address ? [this.address] : []), ...(this.options.otherListeners?.() ?? [])];
+    for (const l of listeners) {
+      if (l.port !== port) continue;
+      const h = canonicalHost(l.address);
+      const listenText = h.kind === 'ip' ? h.host : l.address;
+      if (listenText === ip.text) return true;
+      if (UNSPECIFIED.has(listenText) && (UNSPECIFIED.has(ip.text) || this.localAddresses().has(ip.text))) return true;
+    }
+    return false;
+  }
+
+  // ---- connections and parser errors ----
+
+  private onConnection(socket: Socket): void {
+    this.openConnections++;
+    socket.once('close', () => this.openConnections--);
+    if (this.openConnections > this.options.config.limits.maxConnections) {
+      this.options.observer?.failure?.('overloaded');
+      sendRawAnswer(socket, failure('overloaded', 'too many connections; try again later', this.labelFor(null, null), { 'retry-after': '1' }));
+    }
+  }
+
+  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    const label = this.labelFor(null, null);
+    let answer: Answer | null = null;
+    if (err.code === 'HPE_HEADER_OVERFLOW') answer = failure('request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`, label);
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') answer = failure('request_timeout', 'request headers were not received in time', label);
+    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') answer = failure('bad_request', `malformed request (${err.code ?? err.message})`, label);
+    if (answer) {
+      this.options.observer?.failure?.(JSON.parse(answer.body).error.code as string);
+      sendRawAnswer(socket, answer);
+    } else socket.destroy();
+  }
+
+  // ---- CONNECT ----
+
+  private async onConnect(req: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
+    client.on('error', () => client.destroy());
+    const target = parseAuthority(req.url ?? '', null);
+    if ('error' in target) {
+      sendRawAnswer(client, this.badRequest(this.nextConnId(), `bad CONNECT target: ${target.error}`, null, 'CONNECT'));
+      return;
+    }
+    let admission: Admission;
+    try {
+      admission = await this.admit(req, target, 'CONNECT');
+    } catch (err) {
+      this.internalError(client, err);
+      return;
+    }
+    if (!admission.ok) {
+      sendRawAnswer(client, admission.answer);
+      return;
+    }
+    const a = admission.admitted;
+    const perClient = this.tunnelsByClient.get(a.client) ?? 0;
+    if (perClient >= this.options.config.limits.maxTunnelsPerClient) {
+      this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, open: perClient }, 'tunnel limit reached');
+      this.options.observer?.failure?.('too_many_tunnels');
+      sendRawAnswer(client, failure('too_many_tunnels', `client ${a.client} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, null, a.call), { 'retry-after': '1' }));
+      return;
+    }
+    this.adjustTunnels(a.client, +1);
+    const started = performance.now();
+    const abortDial = new AbortController();
+    const onEarlyClose = () => abortDial.abort();
+    client.once('close', onEarlyClose);
+    let conn: PinnedConnection;
+    try {
+      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, abortDial.signal);
+    } catch (err) {
+      client.removeListener('close', onEarlyClose);
+      this.adjustTunnels(a.client, -1);
+      this.logDecision(a, null);
+      sendRawAnswer(client, this.dialFailure(a, err));
+      this.closedEvent(a, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
+      return;
+    }
+    client.removeListener('close', onEarlyClose);
+    this.logDecision(a, conn.address.text);
+    this.tunnel(a, client, conn.socket, head, started);
+  }
+
+  private tunnel(a: Admitted, client: Socket, upstream: Socket, head: Buffer, started: number): void {
+    let end: EndReason | null = null;
+    let closedSockets = 0;
+    const finish = (reason: EndReason) => {
+      if (end === null) end = reason;
+    };
+    const call: ActiveCall = {
+      abort: (reason) => {
+        finish(reason);
+        client.destroy();
+        upstream.destroy();
+      },
+    };
+    this.active.add(call);
+    const onClose = () => {
+      if (++closedSockets < 2) return;
+      this.active.delete(call);
+      this.adjustTunnels(a.client, -1);
+      this.closedEvent(a, upstream.bytesWritten, upstream.bytesRead, started, end ?? 'client_closed', true);
+    };
+    const idle = this.options.config.limits.tunnelIdleTimeoutMs;
+    for (const [socket, other, closedBy] of [
+      [client, upstream, 'client_closed'],
+      [upstream, client, 'upstream_closed'],
+    ] as const) {
+      socket.setTimeout(idle, () => call.abort('idle_timeout'));
+      socket.on('end', () => finish(closedBy));
+      socket.on('error', () => {
+        finish('error');
+        other.destroy();
+        socket.destroy();
+      });
+      socket.once('close', () => {
+        finish(closedBy);
+        other.destroy();
+        onClose();
+      });
+    }
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length > 0) upstream.write(head);
+    upstream.pipe(client);
+    client.pipe(upstream);
+    if (client.destroyed) call.abort('client_closed');
+  }
+
+  private adjustTunnels(client: string, delta: number): void {
+    const n = (this.tunnelsByClient.get(client) ?? 0) + delta;
+    if (n <= 0) this.tunnelsByClient.delete(client);
+    else this.tunnelsByClient.set(client, n);
+    this.openTunnels += delta;
+    this.options.observer?.tunnels?.(this.openTunnels);
+  }
+
+  private closedEvent(a: Admitted, up: number, down: number, started: number, end: EndReason, tunnel: boolean): void {
+    const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+    this.options.events.closed({ conn_id: a.connId, bytes_up: up, bytes_down: down, duration_ms: durationMs, end });
+    this.options.observer?.closed?.(up, down, end, tunnel);
+  }
+
+  private internalError(socket: Duplex, err: unknown): void {
+    this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
+    sendRawAnswer(socket, failure('bad_request', 'the proxy could not handle this request', this.labelFor(null, null)));
+  }
+
+  // ---- plain HTTP (absolute form) ----
+
+  private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = req.method ?? 'GET';
+    const url = parseAbsoluteUrl(req.url ?? '');
+    if ('error' in url) {
+      sendAnswer(res, this.badRequest(this.nextConnId(), url.error, null, method), true);
+      req.resume();
+      return;
+    }
+    const hostHeader = req.headers.host;
+    if (hostHeader !== undefined) {
+      const fromHost = parseAuthority(hostHeader, 80);
+      if ('error' in fromHost || !sameAuthority(fromHost, url.target)) {
+        sendAnswer(res, this.badRequest(this.nextConnId(), `Host header '${hostHeader}' names another authority than the request URL`, url.target, method), true);
+        req.resume();
+        return;
+      }
+    }
+    let admission: Admission;
+    try {
+      admission = await this.admit(req, url.target, method);
+    } catch (err) {
+      this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
+      sendAnswer(res, failure('bad_request', 'the proxy could not handle this request', this.labelFor(url.target, req)), true);
+      return;
+    }
+    if (!admission.ok) {
+      sendAnswer(res, admission.answer, admission.answer.status === 407 ? false : true);
+      req.resume();
+      return;
+    }
+    const a = admission.admitted;
+    const started = performance.now();
+    let conn: PinnedConnection;
+    const abortDial = new AbortController();
+    const onEarlyClose = () => abortDial.abort();
+    res.once('close', onEarlyClose);
+    try {
+      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, abortDial.signal);
+    } catch (err) {
+      res.removeListener('close', onEarlyClose);
+      this.logDecision(a, null);
+      sendAnswer(res, this.dialFailure(a, err), true);
+      req.resume();
+      this.closedEvent(a, 0, 0, started, res.destroyed ? 'client_closed' : 'error', false);
+      return;
+    }
+    res.removeListener('close', onEarlyClose);
+    this.logDecision(a, conn.address.text);
+    this.forward(a, req, res, conn, hostHeader ?? url.authority, url.path, started);
+  }
+
+  private forward(a: Admitted, req: IncomingMessage, res: ServerResponse, conn: PinnedConnection, host: string, path: string, started: number): void {
+    const upstreamSocket = conn.socket;
+    let end: EndReason | null = null;
+    const finish = (reason: EndReason) => {
+      if (end === null) end = reason;
+    };
+    const headers = ['Host', host, ...forwardRequestHeaders(req.rawHeaders, this.dropHeaders)];
+    const upstreamReq = httpRequest({ method: a.method, path, headers, setHost: false, createConnection: () => upstreamSocket });
+    const call: ActiveCall = {
+      abort: (reason) => {
+        finish(reason);
+        upstreamReq.destroy();
+        res.destroy();
+      },
+    };
+    this.active.add(call);
+    upstreamSocket.setTimeout(this.options.config.limits.tunnelIdleTimeoutMs, () => {
+      if (!res.headersSent) {
+        finish('idle_timeout');
+        this.options.observer?.failure?.('upstream_timeout');
+        sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, null, a.call)), true);
+        upstreamReq.destroy();
+      } else call.abort('idle_timeout');
+    });
+    upstreamReq.on('response', (upstreamRes) => {
+      res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, forwardResponseHeaders(upstreamRes.rawHeaders));
+      upstreamRes.pipe(res);
+      upstreamRes.on('end', () => finish('upstream_closed'));
+      upstreamRes.on('error', () => call.abort('error'));
+    });
+    upstreamReq.on('error', () => {
+      finish('error');
+      if (!res.headersSent) {
+        this.options.observer?.failure?.('upstream_unreachable');
+        sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, null, a.call)), true);
+      } else res.destroy();
+    });
+    req.on('error', () => call.abort('client_closed'));
+    res.once('close', () => {
+      if (!res.writableFinished) finish('client_closed');
+      upstreamReq.destroy();
+      upstreamSocket.destroy();
+      this.active.delete(call);
+      this.closedEvent(a, upstreamSocket.bytesWritten, upstreamSocket.bytesRead, started, end ?? 'upstream_closed', false);
+    });
+    req.pipe(upstreamReq);
+  }
+}
