@@ -21,4 +21,14 @@ if ip -o link show | grep -v ': lo:' | grep -q .; then
   echo "test-in-netns: unexpected interfaces in the test namespace" >&2
   exit 1
 fi
+# Addresses the SSRF and rebinding tests listen on: fake metadata and internal servers, and two
+# "public-looking" upstreams. They exist only on this namespace's loopback interface.
+for a in 169.254.169.254/32 10.1.2.3/32 100.100.100.200/32 93.184.216.34/32 93.184.216.35/32; do
+  ip addr add "$a" dev lo
+done
+for a in fd00:ec2::254/128 2606:4700::1111/128; do
+  ip -6 addr add "$a" dev lo nodad
+done
+# A blackhole: routed to lo but held by nobody, so a SYN to it is never answered (connect timeouts).
+ip route add 203.0.113.9/32 dev lo
 exec npx tap "$@"

@@ -1,0 +1,89 @@
+/** Starts the real proxy in-process on port 0 with temp config and policy files, capturing its events. */
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { startProxy } from '../../src/commands/serve.js';
+import type { Running } from '../../src/commands/serve.js';
+import { parseProxyConfig } from '../../src/config/proxy-config.js';
+import { createEventSink, createLogger } from '../../src/proxy/events.js';
+
+export type Event = Record<string, unknown> & { event?: string; msg?: string };
+
+export interface TestProxy {
+  readonly port: number;
+  readonly url: string;
+  readonly running: Running;
+  readonly dir: string;
+  readonly policyFile: string;
+  events(kind?: string): Event[];
+  waitFor(predicate: (e: Event) => boolean, timeoutMs?: number): Promise<Event>;
+  stop(): Promise<void>;
+}
+
+export interface TestProxyOptions {
+  policy: string;
+  /** Extra YAML appended to the generated config (listen, policy, admin and dns are set). */
+  config?: string;
+  dns?: string;
+  /** Exempt loopback from the baseline (default true: test upstreams live on 127.0.0.1). */
+  exemptLoopback?: boolean;
+}
+
+export async function startTestProxy(options: TestProxyOptions): Promise<TestProxy> {
+  const dir = await mkdtemp(join(tmpdir(), 'mep-proxy-'));
+  const policyFile = join(dir, 'policy.yaml');
+  await writeFile(policyFile, options.policy);
+  const exempt = options.exemptLoopback ?? true;
+  const text = [
+    'listen: 127.0.0.1:0',
+    'policy: policy.yaml',
+    'admin: {listen: "off"}',
+    `dns: {servers: [${options.dns ? JSON.stringify(options.dns) : ''}], timeout_ms: 1000}`,
+    exempt && !/^baseline:/m.test(options.config ?? '') ? 'baseline: {allow_cidrs: [127.0.0.0/8, "::1/128"]}' : '',
+    options.config ?? '',
+  ].join('\n');
+  const configFile = join(dir, 'proxy.yaml');
+  await writeFile(configFile, text);
+  const parsed = parseProxyConfig(configFile, text);
+  if (!parsed.config) throw new Error(parsed.diagnostics.map((d) => d.message).join('; '));
+  const lines: Event[] = [];
+  const waiters: Array<{ predicate: (e: Event) => boolean; resolve: (e: Event) => void }> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (!line.trim()) continue;
+        const e = JSON.parse(line) as Event;
+        lines.push(e);
+        for (const w of [...waiters]) {
+          if (w.predicate(e)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(e);
+          }
+        }
+      }
+      cb();
+    },
+  });
+  const events = createEventSink(createLogger('debug', sink as never));
+  const running = await startProxy(parsed.config, events);
+  if (!running) throw new Error(`policy rejected: ${JSON.stringify(lines)}`);
+  const port = (running.proxy.address as { port: number }).port;
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    running,
+    dir,
+    policyFile,
+    events: (kind) => (kind ? lines.filter((e) => e.event === kind) : [...lines]),
+    waitFor: (predicate, timeoutMs = 5000) => {
+      const found = lines.find(predicate);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('timed out waiting for an event')), timeoutMs);
+        waiters.push({ predicate, resolve: (e) => (clearTimeout(timer), resolve(e)) });
+      });
+    },
+    stop: () => running.stop(),
+  };
+}
