@@ -119,11 +119,11 @@ type P = Pair<Node, Node | null>;
 
 export function parseProxyConfig(file: string, text: string): ConfigResult {
   const src = new YamlSource(file, text);
-  if (!src.ok) return { config: null, diagnostics: src.diagnostics };
+  if (!src.ok) return { config: null, diagnostics: src.sorted() };
   const root = src.doc.contents as Node | null;
   const empty = root === null || (isScalar(root) && root.value === null);
   const top = empty ? new Map<string, P>() : src.mapping(root, 'config', ['listen', 'policy', 'admin', 'dns', 'baseline', 'attribution', 'auth', 'deny_status', 'limits', 'shutdown_grace_ms', 'log']);
-  if (!top) return { config: null, diagnostics: src.diagnostics };
+  if (!top) return { config: null, diagnostics: src.sorted() };
 
   const section = (name: string, keys: readonly string[]) => {
     const pair = top.get(name);
@@ -249,8 +249,8 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     shutdownGraceMs: int(top, 'shutdown_grace_ms', 'shutdown_grace_ms', DEFAULTS.shutdownGraceMs, 0, 600_000),
     log: { level },
   };
-  if (!src.ok) return { config: null, diagnostics: src.diagnostics };
-  return { config, diagnostics: src.diagnostics };
+  if (!src.ok) return { config: null, diagnostics: src.sorted() };
+  return { config, diagnostics: src.sorted() };
 }
 
 /** Built-in defaults, for `test` without `--config`. */

@@ -42,6 +42,11 @@ export class YamlSource {
     }
   }
 
+  /** The diagnostics in file order. */
+  sorted(): Diagnostic[] {
+    return [...this.diagnostics].sort((a, b) => a.line - b.line || a.col - b.col);
+  }
+
   get ok(): boolean {
     return !this.diagnostics.some((d) => d.severity === 'error');
   }

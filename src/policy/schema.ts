@@ -40,14 +40,14 @@ export async function loadPolicyFile(file: string): Promise<PolicyLoadResult & {
 
 export function parsePolicy(file: string, text: string): PolicyLoadResult {
   const src = new YamlSource(file, text);
-  if (!src.ok) return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+  if (!src.ok) return { spec: null, diagnostics: src.sorted(), egressRules: 0, skippedRules: 0 };
   const root = src.doc.contents as Node | null;
   if (root === null || (isScalar(root) && root.value === null)) {
     src.error(0, 'empty policy file: version is required');
-    return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+    return { spec: null, diagnostics: src.sorted(), egressRules: 0, skippedRules: 0 };
   }
   const top = src.mapping(root, 'policy', TOP_KEYS);
-  if (!top) return { spec: null, diagnostics: src.diagnostics, egressRules: 0, skippedRules: 0 };
+  if (!top) return { spec: null, diagnostics: src.sorted(), egressRules: 0, skippedRules: 0 };
 
   const version = top.get('version');
   if (!version) src.error(root, 'version is required (version: 1)');
@@ -80,9 +80,9 @@ export function parsePolicy(file: string, text: string): PolicyLoadResult {
     else skippedRules++;
   }
   if (!src.ok || defaultVerdict === undefined || shadowMode === undefined || observeMode === undefined) {
-    return { spec: null, diagnostics: src.diagnostics, egressRules, skippedRules };
+    return { spec: null, diagnostics: src.sorted(), egressRules, skippedRules };
   }
-  return { spec: { defaultVerdict, shadowMode, observeMode, rules }, diagnostics: src.diagnostics, egressRules, skippedRules };
+  return { spec: { defaultVerdict, shadowMode, observeMode, rules }, diagnostics: src.sorted(), egressRules, skippedRules };
 }
 
 export function isEnforcedVerdict(verdict: RuleVerdict): verdict is 'allow' | 'deny' | 'audit' {

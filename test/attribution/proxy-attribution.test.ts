@@ -1,0 +1,124 @@
+/** Client identity, proxy credentials, socket tags and trusted (registered) call ids through the proxy. */
+import { createHash } from 'node:crypto';
+import t from 'tap';
+import { startTestProxy } from '../helpers/proxy.js';
+import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
+import { startUpstream } from '../helpers/upstream.js';
+
+const basic = (user: string, password: string) => `Proxy-Authorization: Basic ${Buffer.from(`${user}:${password}`).toString('base64')}\r\n`;
+const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+
+const policy = `version: 1
+default_verdict: deny
+rules:
+  - {id: fetch-local, priority: 1, verdict: allow, tool_name_glob: "http_*", server_glob: "team-*"}
+  - {id: search-denied, priority: 2, verdict: deny, tool_name_glob: search}
+  - {id: everyone-local, priority: 3, verdict: allow, egress: {allow: [127.0.0.0/8]}}
+`;
+
+t.test('credentials and identity', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy, config: `auth: {users: [{name: team-a, password_sha256: ${sha('s3cret')}}]}` });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  for (const [name, auth] of [
+    ['no credentials', ''],
+    ['wrong password', basic('team-a', 'nope')],
+    ['unknown user', basic('team-b', 's3cret')],
+    ['not Basic', 'Proxy-Authorization: Bearer xyz\r\n'],
+  ] as const) {
+    for (const request of [connectRequest(target, auth), getRequest(`http://${target}/`, target, auth)]) {
+      const r = await rawRequest(proxy.port, request);
+      t.equal(r.status, 407, name);
+      t.equal(r.headers['proxy-authenticate'], 'Basic realm="mcp-egress-proxy"');
+      t.equal(JSON.parse(r.body).error.code, 'proxy_auth_required');
+    }
+  }
+  t.equal(upstream.requests.length, 0, 'nothing was forwarded');
+  const ok = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-a', 's3cret')}x-mcp-tool: http_get\r\n`));
+  t.equal(ok.status, 200);
+  const seen = upstream.requests[0]?.rawHeaders.map((h) => h.toLowerCase()) ?? [];
+  t.notOk(seen.includes('proxy-authorization'), 'credentials are not forwarded');
+  const d = await proxy.waitFor((e) => e.event === 'egress.decision' && e.dispatched === true);
+  t.match(d, { server: 'team-a', tool: 'http_get', rule: { id: 'fetch-local' } });
+  const lines = JSON.stringify(proxy.events());
+  t.notMatch(lines, /s3cret|czNjcmV0/, 'the password never reaches a log line');
+});
+
+t.test('without users, the Basic user name is a label and the source IP the fallback', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-x', 'anything')}x-mcp-tool: http_get\r\n`));
+  await rawRequest(proxy.port, getRequest(`http://${target}/`, target, 'x-mcp-tool: http_get\r\n'));
+  const [labelled, byIp] = proxy.events('egress.decision');
+  t.match(labelled, { server: 'team-x', rule: { id: 'fetch-local' } });
+  t.match(byIp, { server: '127.0.0.1', rule: { id: 'everyone-local' } });
+});
+
+t.test('socket tags: registered calls attribute connections without headers', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  const { registry } = proxy.running;
+  registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
+  const one = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, basic('team-a', 'x')));
+  t.equal(one.status, 200);
+  t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'call-1', session_id: 'sess-1', rule: { id: 'fetch-local' } });
+
+  registry.register({ callId: 'call-2', tool: 'search', client: 'team-a' });
+  const both = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'x')));
+  t.equal(both.status, 403, 'two open calls: dispatched only if both would be');
+  t.match(JSON.parse(both.body).error, { reason: 'rule', rule: { id: 'search-denied' }, tool: 'search', call_id: 'call-2' });
+  t.match(proxy.events('egress.decision').at(-1), { tool: 'search', call_id: 'call-2', dispatched: false });
+
+  registry.end('call-2');
+  const again = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'x')), 300);
+  t.match(again.raw, /^HTTP\/1\.1 200/, 'ending the denied call lifts it');
+  const header = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-a', 'x')}x-mcp-tool: search\r\n`));
+  t.equal(header.status, 403, 'under trust: header, a header wins over the registry');
+});
+
+t.test('trust: registered accepts only call ids the gateway registered for that client', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy, config: 'attribution: {trust: registered}' });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  const { registry } = proxy.running;
+  registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
+  registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });
+  registry.register({ callId: 'c'.repeat(32), tool: 'http_fetch', client: 'team-a', ttlMs: 1 });
+  await new Promise((r) => setTimeout(r, 10));
+
+  const good = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-a', 'x')}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`));
+  t.equal(good.status, 200, 'registered id accepted');
+  t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'a'.repeat(32) }, 'the tool comes from the registration, not the header');
+
+  for (const [name, callId, client] of [
+    ['forged', 'f'.repeat(32), 'team-a'],
+    ['expired', 'c'.repeat(32), 'team-a'],
+    ["another client's", 'b'.repeat(32), 'team-a'],
+  ] as const) {
+    for (const request of [connectRequest(target, `${basic(client, 'x')}x-mcp-call-id: ${callId}\r\n`), getRequest(`http://${target}/`, target, `${basic(client, 'x')}x-mcp-call-id: ${callId}\r\n`)]) {
+      const r = await rawRequest(proxy.port, request);
+      t.equal(r.status, 403, name);
+      t.match(JSON.parse(r.body).error, { code: 'firewall_blocked', reason: 'unattributed', rule: null, call_id: callId });
+    }
+    t.match(proxy.events('egress.decision').at(-1), { reason: 'unattributed', dispatched: false, call_id: callId });
+  }
+  t.equal(upstream.requests.length, 1);
+});

@@ -1,0 +1,150 @@
+/**
+ * `serve` as a real process: listening events with real ports, SIGHUP reload (a broken file
+ * changes nothing), SIGTERM with an open tunnel (stop accepting, let it finish, write every
+ * event, exit 0), and refusing to start on a broken config or policy.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
+import { startUpstream } from '../helpers/upstream.js';
+
+interface Served {
+  child: ChildProcess;
+  lines: Array<Record<string, unknown>>;
+  stderr: () => string;
+  exit: Promise<number | null>;
+  waitFor(pred: (e: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
+}
+
+function serve(args: string[], env: Record<string, string> = {}): Served {
+  const child = spawn(process.execPath, ['dist/src/cli.js', 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: Array<Record<string, unknown>> = [];
+  let buffer = '';
+  let err = '';
+  child.stdout?.on('data', (d: Buffer) => {
+    buffer += d.toString();
+    let i;
+    while ((i = buffer.indexOf('\n')) !== -1) {
+      lines.push(JSON.parse(buffer.slice(0, i)));
+      buffer = buffer.slice(i + 1);
+    }
+  });
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return {
+    child,
+    lines,
+    stderr: () => err,
+    exit,
+    async waitFor(pred, ms = 5000) {
+      const deadline = Date.now() + ms;
+      while (Date.now() < deadline) {
+        const found = lines.find(pred);
+        if (found) return found;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      throw new Error(`timed out; saw ${JSON.stringify(lines)} ${err}`);
+    },
+  };
+}
+
+async function files(policy: string, config: string): Promise<{ dir: string; policy: string; config: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'mep-serve-'));
+  await writeFile(join(dir, 'policy.yaml'), policy);
+  await writeFile(join(dir, 'proxy.yaml'), config);
+  return { dir, policy: join(dir, 'policy.yaml'), config: join(dir, 'proxy.yaml') };
+}
+
+const config = 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
+
+t.test('listening, reload, graceful shutdown', async (t) => {
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const f = await files('version: 1\ndefault_verdict: allow\n', config);
+  const s = serve([], { MCP_EGRESS_CONFIG: f.config });
+  const listening = await s.waitFor((e) => e.event === 'listening');
+  t.match(listening, { listener: 'proxy', address: '127.0.0.1' });
+  const port = listening.port as number;
+  t.ok(port > 0, 'the real port, not 0');
+
+  // Reload: a broken file changes nothing, a good one takes over.
+  await writeFile(f.policy, 'version: 1\nrules: [\n');
+  s.child.kill('SIGHUP');
+  const rejected = await s.waitFor((e) => e.event === 'policy.rejected');
+  t.match((rejected.errors as string[])[0], /policy\.yaml:3:1: error:/);
+  const stillAllowed = await rawRequest(port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`));
+  t.equal(stillAllowed.status, 200, 'the previous policy keeps serving');
+  await writeFile(f.policy, 'version: 1\ndefault_verdict: deny\n');
+  s.child.kill('SIGHUP');
+  await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === 2);
+  const nowDenied = await rawRequest(port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`));
+  t.equal(nowDenied.status, 403);
+  t.match(s.lines.filter((e) => e.event === 'egress.decision').map((e) => e.policy_generation), [1, 2]);
+
+  // An open tunnel keeps its decision and may finish during the grace period.
+  await writeFile(f.policy, 'version: 1\ndefault_verdict: allow\n');
+  s.child.kill('SIGHUP');
+  await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === 3);
+  const tunnel = connect({ host: '127.0.0.1', port });
+  let got = '';
+  tunnel.on('data', (d) => (got += d));
+  tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
+  await new Promise((r) => tunnel.once('data', r));
+  s.child.kill('SIGTERM');
+  await s.waitFor((e) => e.event === 'shutdown');
+  const refusedNew = await rawRequest(port, connectRequest(`127.0.0.1:${upstream.port}`), 1000).catch((e: Error) => e);
+  t.ok(refusedNew instanceof Error || refusedNew.status === 0, 'no new connections after SIGTERM');
+  tunnel.write(`GET /during-shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
+  await new Promise((r) => tunnel.on('close', r));
+  t.match(got, /during-shutdown/, 'the open tunnel finished its request');
+  t.equal(await s.exit, 0, 'exit 0');
+  const connectDecision = s.lines.find((e) => e.event === 'egress.decision' && e.method === 'CONNECT');
+  const closed = s.lines.find((e) => e.event === 'egress.closed' && e.conn_id === connectDecision?.conn_id && (e.bytes_up as number) > 0);
+  t.ok(closed, 'the tunnel closed event was written before exit');
+  t.equal(s.lines.at(-1)?.event, 'stopped', 'the last line is written');
+});
+
+t.test('open calls past the grace period end with shutdown', async (t) => {
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', 'shutdown_grace_ms: 200'));
+  const s = serve(['--config', f.config, '--listen', '127.0.0.1:0', '--admin-listen', 'off']);
+  const port = (await s.waitFor((e) => e.event === 'listening')).port as number;
+  const tunnel = connect({ host: '127.0.0.1', port });
+  tunnel.on('data', () => {});
+  tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
+  await s.waitFor((e) => e.event === 'egress.decision');
+  s.child.kill('SIGINT');
+  t.equal(await s.exit, 0);
+  t.ok(s.lines.find((e) => e.event === 'egress.closed' && e.end === 'shutdown'), 'ended by shutdown, and logged');
+});
+
+t.test('refuses to start on a broken config or policy', async (t) => {
+  const badPolicy = await files('version: 1\nrules:\n  - {priority: x, verdict: deny}\n', config);
+  const a = serve(['--config', badPolicy.config]);
+  t.equal(await a.exit, 1);
+  t.ok(a.lines.some((e) => e.event === 'policy.rejected'));
+  t.notOk(a.lines.some((e) => e.event === 'listening'), 'nothing listens');
+  t.match(a.stderr(), /not valid; not serving/);
+
+  const badConfig = await files('version: 1\n', 'listen: nowhere\n');
+  const b = serve(['--config', badConfig.config]);
+  t.equal(await b.exit, 1);
+  t.match(b.stderr(), /proxy\.yaml:1:9: error: listen: 'nowhere' is not HOST:PORT/);
+
+  const c = serve(['--config', badConfig.config.replace('proxy.yaml', 'missing.yaml')]);
+  t.equal(await c.exit, 1);
+  t.match(c.stderr(), /cannot read config file: ENOENT/);
+
+  const good = await files('version: 1\n', config);
+  const d = serve(['--config', good.config, '--listen', 'bogus']);
+  t.equal(await d.exit, 2);
+  t.match(d.stderr(), /--listen:/);
+  const e = serve(['--config', good.config, '--admin-listen', 'bogus']);
+  t.equal(await e.exit, 2);
+});

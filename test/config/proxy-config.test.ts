@@ -1,0 +1,93 @@
+/** config/proxy.yaml validation: defaults, every key, and FILE:LINE:COL errors. */
+import t from 'tap';
+import { DEFAULTS, defaultConfig, loadProxyConfig, parseListen, parseProxyConfig } from '../../src/config/proxy-config.js';
+import { formatDiagnostic } from '../../src/config/yaml.js';
+
+t.test('the shipped config and the defaults', async (t) => {
+  const shipped = await loadProxyConfig('config/proxy.yaml');
+  t.ok(shipped.config, shipped.diagnostics.map(formatDiagnostic).join('\n'));
+  const d = defaultConfig();
+  t.same(shipped.config?.listen, d.listen);
+  t.match(shipped.config, { denyStatus: 403, attribution: { toolHeader: 'x-mcp-tool', callHeader: 'x-mcp-call-id', sessionHeader: 'x-mcp-session-id', trust: 'header' } });
+  t.match(d, { listen: DEFAULTS.listen, admin: { listen: DEFAULTS.adminListen, tokens: [] }, limits: { maxHeaderBytes: 16384 }, shutdownGraceMs: 10000 });
+  t.match(shipped.config?.policy, /config\/policy\.yaml$/, 'policy is relative to the config file');
+  t.equal((await loadProxyConfig('/nonexistent.yaml')).config, null);
+});
+
+t.test('every key', async (t) => {
+  const sha = 'a'.repeat(64);
+  const r = parseProxyConfig('/etc/mep/proxy.yaml', `listen: "[::1]:0"
+policy: ../policies/p.yaml
+admin:
+  listen: "off"
+  tokens: [{name: ops, sha256: ${sha}, role: developer}]
+dns: {servers: [127.0.0.1, "127.0.0.1:5353", "[::1]:53"], timeout_ms: 100, cache_max_ttl_seconds: 0}
+baseline: {allow_cidrs: [10.0.0.0/8, 192.168.1.1]}
+attribution: {tool_header: X-Tool, call_header: X-Call, session_header: X-Session, trust: registered, registration_ttl_ms: 1000}
+auth: {users: [{name: team-a, password_sha256: ${sha}}]}
+deny_status: 451
+limits: {max_header_bytes: 2048, header_timeout_ms: 500, connect_timeout_ms: 500, tunnel_idle_timeout_ms: 1000, max_tunnels_per_client: 3, max_connections: 4}
+shutdown_grace_ms: 0
+log: {level: debug}
+`);
+  t.ok(r.config, r.diagnostics.map(formatDiagnostic).join('\n'));
+  t.match(r.config, {
+    listen: { host: '::1', port: 0 },
+    policy: '/etc/policies/p.yaml',
+    admin: { listen: null, tokens: [{ name: 'ops', role: 'developer' }] },
+    dns: { servers: ['127.0.0.1', '127.0.0.1:5353', '[::1]:53'], timeoutMs: 100, cacheMaxTtlSeconds: 0 },
+    attribution: { toolHeader: 'x-tool', trust: 'registered', defaultTtlMs: 1000 },
+    auth: { users: [{ name: 'team-a' }] },
+    denyStatus: 451,
+    limits: { maxHeaderBytes: 2048, maxTunnelsPerClient: 3, maxConnections: 4 },
+    shutdownGraceMs: 0,
+    log: { level: 'debug' },
+  });
+  t.same(r.config?.baseline.allowCidrs.map((c) => c.text), ['10.0.0.0/8', '192.168.1.1/32']);
+});
+
+t.test('errors at FILE:LINE:COL, all of them', async (t) => {
+  const r = parseProxyConfig('c.yaml', `listen: localhost:3128
+admin:
+  listen: 0.0.0.0:99999
+  tokens: [{name: a, sha256: nothex, role: admin}, {name: b}]
+dns: {servers: [dns.google, "1.2.3.4:0"]}
+baseline: {allow_cidrs: [10.0.0.1/8]}
+attribution: {tool_header: "bad header", trust: maybe}
+auth: {users: [{name: "a:b", password_sha256: ${'a'.repeat(64)}}, {name: c, password_sha256: XYZ}]}
+deny_status: 200
+limits: {max_header_bytes: 10, nonsense: 1}
+extra: 1
+`);
+  t.equal(r.config, null);
+  const lines = r.diagnostics.map(formatDiagnostic);
+  const expected = [
+    /^c\.yaml:1:9: error: listen: 'localhost' is not an IP address/,
+    /^c\.yaml:3:11: error: admin\.listen: port 99999 is above 65535/,
+    /^c\.yaml:4:44: error: role must be one of: viewer, developer/,
+    /^c\.yaml:4:30: error: sha256 must be 64 lower-case hex digits|^c\.yaml:4:\d+: error: admin token needs name, sha256 and role/,
+    /^c\.yaml:4:\d+: error: admin token needs name, sha256 and role/,
+    /^c\.yaml:5:17: error: 'dns\.google' is not a DNS server address/,
+    /^c\.yaml:5:29: error: '1\.2\.3\.4:0' is not a DNS server address/,
+    /^c\.yaml:6:26: error: '10\.0\.0\.1\/8' has bits set beyond/,
+    /^c\.yaml:7:28: error: attribution\.tool_header: 'bad header' is not an HTTP header name/,
+    /^c\.yaml:7:49: error: attribution\.trust must be one of: header, registered/,
+    /^c\.yaml:8:\d+: error: user name must be non-empty and have no ':'/,
+    /^c\.yaml:8:\d+: error: password_sha256 must be 64 lower-case hex digits/,
+    /^c\.yaml:9:14: error: deny_status must be an integer from 400 to 599/,
+    /^c\.yaml:10:\d+: error: limits: unknown key 'nonsense'/,
+    /^c\.yaml:10:28: error: limits\.max_header_bytes must be an integer from 1024 to 1048576/,
+    /^c\.yaml:11:1: error: config: unknown key 'extra'/,
+  ];
+  for (const re of expected) t.ok(lines.some((l) => re.test(l)), `${re} in\n${lines.join('\n')}`);
+  const positions = r.diagnostics.map((d) => d.line * 1000 + d.col);
+  t.same(positions, [...positions].sort((a, b) => a - b), 'in file order');
+});
+
+t.test('listen addresses', async (t) => {
+  t.same(parseListen('127.0.0.1:0'), { host: '127.0.0.1', port: 0 });
+  t.same(parseListen('[::]:3128'), { host: '::', port: 3128 });
+  t.match(parseListen('::1:3128'), { error: /HOST:PORT/ });
+  t.match(parseListen('[127.0.0.1]:1'), { error: /not an IP address/ });
+  t.match(parseListen('127.0.0.1'), { error: /HOST:PORT/ });
+});
