@@ -1,13 +1,15 @@
 /**
  * `npm run bench`: runs the benchmarks and prints their tables. `npm run bench -- policy` runs one.
  */
+import { runDatapathBench } from './datapath.bench.js';
 import { runPolicyBench } from './policy.bench.js';
 
 const benches: Record<string, () => Promise<string> | string> = {
   policy: runPolicyBench,
+  datapath: runDatapathBench,
 };
 
-const wanted = process.argv.slice(2);
+const wanted = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 for (const [name, bench] of Object.entries(benches)) {
   if (wanted.length > 0 && !wanted.includes(name)) continue;
   process.stdout.write(`${await bench()}\n\n`);

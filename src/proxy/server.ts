@@ -28,6 +28,8 @@ import type { IpAddress } from '../net/address.js';
 import { createBaseline } from '../net/baseline.js';
 import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
 import type { Target } from '../net/destination.js';
+import { pinnedAddressOf, PinnedAgent } from '../net/pinned-agent.js';
+import type { PinnedRequestOptions } from '../net/pinned-agent.js';
 import { DialError, pinnedDial } from '../net/pinned-dial.js';
 import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
@@ -91,8 +93,11 @@ export class ProxyServer {
   private connCounter = 0;
   private readonly classify: (ip: IpAddress, port: number) => string | null;
   private localAddressCache: { at: number; addresses: Set<string> } | null = null;
+  private listenersCache: ReadonlyArray<{ address: string; port: number }> | null = null;
   private readonly dropHeaders: ReadonlySet<string>;
   private closing = false;
+  /** Keep-alive pool for plain HTTP, keyed by the vetted IP (never by name). */
+  private readonly agent = new PinnedAgent();
 
   constructor(private readonly options: ProxyServerOptions) {
     const { config } = options;
@@ -149,6 +154,7 @@ export class ProxyServer {
     }
     for (const call of [...this.active]) call.abort('shutdown');
     this.server.closeAllConnections();
+    this.agent.destroy();
     await closed;
   }
 
@@ -260,14 +266,27 @@ export class ProxyServer {
     return addresses;
   }
 
-  private isSelf(ip: IpAddress, port: number): boolean {
-    const listeners = [...(this.address ? [this.address] : []), ...(this.options.otherListeners?.() ?? [])];
-    for (const l of listeners) {
-      if (l.port !== port) continue;
+  /** Our own listening sockets, canonical; read once after listen (server.address() is a syscall). */
+  private selfListeners(): ReadonlyArray<{ address: string; port: number }> {
+    if (this.listenersCache) return this.listenersCache;
+    const listeners = [...(this.address ? [this.address] : []), ...(this.options.otherListeners?.() ?? [])].map((l) => {
       const h = canonicalHost(l.address);
-      const listenText = h.kind === 'ip' ? h.host : l.address;
-      if (listenText === ip.text) return true;
-      if (UNSPECIFIED.has(listenText) && (UNSPECIFIED.has(ip.text) || this.localAddresses().has(ip.text))) return true;
+      return { address: h.kind === 'ip' ? h.host : l.address, port: l.port };
+    });
+    if (this.address) this.listenersCache = listeners;
+    return listeners;
+  }
+
+  /** Forgets the cached listeners (when another listener, e.g. the admin API, starts). */
+  refreshSelf(): void {
+    this.listenersCache = null;
+  }
+
+  private isSelf(ip: IpAddress, port: number): boolean {
+    for (const l of this.selfListeners()) {
+      if (l.port !== port) continue;
+      if (l.address === ip.text) return true;
+      if (UNSPECIFIED.has(l.address) && (UNSPECIFIED.has(ip.text) || this.localAddresses().has(ip.text))) return true;
     }
     return false;
   }
@@ -440,72 +459,124 @@ export class ProxyServer {
       req.resume();
       return;
     }
-    const a = admission.admitted;
-    const started = performance.now();
-    let conn: PinnedConnection;
-    const abortDial = new AbortController();
-    const onEarlyClose = () => abortDial.abort();
-    res.once('close', onEarlyClose);
-    try {
-      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, abortDial.signal);
-    } catch (err) {
-      res.removeListener('close', onEarlyClose);
-      this.logDecision(a, null);
-      sendAnswer(res, this.dialFailure(a, err), true);
-      req.resume();
-      this.closedEvent(a, 0, 0, started, res.destroyed ? 'client_closed' : 'error', false);
-      return;
-    }
-    res.removeListener('close', onEarlyClose);
-    this.logDecision(a, conn.address.text);
-    this.forward(a, req, res, conn, hostHeader ?? url.authority, url.path, started);
+    this.forward(admission.admitted, req, res, hostHeader ?? url.authority, url.path);
   }
 
-  private forward(a: Admitted, req: IncomingMessage, res: ServerResponse, conn: PinnedConnection, host: string, path: string, started: number): void {
-    const upstreamSocket = conn.socket;
+  /**
+   * Forwards one plain-HTTP request over a pinned keep-alive socket (pinned-agent.ts) and
+   * streams the answer back. A bodiless request whose reused socket the upstream had already
+   * closed is sent once more on a fresh one.
+   */
+  private forward(a: Admitted, req: IncomingMessage, res: ServerResponse, host: string, path: string): void {
+    const started = performance.now();
+    const { limits } = this.options.config;
+    const headers = ['Host', host, ...forwardRequestHeaders(req.rawHeaders, this.dropHeaders)];
+    const bodiless = (req.headers['content-length'] === undefined || req.headers['content-length'] === '0') && req.headers['transfer-encoding'] === undefined;
     let end: EndReason | null = null;
+    let decisionLogged = false;
+    let bytesUp = 0;
+    let bytesDown = 0;
+    let current: ReturnType<typeof httpRequest> | null = null;
     const finish = (reason: EndReason) => {
       if (end === null) end = reason;
     };
-    const headers = ['Host', host, ...forwardRequestHeaders(req.rawHeaders, this.dropHeaders)];
-    const upstreamReq = httpRequest({ method: a.method, path, headers, setHost: false, createConnection: () => upstreamSocket });
     const call: ActiveCall = {
       abort: (reason) => {
         finish(reason);
-        upstreamReq.destroy();
+        current?.destroy();
         res.destroy();
       },
     };
     this.active.add(call);
-    upstreamSocket.setTimeout(this.options.config.limits.tunnelIdleTimeoutMs, () => {
-      if (!res.headersSent) {
-        finish('idle_timeout');
-        this.options.observer?.failure?.('upstream_timeout');
-        sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, null, a.call)), true);
-        upstreamReq.destroy();
-      } else call.abort('idle_timeout');
-    });
-    upstreamReq.on('response', (upstreamRes) => {
-      res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, forwardResponseHeaders(upstreamRes.rawHeaders));
-      upstreamRes.pipe(res);
-      upstreamRes.on('end', () => finish('upstream_closed'));
-      upstreamRes.on('error', () => call.abort('error'));
-    });
-    upstreamReq.on('error', () => {
-      finish('error');
-      if (!res.headersSent) {
-        this.options.observer?.failure?.('upstream_unreachable');
-        sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, null, a.call)), true);
-      } else res.destroy();
-    });
+    const logOnce = (pinned: string | null) => {
+      if (decisionLogged) return;
+      decisionLogged = true;
+      this.logDecision(a, pinned);
+    };
+
+    const send = (retry: boolean) => {
+      const options: PinnedRequestOptions = {
+        agent: this.agent,
+        host: (a.candidates[0] as IpAddress).text,
+        port: a.target.port,
+        method: a.method,
+        path,
+        headers,
+        setHost: false,
+        candidates: a.candidates,
+        connectTimeoutMs: limits.connectTimeoutMs,
+      };
+      const upstreamReq = httpRequest(options);
+      current = upstreamReq;
+      let written0 = 0;
+      let read0 = 0;
+      let socket: Socket | null = null;
+      // One timeout listener per request, removed when the request is done: the socket is
+      // pooled and serves many requests, so listeners added per request would pile up on it.
+      const onTimeout = () => {
+        if (current !== upstreamReq) return;
+        if (!res.headersSent) {
+          finish('idle_timeout');
+          this.options.observer?.failure?.('upstream_timeout');
+          sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, null, a.call)), true);
+          upstreamReq.destroy();
+        } else call.abort('idle_timeout');
+      };
+      const release = () => socket?.removeListener('timeout', onTimeout);
+      upstreamReq.on('socket', (s: Socket) => {
+        socket = s;
+        written0 = s.bytesWritten;
+        read0 = s.bytesRead;
+        logOnce(pinnedAddressOf(s));
+        s.setTimeout(limits.tunnelIdleTimeoutMs);
+        s.on('timeout', onTimeout);
+      });
+      upstreamReq.on('close', release);
+      upstreamReq.on('finish', () => {
+        if (socket) bytesUp = socket.bytesWritten - written0;
+      });
+      upstreamReq.on('response', (upstreamRes) => {
+        res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, forwardResponseHeaders(upstreamRes.rawHeaders));
+        upstreamRes.pipe(res);
+        upstreamRes.on('end', () => {
+          if (socket) bytesDown = socket.bytesRead - read0;
+          release();
+          finish('upstream_closed');
+        });
+        upstreamRes.on('error', () => call.abort('error'));
+      });
+      upstreamReq.on('error', (err) => {
+        if (res.headersSent) {
+          finish('error');
+          res.destroy();
+          return;
+        }
+        if (retry && upstreamReq.reusedSocket && !res.destroyed) {
+          send(false);
+          return;
+        }
+        finish('error');
+        if (err instanceof DialError) {
+          logOnce(null);
+          sendAnswer(res, this.dialFailure(a, err), true);
+        } else {
+          this.options.observer?.failure?.('upstream_unreachable');
+          sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, null, a.call)), true);
+        }
+      });
+      if (bodiless) upstreamReq.end();
+      else req.pipe(upstreamReq);
+    };
+
     req.on('error', () => call.abort('client_closed'));
     res.once('close', () => {
-      if (!res.writableFinished) finish('client_closed');
-      upstreamReq.destroy();
-      upstreamSocket.destroy();
+      if (!res.writableFinished) {
+        finish('client_closed');
+        current?.destroy();
+      }
       this.active.delete(call);
-      this.closedEvent(a, upstreamSocket.bytesWritten, upstreamSocket.bytesRead, started, end ?? 'upstream_closed', false);
+      this.closedEvent(a, bytesUp, bytesDown, started, end ?? 'upstream_closed', false);
     });
-    req.pipe(upstreamReq);
+    send(bodiless);
   }
 }

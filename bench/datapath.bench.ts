@@ -1,0 +1,329 @@
+/**
+ * Data-path benchmark, in one run on loopback: no proxy ("direct"), a bare proxy-chain server,
+ * and mcp-egress-proxy (events written to a file, as in production). Each proxy runs in its own
+ * process (bench/proxy-process.ts); the load generator and the upstream run here.
+ *
+ *   S1  plain-HTTP keep-alive requests/s and p99 latency, 50 connections
+ *   S2  CONNECT tunnels set up per second and p99 (new connection each: CONNECT, GET, close), 50 at once
+ *   S3  single-tunnel throughput (MiB/s downloading through one tunnel)
+ *   S4  8-tunnel throughput (aggregate)
+ *   S5  RSS per idle open tunnel (2,000 tunnels)
+ *
+ * `--profile` writes a CPU profile of the proxy during S1 and prints its top functions.
+ */
+import { fork } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { connect, createServer as createNetServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { summarize, table } from './stats.js';
+
+const HOST = '127.0.0.1';
+const S1_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const BULK_BYTES = 256 * 1024 * 1024;
+const IDLE_TUNNELS = 2000;
+
+interface Target {
+  name: string;
+  port: number | null;
+  child: ChildProcess | null;
+}
+
+function startProxyProcess(kind: 'egress' | 'proxy-chain' | 'minimal', profileDir?: string): Promise<Target & { child: ChildProcess }> {
+  return new Promise((resolve, reject) => {
+    const child = fork(new URL('./proxy-process.js', import.meta.url), [kind], {
+      execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    });
+    child.once('message', (m: { port: number }) => resolve({ name: kind, port: m.port, child }));
+    child.once('error', reject);
+  });
+}
+
+function stopProcess(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
+}
+
+function rssKiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
+
+/** A keep-alive HTTP client over one socket: sends a request, waits for one full response. */
+function requester(port: number, request: string): { send(): Promise<number>; close(): void } {
+  const socket = connect({ host: HOST, port, noDelay: true });
+  let buffer = Buffer.alloc(0);
+  let waiting: ((ms: number) => void) | null = null;
+  let started = 0;
+  socket.on('data', (chunk) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    const end = buffer.indexOf('\r\n\r\n');
+    if (end === -1) return;
+    const length = Number(/content-length: (\d+)/i.exec(buffer.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+    if (buffer.length < end + 4 + length) return;
+    buffer = buffer.subarray(end + 4 + length);
+    const done = waiting;
+    waiting = null;
+    done?.(performance.now() - started);
+  });
+  socket.on('error', () => {});
+  return {
+    send() {
+      return new Promise((resolve) => {
+        waiting = resolve;
+        started = performance.now();
+        socket.write(request);
+      });
+    },
+    close: () => socket.destroy(),
+  };
+}
+
+async function s1(port: number, upstreamPort: number, proxied: boolean): Promise<{ rps: number; p99: number }> {
+  const path = proxied ? `http://${HOST}:${upstreamPort}/` : '/';
+  const request = `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\nx-mcp-tool: bench\r\n\r\n`;
+  const clients = Array.from({ length: 50 }, () => requester(port, request));
+  const latencies: number[] = [];
+  const deadline = performance.now() + S1_SECONDS * 1000;
+  const warmup = performance.now() + 500;
+  const started = performance.now();
+  let counted = 0;
+  await Promise.all(
+    clients.map(async (c) => {
+      while (performance.now() < deadline) {
+        const ms = await c.send();
+        if (performance.now() > warmup) {
+          latencies.push(ms);
+          counted++;
+        }
+      }
+    }),
+  );
+  clients.forEach((c) => c.close());
+  const seconds = (performance.now() - Math.max(started, warmup)) / 1000;
+  return { rps: counted / seconds, p99: summarize(latencies).p99 };
+}
+
+/** One tunnel (or direct connection): connect, CONNECT, GET, close. Resolves with its latency. */
+function oneTunnel(port: number, upstreamPort: number, proxied: boolean): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const socket = connect({ host: HOST, port, noDelay: true });
+    let stage: 'connect' | 'response' = proxied ? 'connect' : 'response';
+    let data = '';
+    socket.on('connect', () => {
+      socket.write(proxied ? `CONNECT ${HOST}:${upstreamPort} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\n\r\n` : `GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    });
+    socket.on('data', (d) => {
+      data += d.toString('latin1');
+      if (stage === 'connect' && data.includes('\r\n\r\n')) {
+        if (!data.startsWith('HTTP/1.1 200')) return reject(new Error(data));
+        stage = 'response';
+        data = '';
+        socket.write(`GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      }
+    });
+    socket.on('close', () => resolve(performance.now() - started));
+    socket.on('error', reject);
+  });
+}
+
+async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p99: number }> {
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: 50 }, async () => {
+      while (next++ < total) latencies.push(await oneTunnel(port, upstreamPort, proxied));
+    }),
+  );
+  return { perSecond: total / ((performance.now() - started) / 1000), p99: summarize(latencies).p99 };
+}
+
+/** Downloads `bytes` through `count` tunnels at once from the bulk server; MiB/s aggregate. */
+async function bulk(port: number, bulkPort: number, proxied: boolean, count: number, bytes: number): Promise<number> {
+  const started = performance.now();
+  await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const socket = connect({ host: HOST, port: proxied ? port : bulkPort });
+          let received = 0;
+          let tunnelled = !proxied;
+          socket.on('connect', () => {
+            if (proxied) socket.write(`CONNECT ${HOST}:${bulkPort} HTTP/1.1\r\nHost: x\r\n\r\n`);
+            else socket.write(`${bytes}\n`);
+          });
+          socket.on('data', (d: Buffer) => {
+            if (!tunnelled) {
+              const end = d.indexOf('\r\n\r\n');
+              if (end === -1) return;
+              tunnelled = true;
+              socket.write(`${bytes}\n`);
+              d = d.subarray(end + 4);
+            }
+            received += d.length;
+            if (received >= bytes) socket.destroy();
+          });
+          socket.on('close', () => (received >= bytes ? resolve() : reject(new Error(`short read ${received}`))));
+          socket.on('error', () => {});
+        }),
+    ),
+  );
+  return (count * bytes) / (1024 * 1024) / ((performance.now() - started) / 1000);
+}
+
+/** Opens `count` idle tunnels through the proxy to the hold server. */
+async function openTunnels(port: number, holdPort: number, count: number): Promise<Socket[]> {
+  const sockets: Socket[] = [];
+  for (let i = 0; i < count; i += 100) {
+    await Promise.all(
+      Array.from(
+        { length: 100 },
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const s = connect({ host: HOST, port });
+            s.once('connect', () => s.write(`CONNECT ${HOST}:${holdPort} HTTP/1.1\r\nHost: x\r\n\r\n`));
+            s.once('data', (d) => (d.toString().startsWith('HTTP/1.1 200') ? resolve() : reject(new Error(d.toString()))));
+            s.on('error', reject);
+            sockets.push(s);
+          }),
+      ),
+    );
+  }
+  return sockets;
+}
+
+/**
+ * RSS per idle tunnel, in a fresh proxy process: warm up with 200 tunnels (opened and closed),
+ * then compare RSS before and after opening 2,000 that stay open.
+ */
+async function s5(kind: 'egress' | 'proxy-chain' | 'minimal', holdPort: number): Promise<number> {
+  const target = await startProxyProcess(kind);
+  const port = target.port as number;
+  const pid = target.child.pid as number;
+  (await openTunnels(port, holdPort, 200)).forEach((s) => s.destroy());
+  await new Promise((r) => setTimeout(r, 1000));
+  const before = rssKiB(pid);
+  const sockets = await openTunnels(port, holdPort, IDLE_TUNNELS);
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = rssKiB(pid);
+  sockets.forEach((s) => s.destroy());
+  await stopProcess(target.child);
+  return ((after - before) * 1024) / IDLE_TUNNELS;
+}
+
+function topFunctions(dir: string): string {
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) return '(no profile written)';
+  const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+    nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>;
+    samples: number[];
+    timeDeltas: number[];
+  };
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let total = 0;
+  profile.samples.forEach((id, i) => {
+    const n = byId.get(id);
+    const dt = profile.timeDeltas[i] ?? 0;
+    total += dt;
+    if (!n) return;
+    const where = n.callFrame.url ? `${n.callFrame.url.replace(/^.*\/(node_modules\/|dist\/)?/, '$1')}:${n.callFrame.lineNumber + 1}` : '';
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${where}`.trim();
+    self.set(key, (self.get(key) ?? 0) + dt);
+  });
+  const ours = [...self.entries()].filter(([k]) => /src\/(policy|net\/(baseline|address|resolve)|proxy\/(decision|events))/.test(k)).reduce((a, [, v]) => a + v, 0);
+  const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [`${((100 * v) / total).toFixed(1)}%`, k]);
+  return [`CPU profile of mcp-egress-proxy during S1 (${file}), self time:`, '', table(['self', 'function'], rows), '', `policy evaluation + baseline + DNS cache + event formatting: ${((100 * ours) / total).toFixed(1)}% of samples`].join('\n');
+}
+
+export async function runDatapathBench(): Promise<string> {
+  const profile = process.argv.includes('--profile');
+  const body = Buffer.from('{"ok":true}');
+  const upstream = createServer({ keepAliveTimeout: 60_000 }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  });
+  await new Promise<void>((r) => upstream.listen(0, HOST, () => r()));
+  const upstreamPort = (upstream.address() as AddressInfo).port;
+  // Bulk: reads a byte count, then streams that many bytes.
+  const chunk = Buffer.alloc(64 * 1024, 120);
+  const bulkServer = createNetServer((s) => {
+    s.on('error', () => {});
+    s.once('data', (d) => {
+      let left = Number(d.toString().trim());
+      const pump = () => {
+        while (left > 0) {
+          const n = Math.min(left, chunk.length);
+          left -= n;
+          if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return void s.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  });
+  await new Promise<void>((r) => bulkServer.listen(0, HOST, () => r()));
+  const bulkPort = (bulkServer.address() as AddressInfo).port;
+  const holdServer = createNetServer((s) => s.on('error', () => {}));
+  await new Promise<void>((r) => holdServer.listen(0, HOST, () => r()));
+  const holdPort = (holdServer.address() as AddressInfo).port;
+
+  const rows: Array<Array<string | number>> = [];
+  interface Figures {
+    rps: number;
+    setups: number;
+    single: number;
+    eight: number;
+    rss: number;
+  }
+  const results = new Map<string, Figures>();
+  let profileText = '';
+  for (const kind of ['direct', 'proxy-chain', 'minimal', 'egress'] as const) {
+    const profileDir = profile && kind === 'egress' ? await mkdtemp(join(tmpdir(), 'mep-prof-')) : undefined;
+    const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind, profileDir);
+    const port = target.port ?? upstreamPort;
+    const proxied = kind !== 'direct';
+    const r1 = await s1(port, upstreamPort, proxied);
+    if (profileDir) {
+      await stopProcess(target.child as ChildProcess);
+      profileText = topFunctions(profileDir);
+      rows.push([kind, r1.rps.toFixed(0), r1.p99.toFixed(2), '-', '-', '-', '-', '-']);
+      continue;
+    }
+    const r2 = await s2(proxied ? port : upstreamPort, upstreamPort, proxied);
+    const r3 = await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
+    const r4 = await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
+    if (target.child) await stopProcess(target.child);
+    const r5 = kind === 'direct' ? NaN : await s5(kind, holdPort);
+    results.set(kind, { rps: r1.rps, setups: r2.perSecond, single: r3, eight: r4, rss: r5 });
+    rows.push([kind, r1.rps.toFixed(0), r1.p99.toFixed(2), r2.perSecond.toFixed(0), r2.p99.toFixed(2), r3.toFixed(0), r4.toFixed(0), Number.isNaN(r5) ? '-' : (r5 / 1024).toFixed(1)]);
+  }
+  upstream.close();
+  bulkServer.close();
+  holdServer.close();
+  const out = [
+    `## Data path (loopback; S1 ${S1_SECONDS} s per target)`,
+    '',
+    table(['target', 'S1 req/s', 'S1 p99 ms', 'S2 tunnels/s', 'S2 p99 ms', 'S3 MiB/s (1 tunnel)', 'S4 MiB/s (8 tunnels)', 'S5 KiB RSS/idle tunnel'], rows),
+  ];
+  const ours = results.get('egress');
+  const chain = results.get('proxy-chain');
+  if (ours && chain) {
+    out.push(
+      '',
+      `ratios to proxy-chain: S1 ${(ours.rps / chain.rps).toFixed(2)}x (target >= 2), S2 ${(ours.setups / chain.setups).toFixed(2)}x (target >= 1.1), ` +
+        `S3 ${(ours.single / chain.single).toFixed(2)}x, S4 ${(ours.eight / chain.eight).toFixed(2)}x (targets >= 1), S5 ${(ours.rss / 1024).toFixed(1)} KiB (target <= 20)`,
+    );
+  }
+  if (profileText) out.push('', profileText);
+  return out.join('\n');
+}
