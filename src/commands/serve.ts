@@ -12,8 +12,11 @@ import { DiscoveredStore } from '../proxy/discovered.js';
 import { createEventSink, createLogger } from '../proxy/events.js';
 import type { EventSink } from '../proxy/events.js';
 import { PolicyStore } from '../proxy/policy-store.js';
+import type { LoadResult } from '../proxy/policy-store.js';
+import { PolicyWatcher } from '../proxy/policy-watch.js';
+import { AdminServer } from '../admin/server.js';
+import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';
-import type { ProxyObserver } from '../proxy/server.js';
 import type { CommandIO } from './io.js';
 
 export interface ServeOptions {
@@ -30,6 +33,8 @@ export interface Running {
   readonly registry: CallRegistry;
   readonly discovered: DiscoveredStore;
   readonly events: EventSink;
+  readonly metrics: Metrics;
+  readonly admin: AdminServer | null;
   reload(trigger: string): Promise<boolean>;
   stop(): Promise<void>;
 }
@@ -59,11 +64,20 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
   return { ...config, listen, admin: { ...config.admin, listen: adminListen } };
 }
 
-export async function startProxy(config: ProxyConfig, events: EventSink, observer?: ProxyObserver): Promise<Running | null> {
+export interface StartOptions {
+  /** Watch the policy file for changes (default true). */
+  readonly watch?: boolean;
+}
+
+export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
+  const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
-  const logLoad = (trigger: string, result: Awaited<ReturnType<PolicyStore['load']>>) => {
+  const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
+      metrics.reloads.inc({ result: result.changed ? 'loaded' : 'unchanged', trigger });
+      metrics.generation.set(g.generation);
+      metrics.policyError.set(0);
       if (result.changed) {
         events.info(
           { event: 'policy.loaded', trigger, generation: g.generation, sha256: g.sha256, source: g.source, egress_rules: g.egressRules, skipped_rules: g.skippedRules, warnings: g.warnings },
@@ -72,6 +86,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, observe
       }
       return true;
     }
+    metrics.reloads.inc({ result: 'rejected', trigger });
+    metrics.policyError.set(1);
     events.warn({ event: 'policy.rejected', trigger, source: config.policy, errors: result.error.errors }, `policy rejected; ${store.loaded ? `generation ${store.current.generation} keeps serving` : 'nothing is served'}`);
     return false;
   };
@@ -84,23 +100,46 @@ export async function startProxy(config: ProxyConfig, events: EventSink, observe
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs });
   const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
   const discovered = new DiscoveredStore();
-  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer });
+  let adminAddress: { address: string; port: number } | null = null;
+  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
   events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
 
-  return {
+  const reload = async (trigger: string) => logLoad(trigger, await store.load());
+  const watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
+  await watcher?.start();
+
+  let admin: AdminServer | null = null;
+  const running: Running = {
     config,
     proxy,
     store,
     registry,
     discovered,
     events,
-    reload: async (trigger) => logLoad(trigger, await store.load()),
+    metrics,
+    get admin() {
+      return admin;
+    },
+    reload,
     stop: async () => {
       clearInterval(sweeper);
-      await proxy.close(config.shutdownGraceMs);
+      watcher?.stop();
+      await Promise.all([proxy.close(config.shutdownGraceMs), admin?.close()]);
     },
   };
+  if (config.admin.listen) {
+    admin = new AdminServer({ config, running, metrics, resolver: createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 }) });
+    try {
+      adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
+    } catch (err) {
+      await running.stop();
+      throw err;
+    }
+    proxy.refreshSelf();
+    events.info({ event: 'listening', listener: 'admin', address: adminAddress.address, port: adminAddress.port }, `admin API listening on ${adminAddress.address}:${adminAddress.port}`);
+  }
+  return running;
 }
 
 export async function runServe(opts: ServeOptions, io: CommandIO): Promise<number> {

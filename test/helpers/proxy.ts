@@ -38,7 +38,7 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
   const text = [
     'listen: 127.0.0.1:0',
     'policy: policy.yaml',
-    'admin: {listen: "off"}',
+    /^admin:/m.test(options.config ?? '') ? '' : 'admin: {listen: "off"}',
     `dns: {servers: [${options.dns ? JSON.stringify(options.dns) : ''}], timeout_ms: 1000}`,
     exempt && !/^baseline:/m.test(options.config ?? '') ? 'baseline: {allow_cidrs: [127.0.0.0/8, "::1/128"]}' : '',
     options.config ?? '',

@@ -1,0 +1,44 @@
+/**
+ * Prometheus metrics (prom-client): the proxy's observer hooks turned into counters, gauges and
+ * a histogram. Labels are bounded: verdicts, reasons, address classes and error codes are fixed
+ * sets; rule ids come from the operator's policy, never from traffic.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Decision } from '../policy/types.js';
+import type { ProxyObserver } from '../proxy/server.js';
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly decisions = new Counter({ name: 'egress_decisions_total', help: 'Calls decided, by verdict, reason and deciding rule', labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const, registers: [this.registry] });
+  private readonly refusals = new Counter({ name: 'egress_baseline_refusals_total', help: 'Calls refused by the SSRF baseline, by address class', labelNames: ['address_class'] as const, registers: [this.registry] });
+  private readonly failures = new Counter({ name: 'egress_failures_total', help: 'Calls that failed without a policy refusal, by code', labelNames: ['code'] as const, registers: [this.registry] });
+  private readonly tunnels = new Gauge({ name: 'egress_open_tunnels', help: 'Open CONNECT tunnels', registers: [this.registry] });
+  private readonly bytes = new Counter({ name: 'egress_bytes_total', help: 'Bytes relayed, by direction (up: client to upstream)', labelNames: ['direction'] as const, registers: [this.registry] });
+  private readonly closed = new Counter({ name: 'egress_calls_closed_total', help: 'Dispatched calls ended, by how they ended', labelNames: ['end', 'kind'] as const, registers: [this.registry] });
+  private readonly dns = new Histogram({ name: 'egress_dns_seconds', help: 'Time spent asking DNS servers (cache hits excluded)', buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] });
+  readonly reloads = new Counter({ name: 'egress_policy_reloads_total', help: 'Policy loads, by result', labelNames: ['result', 'trigger'] as const, registers: [this.registry] });
+  readonly generation = new Gauge({ name: 'egress_policy_generation', help: 'The serving policy generation', registers: [this.registry] });
+  readonly policyError = new Gauge({ name: 'egress_policy_last_reload_failed', help: '1 while the last reload was rejected (the previous policy serves)', registers: [this.registry] });
+  readonly registered = new Gauge({ name: 'egress_registered_calls', help: 'Open registered tool calls', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  observer(): ProxyObserver {
+    return {
+      decision: (d: Decision) => {
+        this.decisions.inc({ verdict: d.verdict, reason: d.reason, rule: d.rule?.id ?? '', dispatched: String(d.dispatched), shadow: String(d.shadow) });
+        if (d.address_class) this.refusals.inc({ address_class: d.address_class });
+      },
+      closed: (up, down, end, tunnel) => {
+        this.bytes.inc({ direction: 'up' }, up);
+        this.bytes.inc({ direction: 'down' }, down);
+        this.closed.inc({ end, kind: tunnel ? 'tunnel' : 'http' });
+      },
+      dns: (ms) => this.dns.observe(ms / 1000),
+      failure: (code) => this.failures.inc({ code }),
+      tunnels: (open) => this.tunnels.set(open),
+    };
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Reloads the policy when its file changes. Watches the file's directory, not only the file:
+ * editors save by writing a new file and renaming it over the old one, and Kubernetes
+ * ConfigMap volumes swap a `..data` symlink, and a watch on the file alone sees neither. Bursts
+ * of events are debounced; the store compares the bytes' SHA-256, so an event that changed
+ * nothing makes no new generation. A slow poll backs the watch up (watches can be lost when a
+ * directory is replaced), so a change is never missed for long.
+ */
+import { watch } from 'node:fs';
+import type { FSWatcher } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { dirname } from 'node:path';
+
+export interface PolicyWatcherOptions {
+  readonly file: string;
+  readonly reload: (trigger: string) => Promise<unknown>;
+  readonly debounceMs?: number;
+  readonly pollMs?: number;
+}
+
+export class PolicyWatcher {
+  private watcher: FSWatcher | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private poller: NodeJS.Timeout | null = null;
+  private lastDigest: string | null = null;
+
+  constructor(private readonly options: PolicyWatcherOptions) {}
+
+  async start(): Promise<void> {
+    this.lastDigest = await this.digest();
+    try {
+      this.watcher = watch(dirname(this.options.file), { persistent: false }, () => this.schedule('watch'));
+      this.watcher.on('error', () => this.restartWatch());
+    } catch {
+      // The directory may not be watchable (some network filesystems): the poll still works.
+    }
+    this.poller = setInterval(() => void this.poll(), this.options.pollMs ?? 2_000);
+    this.poller.unref();
+  }
+
+  stop(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.timer) clearTimeout(this.timer);
+    if (this.poller) clearInterval(this.poller);
+  }
+
+  private restartWatch(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    setTimeout(() => {
+      if (this.poller === null) return;
+      try {
+        this.watcher = watch(dirname(this.options.file), { persistent: false }, () => this.schedule('watch'));
+      } catch {
+        // keep polling
+      }
+    }, 500).unref();
+  }
+
+  private schedule(trigger: string): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.fire(trigger);
+    }, this.options.debounceMs ?? 100);
+  }
+
+  private async digest(): Promise<string | null> {
+    try {
+      return createHash('sha256').update(await readFile(this.options.file)).digest('hex');
+    } catch {
+      return null;
+    }
+  }
+
+  private async poll(): Promise<void> {
+    const digest = await this.digest();
+    if (digest !== this.lastDigest) this.schedule('poll');
+  }
+
+  private async fire(trigger: string): Promise<void> {
+    this.lastDigest = await this.digest();
+    await this.options.reload(trigger);
+  }
+}

@@ -1,0 +1,195 @@
+/** The admin API: every route and role, bad tokens, bad bodies, drafts with errors, metrics. */
+import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import t from 'tap';
+import { AdminServer, isLoopback } from '../../src/admin/server.js';
+import { parsePolicy } from '../../src/policy/schema.js';
+import { startTestProxy } from '../helpers/proxy.js';
+import type { TestProxy } from '../helpers/proxy.js';
+import { getRequest, rawRequest } from '../helpers/raw.js';
+import { startUpstream } from '../helpers/upstream.js';
+
+const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+const VIEWER = 'viewer-token-0123456789';
+const DEVELOPER = 'developer-token-0123456789';
+
+async function api(proxy: TestProxy, method: string, path: string, options: { token?: string; body?: unknown; raw?: string; type?: string } = {}) {
+  const admin = proxy.running.admin?.server.address() as { port: number };
+  const headers: Record<string, string> = {};
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  let body: string | undefined;
+  if (options.raw !== undefined || options.body !== undefined) {
+    headers['content-type'] = options.type ?? 'application/json';
+    body = options.raw ?? JSON.stringify(options.body);
+  }
+  const res = await fetch(`http://127.0.0.1:${admin.port}${path}`, { method, headers, body });
+  const text = await res.text();
+  let json: any = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = null;
+  }
+  return { status: res.status, text, json, headers: res.headers };
+}
+
+t.test('admin API', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({
+    policy: `version: 1
+default_verdict: deny
+observe_mode: true
+rules:
+  - {id: allow-local, priority: 10, label: Local upstream, verdict: allow, tool_name_glob: fetch, egress: {allow: [127.0.0.0/8]}}
+`,
+    config: `admin:
+  listen: 127.0.0.1:0
+  tokens:
+    - {name: dash, sha256: ${sha(VIEWER)}, role: viewer}
+    - {name: ci, sha256: ${sha(DEVELOPER)}, role: developer}`,
+  });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const listening = proxy.events('listening');
+  t.match(listening, [{ listener: 'proxy' }, { listener: 'admin', address: '127.0.0.1' }]);
+  t.ok((listening[1]?.port as number) > 0);
+
+  t.test('health, readiness and metrics need no token', async (t) => {
+    t.match((await api(proxy, 'GET', '/healthz')).json, { status: 'ok' });
+    t.match((await api(proxy, 'GET', '/readyz')).json, { ready: true, policy_generation: 1 });
+    await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: fetch\r\n'));
+    await rawRequest(proxy.port, getRequest('http://169.254.169.254/', '169.254.169.254'));
+    const m = await api(proxy, 'GET', '/metrics');
+    t.equal(m.status, 200);
+    t.match(m.headers.get('content-type'), /text\/plain/);
+    t.match(m.text, /egress_decisions_total\{verdict="allow",reason="rule",rule="allow-local",dispatched="true",shadow="false"\} 1/);
+    t.match(m.text, /egress_baseline_refusals_total\{address_class="metadata"\} 1/);
+    t.match(m.text, /egress_policy_generation 1/);
+    t.match(m.text, /egress_bytes_total\{direction="down"\} [1-9]/);
+    t.match(m.text, /egress_open_tunnels 0/);
+    t.match(m.text, /egress_policy_reloads_total\{result="loaded",trigger="start"\} 1/);
+  });
+
+  t.test('tokens and roles', async (t) => {
+    for (const [method, path, role] of [
+      ['GET', '/v1/policy', 'viewer'],
+      ['GET', '/v1/discovered', 'viewer'],
+      ['POST', '/v1/reload', 'developer'],
+      ['POST', '/v1/test', 'developer'],
+      ['POST', '/v1/calls', 'developer'],
+      ['DELETE', '/v1/calls/x', 'developer'],
+    ] as const) {
+      const none = await api(proxy, method, path);
+      t.equal(none.status, 401, `${method} ${path} without a token`);
+      t.equal(none.json?.error?.code, 'unauthorized');
+      t.match(none.headers.get('www-authenticate'), /^Bearer/);
+      t.equal((await api(proxy, method, path, { token: 'wrong-token' })).status, 401, 'a wrong token');
+      const viewer = await api(proxy, method, path, { token: VIEWER, ...(method === 'GET' ? {} : { body: {} }) });
+      if (role === 'developer') {
+        t.equal(viewer.status, 403, `${method} ${path} as viewer`);
+        t.equal(viewer.json?.error?.code, 'forbidden');
+      } else t.equal(viewer.status, 200, `${method} ${path} as viewer`);
+    }
+    t.equal((await api(proxy, 'GET', '/v1/policy', { token: DEVELOPER })).status, 200, 'a developer may do what a viewer may');
+  });
+
+  t.test('GET /v1/policy', async (t) => {
+    const r = await api(proxy, 'GET', '/v1/policy', { token: VIEWER });
+    t.match(r.json, { generation: 1, sha256: /^[0-9a-f]{64}$/, source: proxy.policyFile, last_error: null, default_verdict: 'deny', observe_mode: true });
+    t.match(r.json.rules, [{ id: 'allow-local', label: 'Local upstream', priority: 10, verdict: 'allow', tool_name_glob: 'fetch', egress: { allow: ['127.0.0.0/8'], deny: [] } }]);
+    t.ok(!Number.isNaN(Date.parse(r.json.loaded_at)));
+  });
+
+  t.test('POST /v1/test: live and draft policies', async (t) => {
+    const live = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'https://api.example.com/', tool: 'fetch', resolve: { 'api.example.com': ['127.0.0.2'] } } });
+    t.equal(live.status, 200);
+    t.match(live.json, { verdict: 'allow', dispatched: true, reason: 'rule', rule: { id: 'allow-local' }, addresses: ['127.0.0.2'] });
+    const byName = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'evil.example:443' } });
+    t.match(byName.json, { dispatched: false, reason: 'default', addresses: [] });
+    const draft = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\ndefault_verdict: allow\n', destination: 'evil.example:443', resolve: { 'evil.example': ['93.184.216.34'] } } });
+    t.match(draft.json, { verdict: 'allow', dispatched: true, reason: 'default' });
+    const broken = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\nrules:\n  - {priority: x, verdict: deny}\n', destination: 'a.example:443' } });
+    t.equal(broken.status, 400);
+    t.match(broken.json.error, { code: 'invalid_policy', errors: ['draft.yaml:3:16: error: priority must be an integer'] });
+    const metadata = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'http://0xA9FEA9FE/' } });
+    t.match(metadata.json, { reason: 'ssrf_baseline', address_class: 'metadata' });
+    for (const [name, body, status] of [
+      ['no destination', { tool: 'x' }, 400],
+      ['bad destination', { destination: 'a.example' }, 400],
+      ['bad resolve', { destination: 'a.example:443', resolve: { 'a.example': 'nope' } }, 400],
+      ['resolve to a non-IP', { destination: 'a.example:443', resolve: { 'a.example': ['nope'] } }, 400],
+      ['tool not a string', { destination: 'a.example:443', tool: 5 }, 400],
+      ['not an object', [1, 2], 400],
+    ] as const) {
+      const r = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body });
+      t.equal(r.status, status, name);
+      t.equal(r.json?.error?.code, 'bad_request', name);
+    }
+    t.equal((await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: '{not json' })).status, 400, 'malformed JSON');
+    t.equal((await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: 'destination=x', type: 'text/plain' })).status, 415, 'not JSON');
+    const huge = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: JSON.stringify({ policy: 'x'.repeat(300 * 1024), destination: 'a:1' }) }).catch(() => ({ status: 413, json: null }));
+    t.equal(huge.status, 413, 'oversized body');
+  });
+
+  t.test('POST and DELETE /v1/calls', async (t) => {
+    const created = await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'c'.repeat(32), tool: 'fetch', client: '127.0.0.1', session_id: 's1', ttl_ms: 60000 } });
+    t.equal(created.status, 201);
+    t.match(created.json, { call_id: 'c'.repeat(32), tool: 'fetch', client: '127.0.0.1', session_id: 's1' });
+    const tagged = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/tagged`, `127.0.0.1:${upstream.port}`));
+    t.equal(tagged.status, 200, 'the registered call attributes a header-less connection');
+    t.match(proxy.events('egress.decision').at(-1), { tool: 'fetch', call_id: 'c'.repeat(32), session_id: 's1' });
+    t.equal((await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'c'.repeat(32), tool: 'fetch', client: 'someone-else' } })).status, 409, 'an id of another client');
+    for (const body of [{}, { call_id: 'x y', tool: 't', client: 'c' }, { call_id: 'x', tool: '', client: 'c' }, { call_id: 'x', tool: 't' }, { call_id: 'x', tool: 't', client: 'c', ttl_ms: 0 }, { call_id: 'x', tool: 't', client: 'c', session_id: 5 }]) {
+      t.equal((await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body })).status, 400, JSON.stringify(body));
+    }
+    t.equal((await api(proxy, 'DELETE', `/v1/calls/${'c'.repeat(32)}`, { token: DEVELOPER })).status, 204);
+    t.equal((await api(proxy, 'DELETE', `/v1/calls/${'c'.repeat(32)}`, { token: DEVELOPER })).status, 404);
+    t.match((await api(proxy, 'GET', '/metrics')).text, /egress_registered_calls 0/);
+  });
+
+  t.test('GET /v1/discovered and its YAML draft', async (t) => {
+    await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: search\r\n'));
+    await rawRequest(proxy.port, getRequest('http://docs.example/', 'docs.example', 'x-mcp-tool: search\r\n'));
+    const r = await api(proxy, 'GET', '/v1/discovered', { token: VIEWER });
+    t.match(r.json.destinations, [{ server: '127.0.0.1', tool: 'search', host: '127.0.0.1', port: upstream.port, count: 1 }, { tool: 'search', host: 'docs.example', port: 80 }]);
+    const yaml = await api(proxy, 'GET', '/v1/discovered?format=yaml', { token: VIEWER });
+    t.match(yaml.headers.get('content-type'), /yaml/);
+    const parsed = parsePolicy('draft.yaml', yaml.text);
+    t.ok(parsed.spec, `the draft passes check: ${parsed.diagnostics.map((d) => d.message).join('; ')}`);
+    t.match(parsed.spec?.rules[0], { verdict: 'allow', toolGlob: 'search', serverGlob: '127.0.0.1', ports: [80, upstream.port].sort((a, b) => a - b) });
+  });
+
+  t.test('reload and last_error', async (t) => {
+    await writeFile(proxy.policyFile, 'version: 1\nrules: [\n');
+    const rejected = await api(proxy, 'POST', '/v1/reload', { token: DEVELOPER });
+    t.equal(rejected.status, 422);
+    t.match(rejected.json.error.errors[0], /policy\.yaml:3:1: error:/);
+    const policy = await api(proxy, 'GET', '/v1/policy', { token: VIEWER });
+    t.equal(policy.json.generation, 1, 'the last good policy keeps serving');
+    t.match(policy.json.last_error.errors[0], /policy\.yaml:3:1: error:/);
+    t.match((await api(proxy, 'GET', '/metrics')).text, /egress_policy_last_reload_failed 1/);
+    await writeFile(proxy.policyFile, 'version: 1\ndefault_verdict: allow\n');
+    const loaded = await api(proxy, 'POST', '/v1/reload', { token: DEVELOPER });
+    t.equal(loaded.status, 200);
+    t.ok(loaded.json.generation >= 2);
+    t.equal((await api(proxy, 'GET', '/v1/policy', { token: VIEWER })).json.last_error, null);
+    t.match((await api(proxy, 'GET', '/metrics')).text, /egress_policy_last_reload_failed 0/);
+  });
+
+  t.test('unknown routes and methods', async (t) => {
+    t.equal((await api(proxy, 'GET', '/nope')).status, 404);
+    t.equal((await api(proxy, 'PUT', '/v1/policy', { token: DEVELOPER })).status, 405);
+  });
+});
+
+t.test('without tokens the admin API serves only on loopback', async (t) => {
+  t.ok(isLoopback('127.0.0.1') && isLoopback('::1') && isLoopback('127.8.9.10'));
+  t.notOk(isLoopback('0.0.0.0') || isLoopback('10.0.0.1') || isLoopback('localhost'));
+  const proxy = await startTestProxy({ policy: 'version: 1\n', config: 'admin: {listen: 127.0.0.1:0}' });
+  t.teardown(() => proxy.stop());
+  t.equal((await api(proxy, 'POST', '/v1/reload')).status, 200, 'on loopback every caller is a developer');
+  const admin = new AdminServer({ config: proxy.running.config, running: proxy.running, metrics: proxy.running.metrics, resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) } });
+  await t.rejects(admin.listen('0.0.0.0', 0), /no admin\.tokens configured/);
+});
