@@ -158,7 +158,7 @@ t.test('the roll-out: observe, draft, shadow, enforce', async (t) => {
   t.match(shadowed, { shadow: true, dispatched: true, rule: { id: 'deny-everything-else' } });
   t.match(shadowed?.msg, /^\[shadow\] would deny 127\.0\.0\.1:\d+/, '... and logged as a would-deny');
 
-  const enforcing = draft.replace('shadow_mode: true', 'shadow_mode: false');
+  const enforcing = draft.replace(/^shadow_mode: true$/m, 'shadow_mode: false');
   await writeFile(proxy.policyFile, enforcing);
   t.ok((await waitUntil(serving(enforcing), 2000)) < 2000, 'the enforcing policy loads');
   t.equal(await call(trap.port, 'fetch'), 'HTTP/1.1 200', 'enforce: the allow-list holds');
