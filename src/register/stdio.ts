@@ -1,0 +1,91 @@
+/**
+ * Per-call context for stdio MCP servers, without touching the MCP SDK (published servers often
+ * bundle their own copy of it). The stdio transport reads newline-delimited JSON-RPC from
+ * `process.stdin` through a 'data' listener; each listener is wrapped so that a `tools/call`
+ * line is delivered inside its own AsyncLocalStorage context, which every promise the tool's
+ * handler starts inherits. The response with the same JSON-RPC id on stdout ends the call.
+ */
+import { CALL_ID_META_KEY, mintCallId, processSessionId, toolCalls } from './context.js';
+import type { ToolCallContext } from './context.js';
+
+type DataListener = (chunk: Buffer | string) => void;
+
+export interface StdioHooks {
+  /** Called when a call's response has been written. */
+  onCallEnd(ctx: ToolCallContext): void;
+}
+
+function parseToolCall(line: string): { id: string | number; ctx: ToolCallContext } | null {
+  if (!line.includes('"tools/call"')) return null;
+  let message: { method?: unknown; id?: unknown; params?: { name?: unknown; _meta?: Record<string, unknown> } };
+  try {
+    message = JSON.parse(line);
+  } catch {
+    return null;
+  }
+  if (message.method !== 'tools/call' || (typeof message.id !== 'string' && typeof message.id !== 'number')) return null;
+  const tool = typeof message.params?.name === 'string' ? message.params.name : 'unknown';
+  const fromGateway = message.params?._meta?.[CALL_ID_META_KEY];
+  const callId = typeof fromGateway === 'string' && fromGateway.length > 0 ? fromGateway : mintCallId();
+  return { id: message.id, ctx: { tool, callId, sessionId: processSessionId } };
+}
+
+export function installStdioHooks(hooks: StdioHooks): void {
+  const open = new Map<string | number, ToolCallContext>();
+  const wrappers = new WeakMap<DataListener, DataListener>();
+  const stdin = process.stdin;
+
+  const wrap = (listener: DataListener): DataListener => {
+    let pending = '';
+    const wrapper: DataListener = (chunk) => {
+      pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
+      let newline: number;
+      while ((newline = pending.indexOf('\n')) !== -1) {
+        const line = pending.slice(0, newline + 1);
+        pending = pending.slice(newline + 1);
+        const call = parseToolCall(line);
+        const deliver = () => listener(Buffer.from(line, 'utf8'));
+        if (call) {
+          open.set(call.id, call.ctx);
+          toolCalls.run(call.ctx, deliver);
+        } else deliver();
+      }
+    };
+    wrappers.set(listener, wrapper);
+    return wrapper;
+  };
+
+  type Listen = (event: string | symbol, listener: (...args: unknown[]) => void) => typeof stdin;
+  const originalOn = stdin.on.bind(stdin) as Listen;
+  const originalOff = stdin.removeListener.bind(stdin) as Listen;
+  const on: Listen = (event, listener) => originalOn(event, event === 'data' ? (wrap(listener as DataListener) as (...args: unknown[]) => void) : listener);
+  const off: Listen = (event, listener) => originalOff(event, ((event === 'data' && wrappers.get(listener as DataListener)) || listener) as (...args: unknown[]) => void);
+  stdin.on = on as typeof stdin.on;
+  stdin.addListener = on as typeof stdin.addListener;
+  stdin.removeListener = off as typeof stdin.removeListener;
+  stdin.off = off as typeof stdin.off;
+
+  // Responses: a line on stdout whose id is an open call ends that call.
+  const stdout = process.stdout;
+  const originalWrite = stdout.write.bind(stdout) as (...args: unknown[]) => boolean;
+  stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+    const result = originalWrite(chunk, ...rest);
+    if (open.size > 0) {
+      const text = typeof chunk === 'string' ? chunk : Buffer.isBuffer(chunk) ? chunk.toString('utf8') : '';
+      for (const line of text.split('\n')) {
+        if (!line.includes('"id"')) continue;
+        try {
+          const message = JSON.parse(line) as { id?: string | number; method?: unknown };
+          const ctx = message.method === undefined && message.id !== undefined ? open.get(message.id) : undefined;
+          if (ctx) {
+            open.delete(message.id as string | number);
+            hooks.onCallEnd(ctx);
+          }
+        } catch {
+          // not a JSON-RPC line
+        }
+      }
+    }
+    return result;
+  }) as typeof stdout.write;
+}
