@@ -8,7 +8,14 @@
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { build } from 'esbuild';
 import t from 'tap';
+import type { Test } from 'tap';
 import { createGateway } from '../../src/gateway/index.js';
 import { CALL_ID_META_KEY } from '../../src/register/context.js';
 import { startTestProxy } from '../helpers/proxy.js';
@@ -18,13 +25,15 @@ import type { TestUpstream } from '../helpers/upstream.js';
 
 const REGISTER = new URL('../../dist/src/register/index.js', import.meta.url).pathname;
 const SERVER = new URL('../fixtures/mcp-fetch-server.mjs', import.meta.url).pathname;
+const EXPLICIT = new URL('../fixtures/explicit-api.mjs', import.meta.url).pathname;
+const run = promisify(execFile);
 
 type ToolResult = { isError?: boolean; content: Array<{ type: string; text: string }> };
 
-async function connectServer(proxy: TestProxy): Promise<Client> {
+async function connectServer(proxy: TestProxy, server = SERVER): Promise<Client> {
   const transport = new StdioClientTransport({
     command: process.execPath,
-    args: ['--import', REGISTER, SERVER],
+    args: ['--import', REGISTER, server],
     env: { HTTPS_PROXY: proxy.url, HTTP_PROXY: proxy.url, NO_PROXY: '' },
     stderr: 'pipe',
   });
@@ -42,11 +51,11 @@ rules:
 `;
 }
 
-t.test('concurrent tool calls are attributed exactly (trust: header)', async (t) => {
+async function concurrentCalls(t: Test, server: string): Promise<void> {
   const a = await startUpstream();
   const b = await startUpstream();
   const proxy = await startTestProxy({ policy: policyFor(a, b) });
-  const client = await connectServer(proxy);
+  const client = await connectServer(proxy, server);
   t.teardown(async () => {
     await client.close();
     await proxy.stop();
@@ -83,6 +92,33 @@ t.test('concurrent tool calls are attributed exactly (trust: header)', async (t)
   }
   t.equal(new Set(decisions.map((d) => d.call_id)).size, plan.length, 'every call has its own id');
   t.equal(new Set(decisions.map((d) => d.session_id)).size, 1, 'one session id for the server process');
+}
+
+t.test('concurrent tool calls are attributed exactly (trust: header)', (t) => concurrentCalls(t, SERVER));
+
+t.test('the same for a bundled server that never imports the SDK at run time', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'mep-bundle-'));
+  const bundled = join(dir, 'server.mjs');
+  await build({ entryPoints: [SERVER], bundle: true, platform: 'node', format: 'esm', outfile: bundled, logLevel: 'silent' });
+  t.notMatch(await readFile(bundled, 'utf8'), /^import[^\n]*from ['"]@modelcontextprotocol\/sdk/m, 'the SDK is inlined');
+  await concurrentCalls(t, bundled);
+});
+
+t.test('runAsToolCall attributes code the stdio path does not reach', async (t) => {
+  const a = await startUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(async () => {
+    await proxy.stop();
+    await a.close();
+  });
+  const { stdout } = await run(process.execPath, ['--import', REGISTER, EXPLICIT, `http://127.0.0.1:${a.port}/x`], { env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' } });
+  t.same(JSON.parse(stdout), [200, 200, 200]);
+  const decisions = proxy.events('egress.decision');
+  t.same(decisions.map((d) => [d.tool, d.call_id]), [
+    ['webhook', 'explicit-1'],
+    ['webhook', 'explicit-1'],
+    [null, null],
+  ]);
 });
 
 t.test('trust: registered through the gateway; forged and expired ids refused', async (t) => {
