@@ -95,7 +95,6 @@ export class ProxyServer {
   private localAddressCache: { at: number; addresses: Set<string> } | null = null;
   private listenersCache: ReadonlyArray<{ address: string; port: number }> | null = null;
   private readonly dropHeaders: ReadonlySet<string>;
-  private closing = false;
   /** Keep-alive pool for plain HTTP, keyed by the vetted IP (never by name). */
   private readonly agent = new PinnedAgent();
 
@@ -115,7 +114,7 @@ export class ProxyServer {
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.onRequest(req, res));
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onConnect(req, socket as Socket, head));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
-      sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.labelFor(null, req)));
+      sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.labelFor(null)));
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
   }
@@ -144,7 +143,6 @@ export class ProxyServer {
    * Stops accepting, lets open calls finish for `graceMs`, then ends the rest (`shutdown`).
    */
   async close(graceMs: number): Promise<void> {
-    this.closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     const deadline = Date.now() + graceMs;
@@ -164,7 +162,7 @@ export class ProxyServer {
     return `${this.connPrefix}-${(++this.connCounter).toString(36)}`;
   }
 
-  private labelFor(target: Target | null, _req: IncomingMessage | null, call?: Attribution): CallLabel {
+  private labelFor(target: Target | null, call?: Attribution): CallLabel {
     return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
   }
 
@@ -177,7 +175,7 @@ export class ProxyServer {
       this.options.observer?.failure?.('proxy_auth_required');
       return {
         ok: false,
-        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target, req), { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' }),
+        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target), { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' }),
       };
     }
     const client = identity.client;
@@ -191,7 +189,7 @@ export class ProxyServer {
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
       const admitted: Admitted = { connId, client, call, generation: generation.generation, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
-      return { ok: false, answer: refusal(decision, this.labelFor(target, req, call), config.denyStatus, attribution.reason) };
+      return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
     const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port }));
@@ -201,13 +199,13 @@ export class ProxyServer {
     if (outcome.kind === 'dns_error') {
       events.error({ conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client, tool: call.tool, call_id: call.callId }, outcome.error.message);
       this.options.observer?.failure?.('dns_error');
-      return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, req, call)) };
+      return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
     const admitted: Admitted = { connId, client, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
-      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, req, call), config.denyStatus) };
+      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
     }
     return { ok: true, admitted };
   }
@@ -238,7 +236,7 @@ export class ProxyServer {
   private badRequest(connId: string, message: string, target: Target | null, method: string): Answer {
     this.options.events.error({ conn_id: connId, code: 'bad_request', method, host: target?.host.host ?? null, port: target?.port ?? null }, message);
     this.options.observer?.failure?.('bad_request');
-    return failure('bad_request', message, this.labelFor(target, null));
+    return failure('bad_request', message, this.labelFor(target));
   }
 
   private dialFailure(a: Admitted, err: unknown): Answer {
@@ -247,7 +245,7 @@ export class ProxyServer {
     const message = timeout ? `connecting to ${a.target.host.host}:${a.target.port} timed out` : `could not connect to ${a.target.host.host}:${a.target.port}`;
     this.options.events.error({ conn_id: a.connId, code, host: a.target.host.host, port: a.target.port, attempts: err instanceof DialError ? err.attempts : String(err) }, message);
     this.options.observer?.failure?.(code);
-    return failure(code, message, this.labelFor(a.target, null, a.call));
+    return failure(code, message, this.labelFor(a.target, a.call));
   }
 
   // ---- baseline "self": never dial our own listeners ----
@@ -298,12 +296,12 @@ export class ProxyServer {
     socket.once('close', () => this.openConnections--);
     if (this.openConnections > this.options.config.limits.maxConnections) {
       this.options.observer?.failure?.('overloaded');
-      sendRawAnswer(socket, failure('overloaded', 'too many connections; try again later', this.labelFor(null, null), { 'retry-after': '1' }));
+      sendRawAnswer(socket, failure('overloaded', 'too many connections; try again later', this.labelFor(null), { 'retry-after': '1' }));
     }
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const label = this.labelFor(null, null);
+    const label = this.labelFor(null);
     let answer: Answer | null = null;
     if (err.code === 'HPE_HEADER_OVERFLOW') answer = failure('request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`, label);
     else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') answer = failure('request_timeout', 'request headers were not received in time', label);
@@ -339,7 +337,7 @@ export class ProxyServer {
     if (perClient >= this.options.config.limits.maxTunnelsPerClient) {
       this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, open: perClient }, 'tunnel limit reached');
       this.options.observer?.failure?.('too_many_tunnels');
-      sendRawAnswer(client, failure('too_many_tunnels', `client ${a.client} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, null, a.call), { 'retry-after': '1' }));
+      sendRawAnswer(client, failure('too_many_tunnels', `client ${a.client} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, a.call), { 'retry-after': '1' }));
       return;
     }
     this.adjustTunnels(a.client, +1);
@@ -355,7 +353,7 @@ export class ProxyServer {
       this.adjustTunnels(a.client, -1);
       this.logDecision(a, null);
       sendRawAnswer(client, this.dialFailure(a, err));
-      this.closedEvent(a, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
+      this.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
       return;
     }
     client.removeListener('close', onEarlyClose);
@@ -364,6 +362,8 @@ export class ProxyServer {
   }
 
   private tunnel(a: Admitted, client: Socket, upstream: Socket, head: Buffer, started: number): void {
+    // The closures below live as long as the tunnel: they keep two strings, not the decision.
+    const { connId, client: clientId } = a;
     let end: EndReason | null = null;
     let closedSockets = 0;
     const finish = (reason: EndReason) => {
@@ -380,8 +380,8 @@ export class ProxyServer {
     const onClose = () => {
       if (++closedSockets < 2) return;
       this.active.delete(call);
-      this.adjustTunnels(a.client, -1);
-      this.closedEvent(a, upstream.bytesWritten, upstream.bytesRead, started, end ?? 'client_closed', true);
+      this.adjustTunnels(clientId, -1);
+      this.closedEvent(connId, upstream.bytesWritten, upstream.bytesRead, started, end ?? 'client_closed', true);
     };
     const idle = this.options.config.limits.tunnelIdleTimeoutMs;
     for (const [socket, other, closedBy] of [
@@ -416,15 +416,15 @@ export class ProxyServer {
     this.options.observer?.tunnels?.(this.openTunnels);
   }
 
-  private closedEvent(a: Admitted, up: number, down: number, started: number, end: EndReason, tunnel: boolean): void {
+  private closedEvent(connId: string, up: number, down: number, started: number, end: EndReason, tunnel: boolean): void {
     const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
-    this.options.events.closed({ conn_id: a.connId, bytes_up: up, bytes_down: down, duration_ms: durationMs, end });
+    this.options.events.closed({ conn_id: connId, bytes_up: up, bytes_down: down, duration_ms: durationMs, end });
     this.options.observer?.closed?.(up, down, end, tunnel);
   }
 
   private internalError(socket: Duplex, err: unknown): void {
     this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
-    sendRawAnswer(socket, failure('bad_request', 'the proxy could not handle this request', this.labelFor(null, null)));
+    sendRawAnswer(socket, failure('bad_request', 'the proxy could not handle this request', this.labelFor(null)));
   }
 
   // ---- plain HTTP (absolute form) ----
@@ -451,7 +451,7 @@ export class ProxyServer {
       admission = await this.admit(req, url.target, method);
     } catch (err) {
       this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
-      sendAnswer(res, failure('bad_request', 'the proxy could not handle this request', this.labelFor(url.target, req)), true);
+      sendAnswer(res, failure('bad_request', 'the proxy could not handle this request', this.labelFor(url.target)), true);
       return;
     }
     if (!admission.ok) {
@@ -518,7 +518,7 @@ export class ProxyServer {
         if (!res.headersSent) {
           finish('idle_timeout');
           this.options.observer?.failure?.('upstream_timeout');
-          sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, null, a.call)), true);
+          sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, a.call)), true);
           upstreamReq.destroy();
         } else call.abort('idle_timeout');
       };
@@ -561,7 +561,7 @@ export class ProxyServer {
           sendAnswer(res, this.dialFailure(a, err), true);
         } else {
           this.options.observer?.failure?.('upstream_unreachable');
-          sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, null, a.call)), true);
+          sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, a.call)), true);
         }
       });
       if (bodiless) upstreamReq.end();
@@ -575,7 +575,7 @@ export class ProxyServer {
         current?.destroy();
       }
       this.active.delete(call);
-      this.closedEvent(a, bytesUp, bytesDown, started, end ?? 'upstream_closed', false);
+      this.closedEvent(a.connId, bytesUp, bytesDown, started, end ?? 'upstream_closed', false);
     });
     send(bodiless);
   }

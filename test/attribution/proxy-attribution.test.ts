@@ -1,9 +1,8 @@
 /** Client identity, proxy credentials, socket tags and trusted (registered) call ids through the proxy. */
 import { createHash } from 'node:crypto';
 import t from 'tap';
-import { startTestProxy } from '../helpers/proxy.js';
+import { proxyWithUpstream } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
-import { startUpstream } from '../helpers/upstream.js';
 
 const basic = (user: string, password: string) => `Proxy-Authorization: Basic ${Buffer.from(`${user}:${password}`).toString('base64')}\r\n`;
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -17,13 +16,7 @@ rules:
 `;
 
 t.test('credentials and identity', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({ policy, config: `auth: {users: [{name: team-a, password_sha256: ${sha('s3cret')}}]}` });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
-  });
-  const target = `127.0.0.1:${upstream.port}`;
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: `auth: {users: [{name: team-a, password_sha256: ${sha('s3cret')}}]}` });
   for (const [name, auth] of [
     ['no credentials', ''],
     ['wrong password', basic('team-a', 'nope')],
@@ -49,13 +42,7 @@ t.test('credentials and identity', async (t) => {
 });
 
 t.test('without users, the Basic user name is a label and the source IP the fallback', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({ policy });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
-  });
-  const target = `127.0.0.1:${upstream.port}`;
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy });
   await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-x', 'anything')}x-mcp-tool: http_get\r\n`));
   await rawRequest(proxy.port, getRequest(`http://${target}/`, target, 'x-mcp-tool: http_get\r\n'));
   const [labelled, byIp] = proxy.events('egress.decision');
@@ -64,13 +51,7 @@ t.test('without users, the Basic user name is a label and the source IP the fall
 });
 
 t.test('socket tags: registered calls attribute connections without headers', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({ policy });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
-  });
-  const target = `127.0.0.1:${upstream.port}`;
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy });
   const { registry } = proxy.running;
   registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
   const one = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, basic('team-a', 'x')));
@@ -91,13 +72,7 @@ t.test('socket tags: registered calls attribute connections without headers', as
 });
 
 t.test('trust: registered accepts only call ids the gateway registered for that client', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({ policy, config: 'attribution: {trust: registered}' });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
-  });
-  const target = `127.0.0.1:${upstream.port}`;
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: 'attribution: {trust: registered}' });
   const { registry } = proxy.running;
   registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
   registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });

@@ -7,6 +7,8 @@ import { startProxy } from '../../src/commands/serve.js';
 import type { Running } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
 import { createEventSink, createLogger } from '../../src/proxy/events.js';
+import { startUpstream } from './upstream.js';
+import type { TestUpstream } from './upstream.js';
 
 export type Event = Record<string, unknown> & { event?: string; msg?: string };
 
@@ -86,4 +88,18 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
     },
     stop: () => running.stop(),
   };
+}
+
+/** A test proxy and one loopback upstream, both stopped when `t` ends. */
+export async function proxyWithUpstream(
+  t: { teardown(fn: () => Promise<void>): void },
+  options: TestProxyOptions,
+): Promise<{ proxy: TestProxy; upstream: TestUpstream; target: string }> {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy(options);
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  return { proxy, upstream, target: `127.0.0.1:${upstream.port}` };
 }

@@ -1,21 +1,15 @@
 /** Shadow, audit and observe modes through the real proxy. */
 import t from 'tap';
-import { startTestProxy } from '../helpers/proxy.js';
+import { proxyWithUpstream } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
-import { startUpstream } from '../helpers/upstream.js';
 
 t.test('shadow mode dispatches would-be refusals and says so', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({
+  const { proxy, upstream } = await proxyWithUpstream(t, {
     policy: `version: 1
 shadow_mode: true
 rules:
   - {id: deny-upstream, priority: 1, label: Deny the test upstream, verdict: deny, egress: {deny: [127.0.0.1]}}
 `,
-  });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
   });
   const r = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/shadow`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: fetch\r\n'));
   t.equal(r.status, 200, 'dispatched');
@@ -28,16 +22,11 @@ rules:
 });
 
 t.test('audit dispatches and records the call', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({
+  const { proxy, upstream } = await proxyWithUpstream(t, {
     policy: `version: 1
 rules:
   - {id: audit-local, priority: 1, verdict: audit, egress: {deny: [127.0.0.0/8]}}
 `,
-  });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
   });
   const r = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/audit`, `127.0.0.1:${upstream.port}`));
   t.equal(r.status, 200);
@@ -47,18 +36,13 @@ rules:
 });
 
 t.test('observe mode records uncovered destinations once each', async (t) => {
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({
+  const { proxy, upstream } = await proxyWithUpstream(t, {
     policy: `version: 1
 default_verdict: deny
 observe_mode: true
 rules:
   - {id: covered, priority: 1, verdict: allow, tool_name_glob: covered_tool}
 `,
-  });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
   });
   const url = `http://127.0.0.1:${upstream.port}/`;
   const host = `127.0.0.1:${upstream.port}`;
