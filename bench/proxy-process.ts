@@ -17,6 +17,13 @@ import { createEventSink, createLogger } from '../src/proxy/events.js';
 
 const kind = process.argv[2];
 const send = (port: number) => process.send?.({ port });
+// S5 measures retained memory: the bench asks for a full GC before each RSS reading.
+process.on('message', (m) => {
+  if (m === 'gc') {
+    (globalThis as { gc?: () => void }).gc?.();
+    process.send?.('gc-done');
+  }
+});
 
 if (kind === 'minimal') {
   // The reference point of the issue: a minimal node:http forwarder (no policy, no events).
