@@ -75,30 +75,33 @@ export function embeddedIpv4(ip: IpAddress): IpAddress | null {
 }
 
 /**
- * First octets that some IPv4 row covers. Most public addresses miss every row, and this lets
- * them skip the table walk: classification runs for every candidate of every call.
+ * The IPv4 rows by first octet, in table order: classification runs for every candidate of
+ * every call, and most addresses need no more than one small lookup.
  */
-const V4_FIRST_OCTETS: ReadonlySet<number> = (() => {
-  const octets = new Set<number>();
-  for (const [, blocks] of TABLE) {
+const V4_BY_FIRST_OCTET: ReadonlyArray<ReadonlyArray<readonly [Exclude<AddressClass, 'self'>, Cidr]>> = (() => {
+  const byOctet: Array<Array<readonly [Exclude<AddressClass, 'self'>, Cidr]>> = Array.from({ length: 256 }, () => []);
+  for (const [addressClass, blocks] of TABLE) {
     for (const block of blocks) {
       if (block.family !== 4) continue;
-      const first = block.prefix >= 8 ? (block.key as number) >>> (block.prefix - 8) : (block.key as number) << (8 - block.prefix);
+      const first = block.prefix >= 8 ? ((block.key as number) >>> 0) >>> (block.prefix - 8) : (block.key as number) << (8 - block.prefix);
       const span = block.prefix >= 8 ? 1 : 1 << (8 - block.prefix);
-      for (let o = first; o < first + span; o++) octets.add(o & 255);
+      for (let o = first; o < first + span; o++) byOctet[o & 255]?.push([addressClass as Exclude<AddressClass, 'self'>, block]);
     }
   }
-  return octets;
+  return byOctet;
 })();
 
 /** The table's class for `ip` (embedded IPv4 unwrapped), ignoring exemptions and `self`. */
 export function classifyAddress(ip: IpAddress): Exclude<AddressClass, 'self'> | null {
   const judged = embeddedIpv4(ip) ?? ip;
-  if (judged.family === 4 && !V4_FIRST_OCTETS.has(judged.v4 >>> 24)) return null;
+  if (judged.family === 4) {
+    for (const [addressClass, block] of V4_BY_FIRST_OCTET[judged.v4 >>> 24] ?? []) if (cidrContains(block, judged)) return addressClass;
+    return null;
+  }
   for (const [addressClass, blocks] of TABLE) {
     for (const block of blocks) if (cidrContains(block, judged)) return addressClass as Exclude<AddressClass, 'self'>;
   }
-  if (judged.family === 6 && !cidrContains(GLOBAL_UNICAST, judged)) return 'reserved';
+  if (!cidrContains(GLOBAL_UNICAST, judged)) return 'reserved';
   return null;
 }
 

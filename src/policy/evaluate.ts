@@ -71,19 +71,18 @@ export function lookupName(policy: CompiledPolicy, name: string | null): Destina
 }
 
 /** The lists of rules in scope for every destination that this call's tool can hit. */
-function universalLists(policy: CompiledPolicy, ctx: CallContext, into: (readonly number[])[]): void {
+function universalLists(policy: CompiledPolicy, ctx: CallContext): readonly (readonly number[])[] {
   const { index } = policy;
-  if (ctx.tool !== null) {
-    const byTool = index.universalByTool.get(ctx.tool);
-    if (byTool) into.push(byTool);
-  }
-  if (index.universalOther.length > 0) into.push(index.universalOther);
+  const byTool = ctx.tool !== null ? index.universalByTool.get(ctx.tool) : undefined;
+  if (byTool) return index.universalOther.length > 0 ? [byTool, index.universalOther] : [byTool];
+  return index.universalOther.length > 0 ? [index.universalOther] : NO_LISTS;
 }
 
-function candidateLists(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost): (readonly number[])[] {
-  const lists = [...(dest.nameLists ?? lookupName(policy, dest.name).nameLists ?? [])];
-  universalLists(policy, ctx, lists);
-  return lists;
+const NO_LISTS: readonly (readonly number[])[] = [];
+
+/** The name lists of `dest` (looked up now if the caller did not) and this call's universal lists. */
+function candidateLists(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost): readonly [readonly (readonly number[])[], readonly (readonly number[])[]] {
+  return [dest.nameLists ?? lookupName(policy, dest.name).nameLists ?? NO_LISTS, universalLists(policy, ctx)];
 }
 
 /** The lowest rule order in `list` below `best` that fully matches, else `best`. */
@@ -98,9 +97,9 @@ function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx
 }
 
 /** The first rule (evaluation order) matching `(name, ip)` for this call, or -1. */
-function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly (readonly number[])[], ip: IpAddress): number {
+function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly [readonly (readonly number[])[], readonly (readonly number[])[]], ip: IpAddress): number {
   let best = Infinity;
-  for (const list of lists) best = scan(policy, list, best, ctx, name, ip);
+  for (const group of lists) for (const list of group) best = scan(policy, list, best, ctx, name, ip);
   const { index } = policy;
   if (ip.family === 4) {
     for (const [len, keys] of index.v4Short) {
@@ -200,7 +199,7 @@ export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: Des
   const { name } = dest;
   let allMatch = Infinity;
   let mayDispatch = index.firstUnconditionalAddressDispatcher;
-  for (const list of candidateLists(policy, ctx, dest)) {
+  for (const group of candidateLists(policy, ctx, dest)) for (const list of group) {
     for (let i = 0; i < list.length; i++) {
       const order = list[i] as number;
       if (order >= allMatch || order >= mayDispatch) break;
