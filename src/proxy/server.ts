@@ -83,6 +83,10 @@ interface ActiveCall {
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
 
+function isLoopbackAddress(ip: IpAddress): boolean {
+  return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
+}
+
 export class ProxyServer {
   readonly server: Server;
   private readonly active = new Set<ActiveCall>();
@@ -280,11 +284,17 @@ export class ProxyServer {
     this.listenersCache = null;
   }
 
+  /**
+   * Whether `ip:port` reaches one of our own listeners. A connect to 0.0.0.0 or :: lands on
+   * the host itself, so it is ours whatever address we listen on; a wildcard listener also
+   * takes every local and every loopback address (all of 127/8, not only the 127.0.0.1 that
+   * the interface list shows).
+   */
   private isSelf(ip: IpAddress, port: number): boolean {
     for (const l of this.selfListeners()) {
       if (l.port !== port) continue;
-      if (l.address === ip.text) return true;
-      if (UNSPECIFIED.has(l.address) && (UNSPECIFIED.has(ip.text) || this.localAddresses().has(ip.text))) return true;
+      if (l.address === ip.text || UNSPECIFIED.has(ip.text)) return true;
+      if (UNSPECIFIED.has(l.address) && (isLoopbackAddress(ip) || this.localAddresses().has(ip.text))) return true;
     }
     return false;
   }

@@ -28,6 +28,8 @@ export interface TestProxyOptions {
   /** Extra YAML appended to the generated config (listen, policy, admin and dns are set). */
   config?: string;
   dns?: string;
+  /** The proxy's listen address (default 127.0.0.1:0). */
+  listen?: string;
   /** Exempt loopback from the baseline (default true: test upstreams live on 127.0.0.1). */
   exemptLoopback?: boolean;
 }
@@ -38,7 +40,7 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
   await writeFile(policyFile, options.policy);
   const exempt = options.exemptLoopback ?? true;
   const text = [
-    'listen: 127.0.0.1:0',
+    `listen: ${options.listen ?? '127.0.0.1:0'}`,
     'policy: policy.yaml',
     /^admin:/m.test(options.config ?? '') ? '' : 'admin: {listen: "off"}',
     `dns: {servers: [${options.dns ? JSON.stringify(options.dns) : ''}], timeout_ms: 1000}`,

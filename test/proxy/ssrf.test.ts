@@ -98,7 +98,7 @@ t.test('encoded spellings, embeddings and names of internal addresses are refuse
 t.test('shadow mode does not soften the baseline; allow_cidrs exempts only what it names; self is never exempt', async (t) => {
   const trap = await startTrap('10.1.2.3', 0);
   const meta = await startTrap('169.254.169.254', trap.port);
-  const proxy = await startTestProxy({ policy: 'version: 1\nshadow_mode: true\n', config: 'baseline: {allow_cidrs: [10.1.2.3/32, 127.0.0.0/8]}' });
+  const proxy = await startTestProxy({ policy: 'version: 1\nshadow_mode: true\n', config: 'baseline: {allow_cidrs: [10.1.2.3/32, 127.0.0.0/8, 0.0.0.0/8, "::/128"]}' });
   t.teardown(async () => {
     await proxy.stop();
     await trap.close();
@@ -110,9 +110,23 @@ t.test('shadow mode does not soften the baseline; allow_cidrs exempts only what 
   const refused = await rawRequest(proxy.port, connectRequest(`169.254.169.254:${trap.port}`));
   t.equal(refused.status, 403, 'shadow mode does not soften the baseline');
   t.equal(meta.connections, 0);
-  const self = await rawRequest(proxy.port, connectRequest(`127.0.0.1:${proxy.port}`));
-  t.equal(self.status, 403);
-  t.equal(JSON.parse(self.body).error.address_class, 'self', 'a request loop is refused even with loopback exempted');
+  for (const own of [`127.0.0.1:${proxy.port}`, `0.0.0.0:${proxy.port}`, `0:${proxy.port}`, `[::]:${proxy.port}`]) {
+    const self = await rawRequest(proxy.port, connectRequest(own));
+    t.equal(self.status, 403, own);
+    t.equal(JSON.parse(self.body).error.address_class, 'self', `${own}: a request loop is refused even with loopback and 0/8 exempted`);
+  }
+  const otherPort = await rawRequest(proxy.port, connectRequest(`0.0.0.0:${trap.port}`), 300);
+  t.not(JSON.parse(otherPort.body || '{"error":{}}').error?.address_class, 'self', 'another port of 0.0.0.0 is not self');
+});
+
+t.test('a wildcard listener is self on every local and loopback address', async (t) => {
+  const proxy = await startTestProxy({ policy: allowAll, listen: '0.0.0.0:0', config: 'baseline: {allow_cidrs: [127.0.0.0/8, 169.254.169.254/32]}' });
+  t.teardown(() => proxy.stop());
+  t.match(proxy.events('listening')[0], { address: '0.0.0.0' });
+  for (const own of ['127.0.0.1', '127.0.0.5', '169.254.169.254']) {
+    const r = await rawRequest(proxy.port, connectRequest(`${own}:${proxy.port}`));
+    t.equal(JSON.parse(r.body).error?.address_class, 'self', `${own}:${proxy.port} is the proxy itself`);
+  }
 });
 
 t.test('DNS rebinding: the address checked is the address dialled', async (t) => {
