@@ -8,10 +8,10 @@
  * loopback address, where every caller is a developer, and refuses to start anywhere else.
  * Bodies are JSON, at most 256 KiB, validated field by field.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { ProxyConfig } from '../config/proxy-config.js';
+import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import type { Running } from '../commands/serve.js';
 import { canonicalHost } from '../net/address.js';
@@ -71,10 +71,10 @@ function ruleJson(r: RuleSpec): Record<string, unknown> {
 
 export class AdminServer {
   readonly server: Server;
-  private readonly tokenHashes: ReadonlyArray<{ hash: Buffer; role: Role; name: string }>;
+  private readonly tokenHashes: ReadonlyArray<{ hash: string; role: Role; name: string }>;
 
   constructor(private readonly deps: AdminDeps) {
-    this.tokenHashes = deps.config.admin.tokens.map((t) => ({ hash: Buffer.from(t.sha256, 'hex'), role: t.role, name: t.name }));
+    this.tokenHashes = deps.config.admin.tokens.map((t) => ({ hash: t.sha256, role: t.role, name: t.name }));
     this.server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 }, (req, res) => void this.handle(req, res));
   }
 
@@ -102,9 +102,10 @@ export class AdminServer {
     const header = req.headers.authorization;
     const m = header ? /^Bearer ([\x21-\x7e]+)$/.exec(header) : null;
     if (!m) throw new HttpError(401, 'unauthorized', 'an admin token is required (Authorization: Bearer <token>)');
-    const digest = createHash('sha256').update(m[1] as string).digest();
+    const digest = sha256Hex(m[1] as string);
     let role: Role | null = null;
-    for (const t of this.tokenHashes) if (timingSafeEqual(digest, t.hash) && (role === null || RANK[t.role] > RANK[role])) role = t.role;
+    // Compared against every token, so the time taken does not say which one matched.
+    for (const t of this.tokenHashes) if (digestsEqual(digest, t.hash) && (role === null || RANK[t.role] > RANK[role])) role = t.role;
     if (!role) throw new HttpError(401, 'unauthorized', 'invalid admin token');
     return role;
   }

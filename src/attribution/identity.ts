@@ -4,21 +4,10 @@
  * checked (SHA-256, constant-time) and a missing or wrong credential is refused with 407; with
  * none configured any user name is a label. The header's value never reaches a log line.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import type { ProxyUser } from '../config/proxy-config.js';
+import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 
 export type IdentityResult = { readonly ok: true; readonly client: string; readonly viaCredentials: boolean } | { readonly ok: false; readonly reason: string };
-
-export function sha256Hex(text: string): string {
-  return createHash('sha256').update(text, 'utf8').digest('hex');
-}
-
-/** Constant-time equality of two hex digests. */
-export function digestsEqual(a: string, b: string): boolean {
-  const x = Buffer.from(a, 'hex');
-  const y = Buffer.from(b, 'hex');
-  return x.length === y.length && x.length > 0 && timingSafeEqual(x, y);
-}
 
 function parseBasic(header: string): { user: string; password: string } | null {
   const m = /^Basic[ \t]+([A-Za-z0-9+/=]+)[ \t]*$/i.exec(header);

@@ -4,7 +4,7 @@
  * and an open tunnel keeps the decision it was made under. A broken file changes nothing: the
  * last good policy keeps serving and the error is kept until a good file loads.
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../config/secret-hash.js';
 import type { Diagnostic } from '../config/yaml.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { compilePolicy } from '../policy/compile.js';
@@ -81,7 +81,7 @@ export class PolicyStore {
       this.failure = { at: new Date().toISOString(), errors };
       return { ok: false, error: this.failure };
     }
-    const sha256 = createHash('sha256').update(loaded.bytes).digest('hex');
+    const sha256 = sha256Hex(loaded.bytes);
     this.failure = null;
     if (this.serving && this.serving.sha256 === sha256) return { ok: true, generation: this.serving, changed: false };
     const generation: PolicyGeneration = Object.freeze({

@@ -9,8 +9,8 @@
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
 import { dirname } from 'node:path';
+import { sha256Hex } from '../config/secret-hash.js';
 
 export interface PolicyWatcherOptions {
   readonly file: string;
@@ -69,7 +69,7 @@ export class PolicyWatcher {
 
   private async digest(): Promise<string | null> {
     try {
-      return createHash('sha256').update(await readFile(this.options.file)).digest('hex');
+      return sha256Hex(await readFile(this.options.file));
     } catch {
       return null;
     }
