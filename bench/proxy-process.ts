@@ -13,6 +13,7 @@ import pino from 'pino';
 import { Server } from 'proxy-chain';
 import { startProxy } from '../src/commands/serve.js';
 import { parseProxyConfig } from '../src/config/proxy-config.js';
+import { BatchedDestination } from '../src/proxy/event-destination.js';
 import { createEventSink, createLogger } from '../src/proxy/events.js';
 
 const kind = process.argv[2];
@@ -61,7 +62,7 @@ if (kind === 'minimal') {
   const text = 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nlimits: {max_tunnels_per_client: 100000, max_connections: 100000}\n';
   const parsed = parseProxyConfig(join(dir, 'proxy.yaml'), text);
   if (!parsed.config) throw new Error('bench config invalid');
-  const events = createEventSink(createLogger('info', pino.destination({ dest: join(dir, 'events.log'), sync: true })));
+  const events = createEventSink(createLogger('info', new BatchedDestination(pino.destination({ dest: join(mkdtempSync(join(tmpdir(), 'mep-bench-log-')), 'events.log'), sync: true }))));
   const running = await startProxy(parsed.config, events);
   if (!running) throw new Error('bench policy invalid');
   send(running.proxy.address?.port as number);

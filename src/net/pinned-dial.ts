@@ -53,11 +53,16 @@ function dialOne(ip: IpAddress, port: number, timeoutMs: number): Promise<Socket
   });
 }
 
+/** Set `aborted` to abandon a dial (the client went away); an AbortSignal will do. */
+export interface DialCancel {
+  readonly aborted: boolean;
+}
+
 /**
  * Connects to the first of `candidates` that accepts, in order. `signal` abandons the dial
- * (the client went away). Rejects with DialError when none accepts.
+ * between attempts. Rejects with DialError when none accepts.
  */
-export async function pinnedDial(candidates: readonly IpAddress[], port: number, timeoutMs: number, signal?: AbortSignal): Promise<PinnedConnection> {
+export async function pinnedDial(candidates: readonly IpAddress[], port: number, timeoutMs: number, signal?: DialCancel): Promise<PinnedConnection> {
   const attempts: Array<{ address: string; error: string }> = [];
   for (const address of candidates) {
     if (signal?.aborted) break;

@@ -1,14 +1,15 @@
 /**
  * The event stream (interface.md "Events"): pino JSON lines on stdout, one `egress.decision` per
- * call built from the Decision value, one `egress.closed` when a dispatched call ends. The
- * destination is synchronous by default: an event written is on its way to the file descriptor
- * before the call goes on, so a crash or a signal loses nothing (an asynchronous pino buffer is
- * lost on an unhandled signal). Secrets never reach a line: nothing logs request headers, and
- * the attribution values are labels, not credentials.
+ * call built from the Decision value, one `egress.closed` when a dispatched call ends. These two
+ * are written on every call, so they are serialised here by hand (the same JSON pino would
+ * write, field for field; a test compares them) rather than through pino's generic path. Lines
+ * go to the destination of event-destination.ts. Secrets never reach a line: nothing logs
+ * request headers, and the attribution values are labels, not credentials.
  */
 import pino from 'pino';
 import type { DestinationStream, Logger } from 'pino';
-import type { Decision } from '../policy/types.js';
+import type { Decision, RuleRef } from '../policy/types.js';
+import { BatchedDestination, createEventDestination } from './event-destination.js';
 
 export type EndReason = 'client_closed' | 'upstream_closed' | 'idle_timeout' | 'error' | 'shutdown';
 
@@ -37,7 +38,11 @@ export interface ClosedEvent {
 }
 
 export interface EventSink {
-  decision(event: DecisionEvent): void;
+  /**
+   * `deferrable`: the line may wait for the end of this event-loop turn (event-destination.ts);
+   * only for a call whose client hears nothing before a later turn (a forwarded plain request).
+   */
+  decision(event: DecisionEvent, deferrable?: boolean): void;
   closed(event: ClosedEvent): void;
   /** A call that failed before or without a policy decision (bad request, DNS, auth, limits). */
   error(fields: Record<string, unknown>, msg: string): void;
@@ -47,7 +52,7 @@ export interface EventSink {
   flush(): void;
 }
 
-export function createLogger(level: string, destination?: DestinationStream): Logger {
+export function createLogger(level: string, destination: DestinationStream = createEventDestination()): Logger {
   return pino(
     {
       level,
@@ -57,7 +62,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       // Belt and braces: no code path logs these, and if one ever did they would be censored.
       redact: { paths: ['headers.authorization', 'headers["proxy-authorization"]', 'password', 'token'], censor: '[REDACTED]' },
     },
-    destination ?? pino.destination({ dest: 1, sync: true }),
+    destination,
   );
 }
 
@@ -70,37 +75,64 @@ function decisionMessage(e: DecisionEvent): string {
   return `${d.verdict} ${where} (${by})`;
 }
 
+const str = (v: string | null): string => (v === null ? 'null' : JSON.stringify(v));
+
+function ruleJson(rule: RuleRef | null): string {
+  return rule === null ? 'null' : `{"id":${JSON.stringify(rule.id)},"label":${str(rule.label)},"priority":${rule.priority}}`;
+}
+
+function addressesJson(addresses: readonly string[]): string {
+  let out = '[';
+  for (let i = 0; i < addresses.length; i++) out += (i ? ',' : '') + JSON.stringify(addresses[i]);
+  return out + ']';
+}
+
+let headAt = -1;
+let head = '';
+
+/** The head pino writes for an info line of this process: level, time, pid (made once a millisecond). */
+function infoHead(): string {
+  const now = Date.now();
+  if (now !== headAt) {
+    headAt = now;
+    head = `{"level":"info","time":"${new Date(now).toISOString()}","pid":${process.pid}`;
+  }
+  return head;
+}
+
+/** One `egress.decision` line, as pino would write it for the object in createEventSink. */
+export function decisionLine(e: DecisionEvent): string {
+  const d = e.decision;
+  return (
+    `${infoHead()},"event":"egress.decision","conn_id":${JSON.stringify(e.conn_id)},"policy_generation":${e.policy_generation}` +
+    `,"verdict":"${d.verdict}","dispatched":${d.dispatched},"shadow":${d.shadow},"reason":"${d.reason}","rule":${ruleJson(d.rule)}` +
+    `,"tool":${str(e.tool)},"call_id":${str(e.call_id)},"session_id":${str(e.session_id)},"server":${JSON.stringify(e.server)}` +
+    `,"host":${JSON.stringify(e.host)},"port":${e.port},"method":${JSON.stringify(e.method)},"addresses":${addressesJson(d.addresses)}` +
+    `,"pinned_address":${str(e.pinned_address)},"address_class":${str(d.address_class ?? null)}` +
+    `${e.detail ? `,"detail":${JSON.stringify(e.detail)}` : ''},"msg":${JSON.stringify(decisionMessage(e))}}\n`
+  );
+}
+
+/** One `egress.closed` line. */
+export function closedLine(e: ClosedEvent): string {
+  return (
+    `${infoHead()},"event":"egress.closed","conn_id":${JSON.stringify(e.conn_id)},"bytes_up":${e.bytes_up},"bytes_down":${e.bytes_down}` +
+    `,"duration_ms":${e.duration_ms},"end":"${e.end}","msg":${JSON.stringify(`closed ${e.conn_id} (${e.end})`)}}\n`
+  );
+}
+
 export function createEventSink(logger: Logger): EventSink {
+  const stream = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym] as DestinationStream;
+  // Without a batching destination (tests may pass any stream) every line is written at once.
+  const defer = stream instanceof BatchedDestination ? (line: string) => stream.defer(line) : (line: string) => stream.write(line);
   return {
-    decision(e) {
-      const d = e.decision;
-      logger.info(
-        {
-          event: 'egress.decision',
-          conn_id: e.conn_id,
-          policy_generation: e.policy_generation,
-          verdict: d.verdict,
-          dispatched: d.dispatched,
-          shadow: d.shadow,
-          reason: d.reason,
-          rule: d.rule,
-          tool: e.tool,
-          call_id: e.call_id,
-          session_id: e.session_id,
-          server: e.server,
-          host: e.host,
-          port: e.port,
-          method: e.method,
-          addresses: d.addresses,
-          pinned_address: e.pinned_address,
-          address_class: d.address_class ?? null,
-          ...(e.detail ? { detail: e.detail } : {}),
-        },
-        decisionMessage(e),
-      );
+    decision(e, deferrable = false) {
+      if (!logger.isLevelEnabled('info')) return;
+      if (deferrable) defer(decisionLine(e));
+      else stream.write(decisionLine(e));
     },
     closed(e) {
-      logger.info({ event: 'egress.closed', ...e }, `closed ${e.conn_id} (${e.end})`);
+      if (logger.isLevelEnabled('info')) defer(closedLine(e));
     },
     error(fields, msg) {
       logger.warn({ event: 'egress.error', ...fields }, msg);

@@ -2,8 +2,9 @@
  * Header hygiene for forwarded plain-HTTP requests and their responses. Hop-by-hop headers
  * (RFC 9110 §7.6.1) and every header named in `Connection` describe one hop and are dropped
  * both ways; so are `Proxy-*` headers (credentials for us, never for the origin) including the
- * non-standard `Proxy-Connection`, and the attribution headers. From responses, `x-egress-*`
- * is dropped so that an upstream cannot forge a proxy refusal.
+ * non-standard `Proxy-Connection`, and the attribution headers. `Expect: 100-continue` is
+ * answered by the proxy's own server (it sends the `100`) and so is not passed on. From
+ * responses, `x-egress-*` is dropped so that an upstream cannot forge a proxy refusal.
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
 
@@ -22,7 +23,7 @@ function connectionListed(raw: readonly string[]): Set<string> {
 
 /**
  * The request headers to send upstream, as a flat [name, value, ...] list in the client's order
- * and case, without hop-by-hop, Proxy-*, Connection-listed and `drop` headers. `host` is
+ * and case, without hop-by-hop, Expect, Proxy-*, Connection-listed and `drop` headers. `host` is
  * removed too: the caller sets it.
  */
 export function forwardRequestHeaders(raw: readonly string[], drop: ReadonlySet<string>): string[] {
@@ -31,7 +32,7 @@ export function forwardRequestHeaders(raw: readonly string[], drop: ReadonlySet<
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || lower === 'expect' || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;

@@ -13,7 +13,7 @@
  * "Why not proxy-chain"; the benchmark keeps it as the baseline row).
  */
 import { randomBytes } from 'node:crypto';
-import { createServer, request as httpRequest } from 'node:http';
+import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -28,8 +28,8 @@ import type { IpAddress } from '../net/address.js';
 import { createBaseline } from '../net/baseline.js';
 import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
 import type { Target } from '../net/destination.js';
-import { pinnedAddressOf, PinnedAgent } from '../net/pinned-agent.js';
-import type { PinnedRequestOptions } from '../net/pinned-agent.js';
+import { PinnedPool } from '../net/pinned-pool.js';
+import type { UpstreamConnection } from '../net/pinned-pool.js';
 import { DialError, pinnedDial } from '../net/pinned-dial.js';
 import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
@@ -99,8 +99,8 @@ export class ProxyServer {
   private localAddressCache: { at: number; addresses: Set<string> } | null = null;
   private listenersCache: ReadonlyArray<{ address: string; port: number }> | null = null;
   private readonly dropHeaders: ReadonlySet<string>;
-  /** Keep-alive pool for plain HTTP, keyed by the vetted IP (never by name). */
-  private readonly agent = new PinnedAgent();
+  /** Keep-alive connections for plain HTTP, filed by the vetted IP (never by name). */
+  private readonly pool = new PinnedPool();
 
   constructor(private readonly options: ProxyServerOptions) {
     const { config } = options;
@@ -156,7 +156,7 @@ export class ProxyServer {
     }
     for (const call of [...this.active]) call.abort('shutdown');
     this.server.closeAllConnections();
-    this.agent.destroy();
+    this.pool.destroy();
     await closed;
   }
 
@@ -183,7 +183,16 @@ export class ProxyServer {
       };
     }
     const client = identity.client;
-    const headerValues = (name: string) => req.headersDistinct[name];
+    // A scan of the raw list: cheaper than building req.headersDistinct for three names.
+    const raw = req.rawHeaders;
+    const headerValues = (name: string) => {
+      let values: string[] | undefined;
+      for (let i = 0; i < raw.length; i += 2) {
+        const key = raw[i] as string;
+        if (key.length === name.length && key.toLowerCase() === name) (values ??= []).push(raw[i + 1] as string);
+      }
+      return values;
+    };
     const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
@@ -219,21 +228,24 @@ export class ProxyServer {
     if (entry) this.options.events.discovered({ server: entry.server, tool: entry.tool, host: entry.host, port: entry.port, first_seen: entry.first_seen, conn_id: a.connId });
   }
 
-  private logDecision(a: Admitted, pinned: string | null, detail?: string): void {
-    this.options.events.decision({
-      conn_id: a.connId,
-      policy_generation: a.generation,
-      decision: a.decision,
-      tool: a.call.tool,
-      call_id: a.call.callId,
-      session_id: a.call.sessionId,
-      server: a.client,
-      host: a.target.host.host,
-      port: a.target.port,
-      method: a.method,
-      pinned_address: pinned,
-      ...(detail ? { detail } : {}),
-    });
+  private logDecision(a: Admitted, pinned: string | null, detail?: string, deferrable = false): void {
+    this.options.events.decision(
+      {
+        conn_id: a.connId,
+        policy_generation: a.generation,
+        decision: a.decision,
+        tool: a.call.tool,
+        call_id: a.call.callId,
+        session_id: a.call.sessionId,
+        server: a.client,
+        host: a.target.host.host,
+        port: a.target.port,
+        method: a.method,
+        pinned_address: pinned,
+        ...(detail ? { detail } : {}),
+      },
+      deferrable,
+    );
     this.options.observer?.decision?.(a.decision, a.method);
   }
 
@@ -352,12 +364,12 @@ export class ProxyServer {
     }
     this.adjustTunnels(a.client, +1);
     const started = performance.now();
-    const abortDial = new AbortController();
-    const onEarlyClose = () => abortDial.abort();
+    const dialCancel = { aborted: false };
+    const onEarlyClose = () => (dialCancel.aborted = true);
     client.once('close', onEarlyClose);
     let conn: PinnedConnection;
     try {
-      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, abortDial.signal);
+      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, dialCancel);
     } catch (err) {
       client.removeListener('close', onEarlyClose);
       this.adjustTunnels(a.client, -1);
@@ -473,27 +485,39 @@ export class ProxyServer {
   }
 
   /**
-   * Forwards one plain-HTTP request over a pinned keep-alive socket (pinned-agent.ts) and
-   * streams the answer back. A bodiless request whose reused socket the upstream had already
-   * closed is sent once more on a fresh one.
+   * Forwards one plain-HTTP request over a pinned keep-alive connection (pinned-pool.ts) and
+   * streams the answer back. A bodiless request whose reused connection the upstream had
+   * already closed is sent once more on a fresh one.
    */
   private forward(a: Admitted, req: IncomingMessage, res: ServerResponse, host: string, path: string): void {
     const started = performance.now();
     const { limits } = this.options.config;
-    const headers = ['Host', host, ...forwardRequestHeaders(req.rawHeaders, this.dropHeaders)];
+    const headers = ['host', host, ...forwardRequestHeaders(req.rawHeaders, this.dropHeaders)];
     const bodiless = (req.headers['content-length'] === undefined || req.headers['content-length'] === '0') && req.headers['transfer-encoding'] === undefined;
+    const dialCancel = { aborted: false };
     let end: EndReason | null = null;
     let decisionLogged = false;
     let bytesUp = 0;
     let bytesDown = 0;
-    let current: ReturnType<typeof httpRequest> | null = null;
+    /** The connection carrying the request now, and its socket counters when it began. */
+    let current: { conn: UpstreamConnection; written0: number; read0: number } | null = null;
     const finish = (reason: EndReason) => {
       if (end === null) end = reason;
+    };
+    const settle = (reuse: boolean) => {
+      if (!current) return;
+      const { conn, written0, read0 } = current;
+      current = null;
+      bytesUp = conn.socket.bytesWritten - written0;
+      bytesDown = conn.socket.bytesRead - read0;
+      if (reuse) this.pool.release(conn);
+      else this.pool.discard(conn);
     };
     const call: ActiveCall = {
       abort: (reason) => {
         finish(reason);
-        current?.destroy();
+        dialCancel.aborted = true;
+        settle(false);
         res.destroy();
       },
     };
@@ -501,92 +525,88 @@ export class ProxyServer {
     const logOnce = (pinned: string | null) => {
       if (decisionLogged) return;
       decisionLogged = true;
-      this.logDecision(a, pinned);
+      // Deferred when dispatched: the upstream's answer comes in a later turn than this line.
+      this.logDecision(a, pinned, undefined, pinned !== null);
+    };
+    const answer = (reason: EndReason, failed: Answer) => {
+      finish(reason);
+      if (!res.destroyed && !res.headersSent) sendAnswer(res, failed, true);
+      else res.destroy();
     };
 
+    /** `retry`: the second attempt, on a fresh connection, after a stale reused one failed. */
     const send = (retry: boolean) => {
-      const options: PinnedRequestOptions = {
-        agent: this.agent,
-        host: (a.candidates[0] as IpAddress).text,
-        port: a.target.port,
-        method: a.method,
-        path,
-        headers,
-        setHost: false,
-        candidates: a.candidates,
-        connectTimeoutMs: limits.connectTimeoutMs,
-      };
-      const upstreamReq = httpRequest(options);
-      current = upstreamReq;
-      let written0 = 0;
-      let read0 = 0;
-      let socket: Socket | null = null;
-      // One timeout listener per request, removed when the request is done: the socket is
-      // pooled and serves many requests, so listeners added per request would pile up on it.
-      const onTimeout = () => {
-        if (current !== upstreamReq) return;
-        if (!res.headersSent) {
-          finish('idle_timeout');
-          this.options.observer?.failure?.('upstream_timeout');
-          sendAnswer(res, failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, a.call)), true);
-          upstreamReq.destroy();
-        } else call.abort('idle_timeout');
-      };
-      const release = () => socket?.removeListener('timeout', onTimeout);
-      upstreamReq.on('socket', (s: Socket) => {
-        socket = s;
-        written0 = s.bytesWritten;
-        read0 = s.bytesRead;
-        logOnce(pinnedAddressOf(s));
-        s.setTimeout(limits.tunnelIdleTimeoutMs);
-        s.on('timeout', onTimeout);
+      const idle = retry ? null : this.pool.takeIdle(a.candidates, a.target.port);
+      if (idle) return dispatch(retry)(idle);
+      this.pool.dial(a.candidates, a.target.port, limits.connectTimeoutMs, dialCancel).then(dispatch(retry), (err: unknown) => {
+        logOnce(null);
+        answer(res.destroyed ? 'client_closed' : 'error', this.dialFailure(a, err));
       });
-      upstreamReq.on('close', release);
-      upstreamReq.on('finish', () => {
-        if (socket) bytesUp = socket.bytesWritten - written0;
-      });
-      upstreamReq.on('response', (upstreamRes) => {
-        res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.statusMessage, forwardResponseHeaders(upstreamRes.rawHeaders));
-        upstreamRes.pipe(res);
-        upstreamRes.on('end', () => {
-          if (socket) bytesDown = socket.bytesRead - read0;
-          release();
-          finish('upstream_closed');
-        });
-        upstreamRes.on('error', () => call.abort('error'));
-      });
-      upstreamReq.on('error', (err) => {
-        if (res.headersSent) {
-          finish('error');
-          res.destroy();
-          return;
-        }
-        if (retry && upstreamReq.reusedSocket && !res.destroyed) {
-          send(false);
-          return;
-        }
-        finish('error');
-        if (err instanceof DialError) {
-          logOnce(null);
-          sendAnswer(res, this.dialFailure(a, err), true);
-        } else {
-          this.options.observer?.failure?.('upstream_unreachable');
-          sendAnswer(res, failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, a.call)), true);
-        }
-      });
-      if (bodiless) upstreamReq.end();
-      else req.pipe(upstreamReq);
+    };
+    const dispatch = (retry: boolean) => (conn: UpstreamConnection) => {
+      if (res.destroyed) {
+        this.pool.release(conn);
+        return;
+      }
+      current = { conn, written0: conn.socket.bytesWritten, read0: conn.socket.bytesRead };
+      const reused = conn.uses > 0;
+      logOnce(conn.address.text);
+      conn.client.dispatch(
+        { path, method: a.method, headers, body: bodiless ? null : req, headersTimeout: limits.tunnelIdleTimeoutMs, bodyTimeout: limits.tunnelIdleTimeoutMs },
+        {
+          onConnect: () => {},
+          onHeaders: (status, raw, resume, statusText) => {
+            // Informational answers (103) are not forwarded; the final one follows.
+            if (status < 200) return true;
+            res.writeHead(status, statusText, forwardResponseHeaders(latin1(raw)));
+            res.on('drain', resume);
+            return true;
+          },
+          onData: (chunk) => res.write(chunk),
+          onComplete: () => {
+            finish('upstream_closed');
+            settle(true);
+            res.end();
+          },
+          onError: (err: Error & { code?: string }) => {
+            if (current?.conn !== conn) return; // already settled: the client went away
+            settle(false);
+            if (res.headersSent || res.destroyed) {
+              finish(err.code === 'UND_ERR_BODY_TIMEOUT' ? 'idle_timeout' : 'error');
+              res.destroy();
+            } else if (!retry && reused && bodiless) {
+              send(true);
+            } else if (err.code === 'UND_ERR_HEADERS_TIMEOUT') {
+              this.options.observer?.failure?.('upstream_timeout');
+              answer('idle_timeout', failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, a.call)));
+            } else if (err.code === 'UND_ERR_INVALID_ARG') {
+              answer('error', this.badRequest(a.connId, `the request cannot be forwarded: ${err.message}`, a.target, a.method));
+            } else {
+              this.options.observer?.failure?.('upstream_unreachable');
+              answer('error', failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, a.call)));
+            }
+          },
+        },
+      );
     };
 
     req.on('error', () => call.abort('client_closed'));
     res.once('close', () => {
       if (!res.writableFinished) {
         finish('client_closed');
-        current?.destroy();
+        dialCancel.aborted = true;
+        settle(false);
       }
       this.active.delete(call);
       this.closedEvent(a.connId, bytesUp, bytesDown, started, end ?? 'upstream_closed', false);
     });
-    send(bodiless);
+    send(false);
   }
+}
+
+/** undici hands header lines over as bytes; the client gets them back byte for byte. */
+function latin1(raw: readonly Buffer[]): string[] {
+  const out = new Array<string>(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = (raw[i] as Buffer).toString('latin1');
+  return out;
 }

@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import { startProxy } from '../../src/commands/serve.js';
 import type { Running } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
+import { BatchedDestination } from '../../src/proxy/event-destination.js';
 import { createEventSink, createLogger } from '../../src/proxy/events.js';
 import { startUpstream } from './upstream.js';
 import type { TestUpstream } from './upstream.js';
@@ -69,7 +70,8 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
       cb();
     },
   });
-  const events = createEventSink(createLogger('debug', sink as never));
+  // Batched as in production, so the tests see lines when an operator would.
+  const events = createEventSink(createLogger('debug', new BatchedDestination(sink)));
   const running = await startProxy(parsed.config, events);
   if (!running) throw new Error(`policy rejected: ${JSON.stringify(lines)}`);
   const port = (running.proxy.address as { port: number }).port;

@@ -2,7 +2,7 @@ import t from 'tap';
 import { forwardRequestHeaders, forwardResponseHeaders } from '../../src/proxy/headers.js';
 
 t.test('request headers', async (t) => {
-  const raw = ['Host', 'a', 'Connection', 'keep-alive, X-Hop', 'X-Hop', '1', 'Keep-Alive', 'timeout=5', 'Proxy-Connection', 'keep-alive', 'Proxy-Authorization', 'Basic x', 'TE', 'trailers', 'Transfer-Encoding', 'chunked', 'Upgrade', 'h2c', 'Trailer', 'x', 'X-MCP-Tool', 't', 'Accept', '*/*', 'Cookie', 'a=1', 'Cookie', 'b=2'];
+  const raw = ['Host', 'a', 'Connection', 'keep-alive, X-Hop', 'X-Hop', '1', 'Keep-Alive', 'timeout=5', 'Proxy-Connection', 'keep-alive', 'Proxy-Authorization', 'Basic x', 'TE', 'trailers', 'Transfer-Encoding', 'chunked', 'Upgrade', 'h2c', 'Trailer', 'x', 'X-MCP-Tool', 't', 'Accept', '*/*', 'Cookie', 'a=1', 'Cookie', 'b=2', 'Expect', '100-continue'];
   t.same(forwardRequestHeaders(raw, new Set(['x-mcp-tool'])), ['Accept', '*/*', 'Cookie', 'a=1', 'Cookie', 'b=2']);
 });
 

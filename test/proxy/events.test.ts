@@ -1,0 +1,127 @@
+import { spawnSync } from 'node:child_process';
+import t from 'tap';
+import pino from 'pino';
+import { BatchedDestination } from '../../src/proxy/event-destination.js';
+import { closedLine, createEventSink, createLogger, decisionLine } from '../../src/proxy/events.js';
+import type { ClosedEvent, DecisionEvent } from '../../src/proxy/events.js';
+import type { Decision } from '../../src/policy/types.js';
+
+/** What pino itself writes for the same fields (the reference the hand-written lines must equal). */
+function viaPino(fields: Record<string, unknown>, msg: string): string {
+  const lines: string[] = [];
+  const logger = createLogger('info', { write: (s: string) => void lines.push(s) });
+  logger.info(fields, msg);
+  return lines[0] as string;
+}
+
+const withoutTime = (line: string) => line.replace(/"time":"[^"]+"/, '"time":"T"');
+
+const allow: Decision = { verdict: 'allow', dispatched: true, shadow: false, reason: 'default', rule: null, addresses: ['93.184.216.34', '2606:4700::1111'], trace: [], uncovered: false };
+const shadowed: Decision = { verdict: 'deny', dispatched: true, shadow: true, reason: 'rule', rule: { id: 'no-"quotes"\\', label: 'line\nbreak \u2028 é', priority: 7 }, addresses: [], trace: [], uncovered: false };
+const baseline: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'ssrf_baseline', rule: null, addresses: ['169.254.169.254'], trace: [], uncovered: false, address_class: 'link_local' };
+
+const events: DecisionEvent[] = [
+  { conn_id: 'a-1', policy_generation: 3, decision: allow, tool: 'fetch', call_id: 'c"1', session_id: null, server: '127.0.0.1', host: 'example.com', port: 443, method: 'CONNECT', pinned_address: '93.184.216.34' },
+  { conn_id: 'a-2', policy_generation: 1, decision: shadowed, tool: null, call_id: null, session_id: 's\u0001', server: 'agent', host: 'xn--bcher-kva.example', port: 80, method: 'GET', pinned_address: null },
+  { conn_id: 'a-3', policy_generation: 9, decision: baseline, tool: 't', call_id: null, session_id: null, server: '::1', host: '169.254.169.254', port: 80, method: 'GET', pinned_address: null, detail: 'x' },
+];
+
+t.test('decision lines are what pino would write, field for field and in order', async (t) => {
+  for (const e of events) {
+    const lines: string[] = [];
+    const sink = createEventSink(createLogger('info', { write: (s: string) => void lines.push(s) }));
+    sink.decision(e);
+    const d = e.decision;
+    const reference = viaPino(
+      {
+        event: 'egress.decision', conn_id: e.conn_id, policy_generation: e.policy_generation, verdict: d.verdict, dispatched: d.dispatched, shadow: d.shadow, reason: d.reason, rule: d.rule,
+        tool: e.tool, call_id: e.call_id, session_id: e.session_id, server: e.server, host: e.host, port: e.port, method: e.method, addresses: d.addresses, pinned_address: e.pinned_address,
+        address_class: d.address_class ?? null, ...(e.detail ? { detail: e.detail } : {}),
+      },
+      JSON.parse(decisionLine(e)).msg,
+    );
+    t.equal(withoutTime(lines[0] as string), withoutTime(reference), e.conn_id);
+    t.equal(withoutTime(decisionLine(e)), withoutTime(reference));
+  }
+  t.match(JSON.parse(decisionLine(events[1] as DecisionEvent)).msg, /^\[shadow\] would deny xn--bcher-kva\.example:80 \(rule no-/);
+});
+
+t.test('closed lines are what pino would write', async (t) => {
+  const e: ClosedEvent = { conn_id: 'z-9', bytes_up: 12, bytes_down: 345678, duration_ms: 1.25, end: 'idle_timeout' };
+  t.equal(withoutTime(closedLine(e)), withoutTime(viaPino({ event: 'egress.closed', ...e }, 'closed z-9 (idle_timeout)')));
+});
+
+t.test('below the info level no decision or closed line is written', async (t) => {
+  const lines: string[] = [];
+  const sink = createEventSink(createLogger('warn', { write: (s: string) => void lines.push(s) }));
+  sink.decision(events[0] as DecisionEvent);
+  sink.closed({ conn_id: 'x', bytes_up: 0, bytes_down: 0, duration_ms: 0, end: 'error' });
+  t.same(lines, []);
+});
+
+t.test('the batched destination: order, end of turn, size, flush', async (t) => {
+  const writes: string[] = [];
+  const dest = new BatchedDestination({ write: (s: string) => void writes.push(s) });
+  t.teardown(() => dest.close());
+  dest.defer('a\n');
+  dest.defer('b\n');
+  t.same(writes, [], 'deferred lines wait for the end of the turn');
+  await new Promise((r) => setImmediate(r));
+  t.same(writes, ['a\nb\n'], 'one write for the turn');
+  dest.defer('c\n');
+  dest.write('d\n');
+  t.same(writes, ['a\nb\n', 'c\nd\n'], 'an immediate line goes out after what was pending, in order');
+  dest.write('e\n');
+  t.same(writes.at(-1), 'e\n');
+  const big = 'x'.repeat(70 * 1024);
+  dest.defer(big);
+  t.equal(writes.at(-1), big, 'past 64 KiB the batch is written at once');
+  dest.defer('f\n');
+  dest.flush(() => writes.push('cb'));
+  t.same(writes.slice(-2), ['f\n', 'cb']);
+  await new Promise((r) => setImmediate(r));
+  t.equal(writes.at(-1), 'cb', 'nothing written twice');
+});
+
+t.test('the sink defers only what the caller marks deferrable, and closed lines', async (t) => {
+  const writes: string[] = [];
+  const dest = new BatchedDestination({ write: (s: string) => void writes.push(s) });
+  t.teardown(() => dest.close());
+  const sink = createEventSink(createLogger('info', dest));
+  sink.decision(events[0] as DecisionEvent, true);
+  sink.closed({ conn_id: 'a-1', bytes_up: 1, bytes_down: 2, duration_ms: 3, end: 'upstream_closed' });
+  t.equal(writes.length, 0);
+  sink.decision(events[2] as DecisionEvent);
+  t.equal(writes.length, 1);
+  t.same(
+    (writes[0] as string).trim().split('\n').map((l) => JSON.parse(l).conn_id),
+    ['a-1', 'a-1', 'a-3'],
+    'the refusal is written at once, after the lines before it',
+  );
+  sink.error({ code: 'dns_error' }, 'x');
+  t.equal(writes.length, 2, 'pino lines are written at once');
+});
+
+t.test('pending lines are written when the process exits', async (t) => {
+  // The built module (npm test builds first): a child process cannot load TypeScript by itself.
+  const built = new URL('../../dist/src/proxy/event-destination.js', import.meta.url).pathname;
+  const script = `import { BatchedDestination } from ${JSON.stringify(built)};
+    const d = new BatchedDestination({ write: (s) => process.stdout.write(s) });
+    d.defer('deferred-1\\n'); d.defer('deferred-2\\n'); process.exit(3);`;
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+  t.equal(child.status, 3);
+  t.equal(child.stdout, 'deferred-1\ndeferred-2\n');
+});
+
+t.test('pino.destination under it: a real file receives every line', async (t) => {
+  const dir = t.testdir();
+  const file = `${dir}/events.log`;
+  const dest = new BatchedDestination(pino.destination({ dest: file, sync: true }));
+  const sink = createEventSink(createLogger('info', dest));
+  for (let i = 0; i < 1000; i++) sink.closed({ conn_id: `c-${i}`, bytes_up: i, bytes_down: 0, duration_ms: 0, end: 'upstream_closed' });
+  dest.close();
+  const { readFileSync } = await import('node:fs');
+  const lines = readFileSync(file, 'utf8').trim().split('\n');
+  t.equal(lines.length, 1000);
+  t.equal(JSON.parse(lines[999] as string).conn_id, 'c-999');
+});

@@ -1,0 +1,220 @@
+/**
+ * Plain-HTTP forwarding through the real proxy (loopback upstreams only): request bodies in
+ * every framing, Expect: 100-continue, large and slow responses, HEAD/204/304, informational
+ * answers, upstreams that fail mid-answer, and per-request byte accounting.
+ */
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createServer } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { connect } from 'node:net';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { request as undiciRequest, ProxyAgent } from 'undici';
+import { parseResponse, rawRequest } from '../helpers/raw.js';
+import { startTestProxy } from '../helpers/proxy.js';
+import type { TestProxy } from '../helpers/proxy.js';
+import { startUpstream } from '../helpers/upstream.js';
+
+const run = promisify(execFile);
+const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
+
+async function proxyFor(t: { teardown(fn: () => unknown): void }): Promise<TestProxy> {
+  const proxy = await startTestProxy({ policy: POLICY });
+  t.teardown(() => proxy.stop());
+  return proxy;
+}
+
+t.test('request bodies: content-length, chunked, and Expect: 100-continue from curl', async (t) => {
+  const proxy = await proxyFor(t);
+  const up = await startUpstream();
+  t.teardown(() => up.close());
+  const base = `http://127.0.0.1:${up.port}`;
+
+  const fixed = await rawRequest(proxy.port, `POST ${base}/fixed HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world`);
+  t.equal(fixed.status, 200);
+  t.equal(JSON.parse(fixed.body).body, 'hello world');
+
+  const chunked = await rawRequest(proxy.port, `POST ${base}/chunked HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`);
+  t.equal(chunked.status, 200);
+  t.equal(JSON.parse(chunked.body.replace(/^[0-9a-f]+\r\n|\r\n0\r\n\r\n$/g, '')).body, 'hello world');
+
+  // Expect: 100-continue is one hop: the proxy answers 100 itself and does not pass it on.
+  const big = 'x'.repeat(200_000);
+  const file = join(t.testdir(), 'body.txt');
+  writeFileSync(file, big);
+  const { stdout, stderr } = await run('curl', ['-sSv', '-x', proxy.url, '-H', 'Content-Type: text/plain', '-H', 'Expect: 100-continue', '--data-binary', `@${file}`, `${base}/expect`], { maxBuffer: 10_000_000 });
+  t.match(stderr, /Expect: 100-continue/, 'curl asked to continue');
+  t.match(stderr, /HTTP\/1.1 100 Continue/, 'and the proxy told it to');
+  const seen = JSON.parse(stdout) as { body: string; headers: string[] };
+  t.equal(seen.body.length, big.length, 'the whole body arrived');
+  t.notOk(seen.headers.map((h) => h.toLowerCase()).includes('expect'), 'Expect is one hop: not forwarded');
+  const posts = up.requests.filter((r) => r.method === 'POST');
+  t.same(posts.map((r) => r.url), ['/fixed', '/chunked', '/expect']);
+});
+
+t.test('a large response streams through with backpressure, and bytes are counted per request', async (t) => {
+  const proxy = await proxyFor(t);
+  const size = 8 * 1024 * 1024;
+  const chunk = Buffer.alloc(64 * 1024, 97);
+  const server = createServer((req, res) => {
+    if (req.url === '/small') return void res.end('ok');
+    res.writeHead(200, { 'content-length': String(size) });
+    let left = size;
+    const pump = () => {
+      while (left > 0) {
+        left -= chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', pump);
+      }
+      res.end();
+    };
+    pump();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+
+  // A slow reader on one keep-alive connection: two requests, the first one large.
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  t.teardown(() => socket.destroy());
+  socket.write(`GET http://127.0.0.1:${port}/big HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  socket.pause();
+  await new Promise((r) => setTimeout(r, 300));
+  let received = 0;
+  let text = '';
+  await new Promise<void>((resolve) => {
+    socket.on('data', (d: Buffer) => {
+      received += d.length;
+      if (received > size) text += d.toString('latin1');
+      if (received >= size && !text.includes('HTTP/1.1')) {
+        text = '';
+        socket.write(`GET http://127.0.0.1:${port}/small HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+      }
+      if (text.endsWith('ok')) resolve();
+    });
+    socket.resume();
+  });
+  t.ok(received > size, 'the whole body arrived, then the second answer');
+  const closed = await Promise.all([1, 2].map((n) => proxy.waitFor((e) => e.event === 'egress.closed' && proxy.events('egress.closed').length >= n)));
+  const lines = proxy.events('egress.closed');
+  t.equal(lines.length, 2);
+  t.ok((lines[0]?.bytes_down as number) > size && (lines[0]?.bytes_down as number) < size + 1024, `the first call's bytes_down is its own (${lines[0]?.bytes_down})`);
+  t.ok((lines[1]?.bytes_down as number) < 1024, 'the second call counts only its own answer');
+  t.ok((lines[0]?.bytes_up as number) > 20 && (lines[0]?.bytes_up as number) < 1024);
+  t.equal(lines[0]?.end, 'upstream_closed');
+  t.ok(closed.length === 2);
+});
+
+t.test('HEAD, 204 and 304 answers keep their framing on a kept-alive connection', async (t) => {
+  const proxy = await proxyFor(t);
+  const server = createServer((req, res) => {
+    if (req.url === '/204') return void res.writeHead(204).end();
+    if (req.url === '/304') return void res.writeHead(304, { etag: '"x"' }).end();
+    res.writeHead(200, { 'content-length': '5', 'content-type': 'text/plain' });
+    res.end(req.method === 'HEAD' ? undefined : 'hello');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const agent = new ProxyAgent({ uri: proxy.url, proxyTunnel: false });
+  t.teardown(() => agent.close());
+  const head = await undiciRequest(`http://127.0.0.1:${port}/`, { method: 'HEAD', dispatcher: agent });
+  t.equal(head.statusCode, 200);
+  t.equal(head.headers['content-length'], '5');
+  t.equal(await head.body.text(), '');
+  for (const [path, status] of [['/204', 204], ['/304', 304], ['/', 200]] as const) {
+    const r = await undiciRequest(`http://127.0.0.1:${port}${path}`, { dispatcher: agent });
+    t.equal(r.statusCode, status, path);
+    t.equal(await r.body.text(), status === 200 ? 'hello' : '');
+  }
+  t.same(proxy.events('egress.decision').map((e) => e.method), ['HEAD', 'GET', 'GET', 'GET'], 'each request on the kept-alive connection is its own call');
+});
+
+t.test('an informational 103 is not forwarded; the final answer is', async (t) => {
+  const proxy = await proxyFor(t);
+  const server = createServer((_req, res) => {
+    res.writeEarlyHints({ link: '</style.css>; rel=preload' });
+    res.end('final');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const r = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  t.equal(r.status, 200);
+  t.notMatch(r.raw, /103/);
+  t.match(r.body, /final/);
+});
+
+t.test('an upstream that dies mid-answer: the client connection is cut, the call ends in error', async (t) => {
+  const proxy = await proxyFor(t);
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-length': '1000' });
+    res.write('partial');
+    setTimeout(() => req.socket.destroy(), 50);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const r = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  t.equal(r.status, 200);
+  t.ok(r.closedByPeer, 'cut, not left hanging');
+  t.equal(r.body, 'partial');
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'error');
+});
+
+t.test('an upstream that closes without answering: 502 upstream_unreachable', async (t) => {
+  const proxy = await proxyFor(t);
+  const server = createServer((req) => req.socket.destroy());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const r = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  t.equal(r.status, 502);
+  t.equal(JSON.parse(r.body).error.code, 'upstream_unreachable');
+});
+
+t.test('a kept-alive upstream connection closed while idle: the next bodiless request is retried on a fresh one', async (t) => {
+  const proxy = await proxyFor(t);
+  const sockets: Socket[] = [];
+  const server = createServer({ keepAliveTimeout: 60_000 }, (_req, res) => res.end('ok'));
+  server.on('connection', (s: Socket) => sockets.push(s));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const get = () => rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  t.equal((await get()).status, 200);
+  // Close the upstream side without the proxy noticing first: the FIN races the next request.
+  for (const s of sockets) s.destroy();
+  const again = await get();
+  t.equal(again.status, 200);
+  t.equal(again.body, 'ok');
+  t.equal(sockets.length, 2);
+});
+
+t.test('a client that leaves mid-answer ends the call as client_closed and frees the upstream connection', async (t) => {
+  const proxy = await proxyFor(t);
+  const upstreamClosed: Promise<void>[] = [];
+  const server = createServer((req, res) => {
+    upstreamClosed.push(new Promise((r) => req.socket.once('close', () => r())));
+    res.writeHead(200, { 'content-length': '100000000' });
+    res.write('x'.repeat(1000));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  socket.write(`GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  await new Promise((r) => socket.once('data', r));
+  socket.destroy();
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'client_closed');
+  await upstreamClosed[0];
+  t.equal(proxy.running.proxy.activeCalls, 0);
+  t.pass('the upstream connection was closed, not returned to the pool mid-answer');
+});
+
+t.test('parseResponse helper reads what the proxy wrote', async (t) => {
+  t.equal(parseResponse('HTTP/1.1 204 No Content\r\n\r\n').status, 204);
+});
