@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { request as undiciRequest, ProxyAgent } from 'undici';
@@ -191,6 +191,41 @@ t.test('a kept-alive upstream connection closed while idle: the next bodiless re
   t.equal(again.status, 200);
   t.equal(again.body, 'ok');
   t.equal(sockets.length, 2);
+});
+
+t.test('a reused upstream connection that fails before answering: a bodiless request is retried once on a fresh one', async (t) => {
+  const proxy = await proxyFor(t);
+  let connections = 0;
+  // Answers the first request on each connection and drops the connection on the second: what
+  // a server that timed out the idle connection at the same moment looks like to the proxy.
+  const server = createNetServer((socket) => {
+    connections++;
+    let requests = 0;
+    let data = '';
+    socket.on('data', (d) => {
+      data += d.toString('latin1');
+      while (data.includes('\r\n\r\n')) {
+        data = data.slice(data.indexOf('\r\n\r\n') + 4);
+        if (++requests === 1) socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=60\r\n\r\nok');
+        else socket.destroy();
+      }
+    });
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const get = (method = 'GET', body = '') =>
+    rawRequest(proxy.port, `${method} http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n${body ? `Content-Length: ${body.length}\r\n` : ''}\r\n${body}`);
+  t.equal((await get()).status, 200);
+  const retried = await get();
+  t.equal(retried.status, 200, 'answered after one retry');
+  t.equal(connections, 2, 'the retry used a fresh connection');
+  // A request with a body is never sent twice: the failure is the answer.
+  const withBody = await get('POST', 'once');
+  t.equal(withBody.status, 502);
+  t.equal(JSON.parse(withBody.body).error.code, 'upstream_unreachable');
+  t.equal(connections, 2);
 });
 
 t.test('a client that leaves mid-answer ends the call as client_closed and frees the upstream connection', async (t) => {
