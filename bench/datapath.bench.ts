@@ -20,7 +20,7 @@ import { connect, createServer as createNetServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { summarize, table } from './stats.js';
+import { median, summarize, table } from './stats.js';
 
 const HOST = '127.0.0.1';
 const S1_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -49,6 +49,12 @@ function stopProcess(child: ChildProcess): Promise<void> {
     child.once('exit', () => resolve());
     child.kill('SIGTERM');
   });
+}
+
+/** User + system CPU time of a process so far, in milliseconds (Linux /proc, 100 ticks/s). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 function rssKiB(pid: number): number {
@@ -86,7 +92,7 @@ function requester(port: number, request: string): { send(): Promise<number>; cl
   };
 }
 
-async function s1(port: number, upstreamPort: number, proxied: boolean): Promise<{ rps: number; p99: number }> {
+async function s1(port: number, upstreamPort: number, proxied: boolean): Promise<{ rps: number; p99: number; total: number }> {
   const path = proxied ? `http://${HOST}:${upstreamPort}/` : '/';
   const request = `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\nx-mcp-tool: bench\r\n\r\n`;
   const clients = Array.from({ length: 50 }, () => requester(port, request));
@@ -95,10 +101,12 @@ async function s1(port: number, upstreamPort: number, proxied: boolean): Promise
   const warmup = performance.now() + 500;
   const started = performance.now();
   let counted = 0;
+  let total = 0;
   await Promise.all(
     clients.map(async (c) => {
       while (performance.now() < deadline) {
         const ms = await c.send();
+        total++;
         if (performance.now() > warmup) {
           latencies.push(ms);
           counted++;
@@ -108,7 +116,7 @@ async function s1(port: number, upstreamPort: number, proxied: boolean): Promise
   );
   clients.forEach((c) => c.close());
   const seconds = (performance.now() - Math.max(started, warmup)) / 1000;
-  return { rps: counted / seconds, p99: summarize(latencies).p99 };
+  return { rps: counted / seconds, p99: summarize(latencies).p99, total };
 }
 
 /** One tunnel (or direct connection): connect, CONNECT, GET, close. Resolves with its latency. */
@@ -135,7 +143,7 @@ function oneTunnel(port: number, upstreamPort: number, proxied: boolean): Promis
   });
 }
 
-async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p99: number }> {
+async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p99: number; total: number }> {
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -144,7 +152,7 @@ async function s2(port: number, upstreamPort: number, proxied: boolean, total = 
       while (next++ < total) latencies.push(await oneTunnel(port, upstreamPort, proxied));
     }),
   );
-  return { perSecond: total / ((performance.now() - started) / 1000), p99: summarize(latencies).p99 };
+  return { perSecond: total / ((performance.now() - started) / 1000), p99: summarize(latencies).p99, total };
 }
 
 /** Downloads `bytes` through `count` tunnels at once from the bulk server; MiB/s aggregate. */
@@ -284,55 +292,90 @@ export async function runDatapathBench(): Promise<string> {
   await new Promise<void>((r) => holdServer.listen(0, HOST, () => r()));
   const holdPort = (holdServer.address() as AddressInfo).port;
 
-  const rows: Array<Array<string | number>> = [];
-  interface Figures {
+  const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
+  const kinds = ['direct', 'proxy-chain', 'minimal', 'egress'] as const;
+  type Kind = (typeof kinds)[number];
+  interface Round {
     rps: number;
+    p99: number;
+    rpsCpu: number;
     setups: number;
+    setupP99: number;
+    setupCpu: number;
     single: number;
     eight: number;
-    rss: number;
   }
-  const results = new Map<string, Figures>();
+  const byKind = new Map<Kind, Round[]>(kinds.map((k) => [k, []]));
   let profileText = '';
-  for (const kind of ['direct', 'proxy-chain', 'minimal', 'egress'] as const) {
-    const profileDir = profile && kind === 'egress' ? await mkdtemp(join(tmpdir(), 'mep-prof-')) : undefined;
-    const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind, profileDir);
-    const port = target.port ?? upstreamPort;
-    const proxied = kind !== 'direct';
-    const r1 = await s1(port, upstreamPort, proxied);
-    if (profileDir) {
-      await stopProcess(target.child as ChildProcess);
-      profileText = topFunctions(profileDir);
-      rows.push([kind, r1.rps.toFixed(0), r1.p99.toFixed(2), '-', '-', '-', '-', '-']);
-      continue;
+  // Rounds interleave the targets (in a rotated order) so that a noisy neighbour on the host
+  // weighs on every target alike; the table gives the median of the rounds.
+  for (let round = 0; round < rounds; round++) {
+    const order = kinds.map((_, i) => kinds[(i + round) % kinds.length] as Kind);
+    for (const kind of order) {
+      const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind);
+      const port = target.port ?? upstreamPort;
+      const proxied = kind !== 'direct';
+      const pid = target.child?.pid;
+      const cpu = () => (pid === undefined ? 0 : cpuMs(pid));
+      let c0 = cpu();
+      const r1 = await s1(port, upstreamPort, proxied);
+      const rpsCpu = ((cpu() - c0) * 1000) / r1.total;
+      c0 = cpu();
+      const r2 = await s2(proxied ? port : upstreamPort, upstreamPort, proxied);
+      const setupCpu = ((cpu() - c0) * 1000) / r2.total;
+      const r3 = await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
+      const r4 = await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
+      if (target.child) await stopProcess(target.child);
+      byKind.get(kind)?.push({ rps: r1.rps, p99: r1.p99, rpsCpu, setups: r2.perSecond, setupP99: r2.p99, setupCpu, single: r3, eight: r4 });
     }
-    const r2 = await s2(proxied ? port : upstreamPort, upstreamPort, proxied);
-    const r3 = await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
-    const r4 = await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
-    if (target.child) await stopProcess(target.child);
-    const r5 = kind === 'direct' ? NaN : await s5(kind, holdPort);
-    results.set(kind, { rps: r1.rps, setups: r2.perSecond, single: r3, eight: r4, rss: r5 });
-    rows.push([kind, r1.rps.toFixed(0), r1.p99.toFixed(2), r2.perSecond.toFixed(0), r2.p99.toFixed(2), r3.toFixed(0), r4.toFixed(0), Number.isNaN(r5) ? '-' : (r5 / 1024).toFixed(1)]);
+  }
+  const rss = new Map<Kind, number>();
+  for (const kind of kinds) if (kind !== 'direct') rss.set(kind, await s5(kind, holdPort));
+  if (profile) {
+    const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
+    const target = await startProxyProcess('egress', profileDir);
+    await s1(target.port as number, upstreamPort, true);
+    await stopProcess(target.child);
+    profileText = topFunctions(profileDir);
   }
   upstream.close();
   bulkServer.close();
   holdServer.close();
+
+  const med = (kind: Kind, pick: (r: Round) => number) => median((byKind.get(kind) ?? []).map(pick));
+  const rows = kinds.map((kind) => {
+    const proxied = kind !== 'direct';
+    const kib = rss.get(kind);
+    return [
+      kind,
+      med(kind, (r) => r.rps).toFixed(0),
+      med(kind, (r) => r.p99).toFixed(2),
+      proxied ? med(kind, (r) => r.rpsCpu).toFixed(0) : '-',
+      med(kind, (r) => r.setups).toFixed(0),
+      med(kind, (r) => r.setupP99).toFixed(2),
+      proxied ? med(kind, (r) => r.setupCpu).toFixed(0) : '-',
+      med(kind, (r) => r.single).toFixed(0),
+      med(kind, (r) => r.eight).toFixed(0),
+      kib === undefined ? '-' : (kib / 1024).toFixed(1),
+    ];
+  });
   const out = [
-    `## Data path (loopback; S1 ${S1_SECONDS} s per target)`,
+    `## Data path (loopback; medians of ${rounds} interleaved rounds; S1 ${S1_SECONDS} s per target and round)`,
     '',
-    table(['target', 'S1 req/s', 'S1 p99 ms', 'S2 tunnels/s', 'S2 p99 ms', 'S3 MiB/s (1 tunnel)', 'S4 MiB/s (8 tunnels)', 'S5 KiB RSS/idle tunnel'], rows),
+    table(['target', 'S1 req/s', 'S1 p99 ms', 'S1 proxy CPU µs/req', 'S2 tunnels/s', 'S2 p99 ms', 'S2 proxy CPU µs/tunnel', 'S3 MiB/s (1 tunnel)', 'S4 MiB/s (8 tunnels)', 'S5 KiB RSS/idle tunnel'], rows),
     '',
+    'Proxy CPU: user + system time of the proxy process per request or tunnel (kernel work on loopback included).',
     'S5: RSS growth per tunnel with 2,000 idle tunnels open, each reading taken after a full GC in a fresh proxy process.',
   ];
-  const ours = results.get('egress');
-  const chain = results.get('proxy-chain');
-  if (ours && chain) {
-    out.push(
-      '',
-      `ratios to proxy-chain: S1 ${(ours.rps / chain.rps).toFixed(2)}x (target >= 2), S2 ${(ours.setups / chain.setups).toFixed(2)}x (target >= 1.1), ` +
-        `S3 ${(ours.single / chain.single).toFixed(2)}x, S4 ${(ours.eight / chain.eight).toFixed(2)}x (targets >= 1), S5 ${(ours.rss / 1024).toFixed(1)} KiB (target <= 20)`,
-    );
-  }
+  const ratio = (pick: (r: Round) => number) => {
+    const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round));
+    return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
+  };
+  out.push(
+    '',
+    `egress / proxy-chain, median of the per-round ratios: S1 ${ratio((r) => r.rps)} (target >= 2), S2 ${ratio((r) => r.setups)} (target >= 1.1), ` +
+      `S3 ${ratio((r) => r.single)}, S4 ${ratio((r) => r.eight)} (targets >= 1), S5 ${((rss.get('egress') ?? NaN) / 1024).toFixed(1)} KiB (target <= 20)`,
+  );
   if (profileText) out.push('', profileText);
   return out.join('\n');
 }

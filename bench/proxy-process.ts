@@ -22,7 +22,7 @@ const send = (port: number) => process.send?.({ port });
 process.on('message', (m) => {
   if (m === 'gc') {
     (globalThis as { gc?: () => void }).gc?.();
-    process.send?.('gc-done');
+    process.send?.({ gc: 'done', mem: process.memoryUsage() });
   }
 });
 

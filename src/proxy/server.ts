@@ -41,6 +41,8 @@ import type { DiscoveredStore } from './discovered.js';
 import type { EndReason, EventSink } from './events.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { PolicyStore } from './policy-store.js';
+import { Tunnel } from './tunnel.js';
+import type { TunnelOwner } from './tunnel.js';
 
 export interface ProxyServerOptions {
   readonly config: ProxyConfig;
@@ -87,7 +89,7 @@ function isLoopbackAddress(ip: IpAddress): boolean {
   return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
 }
 
-export class ProxyServer {
+export class ProxyServer implements TunnelOwner {
   readonly server: Server;
   private readonly active = new Set<ActiveCall>();
   private readonly tunnelsByClient = new Map<string, number>();
@@ -313,9 +315,14 @@ export class ProxyServer {
 
   // ---- connections and parser errors ----
 
+  /** Shared by every connection (no closure per socket). */
+  private readonly connectionClosed = (): void => {
+    this.openConnections--;
+  };
+
   private onConnection(socket: Socket): void {
     this.openConnections++;
-    socket.once('close', () => this.openConnections--);
+    socket.on('close', this.connectionClosed);
     if (this.openConnections > this.options.config.limits.maxConnections) {
       this.options.observer?.failure?.('overloaded');
       sendRawAnswer(socket, failure('overloaded', 'too many connections; try again later', this.labelFor(null), { 'retry-after': '1' }));
@@ -337,7 +344,7 @@ export class ProxyServer {
   // ---- CONNECT ----
 
   private async onConnect(req: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
-    client.on('error', () => client.destroy());
+    client.on('error', destroyOnError);
     const target = parseAuthority(req.url ?? '', null);
     if ('error' in target) {
       sendRawAnswer(client, this.badRequest(this.nextConnId(), `bad CONNECT target: ${target.error}`, null, 'CONNECT'));
@@ -384,50 +391,16 @@ export class ProxyServer {
   }
 
   private tunnel(a: Admitted, client: Socket, upstream: Socket, head: Buffer, started: number): void {
-    // The closures below live as long as the tunnel: they keep two strings, not the decision.
-    const { connId, client: clientId } = a;
-    let end: EndReason | null = null;
-    let closedSockets = 0;
-    const finish = (reason: EndReason) => {
-      if (end === null) end = reason;
-    };
-    const call: ActiveCall = {
-      abort: (reason) => {
-        finish(reason);
-        client.destroy();
-        upstream.destroy();
-      },
-    };
-    this.active.add(call);
-    const onClose = () => {
-      if (++closedSockets < 2) return;
-      this.active.delete(call);
-      this.adjustTunnels(clientId, -1);
-      this.closedEvent(connId, upstream.bytesWritten, upstream.bytesRead, started, end ?? 'client_closed', true);
-    };
-    const idle = this.options.config.limits.tunnelIdleTimeoutMs;
-    for (const [socket, other, closedBy] of [
-      [client, upstream, 'client_closed'],
-      [upstream, client, 'upstream_closed'],
-    ] as const) {
-      socket.setTimeout(idle, () => call.abort('idle_timeout'));
-      socket.on('end', () => finish(closedBy));
-      socket.on('error', () => {
-        finish('error');
-        other.destroy();
-        socket.destroy();
-      });
-      socket.once('close', () => {
-        finish(closedBy);
-        other.destroy();
-        onClose();
-      });
-    }
-    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (head.length > 0) upstream.write(head);
-    upstream.pipe(client);
-    client.pipe(upstream);
-    if (client.destroyed) call.abort('client_closed');
+    const tunnel = new Tunnel(a.connId, a.client, client, upstream, started, this);
+    this.active.add(tunnel);
+    tunnel.open(head, this.options.config.limits.tunnelIdleTimeoutMs);
+  }
+
+  /** TunnelOwner: both sockets of a tunnel are closed. */
+  tunnelEnded(tunnel: Tunnel): void {
+    this.active.delete(tunnel);
+    this.adjustTunnels(tunnel.clientId, -1);
+    this.closedEvent(tunnel.connId, tunnel.upstream.bytesWritten, tunnel.upstream.bytesRead, tunnel.started, tunnel.end ?? 'client_closed', true);
   }
 
   private adjustTunnels(client: string, delta: number): void {
@@ -602,6 +575,10 @@ export class ProxyServer {
     });
     send(false);
   }
+}
+
+function destroyOnError(this: Socket): void {
+  this.destroy();
 }
 
 /** undici hands header lines over as bytes; the client gets them back byte for byte. */

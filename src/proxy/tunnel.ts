@@ -1,0 +1,113 @@
+/**
+ * One open CONNECT tunnel: the client's socket and the pinned upstream socket piped both ways,
+ * one idle timer, one end reason, and a single report to its owner when both sockets are closed.
+ *
+ * Shaped for many long idle tunnels: the state is one object, the sockets point at it, and the
+ * listeners are shared module functions (`this` is the socket), so an idle tunnel holds no
+ * per-tunnel closures or timers beyond the one idle timeout. The relay is written out rather
+ * than `pipe()`d for the same reason: pipe() adds nine closures per direction (a third of an
+ * idle tunnel's heap) and their set-up and tear-down on every CONNECT.
+ */
+import type { Socket } from 'node:net';
+import type { EndReason } from './events.js';
+
+const TUNNEL = Symbol('tunnel');
+type TunnelSocket = Socket & { [TUNNEL]?: Tunnel };
+
+export interface TunnelOwner {
+  /** Both sockets are closed; `tunnel.end` says why. */
+  tunnelEnded(tunnel: Tunnel): void;
+}
+
+export class Tunnel {
+  end: EndReason | null = null;
+  private closedSockets = 0;
+
+  constructor(
+    readonly connId: string,
+    readonly clientId: string,
+    readonly client: Socket,
+    readonly upstream: Socket,
+    readonly started: number,
+    private readonly owner: TunnelOwner,
+  ) {}
+
+  /** Answers `200`, forwards what the client sent after its CONNECT head, and starts relaying. */
+  open(head: Buffer, idleMs: number): void {
+    const { client, upstream } = this;
+    (client as TunnelSocket)[TUNNEL] = this;
+    (upstream as TunnelSocket)[TUNNEL] = this;
+    // A socket's timer restarts on its reads and its writes, so the client side alone sees
+    // traffic in both directions: one timer per tunnel, not two.
+    client.setTimeout(idleMs);
+    client.on('timeout', onIdle);
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (head.length > 0) upstream.write(head);
+    for (const socket of [client, upstream]) {
+      socket.on('data', onData);
+      socket.on('drain', onDrain);
+      socket.on('end', onEnd);
+      socket.on('error', onError);
+      socket.on('close', onClose);
+    }
+    if (client.destroyed) this.abort('client_closed');
+  }
+
+  /** Records the first reason the tunnel is ending for. */
+  finish(reason: EndReason): void {
+    if (this.end === null) this.end = reason;
+  }
+
+  abort(reason: EndReason): void {
+    this.finish(reason);
+    this.client.destroy();
+    this.upstream.destroy();
+  }
+
+  other(socket: Socket): Socket {
+    return socket === this.client ? this.upstream : this.client;
+  }
+
+  endedBy(socket: Socket): EndReason {
+    return socket === this.client ? 'client_closed' : 'upstream_closed';
+  }
+
+  socketClosed(socket: Socket): void {
+    this.finish(this.endedBy(socket));
+    this.other(socket).destroy();
+    if (++this.closedSockets === 2) this.owner.tunnelEnded(this);
+  }
+}
+
+function onIdle(this: TunnelSocket): void {
+  this[TUNNEL]?.abort('idle_timeout');
+}
+
+/** Relays a chunk; a peer that cannot take more pauses this side until it drains. */
+function onData(this: TunnelSocket, chunk: Buffer): void {
+  const tunnel = this[TUNNEL];
+  if (tunnel && !tunnel.other(this).write(chunk)) this.pause();
+}
+
+function onDrain(this: TunnelSocket): void {
+  this[TUNNEL]?.other(this).resume();
+}
+
+/** One side finished sending: so does the relay towards the other (a half-close, as pipe() does). */
+function onEnd(this: TunnelSocket): void {
+  const tunnel = this[TUNNEL];
+  if (!tunnel) return;
+  tunnel.finish(tunnel.endedBy(this));
+  tunnel.other(this).end();
+}
+
+function onError(this: TunnelSocket): void {
+  const tunnel = this[TUNNEL];
+  tunnel?.finish('error');
+  tunnel?.other(this).destroy();
+  this.destroy();
+}
+
+function onClose(this: TunnelSocket): void {
+  this[TUNNEL]?.socketClosed(this);
+}
