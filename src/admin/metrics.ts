@@ -12,7 +12,14 @@ export class Metrics {
   private readonly decisions = new Counter({ name: 'egress_decisions_total', help: 'Calls decided, by verdict, reason and deciding rule', labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const, registers: [this.registry] });
   private readonly refusals = new Counter({ name: 'egress_baseline_refusals_total', help: 'Calls refused by the SSRF baseline, by address class', labelNames: ['address_class'] as const, registers: [this.registry] });
   private readonly failures = new Counter({ name: 'egress_failures_total', help: 'Calls that failed without a policy refusal, by code', labelNames: ['code'] as const, registers: [this.registry] });
-  private readonly tunnels = new Gauge({ name: 'egress_open_tunnels', help: 'Open CONNECT tunnels', registers: [this.registry] });
+  /** Read when scraped: setting a gauge on every tunnel open and close costs more than it tells. */
+  private openTunnels = 0;
+  private readonly tunnels: Gauge = new Gauge({
+    name: 'egress_open_tunnels',
+    help: 'Open CONNECT tunnels',
+    registers: [this.registry],
+    collect: (): void => this.tunnels.set(this.openTunnels),
+  });
   private readonly bytes = new Counter({ name: 'egress_bytes_total', help: 'Bytes relayed, by direction (up: client to upstream)', labelNames: ['direction'] as const, registers: [this.registry] });
   private readonly closed = new Counter({ name: 'egress_calls_closed_total', help: 'Dispatched calls ended, by how they ended', labelNames: ['end', 'kind'] as const, registers: [this.registry] });
   private readonly dns = new Histogram({ name: 'egress_dns_seconds', help: 'Time spent asking DNS servers (cache hits excluded)', buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] });
@@ -45,7 +52,9 @@ export class Metrics {
       },
       dns: (ms) => this.dns.observe(ms / 1000),
       failure: (code) => this.failures.inc({ code }),
-      tunnels: (open) => this.tunnels.set(open),
+      tunnels: (open) => {
+        this.openTunnels = open;
+      },
     };
   }
 }

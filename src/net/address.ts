@@ -44,6 +44,9 @@ const MAX_RAW_HOST = 1024;
 const MAX_NAME = 253;
 const LABEL = /^[a-z0-9_-]{1,63}$/;
 const ASCII_NAME_CHARS = /^[A-Za-z0-9._-]*$/;
+const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+/** The canonical IPv4 spelling (no leading zeros), read here on every call without ipaddr.js. */
+const DOTTED_QUAD = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
 /** WHATWG "ends in a number": such a host is an IPv4 address or nothing. */
 const NUMERIC_LABEL = /^(?:[0-9]+|0[xX][0-9a-fA-F]*)$/;
 
@@ -100,8 +103,9 @@ export function parseIpLiteral(text: string): IpAddress | null {
     const parsed = parseIpv6(text);
     return parsed ? fromIpaddrV6(parsed) : null;
   }
-  if (!ipaddr.IPv4.isValidFourPartDecimal(text)) return null;
-  return fromIpaddrV4(ipaddr.IPv4.parse(text));
+  const quad = DOTTED_QUAD.exec(text);
+  if (!quad) return null;
+  return ipv4FromInt(((Number(quad[1]) << 24) | (Number(quad[2]) << 16) | (Number(quad[3]) << 8) | Number(quad[4])) >>> 0);
 }
 
 function hasControlOrSpace(raw: string): boolean {
@@ -140,6 +144,9 @@ export function canonicalHost(raw: string): HostResult {
   // One trailing dot is the DNS root and changes nothing; two are an empty label.
   const trimmed = raw.endsWith('.') ? raw.slice(0, -1) : raw;
   if (trimmed.length === 0) return { kind: 'error', error: 'empty host' };
+  // The canonical dotted quad first (most IP literals), then every inet_aton spelling.
+  const quad = parseIpLiteral(trimmed);
+  if (quad) return { kind: 'ip', host: quad.text, ip: quad };
   if (ipaddr.IPv4.isValid(trimmed)) {
     const ip = fromIpaddrV4(ipaddr.IPv4.parse(trimmed));
     return { kind: 'ip', host: ip.text, ip };

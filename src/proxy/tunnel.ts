@@ -101,9 +101,10 @@ function onEnd(this: TunnelSocket): void {
   tunnel.other(this).end();
 }
 
-function onError(this: TunnelSocket): void {
+/** A reset is that side going away (`client_closed`/`upstream_closed`); anything else is `error`. */
+function onError(this: TunnelSocket, err: NodeJS.ErrnoException): void {
   const tunnel = this[TUNNEL];
-  tunnel?.finish('error');
+  tunnel?.finish(err.code === 'ECONNRESET' || err.code === 'EPIPE' ? tunnel.endedBy(this) : 'error');
   tunnel?.other(this).destroy();
   this.destroy();
 }

@@ -1,6 +1,8 @@
 /** The admin API: every route and role, bad tokens, bad bodies, drafts with errors, metrics. */
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import t from 'tap';
 import { AdminServer, isLoopback } from '../../src/admin/server.js';
 import { parsePolicy } from '../../src/policy/schema.js';
@@ -70,6 +72,14 @@ rules:
     t.match(m.text, /egress_bytes_total\{direction="down"\} [1-9]/);
     t.match(m.text, /egress_open_tunnels 0/);
     t.match(m.text, /egress_policy_reloads_total\{result="loaded",trigger="start"\} 1/);
+    // The open-tunnel gauge is read at scrape time: one open tunnel shows, and goes again.
+    const tunnel = connect({ host: '127.0.0.1', port: proxy.port });
+    tunnel.write(`CONNECT 127.0.0.1:${upstream.port} HTTP/1.1\r\nHost: x\r\nx-mcp-tool: fetch\r\n\r\n`);
+    t.match((await once(tunnel, 'data'))[0].toString(), /^HTTP\/1.1 200/);
+    t.match((await api(proxy, 'GET', '/metrics')).text, /egress_open_tunnels 1/);
+    tunnel.destroy();
+    await proxy.waitFor((e) => e.event === 'egress.closed' && e.bytes_up === 0);
+    t.match((await api(proxy, 'GET', '/metrics')).text, /egress_open_tunnels 0/);
   });
 
   t.test('tokens and roles', async (t) => {

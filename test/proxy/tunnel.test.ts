@@ -1,0 +1,128 @@
+/**
+ * The CONNECT relay (src/proxy/tunnel.ts) through the real proxy, loopback only: half-closes
+ * travel both ways, a slow reader pauses the other side instead of filling the proxy's memory,
+ * bytes are counted per tunnel, and each end reason is reported once.
+ */
+import { once } from 'node:events';
+import { connect, createServer } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import t from 'tap';
+import { startTestProxy } from '../helpers/proxy.js';
+import type { TestProxy } from '../helpers/proxy.js';
+
+const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
+
+async function proxyFor(t: { teardown(fn: () => unknown): void }, config?: string): Promise<TestProxy> {
+  const proxy = await startTestProxy({ policy: POLICY, config });
+  t.teardown(() => proxy.stop());
+  return proxy;
+}
+
+async function listen(t: { teardown(fn: () => unknown): void }, onSocket: (s: Socket) => void): Promise<number> {
+  const server = createServer(onSocket);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  return (server.address() as AddressInfo).port;
+}
+
+/** Opens a tunnel and resolves once the `200` has been read (with anything after it). */
+async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
+  const socket = connect({ host: '127.0.0.1', port: proxyPort });
+  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  let data = Buffer.alloc(0);
+  while (data.indexOf('\r\n\r\n') === -1) data = Buffer.concat([data, (await once(socket, 'data'))[0] as Buffer]);
+  if (!data.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(data.toString());
+  return { socket, rest: data.subarray(data.indexOf('\r\n\r\n') + 4) };
+}
+
+t.test('half-closes travel both ways: the client ends, the upstream still answers', async (t) => {
+  const proxy = await proxyFor(t);
+  const port = await listen(t, (s) => {
+    let got = '';
+    s.on('data', (d) => (got += d.toString()));
+    // Answers only after the client has finished sending: needs the client's FIN to arrive.
+    s.on('end', () => s.end(`received ${got.length} bytes`));
+  });
+  const { socket } = await openTunnel(proxy.port, port);
+  socket.end('x'.repeat(5000));
+  let answer = '';
+  socket.on('data', (d) => (answer += d.toString()));
+  await once(socket, 'close');
+  t.equal(answer, 'received 5000 bytes');
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.bytes_up, 5000);
+  t.equal(closed.bytes_down, 'received 5000 bytes'.length);
+  t.equal(closed.end, 'client_closed', 'the client ended first');
+});
+
+t.test('a reader that stops reading pauses the upstream: the proxy does not buffer the stream', async (t) => {
+  const proxy = await proxyFor(t);
+  let upstreamBlocked: () => void;
+  const blocked = new Promise<void>((r) => (upstreamBlocked = r));
+  let written = 0;
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const port = await listen(t, (s) => {
+    s.on('error', () => {});
+    const pump = () => {
+      while (written < 512 * 1024 * 1024) {
+        written += chunk.length;
+        if (!s.write(chunk)) {
+          upstreamBlocked();
+          return void s.once('drain', pump);
+        }
+      }
+    };
+    pump();
+  });
+  const { socket } = await openTunnel(proxy.port, port);
+  socket.pause();
+  await blocked;
+  await new Promise((r) => setTimeout(r, 300));
+  const stalledAt = written;
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(written, stalledAt, 'the upstream stays blocked while the client does not read');
+  t.ok(written < 64 * 1024 * 1024, `only socket buffers are in flight (${(written / 1024 / 1024).toFixed(1)} MiB written)`);
+  // Reading again resumes the flow.
+  let read = 0;
+  socket.on('data', (d: Buffer) => (read += d.length));
+  socket.resume();
+  await new Promise((r) => setTimeout(r, 300));
+  t.ok(written > stalledAt && read > 0, 'the stream resumes when the client reads');
+  socket.destroy();
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'client_closed');
+});
+
+t.test('the upstream ends first: upstream_closed, and the client sees its FIN', async (t) => {
+  const proxy = await proxyFor(t);
+  const port = await listen(t, (s) => s.end('bye'));
+  const { socket, rest } = await openTunnel(proxy.port, port);
+  let data = rest.toString();
+  socket.on('data', (d) => (data += d.toString()));
+  await once(socket, 'end');
+  t.equal(data, 'bye');
+  socket.end();
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'upstream_closed');
+  t.equal(closed.bytes_down, 3);
+});
+
+t.test('an idle tunnel is closed after the idle timeout, whichever side is quiet', async (t) => {
+  const proxy = await proxyFor(t, 'limits: {tunnel_idle_timeout_ms: 400}');
+  const port = await listen(t, (s) => {
+    // Talks every 100 ms for a while, then falls silent.
+    let n = 0;
+    const timer = setInterval(() => (++n <= 8 ? s.write('.') : clearInterval(timer)), 100);
+    s.on('close', () => clearInterval(timer));
+    s.on('error', () => {});
+  });
+  const started = Date.now();
+  const { socket } = await openTunnel(proxy.port, port);
+  socket.resume();
+  await once(socket, 'close');
+  const elapsed = Date.now() - started;
+  t.ok(elapsed >= 800 + 400 - 150, `traffic from the upstream alone kept it open (${elapsed} ms)`);
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'idle_timeout');
+  t.equal(proxy.running.proxy.activeCalls, 0);
+});
