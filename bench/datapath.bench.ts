@@ -236,29 +236,59 @@ async function s5(kind: 'egress' | 'proxy-chain' | 'minimal', holdPort: number):
   return ((after - before) * 1024) / IDLE_TUNNELS;
 }
 
-function topFunctions(dir: string): string {
+export function topFunctions(dir: string): string {
   const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
   if (!file) return '(no profile written)';
   const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
-    nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>;
+    nodes: Array<{ id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } }>;
     samples: number[];
     timeDeltas: number[];
   };
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  // Inclusive shares: a sample counts for an area when any frame of its stack is in it.
+  const areas: Array<[string, RegExp]> = [
+    ['policy evaluation, baseline, addresses, DNS cache', /dist\/src\/(policy\/|net\/(baseline|address|resolve)\.js|proxy\/decision\.js)/],
+    ['event lines (formatting and writing)', /dist\/src\/proxy\/(events|event-destination)\.js/],
+    ['attribution and identity', /dist\/src\/attribution\//],
+    ['metrics (prom-client)', /dist\/src\/admin\/metrics\.js/],
+  ];
+  const inArea = new Array<number>(areas.length).fill(0);
   const self = new Map<string, number>();
   let total = 0;
+  let idle = 0;
   profile.samples.forEach((id, i) => {
     const n = byId.get(id);
     const dt = profile.timeDeltas[i] ?? 0;
     total += dt;
     if (!n) return;
+    if (n.callFrame.functionName === '(idle)') idle += dt;
     const where = n.callFrame.url ? `${n.callFrame.url.replace(/^.*\/(node_modules\/|dist\/)?/, '$1')}:${n.callFrame.lineNumber + 1}` : '';
     const key = `${n.callFrame.functionName || '(anonymous)'} ${where}`.trim();
     self.set(key, (self.get(key) ?? 0) + dt);
+    const hit = new Array<boolean>(areas.length).fill(false);
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const url = byId.get(cur)?.callFrame.url ?? '';
+      areas.forEach(([, re], k) => {
+        if (re.test(url)) hit[k] = true;
+      });
+    }
+    hit.forEach((h, k) => {
+      if (h) inArea[k] = (inArea[k] ?? 0) + dt;
+    });
   });
-  const ours = [...self.entries()].filter(([k]) => /src\/(policy|net\/(baseline|address|resolve)|proxy\/(decision|events))/.test(k)).reduce((a, [, v]) => a + v, 0);
+  const busy = total - idle;
   const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [`${((100 * v) / total).toFixed(1)}%`, k]);
-  return [`CPU profile of mcp-egress-proxy during S1 (${file}), self time:`, '', table(['self', 'function'], rows), '', `policy evaluation + baseline + DNS cache + event formatting: ${((100 * ours) / total).toFixed(1)}% of samples`].join('\n');
+  return [
+    `CPU profile of mcp-egress-proxy during S1 (${file}), self time:`,
+    '',
+    table(['self', 'function'], rows),
+    '',
+    'Inclusive share of the busy (non-idle) samples:',
+    '',
+    table(['area', 'share'], areas.map(([name], k) => [name, `${((100 * (inArea[k] ?? 0)) / busy).toFixed(1)}%`])),
+  ].join('\n');
 }
 
 export async function runDatapathBench(): Promise<string> {

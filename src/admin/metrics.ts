@@ -9,7 +9,12 @@ import type { ProxyObserver } from '../proxy/server.js';
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly decisions = new Counter({ name: 'egress_decisions_total', help: 'Calls decided, by verdict, reason and deciding rule', labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const, registers: [this.registry] });
+  // Per-call counts are plain numbers handed to prom-client when scraped: its inc() hashes the
+  // label set on every call (bound children too), a few per cent of the per-request profile.
+  private readonly decisionTally = new Tally();
+  private readonly bytesTally = new Tally();
+  private readonly closedTally = new Tally();
+  private readonly decisions: Counter<string> = new Counter({ name: 'egress_decisions_total', help: 'Calls decided, by verdict, reason and deciding rule', labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const, registers: [this.registry], collect: (): void => this.decisionTally.publish(this.decisions) });
   private readonly refusals = new Counter({ name: 'egress_baseline_refusals_total', help: 'Calls refused by the SSRF baseline, by address class', labelNames: ['address_class'] as const, registers: [this.registry] });
   private readonly failures = new Counter({ name: 'egress_failures_total', help: 'Calls that failed without a policy refusal, by code', labelNames: ['code'] as const, registers: [this.registry] });
   /** Read when scraped: setting a gauge on every tunnel open and close costs more than it tells. */
@@ -20,8 +25,8 @@ export class Metrics {
     registers: [this.registry],
     collect: (): void => this.tunnels.set(this.openTunnels),
   });
-  private readonly bytes = new Counter({ name: 'egress_bytes_total', help: 'Bytes relayed, by direction (up: client to upstream)', labelNames: ['direction'] as const, registers: [this.registry] });
-  private readonly closed = new Counter({ name: 'egress_calls_closed_total', help: 'Dispatched calls ended, by how they ended', labelNames: ['end', 'kind'] as const, registers: [this.registry] });
+  private readonly bytes: Counter<string> = new Counter({ name: 'egress_bytes_total', help: 'Bytes relayed, by direction (up: client to upstream)', labelNames: ['direction'] as const, registers: [this.registry], collect: (): void => this.bytesTally.publish(this.bytes) });
+  private readonly closed: Counter<string> = new Counter({ name: 'egress_calls_closed_total', help: 'Dispatched calls ended, by how they ended', labelNames: ['end', 'kind'] as const, registers: [this.registry], collect: (): void => this.closedTally.publish(this.closed) });
   private readonly dns = new Histogram({ name: 'egress_dns_seconds', help: 'Time spent asking DNS servers (cache hits excluded)', buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] });
   readonly reloads = new Counter({ name: 'egress_policy_reloads_total', help: 'Policy loads, by result', labelNames: ['result', 'trigger'] as const, registers: [this.registry] });
   readonly generation = new Gauge({ name: 'egress_policy_generation', help: 'The serving policy generation', registers: [this.registry] });
@@ -33,22 +38,19 @@ export class Metrics {
   }
 
   observer(): ProxyObserver {
-    // Bound children, found by one string key: prom-client's labelled inc() sorts and hashes
-    // the label object on every call, which showed in the per-call profile.
-    const decisions = childCache((k: string, d: Decision) => this.decisions.labels(d.verdict, d.reason, d.rule?.id ?? '', String(d.dispatched), String(d.shadow)));
-    const closed = childCache((k: string, end: string, kind: string) => this.closed.labels(end, kind));
-    const bytesUp = this.bytes.labels('up');
-    const bytesDown = this.bytes.labels('down');
+    const up = { direction: 'up' };
+    const down = { direction: 'down' };
     return {
       decision: (d: Decision) => {
-        decisions(`${d.verdict}|${d.reason}|${d.dispatched}|${d.shadow}|${d.rule?.id ?? ''}`, d).inc();
+        const rule = d.rule?.id ?? '';
+        this.decisionTally.add(`${d.verdict}|${d.reason}|${d.dispatched}|${d.shadow}|${rule}`, () => ({ verdict: d.verdict, reason: d.reason, rule, dispatched: String(d.dispatched), shadow: String(d.shadow) }));
         if (d.address_class) this.refusals.inc({ address_class: d.address_class });
       },
-      closed: (up, down, end, tunnel) => {
-        bytesUp.inc(up);
-        bytesDown.inc(down);
+      closed: (bytesUp, bytesDown, end, tunnel) => {
+        this.bytesTally.add('up', () => up, bytesUp);
+        this.bytesTally.add('down', () => down, bytesDown);
         const kind = tunnel ? 'tunnel' : 'http';
-        closed(`${end}|${kind}`, end, kind).inc();
+        this.closedTally.add(`${end}|${kind}`, () => ({ end, kind }));
       },
       dns: (ms) => this.dns.observe(ms / 1000),
       failure: (code) => this.failures.inc({ code }),
@@ -59,12 +61,19 @@ export class Metrics {
   }
 }
 
-/** Memoises `make` by its first argument (the label values joined). */
-function childCache<A extends unknown[], C>(make: (key: string, ...args: A) => C): (key: string, ...args: A) => C {
-  const children = new Map<string, C>();
-  return (key, ...args) => {
-    let child = children.get(key);
-    if (child === undefined) children.set(key, (child = make(key, ...args)));
-    return child;
-  };
+/** Counts by label set, keyed by a string the caller builds (cheaper than hashing the labels). */
+class Tally {
+  private readonly counts = new Map<string, { labels: Record<string, string>; n: number }>();
+
+  add(key: string, labels: () => Record<string, string>, n = 1): void {
+    let entry = this.counts.get(key);
+    if (!entry) this.counts.set(key, (entry = { labels: labels(), n: 0 }));
+    entry.n += n;
+  }
+
+  /** Sets `counter` to these counts (called by prom-client when the registry is read). */
+  publish(counter: Counter<string>): void {
+    counter.reset();
+    for (const { labels, n } of this.counts.values()) counter.inc(labels, n);
+  }
 }

@@ -70,6 +70,10 @@ rules:
     t.match(m.text, /egress_baseline_refusals_total\{address_class="metadata"\} 1/);
     t.match(m.text, /egress_policy_generation 1/);
     t.match(m.text, /egress_bytes_total\{direction="down"\} [1-9]/);
+    t.match(m.text, /egress_calls_closed_total\{end="upstream_closed",kind="http"\} 1/);
+    const again = await api(proxy, 'GET', '/metrics');
+    t.match(again.text, /egress_decisions_total\{verdict="allow",reason="rule",rule="allow-local",dispatched="true",shadow="false"\} 1\n/, 'a second scrape does not count twice');
+    t.equal(/egress_bytes_total\{direction="down"\} (\d+)/.exec(again.text)?.[1], /egress_bytes_total\{direction="down"\} (\d+)/.exec(m.text)?.[1]);
     t.match(m.text, /egress_open_tunnels 0/);
     t.match(m.text, /egress_policy_reloads_total\{result="loaded",trigger="start"\} 1/);
     // The open-tunnel gauge is read at scrape time: one open tunnel shows, and goes again.
