@@ -517,13 +517,14 @@ export class ProxyServer implements TunnelOwner {
       });
     };
     const dispatch = (retry: boolean) => (conn: UpstreamConnection) => {
+      logOnce(conn.address.text);
       if (res.destroyed) {
+        // The client left while we dialled: the connection is unused and can serve another call.
         this.pool.release(conn);
         return;
       }
       current = { conn, written0: conn.socket.bytesWritten, read0: conn.socket.bytesRead };
       const reused = conn.uses > 0;
-      logOnce(conn.address.text);
       conn.client.dispatch(
         { path, method: a.method, headers, body: bodiless ? null : req, headersTimeout: limits.tunnelIdleTimeoutMs, bodyTimeout: limits.tunnelIdleTimeoutMs },
         {
@@ -547,13 +548,14 @@ export class ProxyServer implements TunnelOwner {
             if (res.headersSent || res.destroyed) {
               finish(err.code === 'UND_ERR_BODY_TIMEOUT' ? 'idle_timeout' : 'error');
               res.destroy();
-            } else if (!retry && reused && bodiless) {
-              send(true);
             } else if (err.code === 'UND_ERR_HEADERS_TIMEOUT') {
               this.options.observer?.failure?.('upstream_timeout');
               answer('idle_timeout', failure('upstream_timeout', `${a.target.host.host}:${a.target.port} did not answer in time`, this.labelFor(a.target, a.call)));
             } else if (err.code === 'UND_ERR_INVALID_ARG') {
               answer('error', this.badRequest(a.connId, `the request cannot be forwarded: ${err.message}`, a.target, a.method));
+            } else if (!retry && reused && bodiless) {
+              // The connection failed before any answer: most likely closed while idle.
+              send(true);
             } else {
               this.options.observer?.failure?.('upstream_unreachable');
               answer('error', failure('upstream_unreachable', `${a.target.host.host}:${a.target.port} closed the connection before answering`, this.labelFor(a.target, a.call)));
