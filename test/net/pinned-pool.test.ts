@@ -6,7 +6,7 @@ import { canonicalHost } from '../../src/net/address.js';
 import type { IpAddress } from '../../src/net/address.js';
 import { DialError } from '../../src/net/pinned-dial.js';
 import { PinnedPool } from '../../src/net/pinned-pool.js';
-import type { UpstreamConnection } from '../../src/net/pinned-pool.js';
+import type { PinnedPoolOptions, UpstreamConnection } from '../../src/net/pinned-pool.js';
 
 // Loopback only: 127.0.0.1 has a server, 127.0.0.2 and 127.0.0.3 stand for other vetted or unvetted addresses.
 const ip = (text: string): IpAddress => {
@@ -21,12 +21,12 @@ interface Upstream {
   connections: Socket[];
 }
 
-async function upstream(host = '127.0.0.1', respond?: (close: boolean) => Record<string, string>): Promise<Upstream> {
+async function upstream(host = '127.0.0.1'): Promise<Upstream> {
   const connections: Socket[] = [];
   let n = 0;
   const server = createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
     const close = req.url === '/close';
-    res.writeHead(200, { 'content-length': '2', ...(close ? { connection: 'close' } : {}), ...(respond?.(close) ?? {}) });
+    res.writeHead(200, { 'content-length': '2', ...(close ? { connection: 'close' } : {}) });
     res.end(String(++n % 10) + 'k');
   });
   server.on('connection', (s: Socket) => connections.push(s));
@@ -51,13 +51,19 @@ function get(conn: UpstreamConnection, path = '/'): Promise<number> {
   });
 }
 
-t.test('an idle connection serves only a call that vetted its address', async (t) => {
+/** An upstream and a pool, both closed when the test ends. */
+async function setup(t: { teardown(fn: () => unknown): void }, options?: PinnedPoolOptions): Promise<{ up: Upstream; pool: PinnedPool }> {
   const up = await upstream();
-  const pool = new PinnedPool();
+  const pool = new PinnedPool(options);
   t.teardown(() => {
     pool.destroy();
     up.server.close();
   });
+  return { up, pool };
+}
+
+t.test('an idle connection serves only a call that vetted its address', async (t) => {
+  const { up, pool } = await setup(t);
   const conn = await pool.dial([ip('127.0.0.1')], up.port, 1000);
   t.equal(conn.address.text, '127.0.0.1');
   t.equal(await get(conn), 200);
@@ -73,12 +79,7 @@ t.test('an idle connection serves only a call that vetted its address', async (t
 });
 
 t.test('a dial falls back to the next candidate and is filed under the address it reached', async (t) => {
-  const up = await upstream();
-  const pool = new PinnedPool();
-  t.teardown(() => {
-    pool.destroy();
-    up.server.close();
-  });
+  const { up, pool } = await setup(t);
   // 127.0.0.3: nothing listens on this port there, so the connection is refused.
   const conn = await pool.dial([ip('127.0.0.3'), ip('127.0.0.1')], up.port, 1000);
   t.equal(conn.address.text, '127.0.0.1');
@@ -90,12 +91,7 @@ t.test('a dial falls back to the next candidate and is filed under the address i
 });
 
 t.test('connections the upstream closes, or asks to close, are never reused', async (t) => {
-  const up = await upstream();
-  const pool = new PinnedPool();
-  t.teardown(() => {
-    pool.destroy();
-    up.server.close();
-  });
+  const { up, pool } = await setup(t);
   const conn = await pool.dial([ip('127.0.0.1')], up.port, 1000);
   t.equal(await get(conn, '/close'), 200);
   pool.release(conn);
@@ -112,12 +108,7 @@ t.test('connections the upstream closes, or asks to close, are never reused', as
 });
 
 t.test('a Client never dials on its own: after its socket closes, a request fails instead', async (t) => {
-  const up = await upstream();
-  const pool = new PinnedPool();
-  t.teardown(() => {
-    pool.destroy();
-    up.server.close();
-  });
+  const { up, pool } = await setup(t);
   const conn = await pool.dial([ip('127.0.0.1')], up.port, 1000);
   t.equal(await get(conn), 200);
   const closed = new Promise((r) => conn.socket.once('close', r));
@@ -128,12 +119,7 @@ t.test('a Client never dials on its own: after its socket closes, a request fail
 });
 
 t.test('idle connections expire after the keep-alive time', async (t) => {
-  const up = await upstream();
-  const pool = new PinnedPool({ keepAliveMs: 1000 });
-  t.teardown(() => {
-    pool.destroy();
-    up.server.close();
-  });
+  const { up, pool } = await setup(t, { keepAliveMs: 1000 });
   const conn = await pool.dial([ip('127.0.0.1')], up.port, 1000);
   t.equal(await get(conn), 200);
   pool.release(conn);
