@@ -253,3 +253,24 @@ t.test('a client that leaves mid-answer ends the call as client_closed and frees
 t.test('parseResponse helper reads what the proxy wrote', async (t) => {
   t.equal(parseResponse('HTTP/1.1 204 No Content\r\n\r\n').status, 204);
 });
+
+t.test('odd upstreams and URLs: a close-delimited HTTP/1.0 answer, a raw non-ASCII byte in the path', async (t) => {
+  const proxy = await proxyFor(t);
+  const port = await new Promise<number>((resolve) => {
+    const server = createNetServer((s) => {
+      s.once('data', () => s.end('HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end'));
+      s.on('error', () => {});
+    });
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port));
+    t.teardown(() => server.close());
+  });
+  const r = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  t.equal(r.status, 200);
+  t.match(r.body, /until the end/);
+  const odd = await rawRequest(proxy.port, Buffer.concat([Buffer.from(`GET http://127.0.0.1:${port}/caf`), Buffer.from([0xe9]), Buffer.from(` HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`)]));
+  t.equal(odd.status, 400, 'refused with an answer, not dropped');
+  t.equal(JSON.parse(odd.body).error.code, 'bad_request');
+  t.ok(odd.closedByPeer);
+  const after = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  t.equal(after.status, 200, 'and the proxy keeps serving');
+});
