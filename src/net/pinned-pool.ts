@@ -120,6 +120,9 @@ export class PinnedPool {
     });
     const conn: UpstreamConnection = { client, socket, address, port, uses: 0, reusable: true };
     this.all.add(conn);
+    // Until undici takes the socket (at its first request) nothing else listens for errors: a
+    // reset on a connection pooled unused would otherwise be an uncaught 'error'. 'close' cleans up.
+    socket.on('error', ignoreError);
     socket.once('close', () => {
       conn.reusable = false;
       this.all.delete(conn);
@@ -134,3 +137,5 @@ export class PinnedPool {
     return conn;
   }
 }
+
+function ignoreError(): void {}

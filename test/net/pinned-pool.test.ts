@@ -144,3 +144,14 @@ t.test('at most maxIdlePerAddress idle connections are kept; discard and destroy
   pool.destroy();
   t.ok(a.socket.destroyed);
 });
+
+t.test('a connection pooled before any request survives a reset from the upstream', async (t) => {
+  const { up, pool } = await setup(t);
+  const conn = await pool.dial([ip('127.0.0.1')], up.port, 1000);
+  pool.release(conn); // the client left while we dialled: pooled, never used
+  const closed = new Promise((r) => conn.socket.once('close', r));
+  (up.connections.at(-1) as Socket).resetAndDestroy();
+  await closed;
+  t.equal(pool.takeIdle([ip('127.0.0.1')], up.port), null, 'dropped, and no uncaught error');
+  t.equal(pool.size, 0);
+});
