@@ -71,7 +71,8 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
     },
   });
   // Batched as in production, so the tests see lines when an operator would.
-  const events = createEventSink(createLogger('debug', new BatchedDestination(sink)));
+  const destination = new BatchedDestination(sink);
+  const events = createEventSink(createLogger('debug', destination));
   const running = await startProxy(parsed.config, events);
   if (!running) throw new Error(`policy rejected: ${JSON.stringify(lines)}`);
   const port = (running.proxy.address as { port: number }).port;
@@ -90,7 +91,8 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
         waiters.push({ predicate, resolve: (e) => (clearTimeout(timer), resolve(e)) });
       });
     },
-    stop: () => running.stop(),
+    // close(): written out, and no longer held for the exit flush (tests start many proxies).
+    stop: () => running.stop().then(() => destination.close()),
   };
 }
 
@@ -106,4 +108,11 @@ export async function proxyWithUpstream(
     await upstream.close();
   });
   return { proxy, upstream, target: `127.0.0.1:${upstream.port}` };
+}
+
+/** startTestProxy, stopped when the test `t` ends. */
+export async function startTestProxyFor(t: { teardown(fn: () => unknown): void }, options: TestProxyOptions): Promise<TestProxy> {
+  const proxy = await startTestProxy(options);
+  t.teardown(() => proxy.stop());
+  return proxy;
 }

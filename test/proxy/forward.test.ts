@@ -13,18 +13,14 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { request as undiciRequest, ProxyAgent } from 'undici';
 import { parseResponse, rawRequest } from '../helpers/raw.js';
-import { startTestProxy } from '../helpers/proxy.js';
+import { startTestProxyFor } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { startUpstream } from '../helpers/upstream.js';
 
 const run = promisify(execFile);
 const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
 
-async function proxyFor(t: { teardown(fn: () => unknown): void }): Promise<TestProxy> {
-  const proxy = await startTestProxy({ policy: POLICY });
-  t.teardown(() => proxy.stop());
-  return proxy;
-}
+const proxyFor = (t: { teardown(fn: () => unknown): void }): Promise<TestProxy> => startTestProxyFor(t, { policy: POLICY });
 
 t.test('request bodies: content-length, chunked, and Expect: 100-continue from curl', async (t) => {
   const proxy = await proxyFor(t);

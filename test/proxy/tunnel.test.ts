@@ -7,16 +7,12 @@ import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import t from 'tap';
-import { startTestProxy } from '../helpers/proxy.js';
+import { startTestProxyFor } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
 const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
 
-async function proxyFor(t: { teardown(fn: () => unknown): void }, config?: string): Promise<TestProxy> {
-  const proxy = await startTestProxy({ policy: POLICY, config });
-  t.teardown(() => proxy.stop());
-  return proxy;
-}
+const proxyFor = (t: { teardown(fn: () => unknown): void }, config?: string): Promise<TestProxy> => startTestProxyFor(t, { policy: POLICY, config });
 
 async function listen(t: { teardown(fn: () => unknown): void }, onSocket: (s: Socket) => void): Promise<number> {
   const server = createServer(onSocket);
