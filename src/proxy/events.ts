@@ -38,11 +38,14 @@ export interface ClosedEvent {
 }
 
 export interface EventSink {
+  /** Writes the decision line now. */
+  decision(event: DecisionEvent): void;
   /**
-   * `deferrable`: the line may wait for the end of this event-loop turn (event-destination.ts);
-   * only for a call whose client hears nothing before a later turn (a forwarded plain request).
+   * Adds the decision line to the pending batch (event-destination.ts) and returns its ticket:
+   * the caller passes it to `ensureWritten` before the client hears anything of the call.
    */
-  decision(event: DecisionEvent, deferrable?: boolean): void;
+  deferredDecision(event: DecisionEvent): number;
+  ensureWritten(ticket: number): void;
   closed(event: ClosedEvent): void;
   /** A call that failed before or without a policy decision (bad request, DNS, auth, limits). */
   error(fields: Record<string, unknown>, msg: string): void;
@@ -89,13 +92,24 @@ function addressesJson(addresses: readonly string[]): string {
 
 let headAt = -1;
 let head = '';
+let secondAt = -1;
+let secondText = '';
 
-/** The head pino writes for an info line of this process: level, time, pid (made once a millisecond). */
+/**
+ * The head pino writes for an info line of this process: level, time, pid. Made once a
+ * millisecond, and the date only once a second (toISOString is most of the cost).
+ */
 function infoHead(): string {
   const now = Date.now();
   if (now !== headAt) {
     headAt = now;
-    head = `{"level":"info","time":"${new Date(now).toISOString()}","pid":${process.pid}`;
+    const second = now - (now % 1000);
+    if (second !== secondAt) {
+      secondAt = second;
+      secondText = new Date(second).toISOString().slice(0, 20);
+    }
+    const ms = now - second;
+    head = `{"level":"info","time":"${secondText}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z","pid":${process.pid}`;
   }
   return head;
 }
@@ -124,12 +138,21 @@ export function closedLine(e: ClosedEvent): string {
 export function createEventSink(logger: Logger): EventSink {
   const stream = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym] as DestinationStream;
   // Without a batching destination (tests may pass any stream) every line is written at once.
-  const defer = stream instanceof BatchedDestination ? (line: string) => stream.defer(line) : (line: string) => stream.write(line);
+  const batched = stream instanceof BatchedDestination ? stream : null;
+  const defer = (line: string): number => {
+    if (batched) return batched.defer(line);
+    stream.write(line);
+    return 0;
+  };
   return {
-    decision(e, deferrable = false) {
-      if (!logger.isLevelEnabled('info')) return;
-      if (deferrable) defer(decisionLine(e));
-      else stream.write(decisionLine(e));
+    decision(e) {
+      if (logger.isLevelEnabled('info')) stream.write(decisionLine(e));
+    },
+    deferredDecision(e) {
+      return logger.isLevelEnabled('info') ? defer(decisionLine(e)) : 0;
+    },
+    ensureWritten(ticket) {
+      batched?.ensureWritten(ticket);
     },
     closed(e) {
       if (logger.isLevelEnabled('info')) defer(closedLine(e));

@@ -35,7 +35,9 @@ import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { Decision } from '../policy/types.js';
 import { failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
-import type { Answer, CallLabel } from './answers.js';
+import type { Answer, CallLabel, ErrorCode } from './answers.js';
+import { readConnectionStart } from './connection-start.js';
+import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from './decision.js';
 import type { DiscoveredStore } from './discovered.js';
 import type { EndReason, EventSink } from './events.js';
@@ -94,7 +96,8 @@ export class ProxyServer implements TunnelOwner {
   private readonly active = new Set<ActiveCall>();
   private readonly tunnelsByClient = new Map<string, number>();
   private openTunnels = 0;
-  private openConnections = 0;
+  /** Every client connection, whoever reads it (closed after the grace period on shutdown). */
+  private readonly sockets = new Set<Socket>();
   private readonly connPrefix = randomBytes(4).toString('hex');
   private connCounter = 0;
   private readonly classify: (ip: IpAddress, port: number) => string | null;
@@ -116,9 +119,25 @@ export class ProxyServer implements TunnelOwner {
       connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.limits.headerTimeoutMs / 2))),
       requireHostHeader: false,
     });
+    // node:http's own connection listener runs only for connections that do not open with
+    // CONNECT (connection-start.ts); it is taken off the event and called from there.
+    const httpListeners = this.server.listeners('connection');
+    if (httpListeners.length !== 1) throw new Error(`node:http registered ${httpListeners.length} connection listeners; expected 1`);
+    const httpConnection = httpListeners[0] as (socket: Socket) => void;
+    this.server.removeListener('connection', httpConnection);
+    this.startLimits = { maxHeaderBytes: config.limits.maxHeaderBytes, headerTimeoutMs: config.limits.headerTimeoutMs };
+    this.startHandlers = {
+      connect: (socket, target, rawHeaders, rest) => void this.onConnect(target, rawHeaders, socket, rest),
+      http: (socket) => httpConnection.call(this.server, socket),
+      refuse: (socket, code, message) => this.refuseHead(socket, code, message),
+    };
+    const sockets = this.sockets;
+    this.connectionClosed = function (this: Socket) {
+      sockets.delete(this);
+    };
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.onRequest(req, res));
-    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onConnect(req, socket as Socket, head));
+    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onConnect(req.url ?? '', req.rawHeaders, socket as Socket, head));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
       sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.labelFor(null)));
     });
@@ -158,6 +177,8 @@ export class ProxyServer implements TunnelOwner {
     }
     for (const call of [...this.active]) call.abort('shutdown');
     this.server.closeAllConnections();
+    // Connections node:http does not track: CONNECT heads being read, admitted or dialled.
+    for (const socket of [...this.sockets]) socket.destroy();
     this.pool.destroy();
     await closed;
   }
@@ -172,10 +193,20 @@ export class ProxyServer implements TunnelOwner {
     return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
   }
 
-  private async admit(req: IncomingMessage, target: Target, method: string): Promise<Admission> {
+  private async admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): Promise<Admission> {
     const { config, events } = this.options;
     const connId = this.nextConnId();
-    const identity = identify(req.headers['proxy-authorization'], req.socket.remoteAddress, config.auth.users);
+    // A scan of the raw list: cheaper than building req.headersDistinct for a few names.
+    const headerValues = (name: string) => {
+      let values: string[] | undefined;
+      for (let i = 0; i < raw.length; i += 2) {
+        const key = raw[i] as string;
+        if (key.length === name.length && key.toLowerCase() === name) (values ??= []).push(raw[i + 1] as string);
+      }
+      return values;
+    };
+    // The first Proxy-Authorization counts, as in node:http's req.headers (later ones are dropped).
+    const identity = identify(headerValues('proxy-authorization')?.[0], remoteAddress, config.auth.users);
     if (!identity.ok) {
       events.error({ conn_id: connId, code: 'proxy_auth_required', host: target.host.host, port: target.port, method }, identity.reason);
       this.options.observer?.failure?.('proxy_auth_required');
@@ -185,16 +216,6 @@ export class ProxyServer implements TunnelOwner {
       };
     }
     const client = identity.client;
-    // A scan of the raw list: cheaper than building req.headersDistinct for three names.
-    const raw = req.rawHeaders;
-    const headerValues = (name: string) => {
-      let values: string[] | undefined;
-      for (let i = 0; i < raw.length; i += 2) {
-        const key = raw[i] as string;
-        if (key.length === name.length && key.toLowerCase() === name) (values ??= []).push(raw[i + 1] as string);
-      }
-      return values;
-    };
     const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
@@ -230,25 +251,29 @@ export class ProxyServer implements TunnelOwner {
     if (entry) this.options.events.discovered({ server: entry.server, tool: entry.tool, host: entry.host, port: entry.port, first_seen: entry.first_seen, conn_id: a.connId });
   }
 
-  private logDecision(a: Admitted, pinned: string | null, detail?: string, deferrable = false): void {
-    this.options.events.decision(
-      {
-        conn_id: a.connId,
-        policy_generation: a.generation,
-        decision: a.decision,
-        tool: a.call.tool,
-        call_id: a.call.callId,
-        session_id: a.call.sessionId,
-        server: a.client,
-        host: a.target.host.host,
-        port: a.target.port,
-        method: a.method,
-        pinned_address: pinned,
-        ...(detail ? { detail } : {}),
-      },
-      deferrable,
-    );
+  /**
+   * Writes the decision line now, or with `deferred` adds it to the pending batch and returns
+   * the ticket to pass to `ensureWritten` before the client hears of the call.
+   */
+  private logDecision(a: Admitted, pinned: string | null, detail?: string, deferred = false): number {
+    const event = {
+      conn_id: a.connId,
+      policy_generation: a.generation,
+      decision: a.decision,
+      tool: a.call.tool,
+      call_id: a.call.callId,
+      session_id: a.call.sessionId,
+      server: a.client,
+      host: a.target.host.host,
+      port: a.target.port,
+      method: a.method,
+      pinned_address: pinned,
+      ...(detail ? { detail } : {}),
+    };
     this.options.observer?.decision?.(a.decision, a.method);
+    if (deferred) return this.options.events.deferredDecision(event);
+    this.options.events.decision(event);
+    return 0;
   }
 
   private badRequest(connId: string, message: string, target: Target | null, method: string): Answer {
@@ -315,44 +340,47 @@ export class ProxyServer implements TunnelOwner {
 
   // ---- connections and parser errors ----
 
-  /** Shared by every connection (no closure per socket). */
-  private readonly connectionClosed = (): void => {
-    this.openConnections--;
-  };
+  /** Shared by every connection (one function, `this` is the socket). */
+  private readonly connectionClosed: (this: Socket) => void;
+  private readonly startLimits: ConnectionStartLimits;
+  private readonly startHandlers: ConnectionStartHandlers;
 
   private onConnection(socket: Socket): void {
-    this.openConnections++;
+    this.sockets.add(socket);
     socket.on('close', this.connectionClosed);
-    if (this.openConnections > this.options.config.limits.maxConnections) {
-      this.options.observer?.failure?.('overloaded');
-      sendRawAnswer(socket, failure('overloaded', 'too many connections; try again later', this.labelFor(null), { 'retry-after': '1' }));
+    if (this.sockets.size > this.options.config.limits.maxConnections) {
+      this.refuseHead(socket, 'overloaded', 'too many connections; try again later', { 'retry-after': '1' });
+      return;
     }
+    readConnectionStart(socket, this.startLimits, this.startHandlers);
+  }
+
+  /** A connection answered before any call began (no call, so no decision line). */
+  private refuseHead(socket: Duplex, code: Exclude<ErrorCode, 'firewall_blocked'>, message: string, headers?: Record<string, string>): void {
+    this.options.observer?.failure?.(code);
+    sendRawAnswer(socket, failure(code, message, this.labelFor(null), headers));
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const label = this.labelFor(null);
-    let answer: Answer | null = null;
-    if (err.code === 'HPE_HEADER_OVERFLOW') answer = failure('request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`, label);
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') answer = failure('request_timeout', 'request headers were not received in time', label);
-    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') answer = failure('bad_request', `malformed request (${err.code ?? err.message})`, label);
-    if (answer) {
-      this.options.observer?.failure?.(JSON.parse(answer.body).error.code as string);
-      sendRawAnswer(socket, answer);
-    } else socket.destroy();
+    if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
+    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
+    else socket.destroy();
   }
 
   // ---- CONNECT ----
 
-  private async onConnect(req: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
+  /** A CONNECT, read by connection-start.ts or (later on a kept-alive connection) by node:http. */
+  private async onConnect(requestTarget: string, rawHeaders: readonly string[], client: Socket, head: Buffer): Promise<void> {
     client.on('error', destroyOnError);
-    const target = parseAuthority(req.url ?? '', null);
+    const target = parseAuthority(requestTarget, null);
     if ('error' in target) {
       sendRawAnswer(client, this.badRequest(this.nextConnId(), `bad CONNECT target: ${target.error}`, null, 'CONNECT'));
       return;
     }
     let admission: Admission;
     try {
-      admission = await this.admit(req, target, 'CONNECT');
+      admission = await this.admit(rawHeaders, client.remoteAddress, target, 'CONNECT');
     } catch (err) {
       this.internalError(client, err);
       return;
@@ -387,11 +415,7 @@ export class ProxyServer implements TunnelOwner {
     }
     client.removeListener('close', onEarlyClose);
     this.logDecision(a, conn.address.text);
-    this.tunnel(a, client, conn.socket, head, started);
-  }
-
-  private tunnel(a: Admitted, client: Socket, upstream: Socket, head: Buffer, started: number): void {
-    const tunnel = new Tunnel(a.connId, a.client, client, upstream, started, this);
+    const tunnel = new Tunnel(a.connId, a.client, client, conn.socket, started, this);
     this.active.add(tunnel);
     tunnel.open(head, this.options.config.limits.tunnelIdleTimeoutMs);
   }
@@ -443,7 +467,7 @@ export class ProxyServer implements TunnelOwner {
     }
     let admission: Admission;
     try {
-      admission = await this.admit(req, url.target, method);
+      admission = await this.admit(req.rawHeaders, req.socket.remoteAddress, url.target, method);
     } catch (err) {
       this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
       sendAnswer(res, failure('bad_request', 'the proxy could not handle this request', this.labelFor(url.target)), true);
@@ -470,6 +494,8 @@ export class ProxyServer implements TunnelOwner {
     const dialCancel = { aborted: false };
     let end: EndReason | null = null;
     let decisionLogged = false;
+    /** The decision line's place in the pending batch: written before the client hears back. */
+    let decisionTicket = 0;
     let bytesUp = 0;
     let bytesDown = 0;
     /** The connection carrying the request now, and its socket counters when it began. */
@@ -498,10 +524,11 @@ export class ProxyServer implements TunnelOwner {
     const logOnce = (pinned: string | null) => {
       if (decisionLogged) return;
       decisionLogged = true;
-      // Deferred when dispatched: the upstream's answer comes in a later turn than this line.
-      this.logDecision(a, pinned, undefined, pinned !== null);
+      // Deferred when dispatched: written with others before anything of the answer goes back.
+      decisionTicket = this.logDecision(a, pinned, undefined, pinned !== null);
     };
     const answer = (reason: EndReason, failed: Answer) => {
+      this.options.events.ensureWritten(decisionTicket);
       finish(reason);
       if (!res.destroyed && !res.headersSent) sendAnswer(res, failed, true);
       else res.destroy();
@@ -532,6 +559,7 @@ export class ProxyServer implements TunnelOwner {
           onHeaders: (status, raw, resume, statusText) => {
             // Informational answers (103) are not forwarded; the final one follows.
             if (status < 200) return true;
+            this.options.events.ensureWritten(decisionTicket);
             res.writeHead(status, statusText, forwardResponseHeaders(latin1(raw)));
             res.on('drain', resume);
             return true;

@@ -12,6 +12,7 @@ import type { Socket } from 'node:net';
 import type { EndReason } from './events.js';
 
 const TUNNEL = Symbol('tunnel');
+const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 type TunnelSocket = Socket & { [TUNNEL]?: Tunnel };
 
 export interface TunnelOwner {
@@ -23,6 +24,10 @@ export class Tunnel {
   end: EndReason | null = null;
   private closedSockets = 0;
 
+  /**
+   * Takes both sockets: from here a close or an error on either ends the tunnel (and is
+   * reported), even before `open`.
+   */
   constructor(
     readonly connId: string,
     readonly clientId: string,
@@ -30,27 +35,36 @@ export class Tunnel {
     readonly upstream: Socket,
     readonly started: number,
     private readonly owner: TunnelOwner,
-  ) {}
+  ) {
+    for (const socket of [client, upstream] as TunnelSocket[]) {
+      socket[TUNNEL] = this;
+      socket.on('error', onError);
+      socket.on('close', onClose);
+    }
+  }
 
-  /** Answers `200`, forwards what the client sent after its CONNECT head, and starts relaying. */
+  /**
+   * Answers `200`, forwards what the client sent after its CONNECT head, and starts relaying;
+   * nothing if the tunnel already ended.
+   */
   open(head: Buffer, idleMs: number): void {
     const { client, upstream } = this;
-    (client as TunnelSocket)[TUNNEL] = this;
-    (upstream as TunnelSocket)[TUNNEL] = this;
+    if (this.end !== null) return;
+    if (client.destroyed || upstream.destroyed) {
+      this.abort(client.destroyed ? 'client_closed' : 'upstream_closed');
+      return;
+    }
     // A socket's timer restarts on its reads and its writes, so the client side alone sees
     // traffic in both directions: one timer per tunnel, not two.
     client.setTimeout(idleMs);
     client.on('timeout', onIdle);
-    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    client.write(CONNECTION_ESTABLISHED);
     if (head.length > 0) upstream.write(head);
     for (const socket of [client, upstream]) {
       socket.on('data', onData);
       socket.on('drain', onDrain);
       socket.on('end', onEnd);
-      socket.on('error', onError);
-      socket.on('close', onClose);
     }
-    if (client.destroyed) this.abort('client_closed');
   }
 
   /** Records the first reason the tunnel is ending for. */

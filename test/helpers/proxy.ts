@@ -21,6 +21,8 @@ export interface TestProxy {
   readonly policyFile: string;
   events(kind?: string): Event[];
   waitFor(predicate: (e: Event) => boolean, timeoutMs?: number): Promise<Event>;
+  /** Resolves with the events of `kind` once there are `count` of them (deferred lines arrive late). */
+  waitForCount(kind: string, count: number, timeoutMs?: number): Promise<Event[]>;
   stop(): Promise<void>;
 }
 
@@ -90,6 +92,11 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
         const timer = setTimeout(() => reject(new Error('timed out waiting for an event')), timeoutMs);
         waiters.push({ predicate, resolve: (e) => (clearTimeout(timer), resolve(e)) });
       });
+    },
+    waitForCount: async (kind, count, timeoutMs = 5000) => {
+      const deadline = Date.now() + timeoutMs;
+      while (lines.filter((e) => e.event === kind).length < count && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      return lines.filter((e) => e.event === kind);
     },
     // close(): written out, and no longer held for the exit flush (tests start many proxies).
     stop: () => running.stop().then(() => destination.close()),

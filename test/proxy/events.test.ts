@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import t from 'tap';
 import pino from 'pino';
-import { BatchedDestination } from '../../src/proxy/event-destination.js';
+import { BatchedDestination, DEFER_MS } from '../../src/proxy/event-destination.js';
 import { closedLine, createEventSink, createLogger, decisionLine } from '../../src/proxy/events.js';
 import type { ClosedEvent, DecisionEvent } from '../../src/proxy/events.js';
 import type { Decision } from '../../src/policy/types.js';
@@ -59,36 +59,45 @@ t.test('below the info level no decision or closed line is written', async (t) =
   t.same(lines, []);
 });
 
-t.test('the batched destination: order, end of turn, size, flush', async (t) => {
+t.test('the batched destination: order, tickets, the deferral limit, size, flush', async (t) => {
   const writes: string[] = [];
   const dest = new BatchedDestination({ write: (s: string) => void writes.push(s) });
   t.teardown(() => dest.close());
-  dest.defer('a\n');
-  dest.defer('b\n');
-  t.same(writes, [], 'deferred lines wait for the end of the turn');
+  const a = dest.defer('a\n');
+  const b = dest.defer('b\n');
+  t.same(writes, [], 'deferred lines wait');
   await new Promise((r) => setImmediate(r));
-  t.same(writes, ['a\nb\n'], 'one write for the turn');
+  t.same(writes, [], 'past the end of the turn too');
+  dest.ensureWritten(b);
+  t.same(writes, ['a\nb\n'], 'one write for the batch when a line of it must be out');
+  dest.ensureWritten(a);
+  t.equal(writes.length, 1, 'a ticket already written costs nothing');
   dest.defer('c\n');
   dest.write('d\n');
   t.same(writes, ['a\nb\n', 'c\nd\n'], 'an immediate line goes out after what was pending, in order');
   dest.write('e\n');
   t.same(writes.at(-1), 'e\n');
+  const started = Date.now();
+  dest.defer('late\n');
+  while (writes.at(-1) !== 'late\n' && Date.now() - started < 2_000) await new Promise((r) => setTimeout(r, 2));
+  t.equal(writes.at(-1), 'late\n', 'a deferred line goes out by itself');
+  t.ok(Date.now() - started >= DEFER_MS - 2, `after about ${DEFER_MS} ms, not at once`);
   const big = 'x'.repeat(70 * 1024);
   dest.defer(big);
   t.equal(writes.at(-1), big, 'past 64 KiB the batch is written at once');
   dest.defer('f\n');
   dest.flush(() => writes.push('cb'));
   t.same(writes.slice(-2), ['f\n', 'cb']);
-  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setTimeout(r, DEFER_MS + 10));
   t.equal(writes.at(-1), 'cb', 'nothing written twice');
 });
 
-t.test('the sink defers only what the caller marks deferrable, and closed lines', async (t) => {
+t.test('the sink defers only deferred decisions and closed lines', async (t) => {
   const writes: string[] = [];
   const dest = new BatchedDestination({ write: (s: string) => void writes.push(s) });
   t.teardown(() => dest.close());
   const sink = createEventSink(createLogger('info', dest));
-  sink.decision(events[0] as DecisionEvent, true);
+  const ticket = sink.deferredDecision(events[0] as DecisionEvent);
   sink.closed({ conn_id: 'a-1', bytes_up: 1, bytes_down: 2, duration_ms: 3, end: 'upstream_closed' });
   t.equal(writes.length, 0);
   sink.decision(events[2] as DecisionEvent);
@@ -98,8 +107,14 @@ t.test('the sink defers only what the caller marks deferrable, and closed lines'
     ['a-1', 'a-1', 'a-3'],
     'the refusal is written at once, after the lines before it',
   );
+  sink.ensureWritten(ticket);
+  t.equal(writes.length, 1, 'the deferred decision went out with it');
   sink.error({ code: 'dns_error' }, 'x');
   t.equal(writes.length, 2, 'pino lines are written at once');
+  const other: string[] = [];
+  const plain = createEventSink(createLogger('info', { write: (s: string) => void other.push(s) }));
+  t.equal(plain.deferredDecision(events[0] as DecisionEvent), 0);
+  t.equal(other.length, 1, 'without a batching destination a deferred decision is written at once');
 });
 
 t.test('pending lines are written when the process exits', async (t) => {
@@ -124,4 +139,16 @@ t.test('pino.destination under it: a real file receives every line', async (t) =
   const lines = readFileSync(file, 'utf8').trim().split('\n');
   t.equal(lines.length, 1000);
   t.equal(JSON.parse(lines[999] as string).conn_id, 'c-999');
+});
+
+t.test('the time field is the ISO time pino would write, at every millisecond spelling', async (t) => {
+  const realNow = Date.now;
+  t.teardown(() => {
+    Date.now = realNow;
+  });
+  for (const at of [Date.UTC(2026, 10, 22, 11, 59, 59, 0), Date.UTC(2026, 10, 22, 11, 59, 59, 7), Date.UTC(2026, 10, 22, 11, 59, 59, 45), Date.UTC(2026, 10, 22, 11, 59, 59, 999), Date.UTC(2026, 10, 22, 12, 0, 0, 1)]) {
+    Date.now = () => at;
+    const line = JSON.parse(closedLine({ conn_id: 'c', bytes_up: 0, bytes_down: 0, duration_ms: 0, end: 'error' }));
+    t.equal(line.time, new Date(at).toISOString(), new Date(at).toISOString());
+  }
 });

@@ -208,7 +208,7 @@ t.test('connect timeouts and unreachable upstreams', async (t) => {
     t.equal(refused.status, 502, `${form}: refused connection`);
     t.equal(JSON.parse(refused.body).error.code, 'upstream_unreachable');
   }
-  const failed = proxy.events('egress.closed');
+  const failed = await proxy.waitForCount('egress.closed', 4);
   t.equal(failed.length, 4);
   t.ok(failed.every((e) => e.end === 'error' && e.bytes_up === 0));
 });

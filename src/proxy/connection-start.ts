@@ -1,0 +1,87 @@
+/**
+ * The first bytes of a new client connection decide who reads it: a connection that opens with
+ * `CONNECT ` has its head read here (connect-head.ts) and becomes a tunnel without passing
+ * through `node:http`; anything else is handed to `node:http` with the bytes read so far put
+ * back (`unshift`, then the server's own connection listener, the way httpolyglot hands
+ * sockets over). A CONNECT later on a kept-alive connection is node:http's, as before.
+ *
+ * The header limits hold on this path too: a head over `maxHeaderBytes` is answered 431, a
+ * head not complete `headerTimeoutMs` after the connection opened is answered 408 (a deadline,
+ * not an idle timer, so a byte at a time does not keep it open), and a malformed one 400.
+ */
+import type { Socket } from 'node:net';
+import { parseConnectHead } from './connect-head.js';
+
+const CONNECT_PREFIX = Buffer.from('CONNECT ');
+
+export interface ConnectionStartHandlers {
+  /** A complete CONNECT head; `rest` is what the client sent after it (its first tunnel bytes). */
+  connect(socket: Socket, target: string, rawHeaders: string[], rest: Buffer): void;
+  /** Not a CONNECT: node:http takes the socket (the bytes already read are back in it). */
+  http(socket: Socket): void;
+  /** The head cannot be served: answer and close. */
+  refuse(socket: Socket, code: 'bad_request' | 'request_header_too_large' | 'request_timeout', message: string): void;
+}
+
+export interface ConnectionStartLimits {
+  readonly maxHeaderBytes: number;
+  readonly headerTimeoutMs: number;
+}
+
+/** Whether `bytes` could still turn out to open with `CONNECT ` (fewer than 8 bytes so far). */
+function couldBeConnect(bytes: Buffer): boolean {
+  return bytes.length < CONNECT_PREFIX.length && CONNECT_PREFIX.subarray(0, bytes.length).equals(bytes);
+}
+
+export function readConnectionStart(socket: Socket, limits: ConnectionStartLimits, handlers: ConnectionStartHandlers): void {
+  let buffered: Buffer | null = null;
+  let connect = false;
+  let searched = 0;
+  const stop = () => {
+    clearTimeout(timer);
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('end', onEnd);
+    socket.removeListener('error', onError);
+    socket.removeListener('close', stop);
+  };
+  const onError = () => {
+    stop();
+    socket.destroy();
+  };
+  const onEnd = () => {
+    // The client finished sending before a whole head: there is no request to answer.
+    stop();
+    socket.destroy();
+  };
+  const onReadable = () => {
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+      buffered = buffered === null ? chunk : Buffer.concat([buffered, chunk]);
+    }
+    if (buffered === null) return;
+    if (!connect) {
+      if (couldBeConnect(buffered)) return;
+      if (!buffered.subarray(0, CONNECT_PREFIX.length).equals(CONNECT_PREFIX)) {
+        stop();
+        socket.unshift(buffered);
+        handlers.http(socket);
+        return;
+      }
+      connect = true;
+    }
+    const head = parseConnectHead(buffered, limits.maxHeaderBytes, searched);
+    searched = buffered.length;
+    if (head.kind === 'incomplete') return;
+    stop();
+    if (head.kind === 'complete') handlers.connect(socket, head.target, head.rawHeaders, buffered.subarray(head.length));
+    else if (head.kind === 'too_large') handlers.refuse(socket, 'request_header_too_large', `request headers exceed ${limits.maxHeaderBytes} bytes`);
+    else handlers.refuse(socket, 'bad_request', `malformed request (${head.reason})`);
+  };
+  const timer = setTimeout(() => {
+    stop();
+    handlers.refuse(socket, 'request_timeout', 'request headers were not received in time');
+  }, limits.headerTimeoutMs);
+  socket.on('readable', onReadable);
+  socket.on('end', onEnd);
+  socket.on('error', onError);
+  socket.on('close', stop);
+}
