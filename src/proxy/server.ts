@@ -1,5 +1,7 @@
 /**
- * The data path: CONNECT tunnels and absolute-form plain HTTP on one `node:http` server.
+ * The data path: CONNECT tunnels and absolute-form plain HTTP on one listener. A connection
+ * that opens with CONNECT is read by connection-start.ts and connect-head.ts; every other one
+ * (and a CONNECT later on a kept-alive connection) by `node:http`.
  *
  * Every call (each CONNECT, each request on a kept-alive connection) is admitted the same way:
  * client identity, attribution, one policy generation, one decision (no DNS for a name refused
