@@ -359,6 +359,9 @@ export class ProxyServer implements TunnelOwner {
 
   /** A connection answered before any call began (no call, so no decision line). */
   private refuseHead(socket: Duplex, code: Exclude<ErrorCode, 'firewall_blocked'>, message: string, headers?: Record<string, string>): void {
+    // Nobody else listens on this socket any more: a reset while the answer goes out must
+    // close it, not reach the process as an unhandled 'error'.
+    socket.on('error', destroyOnError);
     this.options.observer?.failure?.(code);
     sendRawAnswer(socket, failure(code, message, this.labelFor(null), headers));
   }

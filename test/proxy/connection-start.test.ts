@@ -157,3 +157,19 @@ t.test('stopping the proxy closes connections whose CONNECT head is still arrivi
   await closed;
   t.pass('the half-read connection was closed and stop() returned');
 });
+
+t.test('clients that reset right after a refused head do not take the proxy down', async (t) => {
+  const { proxy, upstream } = await setup(t, 'limits: {max_header_bytes: 4096}');
+  const heads = ['CONNECT a.test:443 HTTP/2.0\r\n\r\n', `CONNECT a.test:443 HTTP/1.1\r\nx: ${'a'.repeat(8000)}\r\n\r\n`];
+  for (let i = 0; i < 40; i++) {
+    const socket = connect({ host: '127.0.0.1', port: proxy.port });
+    socket.on('error', () => {});
+    await once(socket, 'connect');
+    socket.write(heads[i % 2] as string);
+    // Wait for the refusal to start arriving, then reset while the rest of it is written.
+    await Promise.race([once(socket, 'data'), new Promise((r) => setTimeout(r, 200))]);
+    socket.resetAndDestroy();
+  }
+  const ok = await rawRequest(proxy.port, connectRequest(`127.0.0.1:${upstream.port}`) + tunnelledGet(upstream.port, '/alive'));
+  t.match(ok.raw, /"url":"\/alive"/, 'still serving');
+});
