@@ -38,9 +38,16 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Field content: visible ASCII, space, tab and obs-text; no other control character. */
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
-/** Whether `bytes` (at least its first 8) open a CONNECT request. */
+const CONNECT_PREFIX = Buffer.from('CONNECT ');
+
+/** Whether `bytes` open a CONNECT request (false while fewer than 8 bytes have arrived). */
 export function startsWithConnect(bytes: Buffer): boolean {
-  return bytes.length >= 8 && bytes.toString('latin1', 0, 8) === 'CONNECT ';
+  return bytes.length >= CONNECT_PREFIX.length && bytes.compare(CONNECT_PREFIX, 0, CONNECT_PREFIX.length, 0, CONNECT_PREFIX.length) === 0;
+}
+
+/** Whether `bytes`, fewer than 8 so far, could still turn out to open with `CONNECT `. */
+export function couldBeConnect(bytes: Buffer): boolean {
+  return bytes.length < CONNECT_PREFIX.length && CONNECT_PREFIX.compare(bytes, 0, bytes.length, 0, bytes.length) === 0;
 }
 
 /**

@@ -10,9 +10,7 @@
  * not an idle timer, so a byte at a time does not keep it open), and a malformed one 400.
  */
 import type { Socket } from 'node:net';
-import { parseConnectHead } from './connect-head.js';
-
-const CONNECT_PREFIX = Buffer.from('CONNECT ');
+import { couldBeConnect, parseConnectHead, startsWithConnect } from './connect-head.js';
 
 export interface ConnectionStartHandlers {
   /** A complete CONNECT head; `rest` is what the client sent after it (its first tunnel bytes). */
@@ -26,11 +24,6 @@ export interface ConnectionStartHandlers {
 export interface ConnectionStartLimits {
   readonly maxHeaderBytes: number;
   readonly headerTimeoutMs: number;
-}
-
-/** Whether `bytes` could still turn out to open with `CONNECT ` (fewer than 8 bytes so far). */
-function couldBeConnect(bytes: Buffer): boolean {
-  return bytes.length < CONNECT_PREFIX.length && CONNECT_PREFIX.subarray(0, bytes.length).equals(bytes);
 }
 
 export function readConnectionStart(socket: Socket, limits: ConnectionStartLimits, handlers: ConnectionStartHandlers): void {
@@ -60,7 +53,7 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
     if (buffered === null) return;
     if (!connect) {
       if (couldBeConnect(buffered)) return;
-      if (!buffered.subarray(0, CONNECT_PREFIX.length).equals(CONNECT_PREFIX)) {
+      if (!startsWithConnect(buffered)) {
         stop();
         socket.unshift(buffered);
         handlers.http(socket);

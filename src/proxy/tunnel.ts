@@ -45,11 +45,10 @@ export class Tunnel {
 
   /**
    * Answers `200`, forwards what the client sent after its CONNECT head, and starts relaying;
-   * nothing if the tunnel already ended.
+   * only ends the tunnel if a socket is already gone (destroyed, its 'close' still to come).
    */
   open(head: Buffer, idleMs: number): void {
     const { client, upstream } = this;
-    if (this.end !== null) return;
     if (client.destroyed || upstream.destroyed) {
       this.abort(client.destroyed ? 'client_closed' : 'upstream_closed');
       return;

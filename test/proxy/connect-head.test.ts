@@ -1,5 +1,5 @@
 import t from 'tap';
-import { parseConnectHead, startsWithConnect } from '../../src/proxy/connect-head.js';
+import { couldBeConnect, parseConnectHead, startsWithConnect } from '../../src/proxy/connect-head.js';
 
 /**
  * The reference: llhttp itself, as node:http runs it (strict mode, the same header limit).
@@ -114,6 +114,8 @@ t.test('refused heads, each for its reason', async (t) => {
 t.test('only a connection that opens with "CONNECT " takes this reader', async (t) => {
   t.ok(startsWithConnect(Buffer.from('CONNECT a:1 HTTP/1.1\r\n')));
   for (const s of ['CONNECT', 'connect a:1 HTTP/1.1', 'CONNECTX a', 'GET http://a/ HTTP/1.1', '\r\nCONNECT a:1', ' CONNECT a']) t.notOk(startsWithConnect(Buffer.from(s)), s);
+  for (const s of ['', 'C', 'CONN', 'CONNECT']) t.ok(couldBeConnect(Buffer.from(s)), `${JSON.stringify(s)} may still be a CONNECT`);
+  for (const s of ['X', 'CONX', 'connect', 'CONNECT ', 'CONNECT a']) t.notOk(couldBeConnect(Buffer.from(s)), `${JSON.stringify(s)} is decided`);
 });
 
 /** A small seeded PRNG, so a failure names a case that can be replayed. */
