@@ -55,7 +55,7 @@ export class PinnedPool {
     this.maxHeaderSize = options.maxResponseHeaderBytes ?? 64 * 1024;
   }
 
-  /** Connections open now (idle or busy); for tests and metrics. */
+  /** Connections open now (idle or busy); for tests. */
   get size(): number {
     return this.all.size;
   }

@@ -33,16 +33,12 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
   const stop = () => {
     clearTimeout(timer);
     socket.removeListener('readable', onReadable);
-    socket.removeListener('end', onEnd);
-    socket.removeListener('error', onError);
+    socket.removeListener('end', drop);
+    socket.removeListener('error', drop);
     socket.removeListener('close', stop);
   };
-  const onError = () => {
-    stop();
-    socket.destroy();
-  };
-  const onEnd = () => {
-    // The client finished sending before a whole head: there is no request to answer.
+  // An error, or the client finishing before a whole head: there is no request to answer.
+  const drop = () => {
     stop();
     socket.destroy();
   };
@@ -74,7 +70,7 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
     handlers.refuse(socket, 'request_timeout', 'request headers were not received in time');
   }, limits.headerTimeoutMs);
   socket.on('readable', onReadable);
-  socket.on('end', onEnd);
-  socket.on('error', onError);
+  socket.on('end', drop);
+  socket.on('error', drop);
   socket.on('close', stop);
 }

@@ -404,21 +404,22 @@ export class ProxyServer implements TunnelOwner {
     }
     this.adjustTunnels(a.client, +1);
     const started = performance.now();
-    const dialCancel = { aborted: false };
-    const onEarlyClose = () => (dialCancel.aborted = true);
-    client.once('close', onEarlyClose);
     let conn: PinnedConnection;
     try {
-      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, dialCancel);
+      // A client gone during the dial (a reset, or shutdown) abandons it; read when the dial
+      // checks, so no 'close' listener is added and removed on every CONNECT.
+      conn = await pinnedDial(a.candidates, a.target.port, this.options.config.limits.connectTimeoutMs, {
+        get aborted() {
+          return client.destroyed;
+        },
+      });
     } catch (err) {
-      client.removeListener('close', onEarlyClose);
       this.adjustTunnels(a.client, -1);
       this.logDecision(a, null);
       sendRawAnswer(client, this.dialFailure(a, err));
       this.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
       return;
     }
-    client.removeListener('close', onEarlyClose);
     this.logDecision(a, conn.address.text);
     const tunnel = new Tunnel(a.connId, a.client, client, conn.socket, started, this);
     this.active.add(tunnel);

@@ -212,3 +212,25 @@ t.test('connect timeouts and unreachable upstreams', async (t) => {
   t.equal(failed.length, 4);
   t.ok(failed.every((e) => e.end === 'error' && e.bytes_up === 0));
 });
+
+t.test('a CONNECT client that leaves during the dial abandons it: the next candidate is never dialled', async (t) => {
+  const trap = await startTrap('127.0.0.1', 0);
+  const dns = await startDnsServer({ 'slow.test': { A: ['203.0.113.9', '127.0.0.1'] } });
+  const proxy = await startTestProxy({ policy: allowAll, dns: dns.address, config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}\nlimits: {connect_timeout_ms: 400}' });
+  t.teardown(async () => {
+    await proxy.stop();
+    await dns.close();
+    await trap.close();
+  });
+  const { connect } = await import('node:net');
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  socket.on('error', () => {});
+  await new Promise((r) => socket.on('connect', r));
+  socket.write(connectRequest(`slow.test:${trap.port}`));
+  await new Promise((r) => setTimeout(r, 150)); // the first candidate is still timing out
+  socket.resetAndDestroy();
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'client_closed');
+  await new Promise((r) => setTimeout(r, 300)); // past the first candidate's timeout
+  t.equal(trap.connections, 0, 'the second candidate was not dialled for a client that is gone');
+});
