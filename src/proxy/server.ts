@@ -18,7 +18,6 @@ import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import type { Duplex } from 'node:stream';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
@@ -35,6 +34,8 @@ import type { UpstreamConnection } from '../net/pinned-pool.js';
 import { DialError, pinnedDial } from '../net/pinned-dial.js';
 import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
+import { canonicalListeners, createSelfCheck } from '../net/self.js';
+import type { Listener } from '../net/self.js';
 import type { Decision } from '../policy/types.js';
 import { failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
@@ -87,12 +88,6 @@ interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
-const UNSPECIFIED = new Set(['0.0.0.0', '::']);
-
-function isLoopbackAddress(ip: IpAddress): boolean {
-  return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
-}
-
 export class ProxyServer implements TunnelOwner {
   readonly server: Server;
   private readonly active = new Set<ActiveCall>();
@@ -103,8 +98,7 @@ export class ProxyServer implements TunnelOwner {
   private readonly connPrefix = randomBytes(4).toString('hex');
   private connCounter = 0;
   private readonly classify: (ip: IpAddress, port: number) => string | null;
-  private localAddressCache: { at: number; addresses: Set<string> } | null = null;
-  private listenersCache: ReadonlyArray<{ address: string; port: number }> | null = null;
+  private listenersCache: ReadonlyArray<Listener> | null = null;
   private readonly dropHeaders: ReadonlySet<string>;
   /** Keep-alive connections for plain HTTP, filed by the vetted IP (never by name). */
   private readonly pool = new PinnedPool();
@@ -112,7 +106,7 @@ export class ProxyServer implements TunnelOwner {
   constructor(private readonly options: ProxyServerOptions) {
     const { config } = options;
     this.dropHeaders = new Set([config.attribution.toolHeader, config.attribution.callHeader, config.attribution.sessionHeader]);
-    this.classify = createBaseline({ allowCidrs: config.baseline.allowCidrs, isSelf: (ip, port) => this.isSelf(ip, port) });
+    this.classify = createBaseline({ allowCidrs: config.baseline.allowCidrs, isSelf: createSelfCheck({ listeners: () => this.selfListeners() }) });
     this.server = createServer({
       maxHeaderSize: config.limits.maxHeaderBytes,
       headersTimeout: config.limits.headerTimeoutMs,
@@ -295,27 +289,10 @@ export class ProxyServer implements TunnelOwner {
 
   // ---- baseline "self": never dial our own listeners ----
 
-  private localAddresses(): Set<string> {
-    const now = Date.now();
-    if (this.localAddressCache && now - this.localAddressCache.at < 5_000) return this.localAddressCache.addresses;
-    const addresses = new Set<string>();
-    for (const list of Object.values(networkInterfaces())) {
-      for (const info of list ?? []) {
-        const h = canonicalHost(info.address.split('%')[0] as string);
-        if (h.kind === 'ip') addresses.add(h.host);
-      }
-    }
-    this.localAddressCache = { at: now, addresses };
-    return addresses;
-  }
-
   /** Our own listening sockets, canonical; read once after listen (server.address() is a syscall). */
-  private selfListeners(): ReadonlyArray<{ address: string; port: number }> {
+  private selfListeners(): ReadonlyArray<Listener> {
     if (this.listenersCache) return this.listenersCache;
-    const listeners = [...(this.address ? [this.address] : []), ...(this.options.otherListeners?.() ?? [])].map((l) => {
-      const h = canonicalHost(l.address);
-      return { address: h.kind === 'ip' ? h.host : l.address, port: l.port };
-    });
+    const listeners = canonicalListeners([...(this.address ? [this.address] : []), ...(this.options.otherListeners?.() ?? [])]);
     if (this.address) this.listenersCache = listeners;
     return listeners;
   }
@@ -323,21 +300,6 @@ export class ProxyServer implements TunnelOwner {
   /** Forgets the cached listeners (when another listener, e.g. the admin API, starts). */
   refreshSelf(): void {
     this.listenersCache = null;
-  }
-
-  /**
-   * Whether `ip:port` reaches one of our own listeners. A connect to 0.0.0.0 or :: lands on
-   * the host itself, so it is ours whatever address we listen on; a wildcard listener also
-   * takes every local and every loopback address (all of 127/8, not only the 127.0.0.1 that
-   * the interface list shows).
-   */
-  private isSelf(ip: IpAddress, port: number): boolean {
-    for (const l of this.selfListeners()) {
-      if (l.port !== port) continue;
-      if (l.address === ip.text || UNSPECIFIED.has(ip.text)) return true;
-      if (UNSPECIFIED.has(l.address) && (isLoopbackAddress(ip) || this.localAddresses().has(ip.text))) return true;
-    }
-    return false;
   }
 
   // ---- connections and parser errors ----
