@@ -2,11 +2,19 @@
  * The admin API (interface.md "Admin API") on its own listener: health, readiness, metrics, the
  * serving policy, reload, dry runs, registered calls and discovered destinations.
  *
- * Access: `Authorization: Bearer <token>`, tokens configured as SHA-256 hashes with a role
- * (viewer < developer), compared in constant time against every configured hash. Missing or
- * wrong token: 401; too low a role: 403. With no tokens configured the API serves only on a
- * loopback address, where every caller is a developer, and refuses to start anywhere else.
- * Bodies are JSON, at most 256 KiB, validated field by field.
+ * Threat: the guarded MCP server can reach loopback, so it can reach this listener; a web page
+ * on the same host can too (DNS rebinding, cross-site posts). Neither may register or end
+ * calls (that decides attribution), reload, or run dry runs (a draft policy makes the proxy
+ * resolve any name: a DNS channel past "no DNS for names refused by name").
+ *
+ * Access, checked in this order: the request target must be origin-form (else 400); `Host` and
+ * `Origin` must name this listener (host-check.ts: 421, 403); then `Authorization: Bearer
+ * <token>`, tokens configured as SHA-256 hashes with a role (viewer < developer), compared in
+ * constant time against every configured hash. Missing or wrong token: 401; too low a role:
+ * 403. With no tokens configured the API serves only on a loopback address, where a caller
+ * without a token is a viewer (a write or dry run gets 401: it needs a developer token), and
+ * refuses to start anywhere else (config validation says so first). Bodies are JSON objects,
+ * at most 256 KiB, validated field by field; anything malformed is a 400, never a 500.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -14,19 +22,31 @@ import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import type { Running } from '../commands/serve.js';
+import { isLoopbackHost } from '../config/proxy-config.js';
 import { canonicalHost } from '../net/address.js';
+import { canonicalListeners } from '../net/self.js';
+import type { Listener } from '../net/self.js';
+import type { IpAddress } from '../net/address.js';
 import type { NameResolver } from '../net/resolve.js';
 import { compilePolicy } from '../policy/compile.js';
 import { parsePolicy } from '../policy/schema.js';
 import type { Entry, RuleSpec } from '../policy/types.js';
 import { dryRun } from '../proxy/dry-run.js';
 import { draftPolicy } from './draft.js';
+import { createHostCheck } from './host-check.js';
 import type { Metrics } from './metrics.js';
 
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
 const MAX_BODY = 256 * 1024;
 const CALL_ID = /^[\x21-\x7e]{1,256}$/;
+/** A label (tool, client, session, server): 1 to 256 characters, no control characters. */
+const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
+const MAX_DESTINATION = 2048;
+const MAX_RESOLVE_HOSTS = 64;
+const MAX_RESOLVE_ADDRESSES = 64;
+/** Query keys each route accepts; others (and repeated ones) are a 400. */
+const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'] };
 
 class HttpError extends Error {
   constructor(
@@ -44,11 +64,49 @@ export interface AdminDeps {
   readonly running: Running;
   readonly metrics: Metrics;
   readonly resolver: NameResolver;
+  /** Whether `ip:port` is one of the proxy's own listeners, for dry runs (src/net/self.ts). */
+  readonly isSelf?: (ip: IpAddress, port: number) => boolean;
+  /** The host's own addresses (default: its interfaces), for the Host check on a wildcard listener. */
+  readonly localAddresses?: () => ReadonlySet<string>;
 }
 
-export function isLoopback(host: string): boolean {
-  const h = canonicalHost(host);
-  return h.kind === 'ip' && (h.ip.family === 4 ? h.ip.v4 >>> 24 === 127 : h.ip.text === '::1');
+export const isLoopback = isLoopbackHost;
+
+function badRequest(message: string): HttpError {
+  return new HttpError(400, 'bad_request', message);
+}
+
+/** An optional label field: absent/null, or a string of 1 to 256 characters without control characters. */
+function optionalLabel(b: Record<string, unknown>, key: string): string | null {
+  const v = b[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'string' || !LABEL.test(v)) throw badRequest(`${key} must be a string of 1 to 256 characters without control characters`);
+  return v;
+}
+
+function onlyKeys(b: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const key of Object.keys(b)) if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
+}
+
+/** The request target split, without normalising anything (the path is routed as sent). */
+function parseTarget(raw: string | undefined): { path: string; query: URLSearchParams } {
+  const target = raw ?? '';
+  if (!target.startsWith('/')) throw badRequest('the request target must be a path (origin-form)');
+  const q = target.indexOf('?');
+  const path = q === -1 ? target : target.slice(0, q);
+  const query = new URLSearchParams(q === -1 ? '' : target.slice(q + 1));
+  return { path, query };
+}
+
+function checkQuery(path: string, query: URLSearchParams): void {
+  if (!path.startsWith('/v1/')) return;
+  const allowed = QUERY_KEYS[path] ?? [];
+  const seen = new Set<string>();
+  for (const key of query.keys()) {
+    if (!allowed.includes(key)) throw badRequest(`unknown query parameter '${key.slice(0, 64)}'`);
+    if (seen.has(key)) throw badRequest(`query parameter '${key.slice(0, 64)}' given more than once`);
+    seen.add(key);
+  }
 }
 
 function entryText(e: Entry): string {
@@ -72,9 +130,12 @@ function ruleJson(r: RuleSpec): Record<string, unknown> {
 export class AdminServer {
   readonly server: Server;
   private readonly tokenHashes: ReadonlyArray<{ hash: string; role: Role; name: string }>;
+  private bound: Listener | null = null;
+  private readonly hostCheck: ReturnType<typeof createHostCheck>;
 
   constructor(private readonly deps: AdminDeps) {
     this.tokenHashes = deps.config.admin.tokens.map((t) => ({ hash: t.sha256, role: t.role, name: t.name }));
+    this.hostCheck = createHostCheck({ listener: () => this.bound, allowedHosts: deps.config.admin.allowedHosts, localAddresses: deps.localAddresses });
     this.server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 }, (req, res) => void this.handle(req, res));
   }
 
@@ -87,6 +148,7 @@ export class AdminServer {
       this.server.listen({ host, port }, () => resolve());
     });
     const addr = this.server.address() as { address: string; port: number };
+    this.bound = canonicalListeners([addr])[0] as Listener;
     return { address: addr.address, port: addr.port };
   }
 
@@ -97,9 +159,10 @@ export class AdminServer {
     });
   }
 
+  /** The caller's role: a viewer without a token when none are configured; 401 for a missing or wrong one. */
   private role(req: IncomingMessage): Role {
-    if (this.tokenHashes.length === 0) return 'developer';
     const header = req.headers.authorization;
+    if (header === undefined && this.tokenHashes.length === 0) return 'viewer';
     const m = header ? /^Bearer ([\x21-\x7e]+)$/.exec(header) : null;
     if (!m) throw new HttpError(401, 'unauthorized', 'an admin token is required (Authorization: Bearer <token>)');
     const digest = sha256Hex(m[1] as string);
@@ -112,7 +175,12 @@ export class AdminServer {
 
   private require(req: IncomingMessage, needed: Role): void {
     const role = this.role(req);
-    if (RANK[role] < RANK[needed]) throw new HttpError(403, 'forbidden', `this route needs the ${needed} role`);
+    if (RANK[role] >= RANK[needed]) return;
+    // No token at all (the tokenless viewer): the answer is "authenticate", not "forbidden".
+    if (req.headers.authorization === undefined) {
+      throw new HttpError(401, 'unauthorized', `this route needs a ${needed} token (Authorization: Bearer <token>); make one with \`mcp-egress-proxy token\` and list it in admin.tokens`);
+    }
+    throw new HttpError(403, 'forbidden', `this route needs the ${needed} role`);
   }
 
   private async body(req: IncomingMessage): Promise<Record<string, unknown>> {
@@ -122,16 +190,21 @@ export class AdminServer {
     if (declared > MAX_BODY) throw new HttpError(413, 'payload_too_large', `bodies are limited to ${MAX_BODY} bytes`);
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > MAX_BODY) throw new HttpError(413, 'payload_too_large', `bodies are limited to ${MAX_BODY} bytes`);
-      chunks.push(chunk as Buffer);
+    try {
+      for await (const chunk of req) {
+        size += (chunk as Buffer).length;
+        if (size > MAX_BODY) throw new HttpError(413, 'payload_too_large', `bodies are limited to ${MAX_BODY} bytes`);
+        chunks.push(chunk as Buffer);
+      }
+    } catch (err) {
+      if (err instanceof HttpError) throw err;
+      throw badRequest('the request body could not be read');
     }
     let parsed: unknown;
     try {
       parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
     } catch (err) {
-      throw new HttpError(400, 'bad_request', `invalid JSON: ${(err as Error).message}`);
+      throw badRequest(`invalid JSON: ${(err as Error).message.slice(0, 200)}`);
     }
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'bad_request', 'the body must be a JSON object');
     return parsed as Record<string, unknown>;
@@ -145,8 +218,11 @@ export class AdminServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const url = new URL(req.url ?? '/', 'http://admin');
-      const route = `${req.method} ${url.pathname}`;
+      const hostVerdict = this.hostCheck(req.headers.host, req.headers.origin);
+      if (!hostVerdict.ok) throw new HttpError(hostVerdict.status, hostVerdict.code, hostVerdict.message);
+      const url = parseTarget(req.url);
+      checkQuery(url.path, url.query);
+      const route = `${req.method} ${url.path}`;
       const { running } = this.deps;
       switch (route) {
         case 'GET /healthz':
@@ -191,22 +267,23 @@ export class AdminServer {
         case 'POST /v1/calls': {
           this.require(req, 'developer');
           const b = await this.body(req);
+          onlyKeys(b, ['call_id', 'tool', 'client', 'session_id', 'ttl_ms']);
           const callId = b.call_id;
-          const tool = b.tool;
-          const client = b.client;
-          if (typeof callId !== 'string' || !CALL_ID.test(callId)) throw new HttpError(400, 'bad_request', 'call_id must be 1 to 256 visible ASCII characters');
-          if (typeof tool !== 'string' || tool.length === 0 || tool.length > 256) throw new HttpError(400, 'bad_request', 'tool must be a non-empty string');
-          if (typeof client !== 'string' || client.length === 0 || client.length > 256) throw new HttpError(400, 'bad_request', 'client must be a non-empty string (a proxy user name or a source IP)');
-          if (b.session_id !== undefined && b.session_id !== null && typeof b.session_id !== 'string') throw new HttpError(400, 'bad_request', 'session_id must be a string');
+          if (typeof callId !== 'string' || !CALL_ID.test(callId)) throw badRequest('call_id must be 1 to 256 visible ASCII characters');
+          const tool = optionalLabel(b, 'tool');
+          const client = optionalLabel(b, 'client');
+          if (tool === null) throw badRequest('tool is required (a string of 1 to 256 characters)');
+          if (client === null) throw badRequest('client is required (a proxy user name or a source IP)');
+          const sessionId = optionalLabel(b, 'session_id');
           if (b.ttl_ms !== undefined && (typeof b.ttl_ms !== 'number' || !Number.isInteger(b.ttl_ms) || b.ttl_ms < 1 || b.ttl_ms > 86_400_000)) {
-            throw new HttpError(400, 'bad_request', 'ttl_ms must be an integer from 1 to 86400000');
+            throw badRequest('ttl_ms must be an integer from 1 to 86400000');
           }
           const canonicalClient = canonicalHost(client);
           const registered = running.registry.register({
             callId,
             tool,
             client: canonicalClient.kind === 'ip' ? canonicalClient.host : client,
-            sessionId: (b.session_id as string | undefined) ?? null,
+            sessionId,
             ttlMs: b.ttl_ms as number | undefined,
           });
           if ('error' in registered) throw new HttpError(409, 'conflict', registered.error);
@@ -215,20 +292,29 @@ export class AdminServer {
         case 'GET /v1/discovered': {
           this.require(req, 'viewer');
           const destinations = running.discovered.list();
-          if (url.searchParams.get('format') === 'yaml') return this.send(res, 200, draftPolicy(destinations), 'application/yaml');
+          const format = url.query.get('format') ?? 'json';
+          if (format !== 'json' && format !== 'yaml') throw badRequest("format must be 'json' or 'yaml'");
+          if (format === 'yaml') return this.send(res, 200, draftPolicy(destinations), 'application/yaml');
           return this.send(res, 200, { destinations });
         }
       }
-      if (req.method === 'DELETE' && url.pathname.startsWith('/v1/calls/')) {
+      if (req.method === 'DELETE' && url.path.startsWith('/v1/calls/')) {
         this.require(req, 'developer');
-        const callId = decodeURIComponent(url.pathname.slice('/v1/calls/'.length));
+        let callId: string;
+        try {
+          callId = decodeURIComponent(url.path.slice('/v1/calls/'.length));
+        } catch {
+          throw badRequest('the call id in the path is not valid percent-encoded UTF-8');
+        }
+        if (!CALL_ID.test(callId)) throw badRequest('a call id is 1 to 256 visible ASCII characters');
         if (!running.registry.end(callId)) throw new HttpError(404, 'not_found', 'no such registered call');
         res.writeHead(204).end();
         return;
       }
       const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered'];
-      if (known.includes(url.pathname) || url.pathname.startsWith('/v1/calls/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${url.pathname}`);
-      throw new HttpError(404, 'not_found', `no route ${url.pathname}`);
+      const shown = url.path.slice(0, 200);
+      if (known.includes(url.path) || url.path.startsWith('/v1/calls/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
+      throw new HttpError(404, 'not_found', `no route ${shown}`);
     } catch (err) {
       if (err instanceof HttpError) {
         const headers: Record<string, string> = err.status === 401 ? { 'www-authenticate': 'Bearer realm="mcp-egress-proxy admin"' } : {};
@@ -237,22 +323,30 @@ export class AdminServer {
         if (err.status === 413) req.destroy();
         return;
       }
-      this.deps.running.events.warn({ event: 'admin.internal_error', err: String((err as Error)?.stack ?? err) }, 'admin API error');
+      // A bug, not bad input (that is a 400 above): its message, without a stack for the log.
+      this.deps.running.events.warn({ event: 'admin.internal_error', method: req.method, error: String((err as Error)?.message ?? err).slice(0, 500) }, 'admin API error');
       if (!res.headersSent) this.send(res, 500, { error: { code: 'internal_error', message: 'internal error' } });
     }
   }
 
   private async test(b: Record<string, unknown>): Promise<unknown> {
     const { running, config } = this.deps;
-    if (typeof b.destination !== 'string') throw new HttpError(400, 'bad_request', 'destination is required (a URL or host:port)');
-    for (const key of ['tool', 'server', 'policy'] as const) {
-      if (b[key] !== undefined && b[key] !== null && typeof b[key] !== 'string') throw new HttpError(400, 'bad_request', `${key} must be a string`);
+    onlyKeys(b, ['policy', 'tool', 'server', 'call_id', 'session_id', 'destination', 'resolve', 'history']);
+    if (typeof b.destination !== 'string' || b.destination.length === 0 || b.destination.length > MAX_DESTINATION) {
+      throw badRequest(`destination is required (a URL or host:port, at most ${MAX_DESTINATION} characters)`);
     }
+    const tool = optionalLabel(b, 'tool');
+    const server = optionalLabel(b, 'server');
+    if (b.policy !== undefined && b.policy !== null && typeof b.policy !== 'string') throw badRequest('policy must be a string (the YAML text)');
     let resolve: Array<[string, string[]]> = [];
     if (b.resolve !== undefined) {
-      if (typeof b.resolve !== 'object' || b.resolve === null || Array.isArray(b.resolve)) throw new HttpError(400, 'bad_request', 'resolve must be an object {host: [ip, ...]}');
-      resolve = Object.entries(b.resolve as Record<string, unknown>).map(([host, ips]) => {
-        if (!Array.isArray(ips) || !ips.every((i) => typeof i === 'string')) throw new HttpError(400, 'bad_request', `resolve.${host} must be a list of IP strings`);
+      if (typeof b.resolve !== 'object' || b.resolve === null || Array.isArray(b.resolve)) throw badRequest('resolve must be an object {host: [ip, ...]}');
+      const entries = Object.entries(b.resolve as Record<string, unknown>);
+      if (entries.length > MAX_RESOLVE_HOSTS) throw badRequest(`resolve may name at most ${MAX_RESOLVE_HOSTS} hosts`);
+      resolve = entries.map(([host, ips]) => {
+        const shown = host.slice(0, 64);
+        if (!Array.isArray(ips) || !ips.every((i) => typeof i === 'string')) throw badRequest(`resolve.${shown} must be a list of IP strings`);
+        if (ips.length > MAX_RESOLVE_ADDRESSES) throw badRequest(`resolve.${shown} may list at most ${MAX_RESOLVE_ADDRESSES} addresses`);
         return [host, ips as string[]];
       });
     }
@@ -262,8 +356,8 @@ export class AdminServer {
       if (!draft.spec) throw new HttpError(400, 'invalid_policy', 'the draft policy is not valid', { errors: draft.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic) });
       policy = compilePolicy(draft.spec);
     }
-    const result = await dryRun(policy, { destination: b.destination, tool: (b.tool as string | null | undefined) ?? null, server: (b.server as string | null | undefined) ?? null, resolve }, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs });
-    if (result.kind === 'invalid') throw new HttpError(400, 'bad_request', result.error);
+    const result = await dryRun(policy, { destination: b.destination, tool, server, resolve }, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
+    if (result.kind === 'invalid') throw badRequest(result.error);
     if (result.kind === 'dns_error') return { error: result.error };
     return result.decision;
   }

@@ -4,10 +4,11 @@
  * means no listener at all.
  */
 import { CallRegistry } from '../attribution/registry.js';
-import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { createResolver } from '../net/resolve.js';
+import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { DiscoveredStore } from '../proxy/discovered.js';
 import { createEventSink, createLogger } from '../proxy/events.js';
 import type { EventSink } from '../proxy/events.js';
@@ -59,6 +60,10 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
         return null;
       }
       adminListen = parsed;
+      if (config.admin.tokens.length === 0 && !isLoopbackHost(parsed.host)) {
+        io.err(`error: --admin-listen: ${parsed.host} is not a loopback address, and no admin.tokens are configured\n`);
+        return null;
+      }
     }
   }
   return { ...config, listen, admin: { ...config.admin, listen: adminListen } };
@@ -129,7 +134,9 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     },
   };
   if (config.admin.listen) {
-    admin = new AdminServer({ config, running, metrics, resolver: createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 }) });
+    // Dry runs refuse the proxy's own listeners as `self`, as the live proxy does.
+    const isSelf = createSelfCheck({ listeners: () => canonicalListeners([...(proxy.address ? [proxy.address] : []), ...(adminAddress ? [adminAddress] : [])]) });
+    admin = new AdminServer({ config, running, metrics, isSelf, resolver: createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 }) });
     try {
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     } catch (err) {

@@ -6,6 +6,7 @@
 import { defaultConfig, loadProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { createResolver } from '../net/resolve.js';
+import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { compilePolicy } from '../policy/compile.js';
 import { loadPolicyFile } from '../policy/schema.js';
 import { dryRun } from '../proxy/dry-run.js';
@@ -49,7 +50,10 @@ export async function runTest(policyFile: string, destination: string, options: 
     return USAGE_ERROR;
   }
   const fallback = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 });
-  const result = await dryRun(compilePolicy(loaded.spec), { destination, tool: options.tool, server: options.server, resolve }, { fallback, allowCidrs: config.baseline.allowCidrs });
+  // The listeners that config names (the defaults without --config) are the proxy's own: `self`.
+  const listeners = canonicalListeners([config.listen, ...(config.admin.listen ? [config.admin.listen] : [])].map((l) => ({ address: l.host, port: l.port })));
+  const isSelf = createSelfCheck({ listeners: () => listeners });
+  const result = await dryRun(compilePolicy(loaded.spec), { destination, tool: options.tool, server: options.server, resolve }, { fallback, allowCidrs: config.baseline.allowCidrs, isSelf });
   if (result.kind === 'invalid') {
     io.err(`error: ${result.error}\n`);
     return USAGE_ERROR;

@@ -7,8 +7,9 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
 import type { Node, Pair } from 'yaml';
 import { isScalar } from 'yaml';
-import { parseCidr, parseIpLiteral } from '../net/address.js';
+import { canonicalHost, parseCidr, parseIpLiteral } from '../net/address.js';
 import type { Cidr } from '../net/address.js';
+import { isLoopbackIp } from '../net/self.js';
 import { YamlSource } from './yaml.js';
 import type { Diagnostic } from './yaml.js';
 
@@ -34,7 +35,12 @@ export interface ProxyConfig {
   readonly listen: ListenAddress;
   /** Absolute path of the policy file. */
   readonly policy: string;
-  readonly admin: { readonly listen: ListenAddress | null; readonly tokens: readonly AdminToken[] };
+  readonly admin: {
+    readonly listen: ListenAddress | null;
+    readonly tokens: readonly AdminToken[];
+    /** Extra `Host` names the admin API answers to (canonical, lower case), besides its own address. */
+    readonly allowedHosts: readonly string[];
+  };
   readonly dns: { readonly servers: readonly string[]; readonly timeoutMs: number; readonly cacheMaxTtlSeconds: number };
   readonly baseline: { readonly allowCidrs: readonly Cidr[] };
   readonly attribution: {
@@ -95,6 +101,20 @@ export function parseListen(text: string): ListenAddress | { error: string } {
   return { host: ip.text, port };
 }
 
+export function isLoopbackHost(host: string): boolean {
+  const h = canonicalHost(host);
+  return h.kind === 'ip' && isLoopbackIp(h.ip);
+}
+
+/** An `admin.allowed_hosts` entry: one DNS name or IP literal, no port, no wildcard. */
+function allowedHostError(text: string): string | null {
+  if (/[*?]/.test(text)) return `'${text}': wildcards are not accepted (list each name)`;
+  if (/^[^:[\]]+:[0-9]*$/.test(text) || /\]:/.test(text)) return `'${text}': give the name without a port (any port of a listed name is accepted)`;
+  const h = canonicalHost(text);
+  if (h.kind === 'error') return `'${text}' is not a host name or IP address (${h.error})`;
+  return null;
+}
+
 function dnsServerError(text: string): string | null {
   const bracketed = /^\[([^\]]+)\]:([0-9]{1,5})$/.exec(text);
   if (bracketed) return parseIpLiteral(bracketed[1] as string)?.family === 6 && Number(bracketed[2]) <= 65535 && Number(bracketed[2]) > 0 ? null : `'${text}' is not a DNS server address`;
@@ -152,7 +172,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
   const policyName = (policyPair && src.string(policyPair, 'policy')) || 'policy.yaml';
   const policy = resolvePath(dirname(resolvePath(file)), policyName);
 
-  const admin = section('admin', ['listen', 'tokens']);
+  const admin = section('admin', ['listen', 'tokens', 'allowed_hosts']);
   const adminListen = listenOf(admin.get('listen'), 'admin.listen', DEFAULTS.adminListen, true);
   const tokens: AdminToken[] = [];
   const tokensPair = admin.get('tokens');
@@ -165,6 +185,18 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     if (!t.get('name') || !t.get('sha256') || !t.get('role')) src.error(item, 'admin token needs name, sha256 and role');
     else if (sha !== undefined && !SHA256_HEX.test(sha)) src.error(src.at(t.get('sha256') as P), 'sha256 must be 64 lower-case hex digits');
     else if (name !== undefined && sha !== undefined && role !== undefined) tokens.push({ name, sha256: sha, role });
+  }
+
+  const adminListenPair = admin.get('listen');
+  if (adminListen && tokens.length === 0 && !isLoopbackHost(adminListen.host)) {
+    src.error(adminListenPair ? src.at(adminListenPair) : null, `admin.listen: ${adminListen.host} is not a loopback address, and no admin.tokens are configured (make one with \`mcp-egress-proxy token\`)`);
+  }
+  const allowedHosts: string[] = [];
+  const allowedPair = admin.get('allowed_hosts');
+  for (const h of (allowedPair && allowedPair.value !== null ? src.strings(allowedPair, 'admin.allowed_hosts') : undefined) ?? []) {
+    const problem = allowedHostError(h.value);
+    if (problem) src.error(h.node, `admin.allowed_hosts: ${problem}`);
+    else allowedHosts.push((canonicalHost(h.value) as { host: string }).host);
   }
 
   const dns = section('dns', ['servers', 'timeout_ms', 'cache_max_ttl_seconds']);
@@ -213,6 +245,14 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     else if (name !== undefined && hash !== undefined) users.push({ name, passwordSha256: hash });
   }
 
+  // Registered attribution is only as good as who may register: without tokens the guarded
+  // server registers its own calls; without users it writes another client's name.
+  if (trust === 'registered') {
+    const at = trustPair ? src.at(trustPair) : null;
+    if (tokens.length === 0) src.error(at, 'attribution.trust: registered needs admin.tokens (a developer token for the gateway); none are configured');
+    if (users.length === 0) src.error(at, 'attribution.trust: registered needs auth.users (client identities the server cannot choose); none are configured');
+  }
+
   const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections']);
   const logSection = section('log', ['level']);
   const levelPair = logSection.get('level');
@@ -222,7 +262,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     file,
     listen,
     policy,
-    admin: { listen: adminListen, tokens },
+    admin: { listen: adminListen, tokens, allowedHosts },
     dns: {
       servers,
       timeoutMs: int(dns, 'timeout_ms', 'dns.timeout_ms', DEFAULTS.dnsTimeoutMs, 1, 60_000),

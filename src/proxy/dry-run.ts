@@ -1,7 +1,8 @@
 /**
  * A dry run of one call (the `test` command and `POST /v1/test`): the decision the proxy would
  * make, with explanations, without sending traffic. Names in `resolve` are answered from the
- * table; others go to `fallback` (the configured DNS servers).
+ * table; others go to `fallback` (the configured DNS servers). `isSelf` names the proxy's own
+ * listeners (src/net/self.ts), so a dry run refuses them as `self` as the live proxy does.
  */
 import { canonicalHost } from '../net/address.js';
 import type { Cidr, IpAddress } from '../net/address.js';
@@ -42,14 +43,21 @@ export function resolveTable(entries: ReadonlyArray<readonly [string, readonly s
   return table;
 }
 
-export async function dryRun(policy: CompiledPolicy, input: DryRunInput, deps: { fallback: NameResolver; allowCidrs: readonly Cidr[] }): Promise<DryRunResult> {
+export interface DryRunDeps {
+  readonly fallback: NameResolver;
+  readonly allowCidrs: readonly Cidr[];
+  /** Whether `ip:port` is one of the proxy's own listeners (default: none is). */
+  readonly isSelf?: (ip: IpAddress, port: number) => boolean;
+}
+
+export async function dryRun(policy: CompiledPolicy, input: DryRunInput, deps: DryRunDeps): Promise<DryRunResult> {
   const target = parseDestinationArg(input.destination);
   if ('error' in target) return { kind: 'invalid', error: `unparsable destination '${input.destination}': ${target.error}` };
   const table = resolveTable(input.resolve ?? []);
   if ('error' in table) return { kind: 'invalid', error: table.error };
   const resolver = staticResolver(table, deps.fallback);
   const ctx = { tool: input.tool ?? null, server: input.server ?? null, port: target.port };
-  const outcome = await decideCall(policy, [ctx], target, { resolver, classify: createBaseline({ allowCidrs: deps.allowCidrs }), explain: true });
+  const outcome = await decideCall(policy, [ctx], target, { resolver, classify: createBaseline({ allowCidrs: deps.allowCidrs, isSelf: deps.isSelf }), explain: true });
   if (outcome.kind === 'dns_error') return { kind: 'dns_error', error: { code: 'dns_error', kind: outcome.error.kind, message: outcome.error.message } };
   return { kind: 'decision', decision: outcome.decision };
 }
