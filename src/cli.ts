@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 /**
- * The `mcp-egress-proxy` executable: `serve`, `check`, `test` (interface.md "Set-up and commands").
+ * The `mcp-egress-proxy` executable: `serve`, `check`, `test`, `token` (interface.md "Set-up and commands").
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { runCheck } from './commands/check.js';
 import { processIO } from './commands/io.js';
 import type { CommandIO } from './commands/io.js';
 import { runTest, USAGE_ERROR } from './commands/test.js';
+import { ROLES, runToken } from './commands/token.js';
 
 /** The package's version, from the nearest package.json above this module (src/ or dist/src/). */
 function packageVersion(): string {
@@ -51,6 +52,15 @@ export async function main(argv: readonly string[], io: CommandIO = processIO): 
     .option('--resolve <host=ip,...>', 'answer a name without DNS (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .action(async (policy: string, destination: string, opts: { tool?: string; server?: string; config?: string; resolve: string[] }) => {
       exitCode = await runTest(policy, destination, opts, io);
+    });
+
+  program
+    .command('token')
+    .description('make a new admin API token: prints it once, and the admin.tokens entry (its sha256) for the proxy config')
+    .requiredOption('--name <name>', 'a name for the token (shown in events), e.g. gateway or ci')
+    .addOption(new Option('--role <role>', 'what the token may do: viewer reads, developer also writes and runs dry runs').choices(ROLES).makeOptionMandatory())
+    .action((opts: { name: string; role: string }) => {
+      exitCode = runToken(opts, io);
     });
 
   program
