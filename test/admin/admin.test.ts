@@ -198,12 +198,30 @@ rules:
   });
 });
 
-t.test('without tokens the admin API serves only on loopback', async (t) => {
+t.test('without tokens the admin API serves only on loopback, and every caller is a viewer', async (t) => {
   t.ok(isLoopback('127.0.0.1') && isLoopback('::1') && isLoopback('127.8.9.10'));
   t.notOk(isLoopback('0.0.0.0') || isLoopback('10.0.0.1') || isLoopback('localhost'));
   const proxy = await startTestProxy({ policy: 'version: 1\n', config: 'admin: {listen: 127.0.0.1:0}' });
   t.teardown(() => proxy.stop());
-  t.equal((await api(proxy, 'POST', '/v1/reload')).status, 200, 'on loopback every caller is a developer');
+  t.equal((await api(proxy, 'GET', '/v1/policy')).status, 200, 'a viewer route needs no token');
+  t.equal((await api(proxy, 'GET', '/v1/discovered')).status, 200);
+  // What a compromised MCP server on the same host would try: register its own call under any
+  // tool name, end the gateway's calls, reload, or make the proxy resolve names for it.
+  for (const [method, path, body] of [
+    ['POST', '/v1/calls', { call_id: 'e'.repeat(32), tool: 'trusted_tool', client: '127.0.0.1' }],
+    ['DELETE', `/v1/calls/${'e'.repeat(32)}`, undefined],
+    ['POST', '/v1/reload', undefined],
+    ['POST', '/v1/test', { policy: 'version: 1\ndefault_verdict: allow\n', destination: 'secret.exfil.example:443' }],
+  ] as const) {
+    const r = await api(proxy, method, path, body === undefined ? {} : { body });
+    t.equal(r.status, 401, `${method} ${path} without a token`);
+    t.equal(r.json?.error?.code, 'unauthorized');
+    t.match(r.json?.error?.message, /needs a developer token/);
+    t.match(r.headers.get('www-authenticate'), /^Bearer/);
+    t.equal((await api(proxy, method, path, { token: 'guessed', ...(body === undefined ? {} : { body }) })).status, 401, `${method} ${path} with a made-up token`);
+  }
+  t.equal(proxy.running.registry.size, 0, 'nothing was registered');
+  t.equal(proxy.running.store.current.generation, 1, 'nothing was reloaded');
   const admin = new AdminServer({ config: proxy.running.config, running: proxy.running, metrics: proxy.running.metrics, resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) } });
   await t.rejects(admin.listen('0.0.0.0', 0), /no admin\.tokens configured/);
 });

@@ -91,3 +91,52 @@ t.test('listen addresses', async (t) => {
   t.match(parseListen('[127.0.0.1]:1'), { error: /not an IP address/ });
   t.match(parseListen('127.0.0.1'), { error: /HOST:PORT/ });
 });
+
+t.test('admin.allowed_hosts: names or IP literals, canonical; no ports, no wildcards', async (t) => {
+  const ok = parseProxyConfig('c.yaml', 'admin:\n  allowed_hosts: [Egress-Admin.Internal, "egress-admin.internal.", 10.0.0.5, "::1", "[fd00::1]"]\n');
+  t.ok(ok.config, ok.diagnostics.map(formatDiagnostic).join('\n'));
+  t.same(ok.config?.admin.allowedHosts, ['egress-admin.internal', 'egress-admin.internal', '10.0.0.5', '::1', 'fd00::1']);
+  t.same(defaultConfig().admin.allowedHosts, [], 'none by default');
+  const bad = parseProxyConfig('c.yaml', 'admin:\n  allowed_hosts: ["*.example.com", "admin.example:9901", "[::1]:9901", "a b", ""]\n');
+  t.equal(bad.config, null);
+  t.same(bad.diagnostics.map(formatDiagnostic), [
+    "c.yaml:2:19: error: admin.allowed_hosts: '*.example.com': wildcards are not accepted (list each name)",
+    "c.yaml:2:36: error: admin.allowed_hosts: 'admin.example:9901': give the name without a port (any port of a listed name is accepted)",
+    "c.yaml:2:58: error: admin.allowed_hosts: '[::1]:9901': give the name without a port (any port of a listed name is accepted)",
+    "c.yaml:2:72: error: admin.allowed_hosts: 'a b' is not a host name or IP address (host contains control characters or spaces)",
+    "c.yaml:2:79: error: admin.allowed_hosts: '' is not a host name or IP address (empty host)",
+  ]);
+});
+
+t.test('attribution.trust: registered needs admin.tokens and auth.users, each named at the trust key', async (t) => {
+  const sha = 'a'.repeat(64);
+  const tokens = `admin: {tokens: [{name: gw, sha256: ${sha}, role: developer}]}\n`;
+  const users = `auth: {users: [{name: team-a, password_sha256: ${sha}}]}\n`;
+  const neither = parseProxyConfig('c.yaml', 'attribution:\n  trust: registered\n');
+  t.equal(neither.config, null);
+  t.same(neither.diagnostics.map(formatDiagnostic), [
+    'c.yaml:2:10: error: attribution.trust: registered needs admin.tokens (a developer token for the gateway); none are configured',
+    'c.yaml:2:10: error: attribution.trust: registered needs auth.users (client identities the server cannot choose); none are configured',
+  ]);
+  const noUsers = parseProxyConfig('c.yaml', `${tokens}attribution: {trust: registered}\n`);
+  t.same(noUsers.diagnostics.map(formatDiagnostic), ['c.yaml:2:22: error: attribution.trust: registered needs auth.users (client identities the server cannot choose); none are configured']);
+  const noTokens = parseProxyConfig('c.yaml', `${users}attribution: {trust: registered}\n`);
+  t.same(noTokens.diagnostics.map(formatDiagnostic), ['c.yaml:2:22: error: attribution.trust: registered needs admin.tokens (a developer token for the gateway); none are configured']);
+  const both = parseProxyConfig('c.yaml', `${tokens}${users}attribution: {trust: registered}\n`);
+  t.ok(both.config, both.diagnostics.map(formatDiagnostic).join('\n'));
+  t.ok(parseProxyConfig('c.yaml', 'attribution: {trust: header}\n').config, 'trust: header needs neither');
+});
+
+t.test('admin.listen off loopback needs admin.tokens: a config error with its position', async (t) => {
+  for (const address of ['0.0.0.0:9901', '10.0.0.5:9901', '"[::]:9901"', '"[fd00::1]:9901"']) {
+    const r = parseProxyConfig('c.yaml', `admin:\n  listen: ${address}\n`);
+    t.equal(r.config, null, address);
+    t.match(r.diagnostics.map(formatDiagnostic), [/^c\.yaml:2:11: error: admin\.listen: .* is not a loopback address, and no admin\.tokens are configured/], address);
+  }
+  for (const address of ['127.0.0.1:9901', '127.0.0.2:0', '"[::1]:9901"', 'off']) {
+    const r = parseProxyConfig('c.yaml', `admin:\n  listen: ${address}\n`);
+    t.ok(r.config, `${address}: ${r.diagnostics.map(formatDiagnostic).join('; ')}`);
+  }
+  const withToken = parseProxyConfig('c.yaml', `admin:\n  listen: 0.0.0.0:9901\n  tokens: [{name: ops, sha256: ${'a'.repeat(64)}, role: viewer}]\n`);
+  t.ok(withToken.config, 'with a token, any address');
+});
