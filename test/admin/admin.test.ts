@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
+import { request } from 'node:http';
 import { connect } from 'node:net';
 import t from 'tap';
 import { AdminServer, isLoopback } from '../../src/admin/server.js';
@@ -33,6 +34,28 @@ async function api(proxy: TestProxy, method: string, path: string, options: { to
     json = null;
   }
   return { status: res.status, text, json, headers: res.headers };
+}
+
+/** A request as sent, with any Host, Origin or target (fetch would fix them up). */
+function send(port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...headers }, setHost: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (text += d));
+      res.on('end', () => {
+        let json: any = null;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          json = null;
+        }
+        resolve({ status: res.statusCode ?? 0, json, text });
+      });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 t.test('admin API', async (t) => {
@@ -190,6 +213,86 @@ rules:
     t.ok(loaded.json.generation >= 2);
     t.equal((await api(proxy, 'GET', '/v1/policy', { token: VIEWER })).json.last_error, null);
     t.match((await api(proxy, 'GET', '/metrics')).text, /egress_policy_last_reload_failed 0/);
+  });
+
+  t.test('Host and Origin: DNS rebinding and cross-site pages are refused on every route', async (t) => {
+    const port = (proxy.running.admin?.server.address() as { port: number }).port;
+    const auth = { authorization: `Bearer ${DEVELOPER}`, 'content-type': 'application/json' };
+    const register = JSON.stringify({ call_id: 'r'.repeat(32), tool: 'fetch', client: '127.0.0.1' });
+    t.equal((await send(port, 'GET', '/healthz', { host: `localhost:${port}` })).status, 200, 'localhost is fine on loopback');
+    for (const [method, path, body] of [
+      ['GET', '/healthz', undefined],
+      ['GET', '/metrics', undefined],
+      ['GET', '/v1/policy', undefined],
+      ['POST', '/v1/calls', register],
+      ['POST', '/v1/reload', undefined],
+      ['OPTIONS', '/v1/calls', undefined],
+      ['GET', '/nope', undefined],
+    ] as const) {
+      const rebound = await send(port, method, path, { ...auth, host: `evil.example:${port}` }, body);
+      t.equal(rebound.status, 421, `${method} ${path}: a rebinding Host`);
+      t.equal(rebound.json?.error?.code, 'misdirected_request');
+      const cross = await send(port, method, path, { ...auth, origin: 'http://evil.example' }, body);
+      t.equal(cross.status, 403, `${method} ${path}: a cross-site Origin`);
+      t.equal(cross.json?.error?.code, 'forbidden_origin');
+    }
+    t.equal(proxy.running.registry.size, 0, 'even with a developer token, nothing was registered');
+    const own = await send(port, 'POST', '/v1/calls', { ...auth, origin: `http://127.0.0.1:${port}` }, register);
+    t.equal(own.status, 201, 'its own origin (the console) may write');
+    t.equal((await send(port, 'DELETE', `/v1/calls/${'r'.repeat(32)}`, auth)).status, 204);
+  });
+
+  t.test('malformed paths, queries and bodies: 400 with the JSON error body, never 500, no stack logged', async (t) => {
+    const port = (proxy.running.admin?.server.address() as { port: number }).port;
+    const auth = { authorization: `Bearer ${DEVELOPER}` };
+    const json = { ...auth, 'content-type': 'application/json' };
+    const calls = (body: unknown) => ['POST', '/v1/calls', json, JSON.stringify(body)] as const;
+    const test = (body: unknown) => ['POST', '/v1/test', json, JSON.stringify(body)] as const;
+    const cases: Array<readonly [string, string, Record<string, string>, string | undefined]> = [
+      ['DELETE', '/v1/calls/%E0%A4%A', auth, undefined],
+      ['DELETE', '/v1/calls/%', auth, undefined],
+      ['DELETE', '/v1/calls/%FF', auth, undefined],
+      ['DELETE', '/v1/calls/a%20b', auth, undefined],
+      ['DELETE', '/v1/calls/', auth, undefined],
+      ['DELETE', `/v1/calls/${'x'.repeat(300)}`, auth, undefined],
+      ['GET', '/v1/discovered?format=yaml&format=json', auth, undefined],
+      ['GET', '/v1/discovered?format=xml', auth, undefined],
+      ['GET', '/v1/discovered?other=1', auth, undefined],
+      ['GET', '/v1/policy?x=1', auth, undefined],
+      ['GET', '/v1/policy?%E0%A4%A=1', auth, undefined],
+      ['POST', '/v1/calls', json, '{"call_id":'],
+      ['POST', '/v1/calls', json, '"a string"'],
+      ['POST', '/v1/calls', json, 'null'],
+      ['POST', '/v1/calls', json, '\ud800'],
+      calls({ call_id: 'a'.repeat(257), tool: 't', client: 'c' }),
+      calls({ call_id: 'a', tool: 't'.repeat(257), client: 'c' }),
+      calls({ call_id: 'a', tool: 't', client: 'c'.repeat(257) }),
+      calls({ call_id: 'a', tool: 't', client: 'c', session_id: 's'.repeat(257) }),
+      calls({ call_id: 'a', tool: 'line\nbreak', client: 'c' }),
+      calls({ call_id: 'a', tool: ['t'], client: 'c' }),
+      calls({ call_id: 5, tool: 't', client: 'c' }),
+      calls({ call_id: 'a', tool: 't', client: 'c', ttl_ms: 1e20 }),
+      calls({ call_id: 'a', tool: 't', client: 'c', ttl_ms: '5' }),
+      calls({ call_id: 'a', tool: 't', client: 'c', extra: 1 }),
+      ['POST', '/v1/calls', json, '{"call_id":"a","tool":"t","client":"c","__proto__":{"x":1}}'],
+      test({ destination: 'a.example:443', resolve: { ['a.example']: Array.from({ length: 65 }, () => '10.0.0.1') } }),
+      test({ destination: 'a.example:443', resolve: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}.example`, ['10.0.0.1']])) }),
+      test({ destination: 'a.example:443', resolve: { 'a b': ['10.0.0.1'] } }),
+      test({ destination: 'x'.repeat(3000) }),
+      test({ destination: 'a.example:443', server: 7 }),
+      test({ destination: 'a.example:443', policy: 7 }),
+      test({ destination: 'a.example:443', nonsense: true }),
+      test({ destination: 'http://[::1' }),
+      ['GET', 'http://127.0.0.1/v1/policy', auth, undefined],
+    ];
+    for (const [method, path, headers, body] of cases) {
+      const r = await send(port, method, path, headers, body);
+      t.equal(r.status, 400, `${method} ${path.slice(0, 60)} ${String(body).slice(0, 80)}`);
+      t.equal(r.json?.error?.code, 'bad_request', `${method} ${path.slice(0, 60)}: the usual JSON body`);
+    }
+    t.equal(proxy.events('admin.internal_error').length, 0, 'no internal error logged');
+    t.notMatch(JSON.stringify(proxy.events()), /\s+at .*\.(ts|js):\d+/, 'no stack in the log');
+    t.equal((await send(port, 'GET', '/v1/discovered?format=json', auth)).status, 200, 'a good query still works');
   });
 
   t.test('unknown routes and methods', async (t) => {
