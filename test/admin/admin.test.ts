@@ -150,6 +150,14 @@ rules:
     const broken = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\nrules:\n  - {priority: x, verdict: deny}\n', destination: 'a.example:443' } });
     t.equal(broken.status, 400);
     t.match(broken.json.error, { code: 'invalid_policy', errors: ['draft.yaml:3:16: error: priority must be an integer'] });
+    // The test proxy exempts loopback from the baseline: only `self` refuses its own ports.
+    const adminPort = (proxy.running.admin?.server.address() as { port: number }).port;
+    for (const destination of [`127.0.0.1:${proxy.port}`, `http://127.0.0.1:${adminPort}/v1/calls`, `0.0.0.0:${proxy.port}`]) {
+      const self = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\ndefault_verdict: allow\n', destination } });
+      t.match(self.json, { dispatched: false, reason: 'ssrf_baseline', address_class: 'self' }, `${destination}: self, as the live proxy says`);
+    }
+    const viaProxy = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${adminPort}/v1/policy`, `127.0.0.1:${adminPort}`, 'x-mcp-tool: fetch\r\n'));
+    t.match(JSON.parse(viaProxy.body).error, { reason: 'ssrf_baseline', address_class: 'self' }, 'the live proxy agrees');
     const metadata = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'http://0xA9FEA9FE/' } });
     t.match(metadata.json, { reason: 'ssrf_baseline', address_class: 'metadata' });
     for (const [name, body, status] of [

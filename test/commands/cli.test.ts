@@ -102,3 +102,25 @@ t.test('the built binary runs', async (t) => {
   const failed = await run(process.execPath, ['dist/src/cli.js', 'test', 'config/policy.yaml', 'evil.example:443']).catch((e: { code: number; stdout: string }) => e);
   t.equal((failed as { code: number }).code, 1);
 });
+
+t.test("test: the proxy's own listeners are refused as self, as the live proxy refuses them", async (t) => {
+  const p = await tempFiles({
+    'policy.yaml': 'version: 1\ndefault_verdict: allow\n',
+    // Loopback exempt from the baseline, so only `self` can refuse the listener addresses.
+    'proxy.yaml': 'listen: 127.0.0.1:3999\nadmin: {listen: 127.0.0.1:9999}\nbaseline: {allow_cidrs: [127.0.0.0/8, "::1/128"]}\n',
+    'wild.yaml': 'listen: "[::]:4999"\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8, 10.0.0.0/8]}\n',
+  });
+  const policy = p['policy.yaml'] as string;
+  const config = p['proxy.yaml'] as string;
+  for (const destination of ['127.0.0.1:3999', 'http://127.0.0.1:9999/v1/calls', '0.0.0.0:3999', 'self.example:3999']) {
+    const r = await runCli(['test', policy, destination, '--config', config, '--resolve', 'self.example=127.0.0.1']);
+    t.equal(r.code, 1, `${destination}: refused`);
+    t.match(JSON.parse(r.out), { dispatched: false, reason: 'ssrf_baseline', address_class: 'self' }, destination);
+  }
+  const other = await runCli(['test', policy, '127.0.0.1:4000', '--config', config]);
+  t.equal(other.code, 0, 'another loopback port (exempt) is not self');
+  const wild = await runCli(['test', policy, '127.0.0.7:4999', '--config', p['wild.yaml'] as string]);
+  t.match(JSON.parse(wild.out), { address_class: 'self' }, 'a wildcard listener takes every loopback address');
+  const defaults = await runCli(['test', policy, '127.0.0.1:3128']);
+  t.match(JSON.parse(defaults.out), { address_class: 'self' }, 'without --config, the default listen address');
+});
