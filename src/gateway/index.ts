@@ -20,8 +20,11 @@ export { CALL_ID_META_KEY } from '../register/context.js';
 export interface GatewayOptions {
   /** The proxy's admin API, e.g. http://127.0.0.1:9901. */
   readonly adminUrl: string;
-  /** A developer-role admin token (omit when the admin API runs tokenless on loopback). */
-  readonly token?: string;
+  /**
+   * A developer-role admin token (`mcp-egress-proxy token --role developer`). Required: a
+   * tokenless admin API is read-only, or the guarded server could register calls itself.
+   */
+  readonly token: string;
   /** The server's client identity at the proxy: its proxy user name, or its source IP. */
   readonly client: string;
   /** How long a registration may live if the call never returns (default: the proxy's). */
@@ -43,7 +46,7 @@ export interface Gateway {
 
 export function createGateway(options: GatewayOptions): Gateway {
   const base = options.adminUrl.replace(/\/$/, '');
-  const headers: Record<string, string> = { 'content-type': 'application/json', ...(options.token ? { authorization: `Bearer ${options.token}` } : {}) };
+  const headers: Record<string, string> = { 'content-type': 'application/json', authorization: `Bearer ${options.token}` };
   const gateway: Gateway = {
     async register(tool, extra = {}) {
       const callId = mintCallId();

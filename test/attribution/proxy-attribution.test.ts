@@ -72,7 +72,11 @@ t.test('socket tags: registered calls attribute connections without headers', as
 });
 
 t.test('trust: registered accepts only call ids the gateway registered for that client', async (t) => {
-  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: 'attribution: {trust: registered}' });
+  // trust: registered needs admin tokens and proxy users (config validation refuses it otherwise).
+  const config = `attribution: {trust: registered}
+admin: {listen: "off", tokens: [{name: gateway, sha256: ${sha('gateway-token')}, role: developer}]}
+auth: {users: [{name: team-a, password_sha256: ${sha('x')}}, {name: team-b, password_sha256: ${sha('x')}}]}`;
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config });
   const { registry } = proxy.running;
   registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
   registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });

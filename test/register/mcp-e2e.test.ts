@@ -9,6 +9,7 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,11 +31,12 @@ const run = promisify(execFile);
 
 type ToolResult = { isError?: boolean; content: Array<{ type: string; text: string }> };
 
-async function connectServer(proxy: TestProxy, server = SERVER): Promise<Client> {
+async function connectServer(proxy: TestProxy, server = SERVER, credentials = ''): Promise<Client> {
+  const url = proxy.url.replace('http://', `http://${credentials}`);
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: ['--import', REGISTER, server],
-    env: { HTTPS_PROXY: proxy.url, HTTP_PROXY: proxy.url, NO_PROXY: '' },
+    env: { HTTPS_PROXY: url, HTTP_PROXY: url, NO_PROXY: '' },
     stderr: 'pipe',
   });
   const client = new Client({ name: 'e2e', version: '1.0.0' });
@@ -124,15 +126,21 @@ t.test('runAsToolCall attributes code the stdio path does not reach', async (t) 
 t.test('trust: registered through the gateway; forged and expired ids refused', async (t) => {
   const a = await startUpstream();
   const b = await startUpstream();
-  const proxy = await startTestProxy({ policy: policyFor(a, b), config: 'attribution: {trust: registered}\nadmin: {listen: 127.0.0.1:0}' });
-  const client = await connectServer(proxy);
+  // trust: registered needs a developer token for the gateway and a proxy user per server.
+  const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+  const token = 'gateway-token-0123456789abcdef';
+  const config = `attribution: {trust: registered}
+admin: {listen: 127.0.0.1:0, tokens: [{name: gateway, sha256: ${sha(token)}, role: developer}]}
+auth: {users: [{name: fetcher, password_sha256: ${sha('fetcher-secret')}}]}`;
+  const proxy = await startTestProxy({ policy: policyFor(a, b), config });
+  const client = await connectServer(proxy, SERVER, 'fetcher:fetcher-secret@');
   t.teardown(async () => {
     await client.close();
     await proxy.stop();
     await Promise.all([a.close(), b.close()]);
   });
   const adminPort = (proxy.running.admin?.server.address() as { port: number }).port;
-  const gateway = createGateway({ adminUrl: `http://127.0.0.1:${adminPort}`, client: '127.0.0.1' });
+  const gateway = createGateway({ adminUrl: `http://127.0.0.1:${adminPort}`, token, client: 'fetcher' });
 
   const results = (await Promise.all([
     gateway.callTool(client, { name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/g1` } }),
