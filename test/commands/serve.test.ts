@@ -147,4 +147,22 @@ t.test('refuses to start on a broken config or policy', async (t) => {
   t.match(d.stderr(), /--listen:/);
   const e = serve(['--config', good.config, '--admin-listen', 'bogus']);
   t.equal(await e.exit, 2);
+
+  // A tokenless admin API off loopback: refused before anything listens, with a position.
+  const open = await files('version: 1\n', config.replace('admin: {listen: "off"}', 'admin: {listen: 0.0.0.0:0}'));
+  const f = serve(['--config', open.config]);
+  t.equal(await f.exit, 1);
+  t.match(f.stderr(), /proxy\.yaml:3:17: error: admin\.listen: 0\.0\.0\.0 is not a loopback address, and no admin\.tokens are configured/);
+  t.notOk(f.lines.some((l) => l.event === 'listening'), 'nothing listens');
+  const g = serve(['--config', good.config, '--admin-listen', '0.0.0.0:0']);
+  t.equal(await g.exit, 2);
+  t.match(g.stderr(), /--admin-listen: 0\.0\.0\.0 is not a loopback address, and no admin\.tokens are configured/);
+  t.notOk(g.lines.some((l) => l.event === 'listening'), 'nothing listens');
+  // trust: registered without tokens and users: refused, naming both keys.
+  const registered = await files('version: 1\n', `${config}attribution: {trust: registered}\n`);
+  const h = serve(['--config', registered.config]);
+  t.equal(await h.exit, 1);
+  t.match(h.stderr(), /proxy\.yaml:6:\d+: error: attribution\.trust: registered needs admin\.tokens/);
+  t.match(h.stderr(), /proxy\.yaml:6:\d+: error: attribution\.trust: registered needs auth\.users/);
+  t.notOk(h.lines.some((l) => l.event === 'listening'), 'nothing listens');
 });
