@@ -278,6 +278,10 @@ export class AdminServer {
           if (b.ttl_ms !== undefined && (typeof b.ttl_ms !== 'number' || !Number.isInteger(b.ttl_ms) || b.ttl_ms < 1 || b.ttl_ms > 86_400_000)) {
             throw badRequest('ttl_ms must be an integer from 1 to 86400000');
           }
+          // With auth.users every client is identified by its user name: a registration for
+          // anything else could never match a connection, so it is refused as a mistake.
+          const users = this.deps.config.auth.users;
+          if (users.length > 0 && !users.some((u) => u.name === client)) throw badRequest(`client '${client}' is not a proxy user (auth.users); with users configured, clients are identified by user name`);
           const canonicalClient = canonicalHost(client);
           const registered = running.registry.register({
             callId,

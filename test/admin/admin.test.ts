@@ -336,3 +336,18 @@ t.test('without tokens the admin API serves only on loopback, and every caller i
   const admin = new AdminServer({ config: proxy.running.config, running: proxy.running, metrics: proxy.running.metrics, resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) } });
   await t.rejects(admin.listen('0.0.0.0', 0), /no admin\.tokens configured/);
 });
+
+t.test('with auth.users, a registration names a configured user', async (t) => {
+  const proxy = await startTestProxy({
+    policy: 'version: 1\n',
+    config: `admin: {listen: 127.0.0.1:0, tokens: [{name: gw, sha256: ${sha(DEVELOPER)}, role: developer}]}
+auth: {users: [{name: team-a, password_sha256: ${sha('pw')}}]}`,
+  });
+  t.teardown(() => proxy.stop());
+  const register = (client: string) => api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'u'.repeat(32), tool: 'fetch', client } });
+  const byIp = await register('127.0.0.1');
+  t.equal(byIp.status, 400, 'a source IP never identifies a client when users are configured');
+  t.match(byIp.json.error.message, /not a proxy user/);
+  t.equal((await register('team-b')).status, 400, 'an unknown user');
+  t.equal((await register('team-a')).status, 201, 'a configured user');
+});
