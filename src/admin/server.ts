@@ -7,8 +7,8 @@
  * calls (that decides attribution), reload, or run dry runs (a draft policy makes the proxy
  * resolve any name: a DNS channel past "no DNS for names refused by name").
  *
- * Access, checked in this order: the request target must be origin-form (else 400); `Host` and
- * `Origin` must name this listener (host-check.ts: 421, 403); then `Authorization: Bearer
+ * Access, checked in this order: `Host` and `Origin` must name this listener (host-check.ts:
+ * 421, 403); the request target must be a path, its query known (400); then `Authorization: Bearer
  * <token>`, tokens configured as SHA-256 hashes with a role (viewer < developer), compared in
  * constant time against every configured hash. Missing or wrong token: 401; too low a role:
  * 403. With no tokens configured the API serves only on a loopback address, where a caller
@@ -18,15 +18,15 @@
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { isLoopbackHost } from '../config/proxy-config.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import type { Running } from '../commands/serve.js';
-import { isLoopbackHost } from '../config/proxy-config.js';
 import { canonicalHost } from '../net/address.js';
+import type { IpAddress } from '../net/address.js';
 import { canonicalListeners } from '../net/self.js';
 import type { Listener } from '../net/self.js';
-import type { IpAddress } from '../net/address.js';
 import type { NameResolver } from '../net/resolve.js';
 import { compilePolicy } from '../policy/compile.js';
 import { parsePolicy } from '../policy/schema.js';
