@@ -2,7 +2,9 @@
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { request } from 'node:http';
+import { promisify } from 'node:util';
 import { connect } from 'node:net';
 import t from 'tap';
 import { AdminServer, isLoopback } from '../../src/admin/server.js';
@@ -38,8 +40,12 @@ async function api(proxy: TestProxy, method: string, path: string, options: { to
 
 /** A request as sent, with any Host, Origin or target (fetch would fix them up). */
 function send(port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {
+  return sendTo('127.0.0.1', port, method, path, headers, body);
+}
+
+function sendTo(address: string, port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...headers }, setHost: false }, (res) => {
+    const req = request({ host: address, port, method, path, headers: { host: address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`, ...headers }, setHost: false }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (text += d));
@@ -350,4 +356,19 @@ auth: {users: [{name: team-a, password_sha256: ${sha('pw')}}]}`,
   t.match(byIp.json.error.message, /not a proxy user/);
   t.equal((await register('team-b')).status, 400, 'an unknown user');
   t.equal((await register('team-a')).status, 201, 'a configured user');
+});
+
+t.test('Host on an IPv6 loopback listener, and DNS rebinding with a real client', async (t) => {
+  const proxy = await startTestProxy({ policy: 'version: 1\n', config: 'admin: {listen: "[::1]:0"}' });
+  t.teardown(() => proxy.stop());
+  const port = (proxy.running.admin?.server.address() as { port: number }).port;
+  t.equal((await sendTo('::1', port, 'GET', '/v1/policy')).status, 200, '[::1]:port');
+  t.equal((await sendTo('::1', port, 'GET', '/v1/policy', { host: `[0::1]:${port}` })).status, 200, 'another spelling of [::1]');
+  t.equal((await sendTo('::1', port, 'GET', '/v1/policy', { host: `localhost:${port}` })).status, 200, 'localhost');
+  t.equal((await sendTo('::1', port, 'GET', '/v1/policy', { host: `127.0.0.1:${port}` })).status, 421, 'not its address');
+  // curl as a rebinding browser would connect: the attacker's name resolved to the listener.
+  const curl = (host: string) =>
+    promisify(execFile)('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `${host}:${port}:[::1]`, `http://${host}:${port}/v1/policy`]).then((r) => r.stdout);
+  t.equal(await curl('evil.example'), '421', 'a rebound name is refused');
+  t.equal(await curl('localhost'), '200', 'localhost, through the same client, is served');
 });
