@@ -321,6 +321,15 @@ export class AdminServer {
       throw new HttpError(404, 'not_found', `no route ${shown}`);
     } catch (err) {
       if (err instanceof HttpError) {
+        // Refused access is an audit line: a rebinding page, a cross-site post, or the guarded
+        // server trying a write. Never the token; header values cut short.
+        if (err.status === 401 || err.status === 403 || err.status === 421) {
+          const cut = (v: string | undefined) => (v === undefined ? null : v.slice(0, 200));
+          this.deps.running.events.warn(
+            { event: 'admin.refused', status: err.status, code: err.code, method: req.method, target: cut(req.url), host: cut(req.headers.host), origin: cut(req.headers.origin), remote: req.socket.remoteAddress ?? null },
+            `admin API refused ${req.method} ${cut(req.url)}: ${err.code}`,
+          );
+        }
         const headers: Record<string, string> = err.status === 401 ? { 'www-authenticate': 'Bearer realm="mcp-egress-proxy admin"' } : {};
         for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
         this.send(res, err.status, { error: { code: err.code, message: err.message, ...err.extra } });

@@ -251,6 +251,10 @@ rules:
       t.equal(cross.json?.error?.code, 'forbidden_origin');
     }
     t.equal(proxy.running.registry.size, 0, 'even with a developer token, nothing was registered');
+    const refused = await proxy.waitFor((e) => e.event === 'admin.refused' && e.code === 'misdirected_request' && e.target === '/v1/calls');
+    t.match(refused, { status: 421, method: 'POST', host: `evil.example:${port}`, remote: '127.0.0.1' }, 'refusals are logged');
+    t.ok(proxy.events('admin.refused').some((e) => e.code === 'forbidden_origin' && e.origin === 'http://evil.example'));
+    t.notMatch(JSON.stringify(proxy.events()), new RegExp(DEVELOPER), 'never the token');
     const own = await send(port, 'POST', '/v1/calls', { ...auth, origin: `http://127.0.0.1:${port}` }, register);
     t.equal(own.status, 201, 'its own origin (the console) may write');
     t.equal((await send(port, 'DELETE', `/v1/calls/${'r'.repeat(32)}`, auth)).status, 204);
