@@ -351,6 +351,13 @@ export class AdminServer {
     const tool = optionalLabel(b, 'tool');
     const server = optionalLabel(b, 'server');
     if (b.policy !== undefined && b.policy !== null && typeof b.policy !== 'string') throw badRequest('policy must be a string (the YAML text)');
+    // Accepted by the contract for sequence clauses, which this policy engine does not have
+    // yet: type-checked so a malformed body is still a 400, and otherwise without effect.
+    optionalLabel(b, 'call_id');
+    optionalLabel(b, 'session_id');
+    if (b.history !== undefined && (!Array.isArray(b.history) || b.history.length > 1000 || !b.history.every((h) => typeof h === 'object' && h !== null && !Array.isArray(h)))) {
+      throw badRequest('history must be a list of at most 1000 objects');
+    }
     let resolve: Array<[string, string[]]> = [];
     if (b.resolve !== undefined) {
       if (typeof b.resolve !== 'object' || b.resolve === null || Array.isArray(b.resolve)) throw badRequest('resolve must be an object {host: [ip, ...]}');

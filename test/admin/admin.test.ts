@@ -301,6 +301,10 @@ rules:
       test({ destination: 'a.example:443', policy: 7 }),
       test({ destination: 'a.example:443', nonsense: true }),
       test({ destination: 'http://[::1' }),
+      test({ destination: 'a.example:443', history: 'x' }),
+      test({ destination: 'a.example:443', history: [1] }),
+      test({ destination: 'a.example:443', call_id: { x: 1 } }),
+      test({ destination: 'a.example:443', session_id: '' }),
       ['GET', 'http://127.0.0.1/v1/policy', auth, undefined],
     ];
     for (const [method, path, headers, body] of cases) {
