@@ -88,6 +88,7 @@ interface Report {
   probe: { uid: number; results: Array<{ name: string; connected?: boolean; error?: string; status?: number; body?: string }> };
   seen: Record<string, number>;
   execProbes: Array<{ argv: string[]; code: number }>;
+  inbound?: string;
 }
 
 /** Writes the proxy's config (with the test policy) where the proxy's UID can read it. */
@@ -100,7 +101,11 @@ async function proxyConfigDir(proxyYaml: string): Promise<string> {
 }
 
 async function runWorld(scenario: object): Promise<Report> {
-  const { stdout, stderr } = await run('unshare', ['--net', process.execPath, WORLD, JSON.stringify(scenario)], { timeout: 90_000 }).catch((err) => err);
+  // `env -i`: a clean environment, as systemd or a kubelet would give. tap's process-info hook
+  // adds its NODE_OPTIONS loader to every child it sees spawned; past `env -i` none is left to
+  // run (and write files) as the proxy's and the server's users.
+  const path = process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin';
+  const { stdout, stderr } = await run('env', ['-i', `PATH=${path}`, 'unshare', '--net', process.execPath, WORLD, JSON.stringify(scenario)], { timeout: 90_000 }).catch((err) => err);
   const line = String(stdout).trim().split('\n').pop() ?? '';
   let report: Report;
   try {
@@ -160,8 +165,10 @@ if (missing.length > 0 || process.getuid?.() !== 0) {
       serverUid,
       probeScript: PROBE,
       targets: TARGETS,
+      inboundPort: 7000,
     });
     checkOnlyTheProxyPort(t, report, serverUid);
+    t.equal(report.inbound, 'mcp-server answers\n', 'the server still answers connections made to it');
     for (const p of report.execProbes) t.equal(p.code, 0, `the probe ${p.argv.join(' ')} passes inside the locked-down pod`);
   });
 

@@ -1,12 +1,24 @@
 // The "MCP server" of the containment test: run as the server's UID inside its containment, it
 // tries every way out it is given and prints what happened as one JSON line. Plain JavaScript,
 // so that it runs as another user without the test's TypeScript loader.
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { isIPv6 } from 'node:net';
 
 const targets = JSON.parse(process.argv[2]);
+const servePort = Number(process.argv[3] ?? 0);
+
+// A server also answers its own clients (the MCP gateway calling it): with a port given, listen
+// on it, say so, and answer one client before trying the ways out.
+if (servePort) {
+  await new Promise((resolve) => {
+    const server = createServer((socket) => { socket.end('mcp-server answers\n'); server.close(); resolve(); });
+    // Nobody came (the client was refused): go on, the test reports it.
+    setTimeout(() => { server.close(); resolve(); }, 5000).unref();
+    server.listen(servePort, '0.0.0.0', () => process.stdout.write('serving\n'));
+  });
+}
 
 function tryTcp({ host, port }) {
   return new Promise((resolve) => {

@@ -7,7 +7,7 @@
 // socket-activated systemd-socket-proxyd bridge), runs the probe as the server's UID, and prints
 // one JSON report: what the probe reached and what every listener saw.
 import { execFileSync, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createServer as createHttpServer } from 'node:http';
 import { readlinkSync } from 'node:fs';
@@ -15,10 +15,13 @@ import { once } from 'node:events';
 
 const scenario = JSON.parse(process.argv[2]);
 const children = [];
+// Children get a clean environment, as systemd or a kubelet would give: nothing of the test
+// runner's (its NODE_OPTIONS loaders would run, and write files, as the proxy's and server's users).
+const env = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
 const log = (msg) => process.stderr.write(`world: ${msg}\n`);
 
 function sh(argv) {
-  execFileSync(argv[0], argv.slice(1), { stdio: ['ignore', 'inherit', 'inherit'] });
+  execFileSync(argv[0], argv.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env });
 }
 
 function asUser(uid, gid, argv) {
@@ -26,7 +29,7 @@ function asUser(uid, gid, argv) {
 }
 
 function start(argv, name) {
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
   children.push(child);
   child.stderr.setEncoding('utf8');
   child.stdout.setEncoding('utf8');
@@ -144,12 +147,32 @@ try {
     await waitForLine(bridge, (line) => line.includes('Listening on'), 'the bridge socket');
   }
 
-  const probe = await run([...serverNs, ...asUser(scenario.serverUid, scenario.serverUid, [process.execPath, scenario.probeScript, JSON.stringify(scenario.targets)])]);
+  const probeArgv = [...serverNs, ...asUser(scenario.serverUid, scenario.serverUid, [process.execPath, scenario.probeScript, JSON.stringify(scenario.targets), String(scenario.inboundPort ?? 0)])];
+  const probe = start(probeArgv, 'probe');
+  let out = '';
+  probe.stdout.on('data', (c) => (out += c));
+  probe.stderr.on('data', (c) => process.stderr.write(c));
+  const exited = once(probe, 'exit');
+  // A client of the server's own port (as the gateway would be) gets its answer: the server's
+  // reply packets are its own UID's, so this needs the rules to pass replies. The client runs as
+  // the proxy's UID, which the rules let open connections (off-pod clients come in through
+  // INPUT, which the recipe leaves alone; their replies are the same case).
+  let inbound;
+  if (scenario.inboundPort) {
+    await waitForLine(probe, (line) => line === 'serving', 'the server to listen');
+    const client = `const s = require('node:net').connect(${scenario.inboundPort}, '127.0.0.1'); let a = '';
+      s.setEncoding('utf8'); s.setTimeout(3000, () => s.destroy(new Error('timeout')));
+      s.on('data', (c) => (a += c)); s.on('end', () => process.stdout.write(a)); s.on('error', (e) => process.stdout.write('error: ' + e.code));`;
+    inbound = (await run(asUser(scenario.proxy.uid, scenario.proxy.uid, [process.execPath, '-e', client]))).out;
+  }
+  await exited;
   await new Promise((r) => setTimeout(r, 300));
-  process.stdout.write(`${JSON.stringify({ probe: JSON.parse(probe.out), seen, execProbes: probes })}\n`);
+  const lastLine = out.trim().split('\n').pop();
+  process.stdout.write(`${JSON.stringify({ probe: JSON.parse(lastLine), seen, execProbes: probes, inbound })}\n`);
 } catch (err) {
   process.stdout.write(`${JSON.stringify({ error: String(err?.stack ?? err) })}\n`);
 } finally {
   for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
-  for (const s of servers) s.close();
+  // Whatever is still open (a half-closed socket, a listener) must not keep the world alive.
+  process.exit(0);
 }
