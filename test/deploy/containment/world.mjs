@@ -129,19 +129,24 @@ try {
     probes.push({ argv, code: (await run(asUser(scenario.proxy.uid, scenario.proxy.uid, argv))).code });
   }
 
-  // The server's network namespace: its own (PrivateNetwork=yes) or the world's.
-  let serverNs = [];
-  if (scenario.systemd?.serverPrivateNetwork) {
+  // Namespaces as systemd makes them: PrivateNetwork=yes on both the server and the bridge
+  // socket (JoinsNamespaceOf=) puts them in one private namespace; on one alone, that one gets
+  // a private namespace of its own; on neither, both live in the host's (the world's).
+  const privateNamespace = async () => {
     const ownNs = readlinkSync('/proc/self/ns/net');
     const holder = start(['unshare', '--net', 'sleep', '600'], 'namespace holder');
     for (let i = 0; i < 200 && readlinkSync(`/proc/${holder.pid}/ns/net`) === ownNs; i += 1) await new Promise((r) => setTimeout(r, 10));
-    serverNs = ['nsenter', `--net=/proc/${holder.pid}/ns/net`];
-    sh([...serverNs, 'ip', 'link', 'set', 'lo', 'up']);
-  }
+    const enter = ['nsenter', `--net=/proc/${holder.pid}/ns/net`];
+    sh([...enter, 'ip', 'link', 'set', 'lo', 'up']);
+    return enter;
+  };
+  let serverNs = [];
   if (scenario.systemd) {
-    // The socket unit binds in the server's namespace when it has PrivateNetwork=yes (and
-    // JoinsNamespaceOf= the server); its service, systemd-socket-proxyd, runs in the host's.
-    const socketNs = scenario.systemd.socketPrivateNetwork ? serverNs : [];
+    const { serverPrivateNetwork, socketPrivateNetwork } = scenario.systemd;
+    if (serverPrivateNetwork) serverNs = await privateNamespace();
+    const socketNs = socketPrivateNetwork ? (serverPrivateNetwork ? serverNs : await privateNamespace()) : [];
+    // The socket unit binds in its namespace; its service, systemd-socket-proxyd, runs in the
+    // host's (no PrivateNetwork= of its own) and receives the listening socket.
     const bridge = start([...socketNs, 'systemd-socket-activate', '--listen', scenario.systemd.listenStream, '--',
       'nsenter', `--net=/proc/${process.pid}/ns/net`, ...scenario.systemd.bridgeExecStart], 'bridge');
     await waitForLine(bridge, (line) => line.includes('Listening on'), 'the bridge socket');
