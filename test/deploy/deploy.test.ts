@@ -130,6 +130,8 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
       const script = lockdown.command.join('\n');
       t.match(script, new RegExp(`^\\s*proxy_uid=${uid}$`, 'm'), 'the proxy UID is the image user');
       t.match(script, new RegExp(`^\\s*proxy_port=${listenPort}$`, 'm'), 'the one port the server may reach is the proxy port');
+      t.equal(parseProxyConfig('x', cm.data['proxy.yaml']).config?.listen.host, '127.0.0.1', 'the proxy listens where the script lets the server go (-d 127.0.0.1)');
+      t.match(script, /-o lo -d 127\.0\.0\.1 -p tcp --dport "\$proxy_port" -j ACCEPT/);
       t.not(String(mcp.securityContext.runAsUser), uid, 'the server never runs as the proxy user');
       t.same(mcp.securityContext.capabilities?.drop, ['ALL'], 'the server cannot lift the rules (no NET_ADMIN)');
       t.equal(mcp.securityContext.allowPrivilegeEscalation, false);

@@ -19,6 +19,13 @@ const children = [];
 // runner's (its NODE_OPTIONS loaders would run, and write files, as the proxy's and server's users).
 const env = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
 const log = (msg) => process.stderr.write(`world: ${msg}\n`);
+// Killed (the test's timeout): take every child along, the proxy and namespace holders included.
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    process.exit(1);
+  });
+}
 
 function sh(argv) {
   execFileSync(argv[0], argv.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env });
@@ -38,7 +45,7 @@ function start(argv, name) {
 }
 
 /** Resolves once `test` holds for a line the child wrote (stdout or stderr). */
-function waitForLine(child, test, what, ms = 15000) {
+function waitForLine(child, test, what, ms = 30000) {
   return new Promise((resolve, reject) => {
     let seen = '';
     const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; saw: ${seen.slice(-2000)}`)), ms);
