@@ -32,11 +32,13 @@ function sh(argv) {
 }
 
 function asUser(uid, gid, argv) {
-  return ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', ...argv];
+  return ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--pdeathsig=SIGKILL', ...argv];
 }
 
+/** Starts a child that dies with the world, however the world dies (even SIGKILL). */
 function start(argv, name) {
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const full = argv[0] === 'setpriv' ? argv : ['setpriv', '--pdeathsig=SIGKILL', ...argv];
+  const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env });
   children.push(child);
   child.stderr.setEncoding('utf8');
   child.stdout.setEncoding('utf8');
