@@ -69,6 +69,8 @@ const TARGETS = [
   { name: 'udp-loopback-v6', proto: 'udp', host: '::1', port: 53 },
   // The one way out works: the proxy fetches what its policy allows.
   { name: 'via-proxy', proto: 'via-proxy', host: '127.0.0.1', port: 3128, url: 'http://93.184.216.35/' },
+  // ...and it is no way round: the proxy refuses loopback (its SSRF baseline), its admin API included.
+  { name: 'via-proxy-to-admin', proto: 'via-proxy', host: '127.0.0.1', port: 3128, url: 'http://127.0.0.1:9901/v1/policy' },
 ];
 
 const TEST_POLICY = `version: 1
@@ -119,8 +121,12 @@ async function runWorld(scenario: object): Promise<Report> {
 
 function checkOnlyTheProxyPort(t: Test, report: Report, serverUid: number): void {
   t.equal(report.probe.uid, serverUid, 'the probe ran as the server UID');
+  t.same(report.probe.results.map((r) => r.name), TARGETS.map((r) => r.name), 'every way out was tried');
+  t.equal(Object.keys(report.seen).length, 12, 'every listener reported');
   for (const r of report.probe.results) {
-    if (r.name === 'via-proxy') {
+    if (r.name === 'via-proxy-to-admin') {
+      t.equal(r.status, 403, `the proxy refuses to carry the server to its admin API: ${JSON.stringify(r)}`);
+    } else if (r.name === 'via-proxy') {
       t.equal(r.status, 200, `through the proxy: ${JSON.stringify(r)}`);
       t.equal(r.body, 'upstream');
     } else if (r.name === 'proxy-port') {
