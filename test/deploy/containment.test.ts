@@ -12,7 +12,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -142,9 +142,21 @@ function checkOnlyTheProxyPort(t: Test, report: Report, serverUid: number): void
   }
 }
 
+/** Whether this (possibly user-namespaced) root can become these UIDs: `unshare -r` maps only 0. */
+function uidsMapped(uids: number[]): boolean {
+  const ranges = readFileSync('/proc/self/uid_map', 'utf8').trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  return uids.every((uid) => ranges.some(([inside = 0, , count = 0]) => uid >= inside && uid < inside + count));
+}
+
 const missing = missingTools();
-if (missing.length > 0 || process.getuid?.() !== 0) {
-  const why = process.getuid?.() !== 0 ? 'it needs root (to create namespaces and apply iptables)' : `missing ${missing.join(', ')} (Debian: iptables, systemd, util-linux, iproute2)`;
+const why = process.getuid?.() !== 0
+  ? 'it needs root (to create namespaces and apply iptables)'
+  : missing.length > 0
+    ? `missing ${missing.join(', ')} (Debian: iptables, systemd, util-linux, iproute2)`
+    : !uidsMapped([1000, 10001])
+      ? 'UIDs 1000 and 10001 are not mapped in this user namespace (run as real root)'
+      : '';
+if (why) {
   console.error(`\n*** containment.test.ts SKIPPED: ${why}. The containment recipes are NOT verified. ***\n`);
   t.test(`containment not verified: ${why}`, { skip: why }, () => {});
 } else {
