@@ -7,7 +7,7 @@
  * very iptables script, extracted from the manifest; the systemd recipe emulated from its unit
  * files (PrivateNetwork= as a private namespace, the socket unit as systemd-socket-activate
  * binding there, its service as systemd-socket-proxyd running outside). A "server" process as
- * another UID then tries every way out (test/deploy/containment/probe.mjs); the trap servers
+ * another UID then tries every way out (test/deploy/fixtures/probe.mjs); the trap servers
  * must see nothing, and a request through the proxy must still work.
  */
 import { execFile, execFileSync } from 'node:child_process';
@@ -23,8 +23,8 @@ import { assertLoopbackOnlyNamespace } from '../helpers/netns.js';
 
 const run = promisify(execFile);
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
-const WORLD = join(ROOT, 'test/deploy/containment/world.mjs');
-const PROBE = join(ROOT, 'test/deploy/containment/probe.mjs');
+const WORLD = join(ROOT, 'test/deploy/fixtures/world.mjs');
+const PROBE = join(ROOT, 'test/deploy/fixtures/probe.mjs');
 const CLI = join(ROOT, 'dist/src/cli.js');
 
 // Debian packages: iptables (iptables, ip6tables; the nf_tables variant works in a namespace),
