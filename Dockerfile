@@ -20,7 +20,9 @@ COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
 COPY config/proxy.yaml config/policy.yaml /etc/mcp-egress-proxy/
 USER 10001:10001
-EXPOSE 3128 9901
+# Only the proxy port: the admin API listens on 127.0.0.1 inside the container (tokenless admin
+# must stay on loopback); probe it from inside, as the HEALTHCHECK does.
+EXPOSE 3128
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9901/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "/opt/mcp-egress-proxy/dist/src/cli.js", "serve"]
