@@ -76,6 +76,31 @@ export function ipv6FromHex(hex: string): IpAddress {
   return fromIpaddrV6(new ipaddr.IPv6(parts));
 }
 
+const COMPATIBLE_PREFIX = '000000000000000000000000'; // ::/96
+const NAT64_PREFIX = '0064ff9b0000000000000000'; // 64:ff9b::/96
+const SIX_TO_FOUR_PREFIX = '2002'; // 2002::/16
+
+/**
+ * The IPv4 address an IPv6 address carries as IPv4-compatible (`::a.b.c.d`), NAT64
+ * (`64:ff9b::/96`) or 6to4 (`2002:AABB:CCDD::/48`), or null. One reading for the SSRF baseline
+ * and the policy: both judge such an address by the IPv4 it carries, because on a network with
+ * NAT64 or a 6to4 relay a dial to it reaches that IPv4 host. (IPv4-mapped addresses never get
+ * here: `canonicalHost` already turned them into IPv4.)
+ */
+export function embeddedIpv4(ip: IpAddress): Ipv4Address | null {
+  if (ip.family === 4) return null;
+  const { hex } = ip;
+  if (hex.startsWith(COMPATIBLE_PREFIX)) {
+    const tail = hex.slice(24);
+    // `::` and `::1` are themselves (unspecified, loopback), not 0.0.0.0 and 0.0.0.1.
+    if (tail === '00000000' || tail === '00000001') return null;
+    return ipv4FromInt(parseInt(tail, 16));
+  }
+  if (hex.startsWith(NAT64_PREFIX)) return ipv4FromInt(parseInt(hex.slice(24), 16));
+  if (hex.startsWith(SIX_TO_FOUR_PREFIX)) return ipv4FromInt(parseInt(hex.slice(4, 12), 16));
+  return null;
+}
+
 /**
  * IPv6 text with a trailing dotted quad, as hex groups. ipaddr.js reads `::10.1.2.3` (an
  * IPv4-compatible address, ::a01:203) as the mapped `::ffff:10.1.2.3`, which would change the

@@ -12,7 +12,7 @@
  * `baseline.allow_cidrs` exempt what they name (judged on the same address); nothing else does,
  * and nothing exempts `self`, the proxy's own listening addresses (a request loop).
  */
-import { cidrContains, ipv4FromInt, parseCidr } from './address.js';
+import { cidrContains, embeddedIpv4, parseCidr } from './address.js';
 import type { Cidr, IpAddress } from './address.js';
 
 export type AddressClass =
@@ -54,25 +54,6 @@ const TABLE: ReadonlyArray<readonly [AddressClass, readonly Cidr[]]> = [
   ],
 ];
 const GLOBAL_UNICAST = cidrs('2000::/3')[0] as Cidr;
-
-const COMPATIBLE_PREFIX = '000000000000000000000000'; // ::/96
-const NAT64_PREFIX = '0064ff9b0000000000000000'; // 64:ff9b::/96
-const SIX_TO_FOUR_PREFIX = '2002'; // 2002::/16
-
-/** The IPv4 address an IPv6 address carries (compatible, NAT64, 6to4), or null. */
-export function embeddedIpv4(ip: IpAddress): IpAddress | null {
-  if (ip.family === 4) return null;
-  const { hex } = ip;
-  if (hex.startsWith(COMPATIBLE_PREFIX)) {
-    const tail = hex.slice(24);
-    // `::` and `::1` are themselves (unspecified, loopback), not 0.0.0.0 and 0.0.0.1.
-    if (tail === '00000000' || tail === '00000001') return null;
-    return ipv4FromInt(parseInt(tail, 16));
-  }
-  if (hex.startsWith(NAT64_PREFIX)) return ipv4FromInt(parseInt(hex.slice(24), 16));
-  if (hex.startsWith(SIX_TO_FOUR_PREFIX)) return ipv4FromInt(parseInt(hex.slice(4, 12), 16));
-  return null;
-}
 
 /**
  * The IPv4 rows by first octet, in table order: classification runs for every candidate of

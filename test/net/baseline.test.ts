@@ -2,7 +2,8 @@
 import t from 'tap';
 import { parseCidr } from '../../src/net/address.js';
 import type { Cidr } from '../../src/net/address.js';
-import { classifyAddress, createBaseline, embeddedIpv4 } from '../../src/net/baseline.js';
+import { embeddedIpv4 } from '../../src/net/address.js';
+import { classifyAddress, createBaseline } from '../../src/net/baseline.js';
 import { ip } from '../helpers/policy.js';
 
 const rows: Array<[string, string | null]> = [
