@@ -288,6 +288,23 @@ export function parseCidr(text: string): CidrResult {
   return { family: 6, prefix, key, text: `${ip.text}/${prefix}` };
 }
 
+/** The network address of `cidr` (its first address). */
+export function cidrNetwork(cidr: Cidr): IpAddress {
+  if (cidr.family === 4) return ipv4FromInt(cidr.prefix === 0 ? 0 : (cidr.key as number) << (32 - cidr.prefix));
+  const hex = (cidr.key as string).padEnd(32, '0');
+  const parts: number[] = [];
+  for (let i = 0; i < 32; i += 4) parts.push(parseInt(hex.slice(i, i + 4), 16));
+  // Built directly, not through fromIpaddrV6: a network inside ::ffff:0:0/96 stays IPv6 here.
+  return { family: 6, text: new ipaddr.IPv6(parts).toString(), hex };
+}
+
+/** Whether two blocks share an address (one holds the other's network address). */
+export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
+  if (a.family !== b.family) return false;
+  const [wide, narrow] = a.prefix <= b.prefix ? [a, b] : [b, a];
+  return cidrContains(wide, cidrNetwork(narrow));
+}
+
 /** Whether `ip` falls inside `cidr`. */
 export function cidrContains(cidr: Cidr, ip: IpAddress): boolean {
   if (cidr.family !== ip.family) return false;

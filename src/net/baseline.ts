@@ -10,10 +10,11 @@
  * Scope: classification of one address. IPv6 forms that carry IPv4 (mapped, compatible, NAT64,
  * 6to4) are judged by the IPv4 they carry; `::` and `::1` as themselves. The operator's
  * `baseline.allow_cidrs` exempt what they name (judged on the same address); nothing else does,
- * and nothing exempts `self`, the proxy's own listening addresses (a request loop).
+ * a `metadata` address is exempted only by an entry that is exactly it, and nothing exempts
+ * `self`, the proxy's own listening addresses (a request loop).
  */
-import { cidrContains, embeddedIpv4, parseCidr } from './address.js';
-import type { Cidr, IpAddress } from './address.js';
+import { cidrContains, cidrNetwork, cidrsOverlap, embeddedIpv4, parseCidr } from './address.js';
+import type { Cidr, IpAddress, Ipv4Address } from './address.js';
 
 export type AddressClass =
   | 'metadata'
@@ -93,16 +94,59 @@ export interface BaselineOptions {
   readonly isSelf?: (ip: IpAddress, port: number) => boolean;
 }
 
-/** The baseline as the policy engine's `classify` hook. */
+/** An entry that names one address: `/32`, `/128`, or the bare address (read as such). */
+function isSingleAddress(block: Cidr): boolean {
+  return block.prefix === (block.family === 4 ? 32 : 128);
+}
+
+/**
+ * The baseline as the policy engine's `classify` hook. An exemption is tested against the
+ * address and against the IPv4 address it carries. The `metadata` row is exempted only by an
+ * entry that is exactly that address: a range written for something else nearby (169.254.0.0/16
+ * for a node-local DNS cache, fd00::/8 for a ULA network, 64:ff9b::/96 for NAT64) must not hand
+ * out the cloud's credentials as a side effect.
+ */
 export function createBaseline(options: BaselineOptions = {}): (ip: IpAddress, port: number) => AddressClass | null {
   const allow = options.allowCidrs ?? [];
+  const exactAllow = allow.filter(isSingleAddress);
   const isSelf = options.isSelf;
   return (ip, port) => {
     if (isSelf?.(ip, port)) return 'self';
     const addressClass = classifyAddress(ip);
     if (addressClass === null) return null;
     const judged = embeddedIpv4(ip) ?? ip;
-    for (const block of allow) if (cidrContains(block, judged) || cidrContains(block, ip)) return null;
+    for (const block of addressClass === 'metadata' ? exactAllow : allow) if (cidrContains(block, judged) || cidrContains(block, ip)) return null;
     return addressClass;
   };
+}
+
+/** A broad `allow_cidrs` entry and the metadata addresses it covers but does not exempt. */
+export interface MetadataOverlap {
+  readonly entry: string;
+  readonly metadata: readonly string[];
+}
+
+/** The IPv6 spellings of an IPv4 address that embeddedIpv4 reads: compatible, NAT64, 6to4 (its /48). */
+function carrierForms(v4: Ipv4Address): Cidr[] {
+  const hex = v4.v4.toString(16).padStart(8, '0');
+  return [`${'0'.repeat(24)}${hex}`, `0064ff9b${'0'.repeat(16)}${hex}`].map((h) => ({ family: 6, prefix: 128, key: h, text: h }) as Cidr).concat({ family: 6, prefix: 48, key: `2002${hex}`, text: `2002${hex}` });
+}
+
+/**
+ * The `allow_cidrs` entries that cover a metadata address (in any spelling the baseline reads)
+ * without being exactly it: such an entry leaves metadata refused, and the proxy says so at start
+ * so that an operator who meant to exempt it learns why it is still refused.
+ */
+export function metadataOverlaps(allowCidrs: readonly Cidr[]): MetadataOverlap[] {
+  const metadata = (TABLE.find(([c]) => c === 'metadata') as (typeof TABLE)[number])[1];
+  const out: MetadataOverlap[] = [];
+  for (const block of allowCidrs) {
+    if (isSingleAddress(block)) continue;
+    const covered = metadata.filter((m) => {
+      const forms = m.family === 4 ? [m, ...carrierForms(cidrNetwork(m) as Ipv4Address)] : [m];
+      return forms.some((f) => cidrsOverlap(block, f));
+    });
+    if (covered.length > 0) out.push({ entry: block.text, metadata: covered.map((m) => cidrNetwork(m).text) });
+  }
+  return out;
 }

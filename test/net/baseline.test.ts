@@ -3,7 +3,7 @@ import t from 'tap';
 import { parseCidr } from '../../src/net/address.js';
 import type { Cidr } from '../../src/net/address.js';
 import { embeddedIpv4 } from '../../src/net/address.js';
-import { classifyAddress, createBaseline } from '../../src/net/baseline.js';
+import { classifyAddress, createBaseline, metadataOverlaps } from '../../src/net/baseline.js';
 import { ip } from '../helpers/policy.js';
 
 const rows: Array<[string, string | null]> = [
@@ -95,4 +95,51 @@ t.test('exemptions and self', async (t) => {
   t.equal(baseline(ip('10.1.2.3'), 3128), 'self', 'self cannot be exempted');
   t.equal(baseline(ip('93.184.216.34'), 443), null);
   t.equal(createBaseline()(ip('127.0.0.1'), 1), 'loopback', 'no options');
+});
+
+t.test('metadata is exempted only by an entry that is exactly that address', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const rows: Array<[string[], string, string | null, string]> = [
+    // [allow_cidrs, destination, class, why]
+    [['169.254.0.0/16'], '169.254.169.254', 'metadata', 'a link-local range written for a node-local DNS cache'],
+    [['169.254.0.0/16'], '169.254.170.2', 'metadata', 'ECS task metadata too'],
+    [['169.254.0.0/16'], '169.254.20.10', null, 'the range still exempts what it was written for'],
+    [['169.254.0.0/16'], '[64:ff9b::169.254.169.254]', 'metadata', 'NAT64 spelling under the IPv4 range'],
+    [['169.254.0.0/16'], '[2002:a9fe:a9fe::]', 'metadata', '6to4 spelling under the IPv4 range'],
+    [['169.254.0.0/16'], '[::169.254.169.254]', 'metadata', 'IPv4-compatible spelling under the IPv4 range'],
+    [['169.254.169.0/24'], '169.254.169.254', 'metadata', 'a /24'],
+    [['169.254.169.254/31'], '169.254.169.254', 'metadata', 'a /31 is not exact'],
+    [['0.0.0.0/0'], '100.100.100.200', 'metadata', 'everything IPv4'],
+    [['0.0.0.0/0'], '10.1.2.3', null, 'everything IPv4 exempts private'],
+    [['fd00::/8'], '[fd00:ec2::254]', 'metadata', 'a ULA range'],
+    [['fd00::/8'], '[fd00:1::1]', null, 'the ULA range still exempts ULA'],
+    [['::/0'], '[fd00:ec2::254]', 'metadata', 'everything IPv6'],
+    [['64:ff9b::/96'], '[64:ff9b::169.254.169.254]', 'metadata', 'the whole NAT64 range'],
+    [['64:ff9b::/96'], '[64:ff9b::10.1.2.3]', null, 'the NAT64 range exempts what it names otherwise'],
+    [['2002::/16'], '[2002:a9fe:a9fe::1]', 'metadata', 'the whole 6to4 range'],
+    [['169.254.169.254/32'], '169.254.169.254', null, 'exact /32'],
+    [['169.254.169.254/32'], '[64:ff9b::169.254.169.254]', null, 'exact /32 covers the spellings of that address'],
+    [['169.254.169.254/32'], '169.254.170.2', 'metadata', 'exact names one address only'],
+    [['::ffff:169.254.169.254/128'], '169.254.169.254', null, 'an IPv4-mapped /128 is the IPv4 /32'],
+    [['64:ff9b::a9fe:a9fe/128'], '[64:ff9b::169.254.169.254]', null, 'an exact NAT64 spelling exempts that spelling'],
+    [['64:ff9b::a9fe:a9fe/128'], '169.254.169.254', 'metadata', 'but not the IPv4 address'],
+    [['fd00:ec2::254/128'], '[fd00:ec2::254]', null, 'exact /128'],
+    [['fd00:ec2::254/128', '169.254.0.0/16'], '169.254.169.254', 'metadata', 'one exact entry does not open another metadata address'],
+  ];
+  for (const [allow, destination, expected, why] of rows) {
+    const baseline = createBaseline({ allowCidrs: allow.map(cidr) });
+    t.equal(baseline(ip(destination.replace(/^\[|\]$/g, '')), 80), expected, `${allow.join(',')} vs ${destination}: ${why}`);
+  }
+});
+
+t.test('broad exemptions that cover metadata are named for the start-up warning', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const overlaps = (...entries: string[]) => metadataOverlaps(entries.map(cidr));
+  t.same(overlaps('169.254.0.0/16'), [{ entry: '169.254.0.0/16', metadata: ['169.254.169.254', '169.254.170.2'] }]);
+  t.same(overlaps('100.64.0.0/10'), [{ entry: '100.64.0.0/10', metadata: ['100.100.100.200'] }]);
+  t.same(overlaps('fd00::/8'), [{ entry: 'fd00::/8', metadata: ['fd00:ec2::254'] }]);
+  t.same(overlaps('64:ff9b::/96').map((o) => o.metadata.length), [5], 'NAT64 spellings of the five IPv4 metadata addresses');
+  t.same(overlaps('2002:a9fe::/32'), [{ entry: '2002:a9fe::/32', metadata: ['169.254.169.254', '169.254.170.2'] }], '6to4 spellings');
+  t.same(overlaps('2002:a9fe:a9fe:1::/64'), [{ entry: '2002:a9fe:a9fe:1::/64', metadata: ['169.254.169.254'] }], 'a block inside one 6to4 /48');
+  t.same(overlaps('169.254.169.254/32', 'fd00:ec2::254/128', '10.0.0.0/8', '127.0.0.0/8', '::1/128', '2606:4700::/32'), [], 'exact entries and ranges away from metadata are not named');
 });
