@@ -294,7 +294,7 @@ export function cidrNetwork(cidr: Cidr): IpAddress {
   const hex = (cidr.key as string).padEnd(32, '0');
   const parts: number[] = [];
   for (let i = 0; i < 32; i += 4) parts.push(parseInt(hex.slice(i, i + 4), 16));
-  // Built directly, not through fromIpaddrV6: a network inside ::ffff:0:0/96 stays IPv6 here.
+  // Built directly, not through fromIpaddrV6, which would turn an IPv4-mapped text into IPv4.
   return { family: 6, text: new ipaddr.IPv6(parts).toString(), hex };
 }
 
@@ -303,6 +303,35 @@ export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   if (a.family !== b.family) return false;
   const [wide, narrow] = a.prefix <= b.prefix ? [a, b] : [b, a];
   return cidrContains(wide, cidrNetwork(narrow));
+}
+
+export interface CarriedBlock {
+  /** How the IPv6 block spells IPv4 addresses. */
+  readonly form: 'IPv4-compatible' | 'NAT64' | '6to4';
+  /** The IPv4 addresses the block carries, as `network/prefix`. */
+  readonly ipv4: string;
+}
+
+/**
+ * The IPv4 block that an IPv6 block spells, when the whole block lies inside one of the forms
+ * embeddedIpv4 reads (`::/96`, `64:ff9b::/96`, `2002::/16`), else null.
+ */
+export function carriedBlock(cidr: Cidr): CarriedBlock | null {
+  if (cidr.family !== 6) return null;
+  const hex = (cidr.key as string).padEnd(32, '0');
+  const block = (v4hex: string, bits: number, form: CarriedBlock['form']): CarriedBlock => {
+    const len = Math.min(bits, 32);
+    const v4 = parseInt(v4hex, 16);
+    const network = len === 0 ? 0 : (v4Key(v4, len) << (32 - len)) >>> 0;
+    return { form, ipv4: `${ipv4FromInt(network).text}/${len}` };
+  };
+  if (cidr.prefix >= 96 && hex.startsWith(NAT64_PREFIX)) return block(hex.slice(24), cidr.prefix - 96, 'NAT64');
+  // `::/127` and inside it (`::`, `::1`) carry nothing.
+  if (cidr.prefix >= 96 && hex.startsWith(COMPATIBLE_PREFIX) && !(cidr.prefix >= 127 && parseInt(hex.slice(24), 16) < 2)) {
+    return block(hex.slice(24), cidr.prefix - 96, 'IPv4-compatible');
+  }
+  if (cidr.prefix >= 16 && hex.startsWith(SIX_TO_FOUR_PREFIX)) return block(hex.slice(4, 12), cidr.prefix - 16, '6to4');
+  return null;
 }
 
 /** Whether `ip` falls inside `cidr`. */

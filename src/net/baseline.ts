@@ -13,7 +13,7 @@
  * a `metadata` address is exempted only by an entry that is exactly it, and nothing exempts
  * `self`, the proxy's own listening addresses (a request loop).
  */
-import { cidrContains, cidrNetwork, cidrsOverlap, embeddedIpv4, parseCidr } from './address.js';
+import { carriedBlock, cidrContains, cidrNetwork, cidrsOverlap, embeddedIpv4, parseCidr } from './address.js';
 import type { Cidr, IpAddress, Ipv4Address } from './address.js';
 
 export type AddressClass =
@@ -100,22 +100,33 @@ function isSingleAddress(block: Cidr): boolean {
 }
 
 /**
- * The baseline as the policy engine's `classify` hook. An exemption is tested against the
- * address and against the IPv4 address it carries. The `metadata` row is exempted only by an
- * entry that is exactly that address: a range written for something else nearby (169.254.0.0/16
- * for a node-local DNS cache, fd00::/8 for a ULA network, 64:ff9b::/96 for NAT64) must not hand
- * out the cloud's credentials as a side effect.
+ * Whether `block` exempts `ip`, which carries `carried` (or null). An address that carries an
+ * IPv4 address is judged by it, so it is exempt when the block holds that IPv4 address, or when
+ * the block is itself an IPv6 spelling of IPv4 addresses (`64:ff9b::/96`, `2002:a01:203::/48`)
+ * that holds it; a broad IPv6 block that merely contains such spellings (`::/0`, `2000::/3`)
+ * does not exempt the private or loopback IPv4 addresses they carry.
+ */
+function exempts(block: Cidr, spellsIpv4: boolean, ip: IpAddress, carried: IpAddress | null): boolean {
+  if (carried === null) return cidrContains(block, ip);
+  return cidrContains(block, carried) || (spellsIpv4 && cidrContains(block, ip));
+}
+
+/**
+ * The baseline as the policy engine's `classify` hook (exemptions as in `exempts`). The
+ * `metadata` row is exempted only by an entry that is exactly that address: a range written for
+ * something else nearby (169.254.0.0/16 for a node-local DNS cache, fd00::/8 for a ULA network,
+ * 64:ff9b::/96 for NAT64) must not hand out the cloud's credentials as a side effect.
  */
 export function createBaseline(options: BaselineOptions = {}): (ip: IpAddress, port: number) => AddressClass | null {
-  const allow = options.allowCidrs ?? [];
-  const exactAllow = allow.filter(isSingleAddress);
+  const allow = (options.allowCidrs ?? []).map((block) => ({ block, spellsIpv4: carriedBlock(block) !== null }));
+  const exactAllow = allow.filter((a) => isSingleAddress(a.block));
   const isSelf = options.isSelf;
   return (ip, port) => {
     if (isSelf?.(ip, port)) return 'self';
     const addressClass = classifyAddress(ip);
     if (addressClass === null) return null;
-    const judged = embeddedIpv4(ip) ?? ip;
-    for (const block of addressClass === 'metadata' ? exactAllow : allow) if (cidrContains(block, judged) || cidrContains(block, ip)) return null;
+    const carried = embeddedIpv4(ip);
+    for (const { block, spellsIpv4 } of addressClass === 'metadata' ? exactAllow : allow) if (exempts(block, spellsIpv4, ip, carried)) return null;
     return addressClass;
   };
 }

@@ -143,3 +143,29 @@ t.test('broad exemptions that cover metadata are named for the start-up warning'
   t.same(overlaps('2002:a9fe:a9fe:1::/64'), [{ entry: '2002:a9fe:a9fe:1::/64', metadata: ['169.254.169.254'] }], 'a block inside one 6to4 /48');
   t.same(overlaps('169.254.169.254/32', 'fd00:ec2::254/128', '10.0.0.0/8', '127.0.0.0/8', '::1/128', '2606:4700::/32'), [], 'exact entries and ranges away from metadata are not named');
 });
+
+t.test('an address that carries IPv4 is exempt through that IPv4, or by a block that spells IPv4', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const rows: Array<[string, string, string | null]> = [
+    // [allow_cidrs entry, destination, class]
+    ['10.0.0.0/8', '64:ff9b::a01:203', null],
+    ['10.0.0.0/8', '2002:a01:203::1', null],
+    ['64:ff9b::/96', '64:ff9b::a01:203', null],
+    ['64:ff9b::a01:203/128', '64:ff9b::a01:203', null],
+    ['64:ff9b::a01:203/128', '64:ff9b::a01:204', 'private'],
+    ['2002:a01:203::/48', '2002:a01:203::1', null],
+    ['::a00:0/104', '::a01:203', null],
+    ['::/0', '64:ff9b::a01:203', 'private'],
+    ['::/0', '2002:7f00:1::', 'loopback'],
+    ['::/0', '::a01:203', 'private'],
+    ['::/0', 'fe80::1', null],
+    ['::/0', '::1', null],
+    ['2000::/3', '2002:a01:203::1', 'private'],
+    ['2000::/3', '2001:db8::1', null],
+    ['2002::/15', '2002:a01:203::1', 'private'],
+    ['::/64', '::a01:203', 'private'],
+  ];
+  for (const [entry, destination, expected] of rows) {
+    t.equal(createBaseline({ allowCidrs: [cidr(entry)] })(ip(destination), 80), expected, `${entry} vs ${destination}`);
+  }
+});
