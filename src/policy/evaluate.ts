@@ -90,29 +90,27 @@ function candidateLists(policy: CompiledPolicy, ctx: CallContext, dest: Destinat
   return [dest.nameLists ?? lookupName(policy, dest.name).nameLists ?? NO_LISTS, universalLists(policy, ctx)];
 }
 
-/** One candidate address as the rules see it: the address, and the IPv4 address it carries. */
-interface Candidate {
-  readonly ip: IpAddress;
-  readonly carried: Ipv4Address | null;
-}
-
-/** The lowest rule order in `list` below `best` that fully matches, else `best`. */
-function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx: CallContext, name: string | null, c: Candidate): number {
+/**
+ * The lowest rule order in `list` below `best` that fully matches, else `best`. `carried` is the
+ * IPv4 address `ip` carries (embeddedIpv4), passed alongside rather than in an object: this runs
+ * for every candidate of every call.
+ */
+function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null): number {
   for (let i = 0; i < list.length; i++) {
     const order = list[i] as number;
     if (order >= best) return best;
     const rule = policy.rules[order] as CompiledRule;
-    if (applies(rule, ctx) && !exemptFor(rule, name, c.ip, c.carried)) return order;
+    if (applies(rule, ctx) && !exemptFor(rule, name, ip, carried)) return order;
   }
   return best;
 }
 
 /** `best` lowered by the rules whose IPv4 entries hold `v4`. */
-function scanV4(policy: CompiledPolicy, v4: number, best: number, ctx: CallContext, name: string | null, c: Candidate): number {
+function scanV4(policy: CompiledPolicy, v4: number, best: number, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null): number {
   const { index } = policy;
   for (const [len, keys] of index.v4Short) {
     const list = keys.get(v4Key(v4, len));
-    if (list) best = scan(policy, list, best, ctx, name, c);
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
   }
   // Only the prefix lengths that some entry under this /16 has.
   let lengths = index.v4LongLengths.get(v4 >>> 16) ?? 0;
@@ -120,23 +118,22 @@ function scanV4(policy: CompiledPolicy, v4: number, best: number, ctx: CallConte
     const bit = 31 - Math.clz32(lengths);
     lengths &= ~(1 << bit);
     const list = (index.v4Long[bit + 16] as ReadonlyMap<number, number[]>).get(v4Key(v4, bit + 16));
-    if (list) best = scan(policy, list, best, ctx, name, c);
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
   }
   return best;
 }
 
 /** The first rule (evaluation order) matching `(name, address)` for this call, or -1. */
-function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly [readonly (readonly number[])[], readonly (readonly number[])[]], c: Candidate): number {
+function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly [readonly (readonly number[])[], readonly (readonly number[])[]], ip: IpAddress, carried: Ipv4Address | null): number {
   let best = Infinity;
-  for (const group of lists) for (const list of group) best = scan(policy, list, best, ctx, name, c);
-  const { ip } = c;
-  if (ip.family === 4) return finish(scanV4(policy, ip.v4, best, ctx, name, c));
+  for (const group of lists) for (const list of group) best = scan(policy, list, best, ctx, name, ip, carried);
+  if (ip.family === 4) return finish(scanV4(policy, ip.v4, best, ctx, name, ip, null));
   for (const [len, keys] of policy.index.v6) {
     const list = keys.get(v6Key(ip.hex, len));
-    if (list) best = scan(policy, list, best, ctx, name, c);
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
   }
   // IPv4 entries reach an IPv6 address through the IPv4 address it carries.
-  if (c.carried !== null) best = scanV4(policy, c.carried.v4, best, ctx, name, c);
+  if (carried !== null) best = scanV4(policy, carried.v4, best, ctx, name, ip, carried);
   return finish(best);
 }
 
@@ -177,8 +174,8 @@ export function decide(
       trace.push({ address: ip.text, verdict: 'deny', decided_by: 'ssrf_baseline', rule: null, dispatched: false, shadow: false, address_class: addressClass });
       continue;
     }
-    const candidate: Candidate = { ip, carried: ip.family === 6 ? embeddedIpv4(ip) : null };
-    const order = firstMatch(policy, ctx, dest.name, lists, candidate);
+    const carried = ip.family === 6 ? embeddedIpv4(ip) : null;
+    const order = firstMatch(policy, ctx, dest.name, lists, ip, carried);
     const rule = order >= 0 ? (policy.rules[order] as CompiledRule) : null;
     const verdict: EgressVerdict = rule ? rule.verdict : policy.defaultVerdict;
     if (!rule) anyDefault = true;
@@ -191,7 +188,7 @@ export function decide(
       dispatched: verdict !== 'deny' || shadow,
       shadow,
     };
-    trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, candidate, order) } : entry);
+    trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, ip, carried, order) } : entry);
   }
   const deciding = mostSevere(trace);
   const decision: Decision = {
@@ -317,8 +314,7 @@ function walkBefore(policy: CompiledPolicy, upTo: CompiledRule | null, why: (rul
   return out;
 }
 
-function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string | null, c: Candidate, order: number): NotMatched[] {
-  const { ip, carried } = c;
+function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null, order: number): NotMatched[] {
   const dest = name ?? ip.text;
   const address = carried ? `${ip.text}, carrying ${carried.text}` : ip.text;
   return walkBefore(policy, order >= 0 ? (policy.rules[order] as CompiledRule) : null, (rule) => {
