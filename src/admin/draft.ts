@@ -11,10 +11,10 @@
  * A (server, tool) pair with `*` or `?` in either name is therefore left out of the rules and
  * listed in a comment instead, with every name escaped so that no quote, newline or YAML
  * special can add structure to the document. Hosts are canonical destinations (net/address)
- * and are re-checked as list entries before they are written.
+ * and are re-checked as such before they are written.
  */
 import { stringify } from 'yaml';
-import { parseEntry } from '../policy/entries.js';
+import { canonicalHost } from '../net/address.js';
 import type { DiscoveredDestination } from '../proxy/discovered.js';
 
 interface Group {
@@ -61,8 +61,10 @@ export function draftPolicy(destinations: readonly DiscoveredDestination[], now 
   const groups = new Map<string, Group>();
   const badHosts = new Set<string>();
   for (const d of destinations) {
-    // Defence in depth: a host that is not a valid entry would make the draft fail `check`.
-    if ('error' in parseEntry(d.host)) {
+    // Defence in depth: only a canonical host name or IP literal is written as an entry; anything
+    // else would fail `check`, or (a `*.` wildcard, a CIDR) allow more than was seen.
+    const canonical = canonicalHost(d.host);
+    if (canonical.kind === 'error' || canonical.host !== d.host) {
       badHosts.add(d.host);
       continue;
     }

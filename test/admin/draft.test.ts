@@ -138,3 +138,21 @@ t.test('printable', async (t) => {
   t.equal(printable('🙂'), '"\\u{1f642}"');
   t.equal(printable('x'.repeat(100)), `"${'x'.repeat(64)}..."`);
 });
+
+t.test('a host that is not a valid list entry is left out, so the draft still passes check', async (t) => {
+  const yaml = draftPolicy(
+    observed([
+      ['srv', 'fetch', 'ok.example', 443],
+      ['srv', 'fetch', 'not a host', 443],
+      ['srv', 'fetch', '*.wild.example', 443],
+      ['srv', 'other', 'a/b', 443],
+    ]),
+    new Date(0),
+  );
+  const spec = check(yaml);
+  t.same(spec.rules.map((r) => [r.toolGlob, r.lists?.allow.map((e) => e.text) ?? null]), [
+    ['fetch', ['ok.example']],
+    ['*', null],
+  ]);
+  t.match(yaml, /^# Left out: 3 host\(s\) that are not valid list entries\.$/m);
+});
