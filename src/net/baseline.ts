@@ -140,7 +140,8 @@ export interface MetadataOverlap {
 /** The IPv6 spellings of an IPv4 address that embeddedIpv4 reads: compatible, NAT64, 6to4 (its /48). */
 function carrierForms(v4: Ipv4Address): Cidr[] {
   const hex = v4.v4.toString(16).padStart(8, '0');
-  return [`${'0'.repeat(24)}${hex}`, `0064ff9b${'0'.repeat(16)}${hex}`].map((h) => ({ family: 6, prefix: 128, key: h, text: h }) as Cidr).concat({ family: 6, prefix: 48, key: `2002${hex}`, text: `2002${hex}` });
+  const groups = `${hex.slice(0, 4)}:${hex.slice(4)}`;
+  return cidrs(`::${groups}/128`, `64:ff9b::${groups}/128`, `2002:${groups}::/48`);
 }
 
 /**
