@@ -7,6 +7,7 @@ import { CallRegistry } from '../attribution/registry.js';
 import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
+import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { DiscoveredStore } from '../proxy/discovered.js';
@@ -100,6 +101,12 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
 
   if (config.baseline.allowCidrs.length > 0) {
     events.warn({ event: 'baseline.exemptions', allow_cidrs: config.baseline.allowCidrs.map((c) => c.text) }, 'SSRF baseline exemptions in force');
+  }
+  for (const { entry, metadata } of metadataOverlaps(config.baseline.allowCidrs)) {
+    events.warn(
+      { event: 'baseline.exemption_overlaps_metadata', entry, metadata },
+      `baseline.allow_cidrs entry ${entry} covers metadata ${metadata.join(', ')}, which stays refused: only an entry that is exactly that address exempts it`,
+    );
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs });

@@ -76,6 +76,31 @@ export function ipv6FromHex(hex: string): IpAddress {
   return fromIpaddrV6(new ipaddr.IPv6(parts));
 }
 
+const COMPATIBLE_PREFIX = '000000000000000000000000'; // ::/96
+const NAT64_PREFIX = '0064ff9b0000000000000000'; // 64:ff9b::/96
+const SIX_TO_FOUR_PREFIX = '2002'; // 2002::/16
+
+/**
+ * The IPv4 address an IPv6 address carries as IPv4-compatible (`::a.b.c.d`), NAT64
+ * (`64:ff9b::/96`) or 6to4 (`2002:AABB:CCDD::/48`), or null. One reading for the SSRF baseline
+ * and the policy: both judge such an address by the IPv4 it carries, because on a network with
+ * NAT64 or a 6to4 relay a dial to it reaches that IPv4 host. (IPv4-mapped addresses never get
+ * here: `canonicalHost` already turned them into IPv4.)
+ */
+export function embeddedIpv4(ip: IpAddress): Ipv4Address | null {
+  if (ip.family === 4) return null;
+  const { hex } = ip;
+  if (hex.startsWith(COMPATIBLE_PREFIX)) {
+    const tail = hex.slice(24);
+    // `::` and `::1` are themselves (unspecified, loopback), not 0.0.0.0 and 0.0.0.1.
+    if (tail === '00000000' || tail === '00000001') return null;
+    return ipv4FromInt(parseInt(tail, 16));
+  }
+  if (hex.startsWith(NAT64_PREFIX)) return ipv4FromInt(parseInt(hex.slice(24), 16));
+  if (hex.startsWith(SIX_TO_FOUR_PREFIX)) return ipv4FromInt(parseInt(hex.slice(4, 12), 16));
+  return null;
+}
+
 /**
  * IPv6 text with a trailing dotted quad, as hex groups. ipaddr.js reads `::10.1.2.3` (an
  * IPv4-compatible address, ::a01:203) as the mapped `::ffff:10.1.2.3`, which would change the
@@ -261,6 +286,52 @@ export function parseCidr(text: string): CidrResult {
   const key = v6Key(ip.hex, prefix);
   if (v6Network(ip.hex, prefix) !== ip.hex) return { error: `'${text}' has bits set beyond its /${prefixText} prefix` };
   return { family: 6, prefix, key, text: `${ip.text}/${prefix}` };
+}
+
+/** The network address of `cidr` (its first address). */
+export function cidrNetwork(cidr: Cidr): IpAddress {
+  if (cidr.family === 4) return ipv4FromInt(cidr.prefix === 0 ? 0 : (cidr.key as number) << (32 - cidr.prefix));
+  const hex = (cidr.key as string).padEnd(32, '0');
+  const parts: number[] = [];
+  for (let i = 0; i < 32; i += 4) parts.push(parseInt(hex.slice(i, i + 4), 16));
+  // Built directly, not through fromIpaddrV6, which would turn an IPv4-mapped text into IPv4.
+  return { family: 6, text: new ipaddr.IPv6(parts).toString(), hex };
+}
+
+/** Whether two blocks share an address (one holds the other's network address). */
+export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
+  if (a.family !== b.family) return false;
+  const [wide, narrow] = a.prefix <= b.prefix ? [a, b] : [b, a];
+  return cidrContains(wide, cidrNetwork(narrow));
+}
+
+export interface CarriedBlock {
+  /** How the IPv6 block spells IPv4 addresses. */
+  readonly form: 'IPv4-compatible' | 'NAT64' | '6to4';
+  /** The IPv4 addresses the block carries, as `network/prefix`. */
+  readonly ipv4: string;
+}
+
+/**
+ * The IPv4 block that an IPv6 block spells, when the whole block lies inside one of the forms
+ * embeddedIpv4 reads (`::/96`, `64:ff9b::/96`, `2002::/16`), else null.
+ */
+export function carriedBlock(cidr: Cidr): CarriedBlock | null {
+  if (cidr.family !== 6) return null;
+  const hex = (cidr.key as string).padEnd(32, '0');
+  const block = (v4hex: string, bits: number, form: CarriedBlock['form']): CarriedBlock => {
+    const len = Math.min(bits, 32);
+    const v4 = parseInt(v4hex, 16);
+    const network = len === 0 ? 0 : (v4Key(v4, len) << (32 - len)) >>> 0;
+    return { form, ipv4: `${ipv4FromInt(network).text}/${len}` };
+  };
+  if (cidr.prefix >= 96 && hex.startsWith(NAT64_PREFIX)) return block(hex.slice(24), cidr.prefix - 96, 'NAT64');
+  // `::/127` and inside it (`::`, `::1`) carry nothing.
+  if (cidr.prefix >= 96 && hex.startsWith(COMPATIBLE_PREFIX) && !(cidr.prefix >= 127 && parseInt(hex.slice(24), 16) < 2)) {
+    return block(hex.slice(24), cidr.prefix - 96, 'IPv4-compatible');
+  }
+  if (cidr.prefix >= 16 && hex.startsWith(SIX_TO_FOUR_PREFIX)) return block(hex.slice(4, 12), cidr.prefix - 16, '6to4');
+  return null;
 }
 
 /** Whether `ip` falls inside `cidr`. */

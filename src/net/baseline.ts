@@ -10,10 +10,11 @@
  * Scope: classification of one address. IPv6 forms that carry IPv4 (mapped, compatible, NAT64,
  * 6to4) are judged by the IPv4 they carry; `::` and `::1` as themselves. The operator's
  * `baseline.allow_cidrs` exempt what they name (judged on the same address); nothing else does,
- * and nothing exempts `self`, the proxy's own listening addresses (a request loop).
+ * a `metadata` address is exempted only by an entry that is exactly it, and nothing exempts
+ * `self`, the proxy's own listening addresses (a request loop).
  */
-import { cidrContains, ipv4FromInt, parseCidr } from './address.js';
-import type { Cidr, IpAddress } from './address.js';
+import { carriedBlock, cidrContains, cidrNetwork, cidrsOverlap, embeddedIpv4, parseCidr } from './address.js';
+import type { Cidr, IpAddress, Ipv4Address } from './address.js';
 
 export type AddressClass =
   | 'metadata'
@@ -55,25 +56,6 @@ const TABLE: ReadonlyArray<readonly [AddressClass, readonly Cidr[]]> = [
 ];
 const GLOBAL_UNICAST = cidrs('2000::/3')[0] as Cidr;
 
-const COMPATIBLE_PREFIX = '000000000000000000000000'; // ::/96
-const NAT64_PREFIX = '0064ff9b0000000000000000'; // 64:ff9b::/96
-const SIX_TO_FOUR_PREFIX = '2002'; // 2002::/16
-
-/** The IPv4 address an IPv6 address carries (compatible, NAT64, 6to4), or null. */
-export function embeddedIpv4(ip: IpAddress): IpAddress | null {
-  if (ip.family === 4) return null;
-  const { hex } = ip;
-  if (hex.startsWith(COMPATIBLE_PREFIX)) {
-    const tail = hex.slice(24);
-    // `::` and `::1` are themselves (unspecified, loopback), not 0.0.0.0 and 0.0.0.1.
-    if (tail === '00000000' || tail === '00000001') return null;
-    return ipv4FromInt(parseInt(tail, 16));
-  }
-  if (hex.startsWith(NAT64_PREFIX)) return ipv4FromInt(parseInt(hex.slice(24), 16));
-  if (hex.startsWith(SIX_TO_FOUR_PREFIX)) return ipv4FromInt(parseInt(hex.slice(4, 12), 16));
-  return null;
-}
-
 /**
  * The IPv4 rows by first octet, in table order: classification runs for every candidate of
  * every call, and most addresses need no more than one small lookup.
@@ -112,16 +94,71 @@ export interface BaselineOptions {
   readonly isSelf?: (ip: IpAddress, port: number) => boolean;
 }
 
-/** The baseline as the policy engine's `classify` hook. */
+/** An entry that names one address: `/32`, `/128`, or the bare address (read as such). */
+function isSingleAddress(block: Cidr): boolean {
+  return block.prefix === (block.family === 4 ? 32 : 128);
+}
+
+/**
+ * Whether `block` exempts `ip`, which carries `carried` (or null). An address that carries an
+ * IPv4 address is judged by it, so it is exempt when the block holds that IPv4 address, or when
+ * the block is itself an IPv6 spelling of IPv4 addresses (`64:ff9b::/96`, `2002:a01:203::/48`)
+ * that holds it; a broad IPv6 block that merely contains such spellings (`::/0`, `2000::/3`)
+ * does not exempt the private or loopback IPv4 addresses they carry.
+ */
+function exempts(block: Cidr, spellsIpv4: boolean, ip: IpAddress, carried: IpAddress | null): boolean {
+  if (carried === null) return cidrContains(block, ip);
+  return cidrContains(block, carried) || (spellsIpv4 && cidrContains(block, ip));
+}
+
+/**
+ * The baseline as the policy engine's `classify` hook (exemptions as in `exempts`). The
+ * `metadata` row is exempted only by an entry that is exactly that address: a range written for
+ * something else nearby (169.254.0.0/16 for a node-local DNS cache, fd00::/8 for a ULA network,
+ * 64:ff9b::/96 for NAT64) must not hand out the cloud's credentials as a side effect.
+ */
 export function createBaseline(options: BaselineOptions = {}): (ip: IpAddress, port: number) => AddressClass | null {
-  const allow = options.allowCidrs ?? [];
+  const allow = (options.allowCidrs ?? []).map((block) => ({ block, spellsIpv4: carriedBlock(block) !== null }));
+  const exactAllow = allow.filter((a) => isSingleAddress(a.block));
   const isSelf = options.isSelf;
   return (ip, port) => {
     if (isSelf?.(ip, port)) return 'self';
     const addressClass = classifyAddress(ip);
     if (addressClass === null) return null;
-    const judged = embeddedIpv4(ip) ?? ip;
-    for (const block of allow) if (cidrContains(block, judged) || cidrContains(block, ip)) return null;
+    const carried = embeddedIpv4(ip);
+    for (const { block, spellsIpv4 } of addressClass === 'metadata' ? exactAllow : allow) if (exempts(block, spellsIpv4, ip, carried)) return null;
     return addressClass;
   };
+}
+
+/** A broad `allow_cidrs` entry and the metadata addresses it covers but does not exempt. */
+export interface MetadataOverlap {
+  readonly entry: string;
+  readonly metadata: readonly string[];
+}
+
+/** The IPv6 spellings of an IPv4 address that embeddedIpv4 reads: compatible, NAT64, 6to4 (its /48). */
+function carrierForms(v4: Ipv4Address): Cidr[] {
+  const hex = v4.v4.toString(16).padStart(8, '0');
+  const groups = `${hex.slice(0, 4)}:${hex.slice(4)}`;
+  return cidrs(`::${groups}/128`, `64:ff9b::${groups}/128`, `2002:${groups}::/48`);
+}
+
+/**
+ * The `allow_cidrs` entries that cover a metadata address (in any spelling the baseline reads)
+ * without being exactly it: such an entry leaves metadata refused, and the proxy says so at start
+ * so that an operator who meant to exempt it learns why it is still refused.
+ */
+export function metadataOverlaps(allowCidrs: readonly Cidr[]): MetadataOverlap[] {
+  const metadata = (TABLE.find(([c]) => c === 'metadata') as (typeof TABLE)[number])[1];
+  const out: MetadataOverlap[] = [];
+  for (const block of allowCidrs) {
+    if (isSingleAddress(block)) continue;
+    const covered = metadata.filter((m) => {
+      const forms = m.family === 4 ? [m, ...carrierForms(cidrNetwork(m) as Ipv4Address)] : [m];
+      return forms.some((f) => cidrsOverlap(block, f));
+    });
+    if (covered.length > 0) out.push({ entry: block.text, metadata: covered.map((m) => cidrNetwork(m).text) });
+  }
+  return out;
 }

@@ -10,7 +10,7 @@
  * by-priority stays exact without walking the rules.
  */
 import { v4Key, v6Key } from '../net/address.js';
-import type { IpAddress } from '../net/address.js';
+import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { compileGlob, isLiteralGlob, isMatchAll } from './glob.js';
 import type { GlobMatcher } from './glob.js';
 import { isEnforcedVerdict } from './schema.js';
@@ -118,12 +118,18 @@ export function nameOnSet(set: EntrySet, name: string | null): boolean {
   return false;
 }
 
-export function addressOnSet(set: EntrySet, ip: IpAddress): boolean {
-  if (ip.family === 4) {
-    for (const [len, keys] of set.v4) if (keys.has(v4Key(ip.v4, len))) return true;
-  } else {
-    for (const [len, keys] of set.v6) if (keys.has(v6Key(ip.hex, len))) return true;
-  }
+/**
+ * Whether `ip` is on the set by address. `carried` is the IPv4 address `ip` carries
+ * (embeddedIpv4): such an IPv6 address is on the set as itself or through the IPv4 it carries.
+ */
+export function addressOnSet(set: EntrySet, ip: IpAddress, carried: Ipv4Address | null = null): boolean {
+  if (ip.family === 4) return v4OnSet(set, ip.v4);
+  for (const [len, keys] of set.v6) if (keys.has(v6Key(ip.hex, len))) return true;
+  return carried !== null && v4OnSet(set, carried.v4);
+}
+
+function v4OnSet(set: EntrySet, v4: number): boolean {
+  for (const [len, keys] of set.v4) if (keys.has(v4Key(v4, len))) return true;
   return false;
 }
 

@@ -4,7 +4,7 @@
  * destinations (net/address.ts), so `2852039166` written in a list means 169.254.169.254 and
  * `::ffff:10.0.0.0/104` means 10.0.0.0/8: a rule cannot be bypassed by re-spelling.
  */
-import { canonicalHost, parseCidr } from '../net/address.js';
+import { canonicalHost, carriedBlock, parseCidr } from '../net/address.js';
 import type { Entry } from './types.js';
 
 export type EntryResult = Entry | { readonly error: string };
@@ -36,4 +36,17 @@ export function parseEntry(text: string): EntryResult {
     return { kind: 'cidr', text, cidr };
   }
   return { kind: 'host', text, host: host.host };
+}
+
+/**
+ * A load-time warning for an entry that spells IPv4 addresses in IPv6 (NAT64, 6to4,
+ * IPv4-compatible): it matches the IPv6 form only (IPv6 entries match IPv6 addresses), so the
+ * same host reached by its IPv4 address or another spelling is not on it. The IPv4 block covers
+ * every spelling, so that is what to write.
+ */
+export function entryWarning(entry: Entry): string | null {
+  if (entry.kind !== 'cidr') return null;
+  const carried = carriedBlock(entry.cidr);
+  if (carried === null) return null;
+  return `entry '${entry.text}' is the ${carried.form} spelling of ${carried.ipv4} and matches only addresses written that way; write ${carried.ipv4} to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)`;
 }

@@ -11,9 +11,14 @@
  *
  * Either returns a Decision: the deciding rule, the reason, and a trace per candidate; with
  * `explain`, the trace also says why each earlier rule did not match.
+ *
+ * An IPv6 candidate that carries an IPv4 address (IPv4-compatible, NAT64, 6to4: embeddedIpv4,
+ * the baseline's own reading) is on a list as itself or through the IPv4 it carries, so
+ * `deny: [93.184.216.0/24]` catches `64:ff9b::93.184.216.34`: on a network with NAT64 that
+ * address reaches the denied IPv4 host. This holds for every list (scope and exemptions alike).
  */
-import { cidrContains, v4Key, v6Key } from '../net/address.js';
-import type { IpAddress } from '../net/address.js';
+import { cidrContains, embeddedIpv4, v4Key, v6Key } from '../net/address.js';
+import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { addressOnSet, nameOnSet } from './compile.js';
 import type { CompiledPolicy, CompiledRule } from './compile.js';
 import type { CallContext, Decision, EgressVerdict, Entry, NotMatched, RuleSpec, TraceEntry } from './types.js';
@@ -42,9 +47,9 @@ function applies(rule: CompiledRule, ctx: CallContext): boolean {
   return rule.tool(ctx.tool) && rule.server(ctx.server) && (rule.ports === null || rule.ports.has(ctx.port));
 }
 
-function exemptFor(rule: CompiledRule, name: string | null, ip: IpAddress): boolean {
+function exemptFor(rule: CompiledRule, name: string | null, ip: IpAddress, carried: Ipv4Address | null): boolean {
   const exempt = rule.exempt;
-  return exempt !== null && (nameOnSet(exempt, name) || addressOnSet(exempt, ip));
+  return exempt !== null && (nameOnSet(exempt, name) || addressOnSet(exempt, ip, carried));
 }
 
 /** The index lists a host name can hit by name (exact and wildcard entries). */
@@ -85,41 +90,54 @@ function candidateLists(policy: CompiledPolicy, ctx: CallContext, dest: Destinat
   return [dest.nameLists ?? lookupName(policy, dest.name).nameLists ?? NO_LISTS, universalLists(policy, ctx)];
 }
 
-/** The lowest rule order in `list` below `best` that fully matches, else `best`. */
-function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx: CallContext, name: string | null, ip: IpAddress): number {
+/**
+ * The lowest rule order in `list` below `best` that fully matches, else `best`. `carried` is the
+ * IPv4 address `ip` carries (embeddedIpv4), passed alongside rather than in an object: this runs
+ * for every candidate of every call.
+ */
+function scan(policy: CompiledPolicy, list: readonly number[], best: number, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null): number {
   for (let i = 0; i < list.length; i++) {
     const order = list[i] as number;
     if (order >= best) return best;
     const rule = policy.rules[order] as CompiledRule;
-    if (applies(rule, ctx) && !exemptFor(rule, name, ip)) return order;
+    if (applies(rule, ctx) && !exemptFor(rule, name, ip, carried)) return order;
   }
   return best;
 }
 
-/** The first rule (evaluation order) matching `(name, ip)` for this call, or -1. */
-function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly [readonly (readonly number[])[], readonly (readonly number[])[]], ip: IpAddress): number {
-  let best = Infinity;
-  for (const group of lists) for (const list of group) best = scan(policy, list, best, ctx, name, ip);
+/** `best` lowered by the rules whose IPv4 entries hold `v4`. */
+function scanV4(policy: CompiledPolicy, v4: number, best: number, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null): number {
   const { index } = policy;
-  if (ip.family === 4) {
-    for (const [len, keys] of index.v4Short) {
-      const list = keys.get(v4Key(ip.v4, len));
-      if (list) best = scan(policy, list, best, ctx, name, ip);
-    }
-    // Only the prefix lengths that some entry under this /16 has.
-    let lengths = index.v4LongLengths.get(ip.v4 >>> 16) ?? 0;
-    while (lengths !== 0) {
-      const bit = 31 - Math.clz32(lengths);
-      lengths &= ~(1 << bit);
-      const list = (index.v4Long[bit + 16] as ReadonlyMap<number, number[]>).get(v4Key(ip.v4, bit + 16));
-      if (list) best = scan(policy, list, best, ctx, name, ip);
-    }
-  } else {
-    for (const [len, keys] of index.v6) {
-      const list = keys.get(v6Key(ip.hex, len));
-      if (list) best = scan(policy, list, best, ctx, name, ip);
-    }
+  for (const [len, keys] of index.v4Short) {
+    const list = keys.get(v4Key(v4, len));
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
   }
+  // Only the prefix lengths that some entry under this /16 has.
+  let lengths = index.v4LongLengths.get(v4 >>> 16) ?? 0;
+  while (lengths !== 0) {
+    const bit = 31 - Math.clz32(lengths);
+    lengths &= ~(1 << bit);
+    const list = (index.v4Long[bit + 16] as ReadonlyMap<number, number[]>).get(v4Key(v4, bit + 16));
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
+  }
+  return best;
+}
+
+/** The first rule (evaluation order) matching `(name, address)` for this call, or -1. */
+function firstMatch(policy: CompiledPolicy, ctx: CallContext, name: string | null, lists: readonly [readonly (readonly number[])[], readonly (readonly number[])[]], ip: IpAddress, carried: Ipv4Address | null): number {
+  let best = Infinity;
+  for (const group of lists) for (const list of group) best = scan(policy, list, best, ctx, name, ip, carried);
+  if (ip.family === 4) return finish(scanV4(policy, ip.v4, best, ctx, name, ip, null));
+  for (const [len, keys] of policy.index.v6) {
+    const list = keys.get(v6Key(ip.hex, len));
+    if (list) best = scan(policy, list, best, ctx, name, ip, carried);
+  }
+  // IPv4 entries reach an IPv6 address through the IPv4 address it carries.
+  if (carried !== null) best = scanV4(policy, carried.v4, best, ctx, name, ip, carried);
+  return finish(best);
+}
+
+function finish(best: number): number {
   return best === Infinity ? -1 : best;
 }
 
@@ -156,7 +174,8 @@ export function decide(
       trace.push({ address: ip.text, verdict: 'deny', decided_by: 'ssrf_baseline', rule: null, dispatched: false, shadow: false, address_class: addressClass });
       continue;
     }
-    const order = firstMatch(policy, ctx, dest.name, lists, ip);
+    const carried = ip.family === 6 ? embeddedIpv4(ip) : null;
+    const order = firstMatch(policy, ctx, dest.name, lists, ip, carried);
     const rule = order >= 0 ? (policy.rules[order] as CompiledRule) : null;
     const verdict: EgressVerdict = rule ? rule.verdict : policy.defaultVerdict;
     if (!rule) anyDefault = true;
@@ -169,7 +188,7 @@ export function decide(
       dispatched: verdict !== 'deny' || shadow,
       shadow,
     };
-    trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, ip, order) } : entry);
+    trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, ip, carried, order) } : entry);
   }
   const deciding = mostSevere(trace);
   const decision: Decision = {
@@ -270,10 +289,11 @@ function filterMiss(rule: CompiledRule, ctx: CallContext): string | null {
   return null;
 }
 
-export function entryMatches(entry: Entry, name: string | null, ip: IpAddress | null): boolean {
+/** Whether one entry holds `(name, ip)`; `carried` as in addressOnSet. */
+export function entryMatches(entry: Entry, name: string | null, ip: IpAddress | null, carried: Ipv4Address | null = null): boolean {
   if (entry.kind === 'host') return name !== null && name === entry.host;
   if (entry.kind === 'wildcard') return name !== null && name.endsWith(`.${entry.suffix}`);
-  return ip !== null && cidrContains(entry.cidr, ip);
+  return ip !== null && (cidrContains(entry.cidr, ip) || (carried !== null && cidrContains(entry.cidr, carried)));
 }
 
 function skippedReason(spec: RuleSpec): string | null {
@@ -294,18 +314,19 @@ function walkBefore(policy: CompiledPolicy, upTo: CompiledRule | null, why: (rul
   return out;
 }
 
-function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string | null, ip: IpAddress, order: number): NotMatched[] {
+function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string | null, ip: IpAddress, carried: Ipv4Address | null, order: number): NotMatched[] {
   const dest = name ?? ip.text;
+  const address = carried ? `${ip.text}, carrying ${carried.text}` : ip.text;
   return walkBefore(policy, order >= 0 ? (policy.rules[order] as CompiledRule) : null, (rule) => {
     const miss = filterMiss(rule, ctx);
     if (miss) return miss;
-    if (rule.scope && !nameOnSet(rule.scope, name) && !addressOnSet(rule.scope, ip)) {
-      return `${dest} (${ip.text}) is not on the ${rule.scopeSide} list`;
+    if (rule.scope && !nameOnSet(rule.scope, name) && !addressOnSet(rule.scope, ip, carried)) {
+      return `${dest} (${address}) is not on the ${rule.scopeSide} list`;
     }
-    const hit = rule.exempt?.entries.find((e) => entryMatches(e, name, ip));
+    const hit = rule.exempt?.entries.find((e) => entryMatches(e, name, ip, carried));
     /* c8 ignore next */
     if (!hit) return 'did not match';
-    return `exempt: ${dest} (${ip.text}) matches ${rule.exemptSide} entry '${hit.text}'`;
+    return `exempt: ${dest} (${address}) matches ${rule.exemptSide} entry '${hit.text}'`;
   });
 }
 

@@ -10,7 +10,7 @@ import type { Node, Pair } from 'yaml';
 import { isScalar } from 'yaml';
 import { YamlSource } from '../config/yaml.js';
 import type { Diagnostic } from '../config/yaml.js';
-import { parseEntry } from './entries.js';
+import { entryWarning, parseEntry } from './entries.js';
 import { RULE_VERDICTS, STAGES } from './types.js';
 import type { EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
 
@@ -176,7 +176,11 @@ function readYamlLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLi
       if ('error' in entry) {
         src.error(item.node, entry.error);
         ok = false;
-      } else out[side].push(entry);
+      } else {
+        const warning = entryWarning(entry);
+        if (warning) src.warning(item.node, warning);
+        out[side].push(entry);
+      }
     }
   }
   if (ok && out.allow.length === 0 && out.deny.length === 0) {
@@ -220,7 +224,11 @@ function readJsonLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLi
       if ('error' in entry) {
         src.error(at, `egress_json.${key}: ${entry.error}`);
         ok = false;
-      } else out[key].push(entry);
+      } else {
+        const warning = entryWarning(entry);
+        if (warning) src.warning(at, `egress_json.${key}: ${warning}`);
+        out[key].push(entry);
+      }
     }
   }
   if (ok && out.allow.length === 0 && out.deny.length === 0) {

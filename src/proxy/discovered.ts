@@ -1,6 +1,8 @@
 /**
  * Observe mode's record of destinations no rule covered: per (server, tool, host, port), a count
- * and first/last seen. Bounded, so a flood of unique names cannot grow it without end.
+ * and first/last seen. Bounded in entries and in the characters of the names they hold: the
+ * guarded server chooses its tool name (and, without `auth.users`, its user name), so a flood of
+ * unique, header-sized names must not grow it to hundreds of megabytes.
  */
 export interface DiscoveredDestination {
   readonly server: string;
@@ -14,9 +16,14 @@ export interface DiscoveredDestination {
 
 export class DiscoveredStore {
   private readonly entries = new Map<string, DiscoveredDestination>();
+  /** Characters of the keys held (each key spells the entry's names once). */
+  private chars = 0;
   dropped = 0;
 
-  constructor(private readonly limit = 10_000) {}
+  constructor(
+    private readonly limit = 10_000,
+    private readonly charLimit = 4_000_000,
+  ) {}
 
   /** Records one call; returns the entry when it is new (to log `egress.discovered` once). */
   record(server: string, tool: string | null, host: string, port: number, now = new Date()): DiscoveredDestination | null {
@@ -28,12 +35,13 @@ export class DiscoveredStore {
       existing.last_seen = stamp;
       return null;
     }
-    if (this.entries.size >= this.limit) {
+    if (this.entries.size >= this.limit || this.chars + key.length > this.charLimit) {
       this.dropped++;
       return null;
     }
     const entry: DiscoveredDestination = { server, tool, host, port, count: 1, first_seen: stamp, last_seen: stamp };
     this.entries.set(key, entry);
+    this.chars += key.length;
     return entry;
   }
 

@@ -37,14 +37,39 @@ export function globMatches(glob: string, subject: string | null): boolean {
   return go(0, 0);
 }
 
+/** policy.md's IPv6 forms that carry an IPv4 address, with the byte offset of the IPv4 in each. */
+const CARRIERS: ReadonlyArray<readonly [ipaddr.IPv6, number, number]> = [
+  [ipaddr.IPv6.parse('::'), 96, 12], // IPv4-compatible (not :: and ::1, below)
+  [ipaddr.IPv6.parse('64:ff9b::'), 96, 12], // NAT64
+  [ipaddr.IPv6.parse('2002::'), 16, 2], // 6to4
+];
+
+/** The IPv4 address (dotted) that an IPv6 address carries, read from policy.md, or null. */
+export function refCarriedIpv4(text: string): string | null {
+  const addr = ipaddr.parse(text);
+  if (addr.kind() !== 'ipv6') return null;
+  const v6 = addr as ipaddr.IPv6;
+  if (text === '::' || text === '::1') return null;
+  for (const [net, len, offset] of CARRIERS) {
+    if (v6.match(net, len)) return v6.toByteArray().slice(offset, offset + 4).join('.');
+  }
+  return null;
+}
+
+function addressOnEntry(entry: Entry & { kind: 'cidr' }, text: string): boolean {
+  const addr = ipaddr.parse(text);
+  const [net, len] = ipaddr.parseCIDR(entry.cidr.text);
+  if (addr.kind() !== net.kind()) return false;
+  return addr.match([net, len] as [ipaddr.IPv4 | ipaddr.IPv6, number] as never);
+}
+
 function onEntry(entry: Entry, name: string | null, a: IpAddress | null): boolean {
   if (entry.kind === 'host') return name !== null && name === entry.host;
   if (entry.kind === 'wildcard') return name !== null && name.endsWith(`.${entry.suffix}`);
   if (a === null) return false;
-  const addr = ipaddr.parse(a.text);
-  const [net, len] = ipaddr.parseCIDR(entry.cidr.text);
-  if (addr.kind() !== net.kind()) return false;
-  return addr.match([net, len] as [ipaddr.IPv4 | ipaddr.IPv6, number] as never);
+  // An IPv6 address that carries an IPv4 one is on an entry as itself or as that IPv4 address.
+  const carried = refCarriedIpv4(a.text);
+  return addressOnEntry(entry, a.text) || (carried !== null && addressOnEntry(entry, carried));
 }
 
 export function sortedEgressRules(spec: PolicySpec): RuleSpec[] {

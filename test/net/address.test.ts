@@ -1,6 +1,7 @@
 /** Host canonicalisation: every spelling of an address means that address; odd hosts are refused. */
 import t from 'tap';
-import { canonicalHost, formatHostPort, ipv6FromHex, parseCidr, parseIpLiteral } from '../../src/net/address.js';
+import { carriedBlock, cidrsOverlap, canonicalHost, formatHostPort, ipv6FromHex, parseCidr, parseIpLiteral } from '../../src/net/address.js';
+import type { Cidr } from '../../src/net/address.js';
 
 const same: Array<[string, string, 'ip' | 'name']> = [
   ['2852039166', '169.254.169.254', 'ip'],
@@ -107,4 +108,48 @@ t.test('CIDRs', async (t) => {
 t.test('formatHostPort brackets IPv6', async (t) => {
   t.equal(formatHostPort('::1', 443), '[::1]:443');
   t.equal(formatHostPort('a.example', 80), 'a.example:80');
+});
+
+t.test('carriedBlock: the IPv4 block an IPv6 block spells', async (t) => {
+  const rows: Array<[string, string | null]> = [
+    ['64:ff9b::/96', 'NAT64 0.0.0.0/0'],
+    ['64:ff9b::5db8:d800/120', 'NAT64 93.184.216.0/24'],
+    ['64:ff9b::a9fe:a9fe/128', 'NAT64 169.254.169.254/32'],
+    ['64:ff9b::/95', null],
+    ['64:ff9b:1::/48', null],
+    ['::/96', 'IPv4-compatible 0.0.0.0/0'],
+    ['::a00:0/104', 'IPv4-compatible 10.0.0.0/8'],
+    ['::/127', null],
+    ['::2/127', 'IPv4-compatible 0.0.0.2/31'],
+    ['::5db8:d822/128', 'IPv4-compatible 93.184.216.34/32'],
+    ['::1/128', null],
+    ['::/128', null],
+    ['::/0', null],
+    ['2002::/16', '6to4 0.0.0.0/0'],
+    ['2002:a00::/24', '6to4 10.0.0.0/8'],
+    ['2002:a01:203::/48', '6to4 10.1.2.3/32'],
+    ['2002:a01:203:4::/64', '6to4 10.1.2.3/32'],
+    ['2000::/3', null],
+    ['2002::/15', null],
+    ['10.0.0.0/8', null],
+    ['::ffff:10.0.0.0/104', null],
+  ];
+  for (const [text, expected] of rows) {
+    const carried = carriedBlock(parseCidr(text) as Cidr);
+    t.equal(carried ? `${carried.form} ${carried.ipv4}` : null, expected, text);
+  }
+});
+
+t.test('cidrsOverlap', async (t) => {
+  const c = (s: string) => parseCidr(s) as Cidr;
+  t.ok(cidrsOverlap(c('10.0.0.0/8'), c('10.1.0.0/16')));
+  t.ok(cidrsOverlap(c('10.1.0.0/16'), c('10.0.0.0/8')));
+  t.notOk(cidrsOverlap(c('10.0.0.0/8'), c('11.0.0.0/8')));
+  t.ok(cidrsOverlap(c('0.0.0.0/0'), c('255.255.255.255/32')));
+  t.notOk(cidrsOverlap(c('0.0.0.0/0'), c('::/0')), 'families never overlap');
+  t.ok(cidrsOverlap(c('2002::/16'), c('2002:a9fe:a9fe::/48')));
+  t.ok(cidrsOverlap(c('2002:a9fe:a9fe:1::/64'), c('2002:a9fe:a9fe::/48')));
+  t.notOk(cidrsOverlap(c('2002:a9fe:a9ff::/48'), c('2002:a9fe:a9fe::/48')));
+  t.ok(cidrsOverlap(c('::/64'), c('::fffe:0:0/95')));
+  t.notOk(cidrsOverlap(c('::fffe:0:0/95'), c('::ffff:0:0/112')), 'an IPv4-mapped block is IPv4');
 });

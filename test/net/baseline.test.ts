@@ -2,7 +2,8 @@
 import t from 'tap';
 import { parseCidr } from '../../src/net/address.js';
 import type { Cidr } from '../../src/net/address.js';
-import { classifyAddress, createBaseline, embeddedIpv4 } from '../../src/net/baseline.js';
+import { embeddedIpv4 } from '../../src/net/address.js';
+import { classifyAddress, createBaseline, metadataOverlaps } from '../../src/net/baseline.js';
 import { ip } from '../helpers/policy.js';
 
 const rows: Array<[string, string | null]> = [
@@ -94,4 +95,77 @@ t.test('exemptions and self', async (t) => {
   t.equal(baseline(ip('10.1.2.3'), 3128), 'self', 'self cannot be exempted');
   t.equal(baseline(ip('93.184.216.34'), 443), null);
   t.equal(createBaseline()(ip('127.0.0.1'), 1), 'loopback', 'no options');
+});
+
+t.test('metadata is exempted only by an entry that is exactly that address', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const rows: Array<[string[], string, string | null, string]> = [
+    // [allow_cidrs, destination, class, why]
+    [['169.254.0.0/16'], '169.254.169.254', 'metadata', 'a link-local range written for a node-local DNS cache'],
+    [['169.254.0.0/16'], '169.254.170.2', 'metadata', 'ECS task metadata too'],
+    [['169.254.0.0/16'], '169.254.20.10', null, 'the range still exempts what it was written for'],
+    [['169.254.0.0/16'], '[64:ff9b::169.254.169.254]', 'metadata', 'NAT64 spelling under the IPv4 range'],
+    [['169.254.0.0/16'], '[2002:a9fe:a9fe::]', 'metadata', '6to4 spelling under the IPv4 range'],
+    [['169.254.0.0/16'], '[::169.254.169.254]', 'metadata', 'IPv4-compatible spelling under the IPv4 range'],
+    [['169.254.169.0/24'], '169.254.169.254', 'metadata', 'a /24'],
+    [['169.254.169.254/31'], '169.254.169.254', 'metadata', 'a /31 is not exact'],
+    [['0.0.0.0/0'], '100.100.100.200', 'metadata', 'everything IPv4'],
+    [['0.0.0.0/0'], '10.1.2.3', null, 'everything IPv4 exempts private'],
+    [['fd00::/8'], '[fd00:ec2::254]', 'metadata', 'a ULA range'],
+    [['fd00::/8'], '[fd00:1::1]', null, 'the ULA range still exempts ULA'],
+    [['::/0'], '[fd00:ec2::254]', 'metadata', 'everything IPv6'],
+    [['64:ff9b::/96'], '[64:ff9b::169.254.169.254]', 'metadata', 'the whole NAT64 range'],
+    [['64:ff9b::/96'], '[64:ff9b::10.1.2.3]', null, 'the NAT64 range exempts what it names otherwise'],
+    [['2002::/16'], '[2002:a9fe:a9fe::1]', 'metadata', 'the whole 6to4 range'],
+    [['169.254.169.254/32'], '169.254.169.254', null, 'exact /32'],
+    [['169.254.169.254/32'], '[64:ff9b::169.254.169.254]', null, 'exact /32 covers the spellings of that address'],
+    [['169.254.169.254/32'], '169.254.170.2', 'metadata', 'exact names one address only'],
+    [['::ffff:169.254.169.254/128'], '169.254.169.254', null, 'an IPv4-mapped /128 is the IPv4 /32'],
+    [['64:ff9b::a9fe:a9fe/128'], '[64:ff9b::169.254.169.254]', null, 'an exact NAT64 spelling exempts that spelling'],
+    [['64:ff9b::a9fe:a9fe/128'], '169.254.169.254', 'metadata', 'but not the IPv4 address'],
+    [['fd00:ec2::254/128'], '[fd00:ec2::254]', null, 'exact /128'],
+    [['fd00:ec2::254/128', '169.254.0.0/16'], '169.254.169.254', 'metadata', 'one exact entry does not open another metadata address'],
+  ];
+  for (const [allow, destination, expected, why] of rows) {
+    const baseline = createBaseline({ allowCidrs: allow.map(cidr) });
+    t.equal(baseline(ip(destination.replace(/^\[|\]$/g, '')), 80), expected, `${allow.join(',')} vs ${destination}: ${why}`);
+  }
+});
+
+t.test('broad exemptions that cover metadata are named for the start-up warning', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const overlaps = (...entries: string[]) => metadataOverlaps(entries.map(cidr));
+  t.same(overlaps('169.254.0.0/16'), [{ entry: '169.254.0.0/16', metadata: ['169.254.169.254', '169.254.170.2'] }]);
+  t.same(overlaps('100.64.0.0/10'), [{ entry: '100.64.0.0/10', metadata: ['100.100.100.200'] }]);
+  t.same(overlaps('fd00::/8'), [{ entry: 'fd00::/8', metadata: ['fd00:ec2::254'] }]);
+  t.same(overlaps('64:ff9b::/96').map((o) => o.metadata.length), [5], 'NAT64 spellings of the five IPv4 metadata addresses');
+  t.same(overlaps('2002:a9fe::/32'), [{ entry: '2002:a9fe::/32', metadata: ['169.254.169.254', '169.254.170.2'] }], '6to4 spellings');
+  t.same(overlaps('2002:a9fe:a9fe:1::/64'), [{ entry: '2002:a9fe:a9fe:1::/64', metadata: ['169.254.169.254'] }], 'a block inside one 6to4 /48');
+  t.same(overlaps('169.254.169.254/32', 'fd00:ec2::254/128', '10.0.0.0/8', '127.0.0.0/8', '::1/128', '2606:4700::/32'), [], 'exact entries and ranges away from metadata are not named');
+});
+
+t.test('an address that carries IPv4 is exempt through that IPv4, or by a block that spells IPv4', async (t) => {
+  const cidr = (s: string) => parseCidr(s) as Cidr;
+  const rows: Array<[string, string, string | null]> = [
+    // [allow_cidrs entry, destination, class]
+    ['10.0.0.0/8', '64:ff9b::a01:203', null],
+    ['10.0.0.0/8', '2002:a01:203::1', null],
+    ['64:ff9b::/96', '64:ff9b::a01:203', null],
+    ['64:ff9b::a01:203/128', '64:ff9b::a01:203', null],
+    ['64:ff9b::a01:203/128', '64:ff9b::a01:204', 'private'],
+    ['2002:a01:203::/48', '2002:a01:203::1', null],
+    ['::a00:0/104', '::a01:203', null],
+    ['::/0', '64:ff9b::a01:203', 'private'],
+    ['::/0', '2002:7f00:1::', 'loopback'],
+    ['::/0', '::a01:203', 'private'],
+    ['::/0', 'fe80::1', null],
+    ['::/0', '::1', null],
+    ['2000::/3', '2002:a01:203::1', 'private'],
+    ['2000::/3', '2001:db8::1', null],
+    ['2002::/15', '2002:a01:203::1', 'private'],
+    ['::/64', '::a01:203', 'private'],
+  ];
+  for (const [entry, destination, expected] of rows) {
+    t.equal(createBaseline({ allowCidrs: [cidr(entry)] })(ip(destination), 80), expected, `${entry} vs ${destination}`);
+  }
 });

@@ -18,8 +18,11 @@ import { refBlockedByName, refDecide } from '../helpers/reference.js';
 
 const NAMES = ['a.example.com', 'b.example.com', 'x.a.example.com', 'y.x.a.example.com', 'api.test', 'evil.test', 'example.com'];
 const WILDCARDS = ['*.example.com', '*.a.example.com', '*.x.a.example.com', '*.api.test'];
-const ADDRESSES = ['34.1.2.3', '34.1.9.9', '34.200.0.1', '52.1.2.3', '93.184.216.34', '10.0.0.5', '2600:1::5', '2600:1:2::9', '2a00::1', '2600::1'];
-const CIDRS = ['34.0.0.0/8', '34.1.0.0/16', '34.1.2.3/32', '52.0.0.0/8', '0.0.0.0/0', '93.184.216.0/24', '10.0.0.0/8', '34.1.2.0/23', '2600::/16', '2600:1::/32', '2600:1::5/128', '::/0', '2600::/12', '::ffff:34.0.0.0/104', '2600:1:2::/47'];
+// IPv6 forms that carry an IPv4 address (policy.md): NAT64, IPv4-compatible and 6to4 spellings of
+// the IPv4 addresses above, and `::1`, which carries none.
+const CARRYING = ['64:ff9b::2201:203', '64:ff9b::5db8:d822', '::2201:909', '::3401:203', '2002:2201:203::1', '2002:5db8:d822:1::9', '::1'];
+const ADDRESSES = ['34.1.2.3', '34.1.9.9', '34.200.0.1', '52.1.2.3', '93.184.216.34', '10.0.0.5', '2600:1::5', '2600:1:2::9', '2a00::1', '2600::1', ...CARRYING];
+const CIDRS = ['34.0.0.0/8', '34.1.0.0/16', '34.1.2.3/32', '52.0.0.0/8', '0.0.0.0/0', '93.184.216.0/24', '10.0.0.0/8', '34.1.2.0/23', '2600::/16', '2600:1::/32', '2600:1::5/128', '::/0', '2600::/12', '::ffff:34.0.0.0/104', '2600:1:2::/47', '64:ff9b::/96', '2002::/16', '64:ff9b::2201:0/112', '::/96', '0.0.0.0/8', '2002:5db8:d822::/48'];
 const TOOL_GLOBS = ['*', '*', '*', 'http_*', 'search', '*fetch*', '?earch', 'x'];
 const SERVER_GLOBS = ['*', '*', '*', 'srv-*', 'srv-a'];
 const TOOLS = [null, 'http_fetch', 'search', 'fetch', 'x'];

@@ -79,6 +79,74 @@ rules:
   t.equal((await decideFor(mappedAll, { destination: '[2600::1]:80', baseline: false })).decision.reason, 'default');
 });
 
+t.test('an IPv6 address that carries an IPv4 address is on IPv4 entries through it (policy.md)', async (t) => {
+  const deny = compileYaml(`version: 1
+default_verdict: allow
+rules:
+  - {id: deny-range, priority: 1, verdict: deny, egress: {deny: [93.184.216.0/24]}}
+`);
+  const rows: Array<[string, string[] | undefined, string | null, string]> = [
+    // [destination, AAAA/A answers for a name, deciding rule (null: default), why]
+    ['93.184.216.34:443', undefined, 'deny-range', 'the IPv4 address itself'],
+    ['[64:ff9b::93.184.216.34]:443', undefined, 'deny-range', 'NAT64, dotted'],
+    ['[64:ff9b::5db8:d822]:443', undefined, 'deny-range', 'NAT64, hex'],
+    ['[0064:FF9B:0:0:0:0:5DB8:D822]:443', undefined, 'deny-range', 'NAT64, uncompressed upper case'],
+    ['[::93.184.216.34]:443', undefined, 'deny-range', 'IPv4-compatible, dotted'],
+    ['[::5db8:d822]:443', undefined, 'deny-range', 'IPv4-compatible, hex'],
+    ['[2002:5db8:d822::1]:443', undefined, 'deny-range', '6to4'],
+    ['[2002:5db8:d8ff:ffff:ffff:ffff:ffff:ffff]:443', undefined, 'deny-range', '6to4, last address of the /48'],
+    ['[64:ff9b::93.184.217.1]:443', undefined, null, 'NAT64 of an address outside the range'],
+    ['[2002:5db8:d922::1]:443', undefined, null, '6to4 of an address outside the range'],
+    ['[2606:4700::1111]:443', undefined, null, 'an IPv6 address that carries nothing'],
+    ['nat64.test:443', ['64:ff9b::5db8:d822'], 'deny-range', 'a name whose only answer is a NAT64 AAAA'],
+    ['compat.test:443', ['::5db8:d823'], 'deny-range', 'a name whose only answer is an IPv4-compatible AAAA'],
+    ['sixtofour.test:443', ['2002:5db8:d822::1'], 'deny-range', 'a name whose only answer is a 6to4 AAAA'],
+    ['mixed.test:443', ['2606:4700::1111', '64:ff9b::5db8:d822'], 'deny-range', 'one carrying answer among others blocks the call'],
+    ['clean.test:443', ['2606:4700::1111', '64:ff9b::5db8:d922'], null, 'no answer carries a denied address'],
+  ];
+  for (const [destination, resolves, rule, why] of rows) {
+    const { decision, queries } = await decideFor(deny, { destination, resolves });
+    t.equal(decision.rule?.id ?? null, rule, `${destination}: ${why}`);
+    t.equal(decision.dispatched, rule === null, `${destination}: dispatched only when no rule refused`);
+    if (resolves === undefined) t.same(queries, [], 'an IP literal is never resolved');
+  }
+  const { decision } = await decideFor(deny, { destination: '[64:ff9b::93.184.216.34]:443' });
+  t.match(decision.trace[0], { address: '64:ff9b::5db8:d822', rule: { id: 'deny-range' } }, 'the trace names the address as dialled');
+});
+
+t.test('embedded IPv4: both polarities, exemptions, and the baseline still judges the carried address', async (t) => {
+  const allow = compileYaml(`version: 1
+default_verdict: deny
+rules:
+  - {id: allow-range, priority: 1, verdict: allow, egress: {allow: [93.184.216.0/24, 10.0.0.0/8], deny: [93.184.216.99]}}
+`);
+  const rule = async (policy: ReturnType<typeof compileYaml>, destination: string) => {
+    const { decision } = await decideFor(policy, { destination });
+    return `${decision.rule?.id ?? decision.reason}${decision.address_class ? `/${decision.address_class}` : ''}`;
+  };
+  t.equal(await rule(allow, '[64:ff9b::93.184.216.34]:443'), 'allow-range', 'an allow list admits the NAT64 spelling of an allowed address');
+  t.equal(await rule(allow, '[2002:5db8:d822::]:443'), 'allow-range', 'and the 6to4 spelling');
+  t.equal(await rule(allow, '[64:ff9b::93.184.216.99]:443'), 'default', 'its deny exemption is matched through the carried address too');
+  t.equal(await rule(allow, '[64:ff9b::10.1.2.3]:443'), 'ssrf_baseline/private', 'allowed by the list, refused by the baseline (it judges the carried address)');
+  t.equal(await rule(allow, '[::169.254.169.254]:443'), 'ssrf_baseline/metadata');
+  t.equal(await rule(allow, '[2606:4700::1111]:443'), 'default');
+
+  const exempt = compileYaml(`version: 1
+default_verdict: allow
+rules:
+  - {id: no-nat64, priority: 1, verdict: deny, egress: {deny: ["64:ff9b::/96"], allow: [93.184.216.34]}}
+  - {id: no-v4, priority: 2, verdict: deny, egress: {deny: [0.0.0.0/0]}}
+`);
+  t.equal(await rule(exempt, '[64:ff9b::93.184.216.35]:443'), 'no-nat64', 'an IPv6 entry matches the address as itself');
+  t.equal(await rule(exempt, '[64:ff9b::93.184.216.34]:443'), 'no-v4', 'exempt from no-nat64 through the carried address; caught by the IPv4 /0');
+  t.equal(await rule(exempt, '[2606:4700::1111]:443'), 'default', '0.0.0.0/0 still does not match an IPv6 address that carries nothing');
+  t.equal(await rule(exempt, '[::1]:443'), 'ssrf_baseline/loopback', '::1 is itself, not 0.0.0.1');
+  const noBaseline = await decideFor(exempt, { destination: '[::1]:443', baseline: false });
+  t.equal(noBaseline.decision.reason, 'default', 'without the baseline, ::1 is on no IPv4 entry');
+  const unspecified = await decideFor(exempt, { destination: '[::]:443', baseline: false });
+  t.equal(unspecified.decision.reason, 'default', ':: is on no IPv4 entry');
+});
+
 t.test('host names: case, trailing dots, IDN, wildcards', async (t) => {
   const policy = compileYaml(`version: 1
 rules:

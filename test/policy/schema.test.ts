@@ -114,6 +114,23 @@ rules:
   t.equal(result.skippedRules, 2);
 });
 
+t.test('warnings: an IPv6 spelling of IPv4 addresses in a list says to write the IPv4 block', async (t) => {
+  const result = parsePolicy('p.yaml', `version: 1
+rules:
+  - {id: a, priority: 1, verdict: deny, egress: {deny: ["64:ff9b::5db8:d800/120", "2002:5db8:d822::/48", "::5db8:d822", "2002::/16"]}}
+  - {id: b, priority: 2, verdict: deny, egress_json: '{"allow": ["64:ff9b::/96"]}'}
+  - {id: quiet, priority: 3, verdict: deny, egress: {deny: ["::/0", "2000::/3", "::1", "::", "::ffff:10.0.0.0/104", "64:ff9b::/95", "2606:4700::/32", 93.184.216.0/24]}}
+`);
+  t.ok(result.spec, 'valid: a warning, not an error');
+  t.same(result.diagnostics.map(formatDiagnostic), [
+    "p.yaml:3:57: warning: entry '64:ff9b::5db8:d800/120' is the NAT64 spelling of 93.184.216.0/24 and matches only addresses written that way; write 93.184.216.0/24 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+    "p.yaml:3:83: warning: entry '2002:5db8:d822::/48' is the 6to4 spelling of 93.184.216.34/32 and matches only addresses written that way; write 93.184.216.34/32 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+    "p.yaml:3:106: warning: entry '::5db8:d822' is the IPv4-compatible spelling of 93.184.216.34/32 and matches only addresses written that way; write 93.184.216.34/32 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+    "p.yaml:3:121: warning: entry '2002::/16' is the 6to4 spelling of 0.0.0.0/0 and matches only addresses written that way; write 0.0.0.0/0 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+    "p.yaml:4:54: warning: egress_json.allow: entry '64:ff9b::/96' is the NAT64 spelling of 0.0.0.0/0 and matches only addresses written that way; write 0.0.0.0/0 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+  ]);
+});
+
 t.test('defaults and accepted forms', async (t) => {
   const result = parsePolicy('p.yaml', `version: 1
 rules:
