@@ -36,7 +36,7 @@ import { DialError, pinnedDial } from '../net/pinned-dial.js';
 import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { Decision } from '../policy/types.js';
-import { failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
+import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
 import { readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
@@ -88,6 +88,8 @@ interface ActiveCall {
 }
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
+/** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
+const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
 
 function isLoopbackAddress(ip: IpAddress): boolean {
   return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
@@ -117,7 +119,10 @@ export class ProxyServer implements TunnelOwner {
       maxHeaderSize: config.limits.maxHeaderBytes,
       headersTimeout: config.limits.headerTimeoutMs,
       requestTimeout: 0,
-      keepAliveTimeout: 5_000,
+      // An idle kept-alive connection is a client sending nothing: cut like one, at the header
+      // timeout when that is shorter than 5 s. node:http closes it a second after the timeout
+      // it advertises (its keep-alive buffer), so that second is taken off here.
+      keepAliveTimeout: Math.max(100, Math.min(5_000, config.limits.headerTimeoutMs) - NODE_KEEP_ALIVE_BUFFER_MS),
       connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.limits.headerTimeoutMs / 2))),
       requireHostHeader: false,
     });
@@ -367,9 +372,16 @@ export class ProxyServer implements TunnelOwner {
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
-    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
+    // An answer of ours already under way on this connection: another one would corrupt it.
+    if ((socket as { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) socket.destroy();
+    else if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
+      // node:http's parser still reads this socket after a timeout (it is freed only on a parse
+      // error): a request finished in the grace period would still be served. The client has
+      // sent nothing unread, so closing as soon as the 408 is out loses nothing.
+      destroyWhenFlushed(socket);
+    } else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
     else socket.destroy();
   }
 
