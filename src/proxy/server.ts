@@ -73,6 +73,8 @@ export interface ProxyObserver {
 interface Admitted {
   readonly connId: string;
   readonly client: string;
+  /** What `max_tunnels_per_client` counts by (identity.ts): the user, or without users the source address. */
+  readonly limitKey: string;
   readonly call: Attribution;
   readonly generation: number;
   readonly decision: Decision;
@@ -223,6 +225,7 @@ export class ProxyServer implements TunnelOwner {
       };
     }
     const client = identity.client;
+    const limitKey = identity.limitKey;
     const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
@@ -230,7 +233,7 @@ export class ProxyServer implements TunnelOwner {
     if (attribution.kind === 'unattributed') {
       const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, call, generation: generation.generation, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
@@ -244,7 +247,7 @@ export class ProxyServer implements TunnelOwner {
       this.options.observer?.failure?.('dns_error');
       return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
-    const admitted: Admitted = { connId, client, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
@@ -407,14 +410,15 @@ export class ProxyServer implements TunnelOwner {
       return;
     }
     const a = admission.admitted;
-    const perClient = this.tunnelsByClient.get(a.client) ?? 0;
+    const perClient = this.tunnelsByClient.get(a.limitKey) ?? 0;
     if (perClient >= this.options.config.limits.maxTunnelsPerClient) {
-      this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, open: perClient }, 'tunnel limit reached');
+      this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, limit_key: a.limitKey, open: perClient }, 'tunnel limit reached');
       this.options.observer?.failure?.('too_many_tunnels');
-      sendRawAnswer(client, failure('too_many_tunnels', `client ${a.client} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, a.call), { 'retry-after': '1' }));
+      const who = this.options.config.auth.users.length > 0 ? `client ${a.limitKey}` : `source address ${a.limitKey}`;
+      sendRawAnswer(client, failure('too_many_tunnels', `${who} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, a.call), { 'retry-after': '1' }));
       return;
     }
-    this.adjustTunnels(a.client, +1);
+    this.adjustTunnels(a.limitKey, +1);
     const started = performance.now();
     let conn: PinnedConnection;
     try {
@@ -426,14 +430,14 @@ export class ProxyServer implements TunnelOwner {
         },
       });
     } catch (err) {
-      this.adjustTunnels(a.client, -1);
+      this.adjustTunnels(a.limitKey, -1);
       this.logDecision(a, null);
       sendRawAnswer(client, this.dialFailure(a, err));
       this.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
       return;
     }
     this.logDecision(a, conn.address.text);
-    const tunnel = new Tunnel(a.connId, a.client, client, conn.socket, started, this);
+    const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
     this.active.add(tunnel);
     tunnel.open(head, this.options.config.limits.tunnelIdleTimeoutMs);
   }
@@ -441,14 +445,14 @@ export class ProxyServer implements TunnelOwner {
   /** TunnelOwner: both sockets of a tunnel are closed. */
   tunnelEnded(tunnel: Tunnel): void {
     this.active.delete(tunnel);
-    this.adjustTunnels(tunnel.clientId, -1);
+    this.adjustTunnels(tunnel.limitKey, -1);
     this.closedEvent(tunnel.connId, tunnel.upstream.bytesWritten, tunnel.upstream.bytesRead, tunnel.started, tunnel.end ?? 'client_closed', true);
   }
 
-  private adjustTunnels(client: string, delta: number): void {
-    const n = (this.tunnelsByClient.get(client) ?? 0) + delta;
-    if (n <= 0) this.tunnelsByClient.delete(client);
-    else this.tunnelsByClient.set(client, n);
+  private adjustTunnels(limitKey: string, delta: number): void {
+    const n = (this.tunnelsByClient.get(limitKey) ?? 0) + delta;
+    if (n <= 0) this.tunnelsByClient.delete(limitKey);
+    else this.tunnelsByClient.set(limitKey, n);
     this.openTunnels += delta;
     this.options.observer?.tunnels?.(this.openTunnels);
   }

@@ -1,5 +1,8 @@
 /** Client identity, proxy credentials, socket tags and trusted (registered) call ids through the proxy. */
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import t from 'tap';
 import { proxyWithUpstream } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
@@ -96,4 +99,40 @@ t.test('trust: registered accepts only call ids the gateway registered for that 
     t.match(proxy.events('egress.decision').at(-1), { reason: 'unattributed', dispatched: false, call_id: callId });
   }
   t.equal(upstream.requests.length, 1);
+});
+
+/** Opens a CONNECT tunnel through the proxy on a raw socket; the answer's status line and the socket. */
+async function openTunnel(t: { teardown(fn: () => unknown): void }, port: number, request: string): Promise<{ status: string; socket: Socket }> {
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  await once(socket, 'connect');
+  socket.write(request);
+  const [first] = (await once(socket, 'data')) as [Buffer];
+  return { status: first.toString('latin1').split('\r\n')[0] as string, socket };
+}
+
+t.test('without users, max_tunnels_per_client counts per source address, whatever user name is written', async (t) => {
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: 'limits: {max_tunnels_per_client: 2}' });
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-a', 'x')))).status, /^HTTP\/1\.1 200/);
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'x')))).status, /^HTTP\/1\.1 200/);
+  for (const [name, auth] of [
+    ['a third user name', basic('team-c', 'x')],
+    ['no user name', ''],
+  ] as const) {
+    const r = await rawRequest(proxy.port, connectRequest(target, auth));
+    t.equal(r.status, 429, `${name}: refused, the source already has two tunnels`);
+    t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /source address 127\.0\.0\.1 has 2 open tunnels/ });
+  }
+  t.match(proxy.events().filter((e) => e.code === 'too_many_tunnels')[0], { server: 'team-c', limit_key: '127.0.0.1', open: 2 });
+});
+
+t.test('with users, max_tunnels_per_client counts per authenticated user', async (t) => {
+  const users = `auth: {users: [{name: team-a, password_sha256: ${sha('pa')}}, {name: team-b, password_sha256: ${sha('pb')}}]}`;
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: `${users}\nlimits: {max_tunnels_per_client: 1}` });
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-a', 'pa')))).status, /^HTTP\/1\.1 200/);
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'pb')))).status, /^HTTP\/1\.1 200/, 'another user from the same address has its own allowance');
+  const r = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'pa')));
+  t.equal(r.status, 429);
+  t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /client team-a has 1 open tunnels/ });
 });
