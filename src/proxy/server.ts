@@ -38,7 +38,7 @@ import type { NameResolver } from '../net/resolve.js';
 import type { Decision } from '../policy/types.js';
 import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
-import { readConnectionStart } from './connection-start.js';
+import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from './decision.js';
 import type { DiscoveredStore } from './discovered.js';
@@ -143,6 +143,7 @@ export class ProxyServer implements TunnelOwner {
     const sockets = this.sockets;
     this.connectionClosed = function (this: Socket) {
       sockets.delete(this);
+      clearHeadDeadline(this);
     };
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.onRequest(req, res));
@@ -370,21 +371,21 @@ export class ProxyServer implements TunnelOwner {
     // Nobody else listens on this socket any more: a reset while the answer goes out must
     // close it, not reach the process as an unhandled 'error'.
     socket.on('error', destroyOnError);
+    clearHeadDeadline(socket);
     this.options.observer?.failure?.(code);
     sendRawAnswer(socket, failure(code, message, this.labelFor(null), headers));
+    // After a timeout node:http's parser may still read this socket (it is freed only on a parse
+    // error): a request finished in the grace period would still be served. The client has
+    // sent nothing unread, so closing as soon as the 408 is out loses nothing.
+    if (code === 'request_timeout') destroyWhenFlushed(socket);
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     // An answer of ours already under way on this connection: another one would corrupt it.
     if ((socket as { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) socket.destroy();
     else if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
-      // node:http's parser still reads this socket after a timeout (it is freed only on a parse
-      // error): a request finished in the grace period would still be served. The client has
-      // sent nothing unread, so closing as soon as the 408 is out loses nothing.
-      destroyWhenFlushed(socket);
-    } else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
+    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
     else socket.destroy();
   }
 
@@ -471,6 +472,7 @@ export class ProxyServer implements TunnelOwner {
   // ---- plain HTTP (absolute form) ----
 
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    clearHeadDeadline(req.socket);
     const method = req.method ?? 'GET';
     const url = parseAbsoluteUrl(req.url ?? '');
     if ('error' in url) {

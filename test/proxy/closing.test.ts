@@ -216,3 +216,39 @@ t.test('after a 408 on the node:http path, finishing the request head gets nothi
   t.notMatch(text, /HTTP\/1\.1 200/, 'no second answer');
   t.equal(upstream.requests.length, 0, 'nothing reached the upstream');
 });
+
+t.test('a head that turns out late not to be a CONNECT is still cut at header_timeout_ms from the connection opening', async (t) => {
+  const headerTimeoutMs = 600;
+  const { proxy } = await setup(t, `limits: {header_timeout_ms: ${headerTimeoutMs}}`);
+  const socket = connect({ host: '127.0.0.1', port: proxy.port, allowHalfOpen: true });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  const opened = Date.now();
+  let text = '';
+  socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+  // `CO` could still be CONNECT (the proxy's own reader waits); `PY` makes it node:http's, late.
+  socket.write('CO');
+  await new Promise((r) => setTimeout(r, 400));
+  socket.write('PY http://a.test/ HTTP/1.1\r\nHost: a.test\r\n');
+  await once(socket, 'end');
+  const cut = Date.now() - opened;
+  t.match(text, /^HTTP\/1\.1 408 /);
+  t.ok(cut < headerTimeoutMs + 250, `cut ${cut} ms after the connection opened (header_timeout_ms ${headerTimeoutMs}), not after the hand-off`);
+});
+
+t.test('a request head completed in time on the node:http path is served, and the deadline no longer applies', async (t) => {
+  const { proxy, upstream } = await setup(t, 'limits: {header_timeout_ms: 400}');
+  const target = `127.0.0.1:${upstream.port}`;
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  let text = '';
+  socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+  socket.write(`GET http://${target}/slow-body HTTP/1.1\r\nHost: ${target}\r\nContent-Length: 4\r\n\r\nab`);
+  // The body arrives after the deadline: the head was complete in time, so the call goes on.
+  await new Promise((r) => setTimeout(r, 600));
+  socket.write('cd');
+  while (!/\r\n\r\n[^]*\}/.test(text) && !socket.destroyed) await new Promise((r) => setTimeout(r, 10));
+  t.match(text, /^HTTP\/1\.1 200 /);
+  socket.destroy();
+});
