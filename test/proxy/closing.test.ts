@@ -252,3 +252,20 @@ t.test('a request head completed in time on the node:http path is served, and th
   t.match(text, /^HTTP\/1\.1 200 /);
   socket.destroy();
 });
+
+t.test('a refused client that closes frees its slot at once, not after the grace period', async (t) => {
+  const { proxy, upstream } = await setup(t, 'limits: {max_connections: 1}');
+  for (const [name, request] of [
+    ['refused CONNECT', connectRequest('10.1.2.3:80')],
+    ['malformed plain request (node:http)', 'GARBAGE GARBAGE\r\n\r\n'],
+  ] as const) {
+    // rawRequest closes its side when the proxy does (an ordinary client).
+    const r = await rawRequest(proxy.port, request);
+    t.ok(r.status >= 400, `${name}: answered ${r.status}`);
+    const closed = Date.now();
+    const served = await servedAt(proxy, upstream, 2000);
+    const waited = (served ?? Infinity) - closed;
+    // The grace period is 500 ms: served well before it means the client's close was seen.
+    t.ok(waited < 350, `${name}: served ${waited} ms after the client closed`);
+  }
+});
