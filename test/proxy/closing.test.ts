@@ -269,3 +269,33 @@ t.test('a refused client that closes frees its slot at once, not after the grace
     t.ok(waited < 350, `${name}: served ${waited} ms after the client closed`);
   }
 });
+
+t.test('a malformed request behind an answer already streaming cuts the connection, and writes nothing into that answer', async (t) => {
+  const slow = await startUpstream('127.0.0.1', {
+    respond: (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '10' });
+      res.write('01234');
+      setTimeout(() => res.end('56789'), 300);
+    },
+  });
+  t.teardown(() => slow.close());
+  const proxy = await startTestProxyFor(t, { policy: ALLOW });
+  const target = `127.0.0.1:${slow.port}`;
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  socket.on('error', () => {});
+  await once(socket, 'connect');
+  let text = '';
+  let sentGarbage = false;
+  socket.on('data', (d: Buffer) => {
+    text += d.toString('latin1');
+    // The answer has begun: now a second, malformed request on the same connection.
+    if (!sentGarbage && text.includes('01234')) {
+      sentGarbage = true;
+      socket.write('GARBAGE GARBAGE\r\n\r\n');
+    }
+  });
+  socket.write(`GET http://${target}/ HTTP/1.1\r\nHost: ${target}\r\n\r\n`);
+  await once(socket, 'close');
+  t.ok(sentGarbage);
+  t.notMatch(text, /HTTP\/1\.1 400/, 'no 400 written into the middle of the first answer');
+});
