@@ -3,10 +3,12 @@
  */
 import { runDatapathBench } from './datapath.bench.js';
 import { runPolicyBench } from './policy.bench.js';
+import { runRegistryBench } from './registry.bench.js';
 
 const benches: Record<string, () => Promise<string> | string> = {
   policy: runPolicyBench,
   datapath: runDatapathBench,
+  registry: runRegistryBench,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('--'));

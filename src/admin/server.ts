@@ -39,6 +39,8 @@ import type { Metrics } from './metrics.js';
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
 const MAX_BODY = 256 * 1024;
+/** A refused registration's status: a clash, this client's cap, or the whole registry's. */
+const REFUSED_REGISTRATION_STATUS = { conflict: 409, client_limit: 429, registry_full: 503 } as const;
 const CALL_ID = /^[\x21-\x7e]{1,256}$/;
 /** A label (tool, client, session, server): 1 to 256 characters, no control characters. */
 const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
@@ -290,7 +292,7 @@ export class AdminServer {
             sessionId,
             ttlMs: b.ttl_ms as number | undefined,
           });
-          if ('error' in registered) throw new HttpError(409, 'conflict', registered.error);
+          if ('error' in registered) throw new HttpError(REFUSED_REGISTRATION_STATUS[registered.code], registered.code, registered.error);
           return this.send(res, 201, { call_id: registered.callId, tool: registered.tool, client: registered.client, session_id: registered.sessionId, expires_at: new Date(registered.expiresAt).toISOString() });
         }
         case 'GET /v1/discovered': {

@@ -2,12 +2,25 @@
  * Client identity ("server" in rules and events): the user name of `Proxy-Authorization: Basic`
  * when the client sends one, else the client's source IP. With users configured the password is
  * checked (SHA-256, constant-time) and a missing or wrong credential is refused with 407; with
- * none configured any user name is a label. The header's value never reaches a log line.
+ * none configured any user name is a label (and per-client limits count by source address). The
+ * header's value never reaches a log line.
  */
 import type { ProxyUser } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 
-export type IdentityResult = { readonly ok: true; readonly client: string; readonly viaCredentials: boolean } | { readonly ok: false; readonly reason: string };
+export type IdentityResult =
+  | {
+      readonly ok: true;
+      readonly client: string;
+      readonly viaCredentials: boolean;
+      /**
+       * What per-client limits count by: the authenticated user with users configured, else the
+       * source address. Without users a user name is a label the client picks, and a client
+       * writing a new one on each connection must not get a fresh allowance each time.
+       */
+      readonly limitKey: string;
+    }
+  | { readonly ok: false; readonly reason: string };
 
 function parseBasic(header: string): { user: string; password: string } | null {
   const m = /^Basic[ \t]+([A-Za-z0-9+/=]+)[ \t]*$/i.exec(header);
@@ -27,8 +40,9 @@ export function sourceAddress(remote: string | undefined): string {
 export function identify(authorization: string | undefined, remoteAddress: string | undefined, users: readonly ProxyUser[]): IdentityResult {
   const basic = authorization ? parseBasic(authorization) : null;
   if (users.length === 0) {
-    if (basic && basic.user !== '') return { ok: true, client: basic.user, viaCredentials: true };
-    return { ok: true, client: sourceAddress(remoteAddress), viaCredentials: false };
+    const source = sourceAddress(remoteAddress);
+    if (basic && basic.user !== '') return { ok: true, client: basic.user, viaCredentials: true, limitKey: source };
+    return { ok: true, client: source, viaCredentials: false, limitKey: source };
   }
   if (!basic) return { ok: false, reason: authorization ? 'unsupported Proxy-Authorization' : 'proxy credentials required' };
   const digest = sha256Hex(basic.password);
@@ -38,5 +52,5 @@ export function identify(authorization: string | undefined, remoteAddress: strin
     const passwordOk = digestsEqual(digest, user.passwordSha256);
     if (passwordOk && user.name === basic.user) match = user;
   }
-  return match ? { ok: true, client: match.name, viaCredentials: true } : { ok: false, reason: 'invalid proxy credentials' };
+  return match ? { ok: true, client: match.name, viaCredentials: true, limitKey: match.name } : { ok: false, reason: 'invalid proxy credentials' };
 }

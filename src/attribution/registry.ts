@@ -3,6 +3,13 @@
  * API, that client C is running tool T as call id X until it says otherwise or a TTL passes. The
  * data path reads this when a connection carries no attribution header, and, with
  * `attribution.trust: registered`, to accept a call id only if the gateway registered it.
+ *
+ * Threat and scope: whoever may register (a developer token) could otherwise grow this without
+ * bound, and a registration that costs time in the size of the registry makes many of them a
+ * denial of service for every other registration. So the registry has a global cap
+ * (`limits.max_registered_calls`) besides the per-client one, and expiry is kept in a
+ * time-ordered heap: a registration costs O(log n) plus the expired entries it removes, never a
+ * pass over the whole registry.
  */
 export interface RegisteredCall {
   readonly callId: string;
@@ -13,32 +20,57 @@ export interface RegisteredCall {
   readonly expiresAt: number;
 }
 
+/**
+ * Why a registration was refused. `conflict`: the call id is live for another client (409);
+ * `client_limit`: the client has `maxPerClient` open calls (429); `registry_full`: the registry
+ * holds `maxTotal` open calls (503: the proxy's bound, not the caller's fault).
+ */
+export interface RegistrationRefused {
+  readonly error: string;
+  readonly code: 'conflict' | 'client_limit' | 'registry_full';
+}
+
 export interface CallRegistryOptions {
   readonly defaultTtlMs: number;
-  /** Most open registrations per client (older ones are refused beyond it). */
+  /** Most open registrations per client (new ones are refused beyond it). */
   readonly maxPerClient?: number;
+  /** Most open registrations in all (`limits.max_registered_calls`). */
+  readonly maxTotal?: number;
   readonly now?: () => number;
 }
+
+export const DEFAULT_MAX_PER_CLIENT = 1024;
+export const DEFAULT_MAX_TOTAL = 100_000;
 
 export class CallRegistry {
   private readonly byClient = new Map<string, Map<string, RegisteredCall>>();
   private readonly byId = new Map<string, RegisteredCall>();
+  /**
+   * Every registration by `expiresAt` (a binary min-heap). Ended or replaced registrations stay
+   * in it until they reach the top or the heap is rebuilt (`byId` says which entries are live).
+   */
+  private heap: RegisteredCall[] = [];
   private readonly now: () => number;
   private readonly maxPerClient: number;
+  private readonly maxTotal: number;
 
   constructor(private readonly options: CallRegistryOptions) {
     this.now = options.now ?? Date.now;
-    this.maxPerClient = options.maxPerClient ?? 1024;
+    this.maxPerClient = options.maxPerClient ?? DEFAULT_MAX_PER_CLIENT;
+    this.maxTotal = options.maxTotal ?? DEFAULT_MAX_TOTAL;
   }
 
   /** Registers a call; an id already registered (live) is replaced only for the same client. */
-  register(input: { callId: string; tool: string; client: string; sessionId?: string | null; ttlMs?: number }): RegisteredCall | { error: string } {
-    this.sweep();
-    const existing = this.byId.get(input.callId);
-    if (existing && existing.client !== input.client) return { error: 'call_id is registered for another client' };
-    const calls = this.byClient.get(input.client) ?? new Map<string, RegisteredCall>();
-    if (!existing && calls.size >= this.maxPerClient) return { error: `too many open calls for client (limit ${this.maxPerClient})` };
+  register(input: { callId: string; tool: string; client: string; sessionId?: string | null; ttlMs?: number }): RegisteredCall | RegistrationRefused {
     const now = this.now();
+    this.expire(now);
+    const existing = this.byId.get(input.callId);
+    if (existing && existing.client !== input.client) return { error: 'call_id is registered for another client', code: 'conflict' };
+    const calls = this.byClient.get(input.client) ?? new Map<string, RegisteredCall>();
+    if (!existing && calls.size >= this.maxPerClient) return { error: `too many open calls for client (limit ${this.maxPerClient})`, code: 'client_limit' };
+    if (!existing && this.byId.size >= this.maxTotal) {
+      return { error: `the proxy holds ${this.byId.size} open registered calls (limits.max_registered_calls); end some or try again later`, code: 'registry_full' };
+    }
     const call: RegisteredCall = {
       callId: input.callId,
       tool: input.tool,
@@ -50,6 +82,7 @@ export class CallRegistry {
     calls.set(call.callId, call);
     this.byClient.set(call.client, calls);
     this.byId.set(call.callId, call);
+    this.push(call);
     return call;
   }
 
@@ -71,7 +104,7 @@ export class CallRegistry {
     return call;
   }
 
-  /** Every live registration of `client`. */
+  /** Every live registration of `client` (at most `maxPerClient`). */
   open(client: string): RegisteredCall[] {
     const calls = this.byClient.get(client);
     if (!calls) return [];
@@ -88,16 +121,74 @@ export class CallRegistry {
     return this.byId.size;
   }
 
-  /** Drops expired registrations. */
+  /** Drops expired registrations (the periodic timer; registering does it too). */
   sweep(): void {
-    const now = this.now();
-    for (const call of this.byId.values()) if (call.expiresAt <= now) this.remove(call);
+    this.expire(this.now());
+  }
+
+  /** Pops every entry whose time has come; live ones among them are removed. */
+  private expire(now: number): void {
+    const heap = this.heap;
+    while (heap.length > 0 && (heap[0] as RegisteredCall).expiresAt <= now) {
+      const top = this.pop();
+      if (this.byId.get(top.callId) === top) this.remove(top);
+    }
   }
 
   private remove(call: RegisteredCall): void {
-    this.byId.delete(call.callId);
+    if (this.byId.get(call.callId) === call) this.byId.delete(call.callId);
     const calls = this.byClient.get(call.client);
-    calls?.delete(call.callId);
+    if (calls?.get(call.callId) === call) calls.delete(call.callId);
     if (calls && calls.size === 0) this.byClient.delete(call.client);
+  }
+
+  private push(call: RegisteredCall): void {
+    // Ended and replaced entries wait in the heap for their expiry; when they outnumber the live
+    // ones, rebuild it from the live ones (linear, and at most once per as many pushes).
+    if (this.heap.length >= 2 * this.byId.size + 1024) this.rebuild();
+    const heap = this.heap;
+    let i = heap.length;
+    heap.push(call);
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      const p = heap[parent] as RegisteredCall;
+      if (p.expiresAt <= call.expiresAt) break;
+      heap[i] = p;
+      i = parent;
+    }
+    heap[i] = call;
+  }
+
+  private pop(): RegisteredCall {
+    const heap = this.heap;
+    const top = heap[0] as RegisteredCall;
+    const last = heap.pop() as RegisteredCall;
+    if (heap.length > 0) {
+      heap[0] = last;
+      this.siftDown(0);
+    }
+    return top;
+  }
+
+  private siftDown(start: number): void {
+    const heap = this.heap;
+    const n = heap.length;
+    const item = heap[start] as RegisteredCall;
+    let i = start;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= n) break;
+      const right = left + 1;
+      const child = right < n && (heap[right] as RegisteredCall).expiresAt < (heap[left] as RegisteredCall).expiresAt ? right : left;
+      if ((heap[child] as RegisteredCall).expiresAt >= item.expiresAt) break;
+      heap[i] = heap[child] as RegisteredCall;
+      i = child;
+    }
+    heap[i] = item;
+  }
+
+  private rebuild(): void {
+    this.heap = [...this.byId.values()];
+    for (let i = (this.heap.length >> 1) - 1; i >= 0; i--) this.siftDown(i);
   }
 }

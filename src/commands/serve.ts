@@ -109,7 +109,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     );
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
-  const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs });
+  const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
   const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
   const discovered = new DiscoveredStore();
   let adminAddress: { address: string; port: number } | null = null;

@@ -60,6 +60,8 @@ export interface ProxyConfig {
     readonly tunnelIdleTimeoutMs: number;
     readonly maxTunnelsPerClient: number;
     readonly maxConnections: number;
+    /** Most open registered calls in all (src/attribution/registry.ts). */
+    readonly maxRegisteredCalls: number;
   };
   readonly shutdownGraceMs: number;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };
@@ -81,6 +83,7 @@ export const DEFAULTS = {
   tunnelIdleTimeoutMs: 300_000,
   maxTunnelsPerClient: 512,
   maxConnections: 10_000,
+  maxRegisteredCalls: 100_000,
   shutdownGraceMs: 10_000,
 } as const;
 
@@ -253,7 +256,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     if (users.length === 0) src.error(at, 'attribution.trust: registered needs auth.users (client identities the server cannot choose); none are configured');
   }
 
-  const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections']);
+  const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections', 'max_registered_calls']);
   const logSection = section('log', ['level']);
   const levelPair = logSection.get('level');
   const level = (levelPair && src.oneOf(levelPair, 'log.level', ['trace', 'debug', 'info', 'warn', 'error'] as const)) ?? 'info';
@@ -285,6 +288,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
       tunnelIdleTimeoutMs: int(limits, 'tunnel_idle_timeout_ms', 'limits.tunnel_idle_timeout_ms', DEFAULTS.tunnelIdleTimeoutMs, 100, 86_400_000),
       maxTunnelsPerClient: int(limits, 'max_tunnels_per_client', 'limits.max_tunnels_per_client', DEFAULTS.maxTunnelsPerClient, 1, 1_000_000),
       maxConnections: int(limits, 'max_connections', 'limits.max_connections', DEFAULTS.maxConnections, 1, 1_000_000),
+      maxRegisteredCalls: int(limits, 'max_registered_calls', 'limits.max_registered_calls', DEFAULTS.maxRegisteredCalls, 1, 10_000_000),
     },
     shutdownGraceMs: int(top, 'shutdown_grace_ms', 'shutdown_grace_ms', DEFAULTS.shutdownGraceMs, 0, 600_000),
     log: { level },

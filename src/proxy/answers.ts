@@ -100,7 +100,20 @@ export function sendAnswer(res: ServerResponse, answer: Answer, close: boolean):
   res.end(answer.body);
 }
 
-/** Writes an answer on a raw socket (CONNECT before any 200, parser errors) and closes it. */
+/**
+ * How long an answered connection is kept after its answer: time for the answer to leave and
+ * for the client to close first. Then the proxy destroys it, whatever the client does
+ * (interface.md: answered and refused connections are gone within a second of the answer).
+ */
+export const ANSWERED_GRACE_MS = 500;
+
+/**
+ * Writes an answer on a raw socket (CONNECT before any 200, parser errors, overloaded) and
+ * closes it: our side ends now, and the socket is destroyed when the client closes or after
+ * `ANSWERED_GRACE_MS`, whichever comes first. Without the second half a client that never
+ * closes (or whose close is never read) keeps its socket, and its `max_connections` slot, for
+ * good.
+ */
 export function sendRawAnswer(socket: Duplex, answer: Answer): void {
   if (!socket.writable || socket.destroyed) {
     socket.destroy();
@@ -110,5 +123,26 @@ export function sendRawAnswer(socket: Duplex, answer: Answer): void {
   for (const [name, value] of Object.entries({ ...answer.headers, 'content-length': String(Buffer.byteLength(answer.body)), connection: 'close' })) {
     lines.push(`${name}: ${value}`);
   }
+  // Reading on (and dropping) whatever the client still sends lets its FIN arrive, which ends
+  // the socket at once (both sides done); it also keeps unread bytes from turning the final
+  // destroy into a reset that could cost the client its answer.
+  if (socket.listenerCount('error') === 0) socket.on('error', destroySelf);
   socket.end(`${lines.join('\r\n')}\r\n\r\n${answer.body}`);
+  socket.resume();
+  setTimeout(destroySocket, ANSWERED_GRACE_MS, socket).unref();
+}
+
+/** Destroys the socket once the answer has been handed to the kernel (no grace: see callers). */
+export function destroyWhenFlushed(socket: Duplex): void {
+  if (socket.destroyed) return;
+  if (socket.writableFinished) socket.destroy();
+  else socket.once('finish', destroySelf);
+}
+
+function destroySocket(socket: Duplex): void {
+  socket.destroy();
+}
+
+function destroySelf(this: Duplex): void {
+  this.destroy();
 }

@@ -8,8 +8,13 @@
  * The header limits hold on this path too: a head over `maxHeaderBytes` is answered 431, a
  * head not complete `headerTimeoutMs` after the connection opened is answered 408 (a deadline,
  * not an idle timer, so a byte at a time does not keep it open), and a malformed one 400.
+ *
+ * The deadline stays with a connection handed to node:http until its first request head is
+ * complete (server.ts clears it then): node's own header timer starts only at the hand-off, so
+ * a client sending `C`, `O` and then the rest late would otherwise get up to twice the time.
  */
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { couldBeConnect, parseConnectHead, startsWithConnect } from './connect-head.js';
 
 export interface ConnectionStartHandlers {
@@ -26,12 +31,28 @@ export interface ConnectionStartLimits {
   readonly headerTimeoutMs: number;
 }
 
+/** The pending header deadline of a socket handed to node:http, until `clearHeadDeadline`. */
+const HEAD_DEADLINE = Symbol('head deadline');
+type StartingSocket = Duplex & { [HEAD_DEADLINE]?: NodeJS.Timeout | undefined };
+
+/** The connection's first request head is complete (or the connection is gone): no deadline. */
+export function clearHeadDeadline(socket: Duplex): void {
+  const timer = (socket as StartingSocket)[HEAD_DEADLINE];
+  if (timer !== undefined) {
+    clearTimeout(timer);
+    (socket as StartingSocket)[HEAD_DEADLINE] = undefined;
+  }
+}
+
 export function readConnectionStart(socket: Socket, limits: ConnectionStartLimits, handlers: ConnectionStartHandlers): void {
   let buffered: Buffer | null = null;
   let connect = false;
   let searched = 0;
   const stop = () => {
     clearTimeout(timer);
+    detach();
+  };
+  const detach = () => {
     socket.removeListener('readable', onReadable);
     socket.removeListener('end', drop);
     socket.removeListener('error', drop);
@@ -50,7 +71,8 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
     if (!connect) {
       if (couldBeConnect(buffered)) return;
       if (!startsWithConnect(buffered)) {
-        stop();
+        detach();
+        (socket as StartingSocket)[HEAD_DEADLINE] = timer;
         socket.unshift(buffered);
         handlers.http(socket);
         return;
@@ -67,7 +89,8 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
   };
   const timer = setTimeout(() => {
     stop();
-    handlers.refuse(socket, 'request_timeout', 'request headers were not received in time');
+    (socket as StartingSocket)[HEAD_DEADLINE] = undefined;
+    if (!socket.destroyed) handlers.refuse(socket, 'request_timeout', 'request headers were not received in time');
   }, limits.headerTimeoutMs);
   socket.on('readable', onReadable);
   socket.on('end', drop);

@@ -37,9 +37,9 @@ import type { NameResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import type { Listener } from '../net/self.js';
 import type { Decision } from '../policy/types.js';
-import { failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
+import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
-import { readConnectionStart } from './connection-start.js';
+import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from './decision.js';
 import type { DiscoveredStore } from './discovered.js';
@@ -74,6 +74,8 @@ export interface ProxyObserver {
 interface Admitted {
   readonly connId: string;
   readonly client: string;
+  /** What `max_tunnels_per_client` counts by (identity.ts): the user, or without users the source address. */
+  readonly limitKey: string;
   readonly call: Attribution;
   readonly generation: number;
   readonly decision: Decision;
@@ -87,6 +89,9 @@ type Admission = { readonly ok: true; readonly admitted: Admitted } | { readonly
 interface ActiveCall {
   abort(reason: EndReason): void;
 }
+
+/** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
+const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
 
 export class ProxyServer implements TunnelOwner {
   readonly server: Server;
@@ -111,7 +116,10 @@ export class ProxyServer implements TunnelOwner {
       maxHeaderSize: config.limits.maxHeaderBytes,
       headersTimeout: config.limits.headerTimeoutMs,
       requestTimeout: 0,
-      keepAliveTimeout: 5_000,
+      // An idle kept-alive connection is a client sending nothing: cut like one, at the header
+      // timeout when that is shorter than 5 s. node:http closes it a second after the timeout
+      // it advertises (its keep-alive buffer), so that second is taken off here.
+      keepAliveTimeout: Math.max(100, Math.min(5_000, config.limits.headerTimeoutMs) - NODE_KEEP_ALIVE_BUFFER_MS),
       connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(config.limits.headerTimeoutMs / 2))),
       requireHostHeader: false,
     });
@@ -130,6 +138,7 @@ export class ProxyServer implements TunnelOwner {
     const sockets = this.sockets;
     this.connectionClosed = function (this: Socket) {
       sockets.delete(this);
+      clearHeadDeadline(this);
     };
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.onRequest(req, res));
@@ -212,6 +221,7 @@ export class ProxyServer implements TunnelOwner {
       };
     }
     const client = identity.client;
+    const limitKey = identity.limitKey;
     const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
@@ -219,7 +229,7 @@ export class ProxyServer implements TunnelOwner {
     if (attribution.kind === 'unattributed') {
       const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, call, generation: generation.generation, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
@@ -233,7 +243,7 @@ export class ProxyServer implements TunnelOwner {
       this.options.observer?.failure?.('dns_error');
       return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
-    const admitted: Admitted = { connId, client, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
@@ -324,12 +334,19 @@ export class ProxyServer implements TunnelOwner {
     // Nobody else listens on this socket any more: a reset while the answer goes out must
     // close it, not reach the process as an unhandled 'error'.
     socket.on('error', destroyOnError);
+    clearHeadDeadline(socket);
     this.options.observer?.failure?.(code);
     sendRawAnswer(socket, failure(code, message, this.labelFor(null), headers));
+    // After a timeout node:http's parser may still read this socket (it is freed only on a parse
+    // error): a request finished in the grace period would still be served. The client has
+    // sent nothing unread, so closing as soon as the 408 is out loses nothing.
+    if (code === 'request_timeout') destroyWhenFlushed(socket);
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
+    // An answer of ours already under way on this connection: another one would corrupt it.
+    if ((socket as { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) socket.destroy();
+    else if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${this.options.config.limits.maxHeaderBytes} bytes`);
     else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
     else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
     else socket.destroy();
@@ -357,14 +374,15 @@ export class ProxyServer implements TunnelOwner {
       return;
     }
     const a = admission.admitted;
-    const perClient = this.tunnelsByClient.get(a.client) ?? 0;
+    const perClient = this.tunnelsByClient.get(a.limitKey) ?? 0;
     if (perClient >= this.options.config.limits.maxTunnelsPerClient) {
-      this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, open: perClient }, 'tunnel limit reached');
+      this.options.events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, limit_key: a.limitKey, open: perClient }, 'tunnel limit reached');
       this.options.observer?.failure?.('too_many_tunnels');
-      sendRawAnswer(client, failure('too_many_tunnels', `client ${a.client} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, a.call), { 'retry-after': '1' }));
+      const who = this.options.config.auth.users.length > 0 ? `client ${a.limitKey}` : `source address ${a.limitKey}`;
+      sendRawAnswer(client, failure('too_many_tunnels', `${who} has ${perClient} open tunnels (limit ${this.options.config.limits.maxTunnelsPerClient})`, this.labelFor(a.target, a.call), { 'retry-after': '1' }));
       return;
     }
-    this.adjustTunnels(a.client, +1);
+    this.adjustTunnels(a.limitKey, +1);
     const started = performance.now();
     let conn: PinnedConnection;
     try {
@@ -376,14 +394,14 @@ export class ProxyServer implements TunnelOwner {
         },
       });
     } catch (err) {
-      this.adjustTunnels(a.client, -1);
+      this.adjustTunnels(a.limitKey, -1);
       this.logDecision(a, null);
       sendRawAnswer(client, this.dialFailure(a, err));
       this.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
       return;
     }
     this.logDecision(a, conn.address.text);
-    const tunnel = new Tunnel(a.connId, a.client, client, conn.socket, started, this);
+    const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
     this.active.add(tunnel);
     tunnel.open(head, this.options.config.limits.tunnelIdleTimeoutMs);
   }
@@ -391,14 +409,14 @@ export class ProxyServer implements TunnelOwner {
   /** TunnelOwner: both sockets of a tunnel are closed. */
   tunnelEnded(tunnel: Tunnel): void {
     this.active.delete(tunnel);
-    this.adjustTunnels(tunnel.clientId, -1);
+    this.adjustTunnels(tunnel.limitKey, -1);
     this.closedEvent(tunnel.connId, tunnel.upstream.bytesWritten, tunnel.upstream.bytesRead, tunnel.started, tunnel.end ?? 'client_closed', true);
   }
 
-  private adjustTunnels(client: string, delta: number): void {
-    const n = (this.tunnelsByClient.get(client) ?? 0) + delta;
-    if (n <= 0) this.tunnelsByClient.delete(client);
-    else this.tunnelsByClient.set(client, n);
+  private adjustTunnels(limitKey: string, delta: number): void {
+    const n = (this.tunnelsByClient.get(limitKey) ?? 0) + delta;
+    if (n <= 0) this.tunnelsByClient.delete(limitKey);
+    else this.tunnelsByClient.set(limitKey, n);
     this.openTunnels += delta;
     this.options.observer?.tunnels?.(this.openTunnels);
   }
@@ -417,6 +435,7 @@ export class ProxyServer implements TunnelOwner {
   // ---- plain HTTP (absolute form) ----
 
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    clearHeadDeadline(req.socket);
     const method = req.method ?? 'GET';
     const url = parseAbsoluteUrl(req.url ?? '');
     if ('error' in url) {

@@ -30,7 +30,8 @@ export class Tunnel {
    */
   constructor(
     readonly connId: string,
-    readonly clientId: string,
+    /** What the owner counts this tunnel against (`max_tunnels_per_client`). */
+    readonly limitKey: string,
     readonly client: Socket,
     readonly upstream: Socket,
     readonly started: number,

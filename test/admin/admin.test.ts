@@ -380,3 +380,22 @@ t.test('Host on an IPv6 loopback listener, and DNS rebinding with a real client'
   t.equal(await curl('evil.example'), '421', 'a rebound name is refused');
   t.equal(await curl('localhost'), '200', 'localhost, through the same client, is served');
 });
+
+t.test('a refused registration answers by its cause: 409 clash, 503 registry full', async (t) => {
+  const proxy = await startTestProxy({
+    policy: 'version: 1\n',
+    config: `limits: {max_registered_calls: 2}
+admin:
+  listen: 127.0.0.1:0
+  tokens: [{name: ci, sha256: ${sha(DEVELOPER)}, role: developer}]`,
+  });
+  t.teardown(() => proxy.stop());
+  const register = (callId: string, client: string) => api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: callId, tool: 'fetch', client } });
+  t.equal((await register('a'.repeat(32), 'one')).status, 201);
+  const clash = await register('a'.repeat(32), 'two');
+  t.match({ status: clash.status, code: clash.json?.error?.code }, { status: 409, code: 'conflict' });
+  t.equal((await register('b'.repeat(32), 'two')).status, 201);
+  const full = await register('c'.repeat(32), 'three');
+  t.match({ status: full.status, code: full.json?.error?.code }, { status: 503, code: 'registry_full' });
+  t.equal(proxy.running.registry.open('three').length, 0, 'nothing registered past the cap');
+});

@@ -1,5 +1,8 @@
 /** Client identity, proxy credentials, socket tags and trusted (registered) call ids through the proxy. */
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import t from 'tap';
 import { proxyWithUpstream } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
@@ -71,28 +74,33 @@ t.test('socket tags: registered calls attribute connections without headers', as
   t.equal(header.status, 403, 'under trust: header, a header wins over the registry');
 });
 
+/** `trust: registered` needs proxy users and admin tokens (interface.md, the admin API). */
+const registeredConfig = [
+  'attribution: {trust: registered}',
+  `auth: {users: [{name: team-a, password_sha256: ${sha('pa')}}, {name: team-b, password_sha256: ${sha('pb')}}]}`,
+  `admin: {listen: "off", tokens: [{name: gateway, sha256: ${sha('gateway-token')}, role: developer}]}`,
+].join('\n');
+const asA = basic('team-a', 'pa');
+const asB = basic('team-b', 'pb');
+
 t.test('trust: registered accepts only call ids the gateway registered for that client', async (t) => {
-  // trust: registered needs admin tokens and proxy users (config validation refuses it otherwise).
-  const config = `attribution: {trust: registered}
-admin: {listen: "off", tokens: [{name: gateway, sha256: ${sha('gateway-token')}, role: developer}]}
-auth: {users: [{name: team-a, password_sha256: ${sha('x')}}, {name: team-b, password_sha256: ${sha('x')}}]}`;
-  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config });
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
   const { registry } = proxy.running;
   registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
   registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });
   registry.register({ callId: 'c'.repeat(32), tool: 'http_fetch', client: 'team-a', ttlMs: 1 });
   await new Promise((r) => setTimeout(r, 10));
 
-  const good = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-a', 'x')}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`));
+  const good = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`));
   t.equal(good.status, 200, 'registered id accepted');
   t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'a'.repeat(32) }, 'the tool comes from the registration, not the header');
 
-  for (const [name, callId, client] of [
-    ['forged', 'f'.repeat(32), 'team-a'],
-    ['expired', 'c'.repeat(32), 'team-a'],
-    ["another client's", 'b'.repeat(32), 'team-a'],
+  for (const [name, callId, auth] of [
+    ['forged', 'f'.repeat(32), asA],
+    ['expired', 'c'.repeat(32), asA],
+    ["another client's", 'b'.repeat(32), asA],
   ] as const) {
-    for (const request of [connectRequest(target, `${basic(client, 'x')}x-mcp-call-id: ${callId}\r\n`), getRequest(`http://${target}/`, target, `${basic(client, 'x')}x-mcp-call-id: ${callId}\r\n`)]) {
+    for (const request of [connectRequest(target, `${auth}x-mcp-call-id: ${callId}\r\n`), getRequest(`http://${target}/`, target, `${auth}x-mcp-call-id: ${callId}\r\n`)]) {
       const r = await rawRequest(proxy.port, request);
       t.equal(r.status, 403, name);
       t.match(JSON.parse(r.body).error, { code: 'firewall_blocked', reason: 'unattributed', rule: null, call_id: callId });
@@ -100,4 +108,68 @@ auth: {users: [{name: team-a, password_sha256: ${sha('x')}}, {name: team-b, pass
     t.match(proxy.events('egress.decision').at(-1), { reason: 'unattributed', dispatched: false, call_id: callId });
   }
   t.equal(upstream.requests.length, 1);
+});
+
+t.test('borrowed identities: under trust: registered a client gets only its own calls', async (t) => {
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
+  const { registry } = proxy.running;
+  const aCall = 'a'.repeat(32);
+  registry.register({ callId: aCall, tool: 'http_fetch', client: 'team-a', sessionId: 'sess-a' });
+
+  // team-b, authenticated as itself, presents team-a's live call id: refused, nothing sent.
+  for (const request of [connectRequest(target, `${asB}x-mcp-call-id: ${aCall}\r\n`), getRequest(`http://${target}/`, target, `${asB}x-mcp-call-id: ${aCall}\r\n`)]) {
+    const r = await rawRequest(proxy.port, request);
+    t.equal(r.status, 403, "another client's call id");
+    t.match(JSON.parse(r.body).error, { reason: 'unattributed', call_id: aCall, tool: null });
+    t.match(proxy.events('egress.decision').at(-1), { server: 'team-b', reason: 'unattributed', dispatched: false });
+  }
+  // team-b writes team-a's name with its own password: not team-a.
+  const spoofed = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'pb')));
+  t.equal(spoofed.status, 407, "writing another user's name is not being that user");
+
+  // No call id: team-b gets no call of team-a's (the audit trail names no borrowed call) ...
+  const none = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, asB));
+  t.equal(none.status, 200, "dispatched as team-b's own, unattributed call (rule everyone-local)");
+  t.match(proxy.events('egress.decision').at(-1), { server: 'team-b', tool: null, call_id: null, session_id: null, rule: { id: 'everyone-local' } });
+  // ... while team-a, with no call id, gets every open call of its own (the socket tag).
+  const own = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, asA));
+  t.equal(own.status, 200);
+  t.match(proxy.events('egress.decision').at(-1), { server: 'team-a', tool: 'http_fetch', call_id: aCall, session_id: 'sess-a', rule: { id: 'fetch-local' } });
+  t.equal(upstream.requests.length, 2);
+});
+
+/** Opens a CONNECT tunnel through the proxy on a raw socket; the answer's status line and the socket. */
+async function openTunnel(t: { teardown(fn: () => unknown): void }, port: number, request: string): Promise<{ status: string; socket: Socket }> {
+  const socket = connect({ host: '127.0.0.1', port });
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  await once(socket, 'connect');
+  socket.write(request);
+  const [first] = (await once(socket, 'data')) as [Buffer];
+  return { status: first.toString('latin1').split('\r\n')[0] as string, socket };
+}
+
+t.test('without users, max_tunnels_per_client counts per source address, whatever user name is written', async (t) => {
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: 'limits: {max_tunnels_per_client: 2}' });
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-a', 'x')))).status, /^HTTP\/1\.1 200/);
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'x')))).status, /^HTTP\/1\.1 200/);
+  for (const [name, auth] of [
+    ['a third user name', basic('team-c', 'x')],
+    ['no user name', ''],
+  ] as const) {
+    const r = await rawRequest(proxy.port, connectRequest(target, auth));
+    t.equal(r.status, 429, `${name}: refused, the source already has two tunnels`);
+    t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /source address 127\.0\.0\.1 has 2 open tunnels/ });
+  }
+  t.match(proxy.events().filter((e) => e.code === 'too_many_tunnels')[0], { server: 'team-c', limit_key: '127.0.0.1', open: 2 });
+});
+
+t.test('with users, max_tunnels_per_client counts per authenticated user', async (t) => {
+  const users = `auth: {users: [{name: team-a, password_sha256: ${sha('pa')}}, {name: team-b, password_sha256: ${sha('pb')}}]}`;
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: `${users}\nlimits: {max_tunnels_per_client: 1}` });
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-a', 'pa')))).status, /^HTTP\/1\.1 200/);
+  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'pb')))).status, /^HTTP\/1\.1 200/, 'another user from the same address has its own allowance');
+  const r = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'pa')));
+  t.equal(r.status, 429);
+  t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /client team-a has 1 open tunnels/ });
 });
