@@ -1,0 +1,81 @@
+/**
+ * The preload's http.globalAgent and https.globalAgent: what `http.request`, axios, got,
+ * superagent and node-fetch use when the caller passes no agent. Plain HTTP goes to the proxy in
+ * absolute form (http-proxy-agent); HTTPS through our CONNECT tunnel (tunnel.ts); NO_PROXY
+ * destinations directly. No keep-alive: each request gets its own proxy connection and the
+ * attribution headers of the call it runs in. A proxy answer fails the request with the refusal
+ * (refusal.ts) as a request 'error', which is what these libraries report as their own error.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
+import tls from 'node:tls';
+import { HttpProxyAgent } from 'http-proxy-agent';
+import { bypassesProxy } from './no-proxy.js';
+import { MAX_ANSWER_BYTES, proxyErrorCode, refusalFrom } from './refusal.js';
+import { openTunnel } from './tunnel.js';
+
+type AddRequest = (req: http.ClientRequest, options: { host?: string; hostname?: string; port?: number | string }) => void;
+type CreateConnection = (options: tls.ConnectionOptions & { host?: string; hostname?: string; port?: number | string; path?: unknown; socketPath?: unknown }, callback: (err: Error | null, socket?: net.Socket) => void) => void;
+
+/** A response the proxy gave itself becomes the request's error; other responses pass untouched. */
+function failOnProxyAnswer(req: http.ClientRequest): void {
+  const emit = req.emit.bind(req) as (event: string | symbol, ...args: unknown[]) => boolean;
+  req.emit = ((event: string | symbol, ...args: unknown[]) => {
+    const res = args[0] as http.IncomingMessage | undefined;
+    const code = event === 'response' && res ? proxyErrorCode(res.headers) : null;
+    if (!code || !res) return emit(event, ...args);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    res.on('data', (c: Buffer) => {
+      if (size < MAX_ANSWER_BYTES) chunks.push(c);
+      size += c.length;
+    });
+    const fail = () => {
+      const err = refusalFrom(res.statusCode ?? 0, code, Buffer.concat(chunks).toString('utf8'));
+      emit('error', err);
+      req.destroy();
+    };
+    res.once('end', fail);
+    res.once('error', fail);
+    return true;
+  }) as typeof req.emit;
+}
+
+/** https through the proxy: TLS to the destination inside a CONNECT tunnel. */
+class TunnelingHttpsAgent extends https.Agent {
+  constructor(
+    private readonly proxy: URL,
+    private readonly headers: () => Record<string, string>,
+  ) {
+    super({ keepAlive: false });
+    (this as unknown as { createConnection: CreateConnection }).createConnection = (options, callback) => {
+      const host = String(options.hostname ?? options.host ?? 'localhost');
+      const port = Number(options.port ?? 443);
+      const { path: _path, socketPath: _socketPath, host: _host, port: _port, ...tlsOptions } = options;
+      openTunnel({ proxy: this.proxy, host, port, headers: this.headers() }).then(
+        (socket) => callback(null, tls.connect({ ...tlsOptions, socket, servername: options.servername ?? host })),
+        (err: Error) => callback(err),
+      );
+    };
+  }
+}
+
+/** A global agent: the proxied one unless NO_PROXY says direct. */
+function routingAgent<T extends http.Agent>(Base: new (opts: http.AgentOptions) => T, proxied: http.Agent, noProxy: string, defaultPort: number, interceptAnswers: boolean): T {
+  const direct = new Base({ keepAlive: false });
+  const agent = new Base({ keepAlive: false });
+  (agent as unknown as { addRequest: AddRequest }).addRequest = (req, options) => {
+    const host = options.hostname ?? options.host ?? 'localhost';
+    const port = Number(options.port ?? defaultPort);
+    if (bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
+    if (interceptAnswers) failOnProxyAnswer(req);
+    (proxied as unknown as { addRequest: AddRequest }).addRequest(req, options);
+  };
+  return agent;
+}
+
+export function installGlobalAgents(route: { http: URL; https: URL; noProxy: string }, headers: () => Record<string, string>): void {
+  http.globalAgent = routingAgent(http.Agent, new HttpProxyAgent(route.http, { headers, keepAlive: false }), route.noProxy, 80, true);
+  https.globalAgent = routingAgent(https.Agent, new TunnelingHttpsAgent(route.https, headers), route.noProxy, 443, false);
+}
