@@ -81,6 +81,8 @@ function failOnProxyAnswer(handler: Dispatcher.DispatchHandler): Dispatcher.Disp
       return h.onHeaders!.call(handler, status, raw, resume, text);
     },
     onData: (chunk) => (refused ? (collect(chunk as Buffer), true) : h.onData!.call(handler, chunk)),
+    // undici's ProxyAgent answers a 407 itself, before this wrapper sees the headers.
+    onError: (err) => h.onError!.call(handler, err instanceof Error && err.message === 'Proxy Authentication Required (407)' ? refusalFrom(407, 'proxy_auth_required', '') : err),
     onComplete: (trailers) => (refused ? h.onError!.call(handler, error()) : h.onComplete!.call(handler, trailers)),
     // newer shape
     onResponseStart: (controller, status, headers, text) => {
