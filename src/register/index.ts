@@ -23,6 +23,7 @@
  * the network must be contained so that the proxy is the only way out (README).
  */
 import { ChildProcess } from 'node:child_process';
+import { basename } from 'node:path';
 import { attributionHeaders, toolCalls } from './context.js';
 import { installGlobalAgents } from './node-agents.js';
 import { EX_CONFIG, hideProxyVariables, readProxySettings, redactProxyUrl } from './proxy-env.js';
@@ -66,6 +67,9 @@ function install(): void {
     process.stderr.write(`${PREFIX}: WARNING: no proxy variable is set and MCP_EGRESS_ALLOW_DIRECT=1: this program runs WITHOUT the egress proxy (nothing is routed, checked or attributed)\n`);
     return;
   }
+  // npm itself (wrap -- npx -y some-server): its registry traffic is its own, not a tool's; it
+  // reads the proxy variables for it, and passes them on to the server it starts.
+  if (/^np[mx](-cli\.js)?$/.test(basename(process.argv[1] ?? ''))) return;
   hideProxyVariables(process.env, settings);
   const forChildren: Record<string, string> = { HTTPS_PROXY: settings.https.href, HTTP_PROXY: settings.http.href, https_proxy: settings.https.href, http_proxy: settings.http.href };
   if (settings.noProxy) Object.assign(forChildren, { NO_PROXY: settings.noProxy, no_proxy: settings.noProxy });

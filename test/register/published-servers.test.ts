@@ -20,6 +20,7 @@ import { startTestProxy } from '../helpers/proxy.js';
 import { CA_PATH, startTrap, startUpstream } from '../helpers/upstream.js';
 
 const CLI = new URL('../../dist/src/cli.js', import.meta.url).pathname;
+const ROOT = new URL('../../', import.meta.url).pathname;
 const require = createRequire(import.meta.url);
 
 /** A package's bin script, found through its package.json (works for scoped names too). */
@@ -34,12 +35,15 @@ interface PublishedServer {
   client: string;
   tool: string;
   args: (url: string) => Record<string, unknown>;
+  /** Start it as an MCP client config would: `wrap -- npx --no-install PKG`. */
+  viaNpx?: boolean;
 }
 
 const SERVERS: PublishedServer[] = [
   { pkg: '@tokenizin/mcp-npx-fetch', client: 'fetch (undici)', tool: 'fetch_html', args: (url) => ({ url }) },
   { pkg: 'mcp-server-fetch-typescript', client: 'axios', tool: 'get_raw_text', args: (url) => ({ url }) },
   { pkg: '@mcp-get-community/server-curl', client: 'node-fetch', tool: 'curl', args: (url) => ({ url, method: 'GET' }) },
+  { pkg: '@mcp-get-community/server-curl', client: 'node-fetch, started through npx', tool: 'curl', args: (url) => ({ url, method: 'GET' }), viaNpx: true },
 ];
 
 /** What the model reads: the tool result's text, or the JSON-RPC error's message for servers that throw. */
@@ -74,8 +78,9 @@ rules:
     });
     const transport = new StdioClientTransport({
       command: process.execPath,
-      args: [CLI, 'wrap', '--proxy', proxy.url, '--', process.execPath, binOf(server.pkg)],
-      env: { PATH: process.env.PATH ?? '', NODE_EXTRA_CA_CERTS: CA_PATH },
+      args: [CLI, 'wrap', '--proxy', proxy.url, '--', ...(server.viaNpx ? ['npx', '--no-install', server.pkg] : [process.execPath, binOf(server.pkg)])],
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root', NODE_EXTRA_CA_CERTS: CA_PATH },
+      cwd: ROOT,
       stderr: 'pipe',
     });
     let stderr = '';
@@ -101,7 +106,7 @@ rules:
       t.match(r.text, c.expect, `${c.url}: ${i < 2 ? 'served' : 'refusal named in what the tool returns'}`);
       t.equal(r.error, i >= 2, i < 2 ? 'not an error' : 'an error');
     });
-    t.match(stderr, /mcp-egress-proxy\/register: fetch, http and https routed through/, 'the preload ran in the server');
+    t.equal(stderr.match(/mcp-egress-proxy\/register: fetch, http and https routed through/g)?.length, 1, 'the preload routes the server (not npm itself under npx)');
 
     const decisions = await proxy.waitForCount('egress.decision', calls.length);
     t.equal(decisions.length, calls.length, 'one decision per call: no double proxying, no second tunnel');
