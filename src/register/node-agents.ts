@@ -61,21 +61,31 @@ class TunnelingHttpsAgent extends https.Agent {
   }
 }
 
-/** A global agent: the proxied one unless NO_PROXY says direct. */
-function routingAgent<T extends http.Agent>(Base: new (opts: http.AgentOptions) => T, proxied: http.Agent, noProxy: string, defaultPort: number, interceptAnswers: boolean): T {
+/**
+ * The class of a global agent: requests go to the proxied agent unless NO_PROXY says direct. A
+ * class, not an instance with a patched method, because `agent: false` (superagent's default)
+ * makes Node build a one-off agent with `new globalAgent.constructor()`: that one routes too.
+ */
+function routingAgentClass<T extends http.Agent>(Base: new (opts: http.AgentOptions) => T, proxied: http.Agent, noProxy: string, defaultPort: number, interceptAnswers: boolean): new () => T {
   const direct = new Base({ keepAlive: false });
-  const agent = new Base({ keepAlive: false });
-  (agent as unknown as { addRequest: AddRequest }).addRequest = (req, options) => {
-    const host = options.hostname ?? options.host ?? 'localhost';
-    const port = Number(options.port ?? defaultPort);
-    if (bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
-    if (interceptAnswers) failOnProxyAnswer(req);
-    (proxied as unknown as { addRequest: AddRequest }).addRequest(req, options);
+  const Routing = class extends (Base as new (opts: http.AgentOptions) => http.Agent) {
+    constructor() {
+      super({ keepAlive: false });
+    }
+    addRequest(req: http.ClientRequest, options: { host?: string; hostname?: string; port?: number | string }): void {
+      const host = options.hostname ?? options.host ?? 'localhost';
+      const port = Number(options.port ?? defaultPort);
+      if (bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
+      if (interceptAnswers) failOnProxyAnswer(req);
+      (proxied as unknown as { addRequest: AddRequest }).addRequest(req, options);
+    }
   };
-  return agent;
+  return Routing as unknown as new () => T;
 }
 
 export function installGlobalAgents(route: { http: URL; https: URL; noProxy: string }, headers: () => Record<string, string>): void {
-  http.globalAgent = routingAgent(http.Agent, new HttpProxyAgent(route.http, { headers, keepAlive: false }), route.noProxy, 80, true);
-  https.globalAgent = routingAgent(https.Agent, new TunnelingHttpsAgent(route.https, headers), route.noProxy, 443, false);
+  const HttpRouting = routingAgentClass(http.Agent, new HttpProxyAgent(route.http, { headers, keepAlive: false }), route.noProxy, 80, true);
+  const HttpsRouting = routingAgentClass(https.Agent, new TunnelingHttpsAgent(route.https, headers), route.noProxy, 443, false);
+  http.globalAgent = new HttpRouting();
+  https.globalAgent = new HttpsRouting();
 }

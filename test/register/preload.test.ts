@@ -93,6 +93,27 @@ t.test('an upstream cannot forge a refusal: its x-egress-error header never turn
   t.equal(forger.requests.length, 2);
 });
 
+t.test('agent: false (the default of superagent) is routed too: Node builds the one-off agent from the global one', async (t) => {
+  const plain = await startUpstream();
+  const tls = await startUpstream('127.0.0.1', { tls: true });
+  const refused = await startUpstream();
+  const proxy = await startTestProxy({ policy: `version: 1\ndefault_verdict: deny\nrules:\n  - {id: ok, priority: 1, verdict: allow, ports: [${plain.port}, ${tls.port}], egress: {allow: [127.0.0.1]}}\n` });
+  t.teardown(async () => {
+    await proxy.stop();
+    await Promise.all([plain.close(), tls.close(), refused.close()]);
+  });
+  const script = `const http = require('node:http'), https = require('node:https');
+const get = (mod, url) => new Promise((resolve) => mod.get(url, { agent: false }, (res) => { res.resume(); resolve(res.statusCode); }).on('error', (e) => resolve(e.message)));
+(async () => process.stdout.write(JSON.stringify([await get(http, 'http://127.0.0.1:${plain.port}/a'), await get(https, 'https://127.0.0.1:${tls.port}/b'), await get(http, 'http://127.0.0.1:${refused.port}/c')])))();`;
+  const { stdout } = await run(process.execPath, ['--import', REGISTER, '-e', script], { env: { ...process.env, HTTPS_PROXY: proxy.url, HTTP_PROXY: proxy.url, NO_PROXY: '', NODE_EXTRA_CA_CERTS: CA_PATH } });
+  const [a, b, c] = JSON.parse(stdout) as [number, number, string];
+  t.equal(a, 200);
+  t.equal(b, 200);
+  t.match(c, /^firewall_blocked: default rule=none/);
+  t.equal(refused.requests.length, 0, 'the refused destination was not reached directly');
+  t.same(proxy.events('egress.decision').map((d) => [d.method, d.dispatched]), [['GET', true], ['CONNECT', true], ['GET', false]], 'all three went through the proxy');
+});
+
 const runPreload = (env: Record<string, string>) =>
   run(process.execPath, ['--import', REGISTER, '-e', 'console.log("ran", process.env.HTTPS_PROXY === undefined, process.env.MCP_EGRESS_HTTPS_PROXY !== undefined)'], {
     env: { PATH: process.env.PATH ?? '', ...env },
