@@ -24,6 +24,7 @@
  */
 import { ChildProcess } from 'node:child_process';
 import { basename } from 'node:path';
+import { routeAgentsBuiltByTheProgram } from './agent-prototypes.js';
 import { attributionHeaders, toolCalls } from './context.js';
 import { installGlobalAgents } from './node-agents.js';
 import { EX_CONFIG, hideProxyVariables, readProxySettings, redactProxyUrl } from './proxy-env.js';
@@ -86,6 +87,14 @@ function install(): void {
     const ctx = toolCalls.getStore();
     return ctx ? attributionHeaders(ctx) : {};
   });
+  routeAgentsBuiltByTheProgram(
+    route,
+    () => {
+      const ctx = toolCalls.getStore();
+      return ctx ? attributionHeaders(ctx) : {};
+    },
+    () => toolCalls.getStore()?.callId ?? null,
+  );
   installStdioHooks({ onCallEnd: (ctx) => dispatcher.endCall(ctx.callId) });
   process.stderr.write(`${PREFIX}: fetch, http and https routed through ${redactProxyUrl(settings.https)} (https) and ${redactProxyUrl(settings.http)} (http)${settings.noProxy ? `, except NO_PROXY=${settings.noProxy}` : ''}; tool calls on stdio are attributed\n`);
 }

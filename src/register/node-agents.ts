@@ -11,6 +11,7 @@ import https from 'node:https';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { HttpProxyAgent } from 'http-proxy-agent';
+import { markDirect } from './agent-prototypes.js';
 import { bypassesProxy } from './no-proxy.js';
 import { MAX_ANSWER_BYTES, proxyErrorCode, refusalFrom } from './refusal.js';
 import { openTunnel } from './tunnel.js';
@@ -67,15 +68,16 @@ class TunnelingHttpsAgent extends https.Agent {
  * makes Node build a one-off agent with `new globalAgent.constructor()`: that one routes too.
  */
 function routingAgentClass<T extends http.Agent>(Base: new (opts: http.AgentOptions) => T, proxied: http.Agent, noProxy: string, defaultPort: number, interceptAnswers: boolean): new () => T {
-  const direct = new Base({ keepAlive: false });
+  const direct = markDirect(new Base({ keepAlive: false }));
   const Routing = class extends (Base as new (opts: http.AgentOptions) => http.Agent) {
     constructor() {
       super({ keepAlive: false });
     }
-    addRequest(req: http.ClientRequest, options: { host?: string; hostname?: string; port?: number | string }): void {
+    addRequest(req: http.ClientRequest, options: { host?: string; hostname?: string; port?: number | string; socketPath?: string }): void {
       const host = options.hostname ?? options.host ?? 'localhost';
       const port = Number(options.port ?? defaultPort);
-      if (bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
+      // A Unix socket (a Docker or local daemon API) is not network egress.
+      if (options.socketPath || bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
       if (interceptAnswers) failOnProxyAnswer(req);
       (proxied as unknown as { addRequest: AddRequest }).addRequest(req, options);
     }

@@ -1,5 +1,8 @@
 /** The preload routes an unmodified program's fetch, http and https through the proxy. */
 import { execFile } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { bypassesProxy } from '../../src/register/no-proxy.js';
@@ -112,6 +115,51 @@ const get = (mod, url) => new Promise((resolve) => mod.get(url, { agent: false }
   t.match(c, /^firewall_blocked: default rule=none/);
   t.equal(refused.requests.length, 0, 'the refused destination was not reached directly');
   t.same(proxy.events('egress.decision').map((d) => [d.method, d.dispatched]), [['GET', true], ['CONNECT', true], ['GET', false]], 'all three went through the proxy');
+});
+
+t.test("agents the program builds itself are routed, attributed per call, and their pools never mix calls", async (t) => {
+  const plain = await startUpstream();
+  const tls = await startUpstream('127.0.0.1', { tls: true });
+  const refused = await startUpstream();
+  const proxy = await startTestProxy({ policy: `version: 1\ndefault_verdict: deny\nrules:\n  - {id: ok, priority: 1, verdict: allow, ports: [${plain.port}, ${tls.port}], egress: {allow: [127.0.0.1]}}\n` });
+  t.teardown(async () => {
+    await proxy.stop();
+    await Promise.all([plain.close(), tls.close(), refused.close()]);
+  });
+  const socketPath = join(mkdtempSync(join(tmpdir(), 'mep-unix-')), 'api.sock'); // short: Unix socket paths are limited
+  const script = `import http from 'node:http'; import https from 'node:https';
+import { runAsToolCall } from ${JSON.stringify(REGISTER)};
+const keepHttp = new http.Agent({ keepAlive: true }), keepHttps = new https.Agent({ keepAlive: true });
+const get = (mod, url, agent) => new Promise((resolve) => mod.get(url, { agent }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); }).on('error', (e) => resolve(e.message)));
+const out = [];
+for (const call of ['one', 'two']) {
+  await runAsToolCall({ tool: 'sdk_tool', callId: call }, async () => {
+    out.push(await get(http, 'http://127.0.0.1:${plain.port}/' + call, keepHttp), await get(http, 'http://127.0.0.1:${plain.port}/' + call + '-again', keepHttp));
+    out.push(await get(https, 'https://127.0.0.1:${tls.port}/' + call, keepHttps), await get(https, 'https://127.0.0.1:${tls.port}/' + call + '-again', keepHttps));
+  });
+}
+out.push(await runAsToolCall({ tool: 'sdk_tool', callId: 'three' }, () => get(http, 'http://127.0.0.1:${refused.port}/no', new http.Agent())));
+const unix = http.createServer((req, res) => res.end('unix')).listen(${JSON.stringify(socketPath)});
+await new Promise((r) => unix.once('listening', r));
+out.push(await new Promise((resolve) => http.get({ socketPath: ${JSON.stringify(socketPath)}, path: '/' }, (res) => { res.resume(); resolve(res.statusCode); }).on('error', (e) => resolve(e.message))));
+unix.close(); keepHttp.destroy(); keepHttps.destroy();
+process.stdout.write(JSON.stringify(out));`;
+  const r = await run(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, NODE_OPTIONS: `--import=${REGISTER}`, HTTPS_PROXY: proxy.url, HTTP_PROXY: proxy.url, NO_PROXY: '', NODE_EXTRA_CA_CERTS: CA_PATH } }).catch((e: { stdout: string; stderr: string }) => e);
+  t.comment(r.stderr);
+  const out = JSON.parse(r.stdout) as Array<number | string>;
+  t.same(out.slice(0, 8), [200, 200, 200, 200, 200, 200, 200, 200], 'served through the proxy');
+  t.match(out[8], /^firewall_blocked: default rule=none destination=127\.0\.0\.1:\d+/, 'a refusal names itself');
+  t.equal(out[9], 200, 'a Unix socket is not proxied');
+  t.equal(refused.requests.length, 0, 'the refused destination was not reached directly');
+  const decisions = proxy.events('egress.decision');
+  t.same(decisions.map((d) => [d.method, d.call_id, d.dispatched]), [
+    ['CONNECT', 'one', true],
+    ['CONNECT', 'one', true],
+    ['CONNECT', 'two', true],
+    ['CONNECT', 'two', true],
+    ['CONNECT', 'three', false],
+  ], 'one tunnel per call and pool: call two did not reuse call one\'s kept-alive sockets');
+  t.equal(plain.connections.length, 2, 'keep-alive worked within each call');
 });
 
 const runPreload = (env: Record<string, string>) =>
