@@ -4,23 +4,25 @@
  * named by HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY, and tags each MCP tool call.
  *
  * Node 20's built-in fetch ignores the proxy variables (support came in Node 22.21 / 24), so
- * this sets undici 7 as the global dispatcher (Node 20's fetch uses it through the shared global
- * symbol) and replaces http.globalAgent / https.globalAgent with http(s)-proxy-agent.
+ * this sets an undici 7 dispatcher as the global one (Node 20's fetch uses it through the shared
+ * global symbol), replaces http.globalAgent / https.globalAgent (node-agents.ts), and routes the
+ * agents the program builds itself (agent-prototypes.ts).
  *
  * Attribution: while a tool call runs (stdio.ts, or runAsToolCall), connections carry
  * x-mcp-tool / x-mcp-call-id / x-mcp-session-id. Each call gets its own proxy connections
- * (a dispatcher per call, closed when the call ends; no pooling for http/https), so two calls
- * in flight are never attributed to each other. Plain-HTTP fetches go to the proxy in absolute
- * form, so a tool sees the proxy's JSON refusal; https goes through CONNECT, whose refusal
- * clients report only as "fetch failed"; the preload opens its own tunnels and turns every
- * answer the proxy gives into an error naming the refusal (refusal.ts).
+ * (agents per call for fetch, closed when the call ends; no keep-alive on the global agents;
+ * pools keyed per call elsewhere), so two calls in flight are never attributed to each other.
+ * Plain HTTP goes to the proxy in absolute form, HTTPS through the preload's own CONNECT
+ * tunnels; an answer the proxy gives instead of the destination becomes an error naming the
+ * refusal (refusal.ts), also where clients would only say "fetch failed".
  *
  * Fail closed: with no usable proxy variable the program does not start (exit 78), unless
  * MCP_EGRESS_ALLOW_DIRECT=1 says so (proxy-env.ts). Libraries that apply the proxy variables
  * themselves (axios) would proxy around the preload: the variables are moved out of their sight.
  *
- * Scope: code that passes its own agent or dispatcher, or opens sockets itself, is not routed;
- * the network must be contained so that the proxy is the only way out (README).
+ * Scope: code that brings its own undici dispatcher or proxy agent, or opens sockets itself, is
+ * not routed, and the program can undo all of this: the preload is not a boundary against a
+ * compromised server; containment is (README).
  */
 import { ChildProcess } from 'node:child_process';
 import { basename } from 'node:path';
