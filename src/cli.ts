@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `mcp-egress-proxy` executable: `serve`, `check`, `test`, `token` (interface.md "Set-up and commands").
+ * The `mcp-egress-proxy` executable: `serve`, `check`, `test`, `token` (interface.md "Set-up and commands"),
+ * and `wrap` (put an MCP server behind the proxy).
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +26,11 @@ function packageVersion(): string {
 }
 
 export async function main(argv: readonly string[], io: CommandIO = processIO): Promise<number> {
+  // wrap's arguments after `--` belong to the wrapped command: commander must not parse them.
+  if (argv[0] === 'wrap') {
+    const { runWrap } = await import('./commands/wrap.js');
+    return runWrap(argv.slice(1), io);
+  }
   let exitCode = 0;
   const program = new Command('mcp-egress-proxy')
     .description('Forward egress proxy for MCP tool servers')
@@ -73,6 +79,9 @@ export async function main(argv: readonly string[], io: CommandIO = processIO): 
       const { runServe } = await import('./commands/serve.js');
       exitCode = await runServe(opts, io);
     });
+
+  // Listed for --help only: main() hands `wrap` to runWrap before commander sees it.
+  program.command('wrap').description('run an MCP server behind the proxy: wrap [--proxy URL] [--user NAME] -- COMMAND [ARGS...]');
 
   try {
     await program.parseAsync([...argv], { from: 'user' });

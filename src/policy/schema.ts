@@ -90,7 +90,7 @@ export function isEnforcedVerdict(verdict: RuleVerdict): verdict is 'allow' | 'd
 }
 
 function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<string, number>): RuleSpec | null {
-  const what = `rules[${position - 1}]`;
+  const what = `rule ${position}`; // 1-based, like the `rule-<position>` default id
   const pairs = src.mapping(node, `rule ${position}`, RULE_KEYS);
   if (!pairs) return null;
   const before = src.diagnostics.length;

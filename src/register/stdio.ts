@@ -8,6 +8,9 @@
 import { CALL_ID_META_KEY, mintCallId, processSessionId, toolCalls } from './context.js';
 import type { ToolCallContext } from './context.js';
 
+/** A tools/call line longer than this is delivered but not attributed. */
+const MAX_LINE_BYTES = 16 * 1024 * 1024;
+
 type DataListener = (chunk: Buffer | string) => void;
 
 export interface StdioHooks {
@@ -35,20 +38,39 @@ export function installStdioHooks(hooks: StdioHooks): void {
   const wrappers = new WeakMap<DataListener, DataListener>();
   const stdin = process.stdin;
 
+  // Bytes are delivered as they arrive, unchanged and never held back (a string stays a string,
+  // a Buffer a Buffer); only a copy of the current line is kept, to recognise a tools/call when
+  // its newline arrives, and the segment that completes it is delivered inside the call's context
+  // (that is when the SDK parses and dispatches the message).
   const wrap = (listener: DataListener): DataListener => {
-    let pending = '';
+    let line: Buffer[] = [];
+    let lineBytes = 0;
+    let oversized = false; // a line past MAX_LINE_BYTES is not recognised (memory stays bounded)
     const wrapper: DataListener = (chunk) => {
-      pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8');
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+      let start = 0;
       let newline: number;
-      while ((newline = pending.indexOf('\n')) !== -1) {
-        const line = pending.slice(0, newline + 1);
-        pending = pending.slice(newline + 1);
-        const call = parseToolCall(line);
-        const deliver = () => listener(Buffer.from(line, 'utf8'));
+      while ((newline = bytes.indexOf(0x0a, start)) !== -1) {
+        const segment = bytes.subarray(start, newline + 1);
+        const call = oversized ? null : parseToolCall(Buffer.concat([...line, segment]).toString('utf8'));
+        line = [];
+        lineBytes = 0;
+        oversized = false;
+        const deliver = () => listener(typeof chunk === 'string' ? segment.toString('utf8') : segment);
         if (call) {
           open.set(call.id, call.ctx);
           toolCalls.run(call.ctx, deliver);
         } else deliver();
+        start = newline + 1;
+      }
+      if (start < bytes.length) {
+        const rest = bytes.subarray(start);
+        lineBytes += rest.length;
+        if (lineBytes > MAX_LINE_BYTES) {
+          oversized = true;
+          line = [];
+        } else if (!oversized) line.push(Buffer.from(rest));
+        listener(typeof chunk === 'string' ? rest.toString('utf8') : rest);
       }
     };
     wrappers.set(listener, wrapper);

@@ -13,6 +13,7 @@ import t from 'tap';
 import { ProxyAgent, fetch as undiciFetch } from 'undici';
 import { startDnsServer } from '../helpers/dns-server.js';
 import { startTestProxy } from '../helpers/proxy.js';
+import { missing } from '../helpers/requires.js';
 import type { Event } from '../helpers/proxy.js';
 import { CA_PATH, TLS, startUpstream } from '../helpers/upstream.js';
 
@@ -44,7 +45,7 @@ t.test('clients', async (t) => {
   });
   const decisionsFor = (tool: string) => proxy.events('egress.decision').filter((e) => e.tool === tool);
 
-  t.test('curl: plain HTTP, with attribution headers', async (t) => {
+  t.test('curl: plain HTTP, with attribution headers', { skip: missing('curl') }, async (t) => {
     const { stdout } = await run('curl', ['-sS', '-x', proxy.url, '-H', 'x-mcp-tool: curl_plain', '-H', 'x-mcp-call-id: c-1', '-H', 'x-mcp-session-id: s-1', '-H', 'Proxy-Connection: keep-alive', '-H', 'Connection: x-hop', '-H', 'x-hop: 1', '-H', 'x-end-to-end: kept', `http://PINNED.test.:${http.port}/p?q=1`]);
     const seen = body(stdout);
     t.equal(seen.url, '/p?q=1');
@@ -59,7 +60,7 @@ t.test('clients', async (t) => {
     t.equal(closed.end, 'upstream_closed');
   });
 
-  t.test('curl: CONNECT to TLS, SNI and certificate end to end', async (t) => {
+  t.test('curl: CONNECT to TLS, SNI and certificate end to end', { skip: missing('curl') }, async (t) => {
     const { stdout } = await run('curl', ['-sS', '--cacert', CA_PATH, '-x', proxy.url, '--proxy-header', 'x-mcp-tool: curl_tls', `https://pinned.test:${https.port}/secure`]);
     t.equal(body(stdout).url, '/secure');
     t.equal(https.requests.at(-1)?.servername, 'pinned.test', 'SNI passed through untouched');
@@ -69,7 +70,7 @@ t.test('clients', async (t) => {
     t.ok((closed.bytes_up as number) > 200, 'TLS handshake bytes counted up');
   });
 
-  t.test('curl: a refused CONNECT gets a status before any 200', async (t) => {
+  t.test('curl: a refused CONNECT gets a status before any 200', { skip: missing('curl') }, async (t) => {
     const r = await run('curl', ['-sS', '-i', '-p', '-x', proxy.url, `http://evil.test:${http.port}/`]).catch((e: { stdout: string; stderr: string }) => e);
     t.match(r.stdout, /^HTTP\/1\.1 403 Forbidden/);
     t.notMatch(r.stdout, /200 Connection Established/);
@@ -77,7 +78,7 @@ t.test('clients', async (t) => {
     t.same(dns.queriesFor('evil.test'), [], 'refused by name: no DNS query');
   });
 
-  t.test('curl: keep-alive, each request its own call', async (t) => {
+  t.test('curl: keep-alive, each request its own call', { skip: missing('curl') }, async (t) => {
     const before = proxy.events('egress.decision').length;
     await run('curl', ['-sS', '-x', proxy.url, '-H', 'x-mcp-tool: ka_one', `http://pinned.test:${http.port}/1`, '--next', '-x', proxy.url, '-H', 'x-mcp-tool: ka_two', `http://pinned.test:${http.port}/2`, '--next', '-x', proxy.url, '-H', 'x-mcp-tool: ka_three', `http://evil.test:${http.port}/3`]);
     const decisions = proxy.events('egress.decision').slice(before);
@@ -136,7 +137,7 @@ t.test('clients', async (t) => {
     tlsAgent.destroy();
   });
 
-  t.test('Python requests (Debian python3-requests)', async (t) => {
+  t.test('Python requests (Debian python3-requests)', { skip: missing('python3-requests') }, async (t) => {
     const script = `
 import json, sys, requests
 proxies = {"http": sys.argv[1], "https": sys.argv[1]}

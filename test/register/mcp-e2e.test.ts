@@ -77,8 +77,7 @@ async function concurrentCalls(t: Test, server: string): Promise<void> {
       t.match(JSON.parse(r.content[0]!.text), { url: `/${p.tool}/${i}` });
     } else {
       t.equal(r.isError, true, `${p.tool} → ${p.upstream.port} refused`);
-      t.match(r.content[0]!.text, /^HTTP 403: .*"code":"firewall_blocked".*"reason":"default"/, 'the tool error carries the refusal');
-      t.match(r.content[0]!.text, new RegExp(`"tool":"${p.tool}"`));
+      t.match(r.content[0]!.text, new RegExp(`^fetch failed: firewall_blocked: default rule=none destination=127\\.0\\.0\\.1:${p.upstream.port} `), 'the tool error carries the refusal');
     }
   });
   t.same(a.requests.map((r) => r.url.split('/')[1]).sort(), ['fetch_url', 'fetch_url', 'fetch_url'], 'only fetch_url reached A');
@@ -157,12 +156,12 @@ auth: {users: [{name: fetcher, password_sha256: ${sha('fetcher-secret')}}]}`;
 
   const forged = (await client.callTool({ name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/forged` }, _meta: { [CALL_ID_META_KEY]: 'f'.repeat(32) } })) as ToolResult;
   t.equal(forged.isError, true);
-  t.match(forged.content[0]!.text, /"reason":"unattributed"/, 'a forged call id is refused as unattributed');
+  t.match(forged.content[0]!.text, /firewall_blocked: unattributed rule=none/, 'a forged call id is refused as unattributed');
 
   const expiredId = await gateway.register('fetch_url', { ttlMs: 1 });
   await new Promise((r) => setTimeout(r, 20));
   const expired = (await client.callTool({ name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/expired` }, _meta: { [CALL_ID_META_KEY]: expiredId } })) as ToolResult;
   t.equal(expired.isError, true);
-  t.match(expired.content[0]!.text, /"reason":"unattributed"/, 'an expired call id is refused as unattributed');
+  t.match(expired.content[0]!.text, /firewall_blocked: unattributed rule=none/, 'an expired call id is refused as unattributed');
   t.same(a.requests.map((r) => r.url), ['/g1'], 'nothing reached a destination through a refused call');
 });
