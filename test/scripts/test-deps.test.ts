@@ -41,7 +41,8 @@ t.test('all present: one quiet line', async (t) => {
   t.match(r.stderr, /^test-deps: all 1 test dependencies present\n$/);
 });
 
-t.test('the shipped list names every package .ci/run used to install by hand', async (t) => {
+t.test('the shipped list names every package .ci/run used to install by hand, and the containment test\'s', async (t) => {
   const { dependencies } = JSON.parse(readFileSync(new URL('../../scripts/test-deps.json', import.meta.url), 'utf8')) as { dependencies: Array<{ debian: string }> };
-  t.same(dependencies.map((d) => d.debian).sort(), ['curl', 'iproute2', 'python3-requests', 'systemd', 'util-linux']);
+  const packages = new Set(dependencies.map((d) => d.debian));
+  for (const name of ['curl', 'iproute2', 'python3-requests', 'systemd', 'util-linux', 'iptables']) t.ok(packages.has(name), name);
 });
