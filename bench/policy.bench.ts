@@ -63,9 +63,10 @@ export function generatePolicy(n: number, seed = 1): PolicySpec {
       verdict,
       lists: verdict === 'allow' ? { allow: entries, deny: [] } : { allow: [], deny: entries },
       ports: r() < 0.3 ? [443] : null,
+      after: null,
     });
   }
-  rules.push({ position: n + 1, id: 'catch-all', label: null, priority: 100_000, stage: 'egress', toolGlob: '*', serverGlob: '*', verdict: 'deny', lists: null, ports: null });
+  rules.push({ position: n + 1, id: 'catch-all', label: null, priority: 100_000, stage: 'egress', toolGlob: '*', serverGlob: '*', verdict: 'deny', lists: null, ports: null, after: null });
   return { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
 }
 
@@ -93,7 +94,7 @@ export function generateQueries(spec: PolicySpec, count: number, seed = 2): Quer
     const address = r() < 0.5 && cidrAddresses.length > 0 ? (cidrAddresses[Math.floor(r() * cidrAddresses.length)] as IpAddress) : ipv4FromInt(0x5db8d822 + Math.floor(r() * 1000));
     const addresses = r() < 0.2 ? [address, ipv6FromHex(`2606${Math.floor(r() * 0xffff).toString(16).padStart(4, '0')}${'0'.repeat(23)}1`)] : [address];
     const tool = r() < 0.3 ? null : `tool_${Math.floor(r() * 20)}`;
-    queries.push({ ctx: { tool, server: 'srv', port: r() < 0.5 ? 443 : 80 }, name, addresses });
+    queries.push({ ctx: { tool, server: 'srv', port: r() < 0.5 ? 443 : 80, callId: `call-${i}`, now: 0, history: [] }, name, addresses });
   }
   return queries;
 }

@@ -8,13 +8,18 @@
  * scope for every destination, and takes the lowest-numbered rule that fully matches. Because
  * every list is sorted, the first full match in each list is that list's best, so first-match-
  * by-priority stays exact without walking the rules.
+ *
+ * A rule with a sequence clause (`after`) sits in the same indexes; its clause is one more
+ * condition, checked last and only for a rule that otherwise matches. Identical clauses are
+ * compiled once and share an id, so a decision evaluates each distinct clause at most once.
+ * A policy with no clause compiles exactly as before: its decisions cost what they did.
  */
 import { v4Key, v6Key } from '../net/address.js';
 import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { compileGlob, isLiteralGlob, isMatchAll } from './glob.js';
 import type { GlobMatcher } from './glob.js';
 import { isEnforcedVerdict } from './schema.js';
-import type { EgressVerdict, Entry, PolicySpec, RuleRef, RuleSpec } from './types.js';
+import type { AfterSpec, EgressVerdict, Entry, PolicySpec, RuleRef, RuleSpec } from './types.js';
 
 /** A set of destination entries, indexed for membership tests. */
 export interface EntrySet {
@@ -25,6 +30,17 @@ export interface EntrySet {
   readonly v6: ReadonlyMap<number, ReadonlySet<string>>;
   readonly hasNames: boolean;
   readonly hasAddresses: boolean;
+}
+
+/** A compiled sequence clause; rules with identical clauses share one (same `id`). */
+export interface CompiledAfter {
+  /** 0, 1, 2... within one compiled policy: the slot of a decision's memo. */
+  readonly id: number;
+  readonly spec: AfterSpec;
+  readonly tool: GlobMatcher;
+  readonly server: GlobMatcher;
+  readonly hosts: EntrySet | null;
+  readonly withinMs: number;
 }
 
 export interface CompiledRule {
@@ -43,6 +59,8 @@ export interface CompiledRule {
   readonly scopeSide: 'allow' | 'deny' | null;
   readonly exempt: EntrySet | null;
   readonly exemptSide: 'allow' | 'deny' | null;
+  /** The sequence clause; such a rule is never `unfiltered` (it depends on the history). */
+  readonly after: CompiledAfter | null;
 }
 
 type Positions = number[];
@@ -79,6 +97,12 @@ export interface CompiledPolicy {
   /** Every rule of the file in evaluation order, skipped ones included (for explanations). */
   readonly allRules: readonly RuleSpec[];
   readonly index: RuleIndex;
+  /** Whether some enforced egress rule has a sequence clause (the data path fetches history only then). */
+  readonly hasSequenceRules: boolean;
+  /** The longest `within_seconds` among enforced egress rules; 0 without sequence clauses (history retention). */
+  readonly maxAfterSeconds: number;
+  /** Distinct sequence clauses (the size of a decision's memo). */
+  readonly afterClauses: number;
 }
 
 export function byEvaluationOrder(a: RuleSpec, b: RuleSpec): number {
@@ -133,7 +157,30 @@ function v4OnSet(set: EntrySet, v4: number): boolean {
   return false;
 }
 
-export function compileRule(spec: RuleSpec, order: number): CompiledRule {
+function afterKey(spec: AfterSpec): string {
+  const hosts = spec.hosts === null ? '' : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).join(' ');
+  return JSON.stringify([spec.toolGlob, spec.serverGlob, spec.hosts === null, hosts, spec.withinSeconds]);
+}
+
+/** Compiles each distinct clause once: `clauses` maps a clause's key to its compiled form. */
+function compileAfter(spec: AfterSpec, clauses: Map<string, CompiledAfter>): CompiledAfter {
+  const key = afterKey(spec);
+  let compiled = clauses.get(key);
+  if (!compiled) {
+    compiled = {
+      id: clauses.size,
+      spec,
+      tool: compileGlob(spec.toolGlob),
+      server: compileGlob(spec.serverGlob),
+      hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts),
+      withinMs: spec.withinSeconds * 1000,
+    };
+    clauses.set(key, compiled);
+  }
+  return compiled;
+}
+
+export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, CompiledAfter> = new Map()): CompiledRule {
   const verdict = spec.verdict as EgressVerdict;
   // On an allow rule the allow list is in scope and deny exempts; on deny/audit the reverse.
   const scopeSide = spec.lists ? (verdict === 'allow' ? 'allow' : 'deny') : null;
@@ -149,18 +196,22 @@ export function compileRule(spec: RuleSpec, order: number): CompiledRule {
     tool: compileGlob(spec.toolGlob),
     server: compileGlob(spec.serverGlob),
     ports,
-    unfiltered: isMatchAll(spec.toolGlob) && isMatchAll(spec.serverGlob) && ports === null,
+    unfiltered: isMatchAll(spec.toolGlob) && isMatchAll(spec.serverGlob) && ports === null && spec.after === null,
     scope: scopeEntries.length > 0 ? compileEntrySet(scopeEntries) : null,
     scopeSide: scopeEntries.length > 0 ? scopeSide : null,
     exempt: exemptEntries.length > 0 ? compileEntrySet(exemptEntries) : null,
     exemptSide: exemptEntries.length > 0 ? exemptSide : null,
+    after: spec.after === null ? null : compileAfter(spec.after, clauses),
   };
 }
 
 export function compilePolicy(spec: PolicySpec): CompiledPolicy {
   const allRules = [...spec.rules].sort(byEvaluationOrder);
   const enforced = allRules.filter((r) => r.stage === 'egress' && isEnforcedVerdict(r.verdict));
-  const rules = enforced.map(compileRule);
+  const clauses = new Map<string, CompiledAfter>();
+  const rules = enforced.map((spec, order) => compileRule(spec, order, clauses));
+  let maxAfterSeconds = 0;
+  for (const rule of rules) if (rule.after !== null) maxAfterSeconds = Math.max(maxAfterSeconds, rule.after.spec.withinSeconds);
 
   const byHost = new Map<string, Positions>();
   const bySuffix = new Map<string, Positions>();
@@ -230,6 +281,9 @@ export function compilePolicy(spec: PolicySpec): CompiledPolicy {
       addressDispatchers,
       firstUnconditionalAddressDispatcher,
     },
+    hasSequenceRules: clauses.size > 0,
+    maxAfterSeconds,
+    afterClauses: clauses.size,
   });
 }
 

@@ -13,7 +13,7 @@ import { compilePolicy } from '../../src/policy/compile.js';
 import { parseEntry } from '../../src/policy/entries.js';
 import { decide, decideByName } from '../../src/policy/evaluate.js';
 import type { CallContext, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from '../../src/policy/types.js';
-import { ip } from '../helpers/policy.js';
+import { callContext, ip } from '../helpers/policy.js';
 import { refBlockedByName, refDecide } from '../helpers/reference.js';
 
 const NAMES = ['a.example.com', 'b.example.com', 'x.a.example.com', 'y.x.a.example.com', 'api.test', 'evil.test', 'example.com'];
@@ -63,7 +63,7 @@ const policyArb: fc.Arbitrary<PolicySpec> = fc
   })
   .map((p) => ({
     ...p,
-    rules: p.rules.map((r, i): RuleSpec => ({ ...r, position: i + 1, id: `r${i + 1}`, label: null })),
+    rules: p.rules.map((r, i): RuleSpec => ({ ...r, position: i + 1, id: `r${i + 1}`, label: null, after: null })),
   }));
 
 const callArb = fc.record({
@@ -82,7 +82,7 @@ t.test('indexed and reference evaluators agree', async (t) => {
     fc.property(policyArb, fc.array(callArb, { minLength: 1, maxLength: 6 }), fc.boolean(), (spec, calls, withBaseline) => {
       const policy = compilePolicy(spec);
       for (const call of calls) {
-        const ctx: CallContext = { tool: call.tool, server: call.server, port: call.port };
+        const ctx: CallContext = callContext({ tool: call.tool, server: call.server, port: call.port });
         const addresses: IpAddress[] = call.name === null ? [ip(call.addresses[0] as string)] : call.addresses.map(ip);
         const classify = withBaseline ? (a: IpAddress) => baseline(a, call.port) : () => null;
         const got = decide(policy, ctx, { name: call.name }, addresses, { classify: withBaseline ? baseline : undefined, explain: checked % 7 === 0 });
@@ -124,12 +124,12 @@ t.test('the index keeps first-match exact across thousands of rules', async (t) 
   for (let i = 0; i < 3000; i++) {
     const kinds = ['34.0.0.0/8', 'a.example.com', '*.example.com', '34.1.2.3', '::/0'];
     const e = parseEntry(kinds[i % kinds.length] as string) as Entry;
-    rules.push({ position: i + 1, id: `r${i + 1}`, label: null, priority: 3000 - Math.floor(i / 2), stage: 'egress', toolGlob: i % 3 === 0 ? 'only-this' : '*', serverGlob: '*', verdict: i % 2 ? 'allow' : 'deny', lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] }, ports: null });
+    rules.push({ position: i + 1, id: `r${i + 1}`, label: null, priority: 3000 - Math.floor(i / 2), stage: 'egress', toolGlob: i % 3 === 0 ? 'only-this' : '*', serverGlob: '*', verdict: i % 2 ? 'allow' : 'deny', lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] }, ports: null, after: null });
   }
   const spec: PolicySpec = { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
   const policy = compilePolicy(spec);
   for (const tool of [null, 'only-this', 'other']) {
-    const ctx = { tool, server: null, port: 443 };
+    const ctx = callContext({ tool, server: null, port: 443 });
     const got = decide(policy, ctx, { name: 'a.example.com' }, [ip('34.1.2.3')]);
     const want = refDecide(spec, ctx, 'a.example.com', [ip('34.1.2.3')]);
     t.equal(got.rule?.id, want.rule, `tool ${tool}`);
