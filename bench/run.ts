@@ -2,10 +2,11 @@
  * `npm run bench`: runs the benchmarks and prints their tables. `npm run bench -- policy` runs one.
  */
 import { runDatapathBench } from './datapath.bench.js';
-import { runPolicyBench } from './policy.bench.js';
+import { runPolicyBench, runSequenceBench } from './policy.bench.js';
 
 const benches: Record<string, () => Promise<string> | string> = {
   policy: runPolicyBench,
+  sequence: runSequenceBench,
   datapath: runDatapathBench,
 };
 

@@ -10,8 +10,9 @@
  * by-priority stays exact without walking the rules.
  *
  * A rule with a sequence clause (`after`) sits in the same indexes; its clause is one more
- * condition, checked last and only for a rule that otherwise matches. Identical clauses are
- * compiled once and share an id, so a decision evaluates each distinct clause at most once.
+ * condition, checked only for a rule that otherwise matches. Clauses that differ at most in
+ * their window share one matcher (the most recent matching call decides every window: it is in
+ * a window or nothing is), so a decision scans the history once per distinct matcher at most.
  * A policy with no clause compiles exactly as before: its decisions cost what they did.
  */
 import { v4Key, v6Key } from '../net/address.js';
@@ -32,14 +33,21 @@ export interface EntrySet {
   readonly hasAddresses: boolean;
 }
 
-/** A compiled sequence clause; rules with identical clauses share one (same `id`). */
-export interface CompiledAfter {
+/** What an earlier call must be (a clause without its window); shared by clauses that differ only in the window. */
+export interface AfterMatcher {
   /** 0, 1, 2... within one compiled policy: the slot of a decision's memo. */
   readonly id: number;
-  readonly spec: AfterSpec;
   readonly tool: GlobMatcher;
   readonly server: GlobMatcher;
   readonly hosts: EntrySet | null;
+  /** The longest window among the clauses sharing it: how far back its scan looks. */
+  readonly scanMs: number;
+}
+
+/** A compiled sequence clause. */
+export interface CompiledAfter {
+  readonly spec: AfterSpec;
+  readonly match: AfterMatcher;
   readonly withinMs: number;
 }
 
@@ -101,7 +109,7 @@ export interface CompiledPolicy {
   readonly hasSequenceRules: boolean;
   /** The longest `within_seconds` among enforced egress rules; 0 without sequence clauses (history retention). */
   readonly maxAfterSeconds: number;
-  /** Distinct sequence clauses (the size of a decision's memo). */
+  /** Distinct clause matchers (the size of a decision's memo). */
   readonly afterClauses: number;
 }
 
@@ -157,30 +165,25 @@ function v4OnSet(set: EntrySet, v4: number): boolean {
   return false;
 }
 
-function afterKey(spec: AfterSpec): string {
-  const hosts = spec.hosts === null ? '' : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).join(' ');
-  return JSON.stringify([spec.toolGlob, spec.serverGlob, spec.hosts === null, hosts, spec.withinSeconds]);
+function matcherKey(spec: AfterSpec): string {
+  const hosts = spec.hosts === null ? null : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).sort();
+  return JSON.stringify([spec.toolGlob, spec.serverGlob, hosts]);
 }
 
-/** Compiles each distinct clause once: `clauses` maps a clause's key to its compiled form. */
-function compileAfter(spec: AfterSpec, clauses: Map<string, CompiledAfter>): CompiledAfter {
-  const key = afterKey(spec);
-  let compiled = clauses.get(key);
-  if (!compiled) {
-    compiled = {
-      id: clauses.size,
-      spec,
-      tool: compileGlob(spec.toolGlob),
-      server: compileGlob(spec.serverGlob),
-      hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts),
-      withinMs: spec.withinSeconds * 1000,
-    };
-    clauses.set(key, compiled);
+/** Compiles a clause, sharing its matcher with earlier clauses that differ only in the window. */
+function compileAfter(spec: AfterSpec, matchers: Map<string, { -readonly [K in keyof AfterMatcher]: AfterMatcher[K] }>): CompiledAfter {
+  const key = matcherKey(spec);
+  const withinMs = spec.withinSeconds * 1000;
+  let match = matchers.get(key);
+  if (!match) {
+    match = { id: matchers.size, tool: compileGlob(spec.toolGlob), server: compileGlob(spec.serverGlob), hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts), scanMs: withinMs };
+    matchers.set(key, match);
   }
-  return compiled;
+  match.scanMs = Math.max(match.scanMs, withinMs);
+  return { spec, match, withinMs };
 }
 
-export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, CompiledAfter> = new Map()): CompiledRule {
+export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, AfterMatcher & { scanMs: number }> = new Map()): CompiledRule {
   const verdict = spec.verdict as EgressVerdict;
   // On an allow rule the allow list is in scope and deny exempts; on deny/audit the reverse.
   const scopeSide = spec.lists ? (verdict === 'allow' ? 'allow' : 'deny') : null;
@@ -208,7 +211,7 @@ export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, 
 export function compilePolicy(spec: PolicySpec): CompiledPolicy {
   const allRules = [...spec.rules].sort(byEvaluationOrder);
   const enforced = allRules.filter((r) => r.stage === 'egress' && isEnforcedVerdict(r.verdict));
-  const clauses = new Map<string, CompiledAfter>();
+  const clauses = new Map<string, AfterMatcher & { scanMs: number }>();
   const rules = enforced.map((spec, order) => compileRule(spec, order, clauses));
   let maxAfterSeconds = 0;
   for (const rule of rules) if (rule.after !== null) maxAfterSeconds = Math.max(maxAfterSeconds, rule.after.spec.withinSeconds);

@@ -27,7 +27,7 @@
 import { cidrContains, embeddedIpv4, v4Key, v6Key } from '../net/address.js';
 import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { addressOnSet, nameOnSet } from './compile.js';
-import type { CompiledAfter, CompiledPolicy, CompiledRule } from './compile.js';
+import type { AfterMatcher, CompiledAfter, CompiledPolicy, CompiledRule } from './compile.js';
 import type { AfterMatch, CallContext, Decision, EgressVerdict, Entry, HistoryCall, NotMatched, RuleSpec, TraceEntry } from './types.js';
 
 /** The SSRF baseline, injected: the address class that refuses `ip`, or null. */
@@ -51,47 +51,57 @@ export interface DestinationHost {
 
 /** A call being decided under a policy with sequence clauses: each clause's answer, once computed. */
 interface SequenceCall extends CallContext {
-  /** By clause id: the earlier call found, null for none, undefined while not yet asked. */
+  /** By matcher id: the earlier call found, null for none, undefined while not yet asked. */
   readonly afterMemo: Array<HistoryCall | null | undefined>;
 }
 
-/** The call as the walk sees it: with a clause memo only when the policy has clauses (else as given, at no cost). */
-function forDecision(policy: CompiledPolicy, ctx: CallContext): CallContext {
-  return policy.hasSequenceRules ? ({ ...ctx, afterMemo: new Array(policy.afterClauses) } as SequenceCall) : ctx;
+/**
+ * The call as the walk sees it: with a memo of its sequence clauses when the policy has any
+ * (else as given, at no cost). Pass the result to both `decideByName` and `decide` of one call
+ * so that they share the memo; a call that already carries one is returned as is.
+ */
+export function forDecision(policy: CompiledPolicy, ctx: CallContext): CallContext {
+  if (!policy.hasSequenceRules || (ctx as Partial<SequenceCall>).afterMemo !== undefined) return ctx;
+  return { ...ctx, afterMemo: new Array(policy.afterClauses) } as SequenceCall;
 }
 
 /**
- * The most recent call of `ctx.history` that satisfies `clause` (policy.md "Earlier call"), or
- * null. The history is newest first, so the walk stops at the first call older than the window.
- * A call recorded "after" now (a clock stepped back) counts as just now: it was recorded before
- * this decision, and failing closed means it still counts.
+ * The most recent call of `ctx.history` that `match` accepts (policy.md "Earlier call": another
+ * call id, tool and server globs, `hosts`), looking back `match.scanMs`, or null. The history is
+ * newest first, so the walk stops at the first call older than that. A call recorded "after" now
+ * (a clock stepped back) counts as just now: it was recorded before this decision, and failing
+ * closed means it still counts.
  */
-export function findEarlier(clause: CompiledAfter, ctx: CallContext): HistoryCall | null {
+export function findEarlier(match: AfterMatcher, ctx: CallContext): HistoryCall | null {
   const { history, callId } = ctx;
-  const oldest = ctx.now - clause.withinMs;
-  const hosts = clause.hosts;
+  const oldest = ctx.now - match.scanMs;
+  const hosts = match.hosts;
   for (let i = 0; i < history.length; i++) {
     const e = history[i] as HistoryCall;
     if (e.at < oldest) break;
     // A call never follows itself (a registered call and its own egress share the call id).
     if (callId !== null && e.callId === callId) continue;
-    if (!clause.tool(e.tool) || !clause.server(e.server)) continue;
+    if (!match.tool(e.tool) || !match.server(e.server)) continue;
+    // `hosts`: only a dispatched egress call read anything from a host. Checked last: the costliest.
     if (hosts !== null && !(e.dispatched === true && (nameOnSet(hosts, e.host) || (e.address !== null && addressOnSet(hosts, e.address, e.address.family === 6 ? embeddedIpv4(e.address) : null))))) continue;
     return e;
   }
   return null;
 }
 
-/** `findEarlier`, memoised for the decision when the call carries a memo. */
+/**
+ * The earlier call satisfying `clause` (the most recent), or null. The matcher's answer is
+ * memoised for the decision when the call carries a memo; the window is this clause's own.
+ */
 function earlierFor(clause: CompiledAfter, ctx: CallContext): HistoryCall | null {
+  const { match } = clause;
   const memo = (ctx as Partial<SequenceCall>).afterMemo;
-  if (memo === undefined) return findEarlier(clause, ctx);
-  let found = memo[clause.id];
+  let found = memo?.[match.id];
   if (found === undefined) {
-    found = findEarlier(clause, ctx);
-    memo[clause.id] = found;
+    found = findEarlier(match, ctx);
+    if (memo !== undefined) memo[match.id] = found;
   }
-  return found;
+  return found !== null && ctx.now - found.at <= clause.withinMs ? found : null;
 }
 
 /** The decision's `after` field for an earlier call. */
