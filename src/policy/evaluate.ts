@@ -274,9 +274,9 @@ export function decide(
     shadow: deciding.shadow,
     reason: deciding.decided_by,
     rule: deciding.rule,
-    after: deciding.after ?? null,
     addresses: addresses.map((a) => a.text),
     trace,
+    after: deciding.after ?? null,
     uncovered: policy.observeMode && anyDefault && !anyBaseline,
   };
   return deciding.address_class ? { ...decision, address_class: deciding.address_class } : decision;
@@ -340,9 +340,9 @@ export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: Des
     shadow: false,
     reason: entry.decided_by,
     rule: entry.rule,
-    after: after ?? null,
     addresses: [],
     trace: [options.explain ? { ...entry, not_matched: explainName(policy, ctx, name, rule) } : entry],
+    after: after ?? null,
     uncovered: policy.observeMode && rule === null,
   };
 }

@@ -94,10 +94,10 @@ export interface Decision {
   readonly shadow: boolean;
   readonly reason: DecisionReason;
   readonly rule: RuleRef | null;
-  /** The earlier call that satisfied the deciding rule's sequence clause; null unless such a rule decided. */
-  readonly after: AfterMatch | null;
   readonly addresses: readonly string[];
   readonly trace: readonly TraceEntry[];
+  /** The earlier call that satisfied the deciding rule's sequence clause; null unless such a rule decided. */
+  readonly after: AfterMatch | null;
   /** Set on baseline refusals. */
   readonly address_class?: string;
   /** Observe mode: no rule covered the call (the default verdict decided). */
