@@ -35,8 +35,8 @@ type Result<T> = T | { readonly error: string };
 const CLI_KEYS = ['tool', 'seconds_ago', 'server', 'host', 'address', 'call_id'] as const;
 const JSON_KEYS = ['tool', 'seconds_ago', 'server', 'host', 'address', 'call_id', 'dispatched'] as const;
 
-function secondsAgo(value: unknown, where: string): Result<number> {
-  const n = typeof value === 'string' && /^\d+(\.\d{1,3})?$/.test(value) ? Number(value) : value;
+/** A JSON number (the command line's decimal text is read by parseEarlierArg). */
+function secondsAgo(n: unknown, where: string): Result<number> {
   if (typeof n !== 'number' || !Number.isFinite(n) || n < 0 || n > MAX_SECONDS_AGO) {
     return { error: `${where}seconds_ago must be a number of seconds from 0 to ${MAX_SECONDS_AGO}` };
   }
@@ -104,7 +104,10 @@ export function parseEarlierArg(text: string): Result<EarlierCall> {
     if (Object.hasOwn(fields, key)) return { error: `${where}${key} given twice` };
     fields[key] = part.slice(eq + 1);
   }
-  return earlier({ ...fields, tool: fields.tool, seconds_ago: fields.seconds_ago }, refused ? false : null, where);
+  // Plain decimal seconds, at most millisecond precision (no exponents, signs or hex).
+  const ago = fields.seconds_ago;
+  const seconds = ago !== undefined && /^\d{1,10}(\.\d{1,3})?$/.test(ago) ? Number(ago) : ago;
+  return earlier({ ...fields, tool: fields.tool, seconds_ago: seconds }, refused ? false : null, where);
 }
 
 /** One item of `POST /v1/test`'s `history`: `{tool, seconds_ago, server?, host?, address?, call_id?, dispatched?}`. */
