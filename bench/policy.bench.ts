@@ -9,9 +9,9 @@ import type { IpAddress } from '../src/net/address.js';
 import { createBaseline } from '../src/net/baseline.js';
 import { compilePolicy } from '../src/policy/compile.js';
 import { parseEntry } from '../src/policy/entries.js';
-import { decide, decideByName, lookupName } from '../src/policy/evaluate.js';
+import { decide, decideByName, forDecision, lookupName } from '../src/policy/evaluate.js';
 import type { DestinationHost } from '../src/policy/evaluate.js';
-import type { CallContext, Entry, PolicySpec, RuleSpec } from '../src/policy/types.js';
+import type { CallContext, Entry, HistoryCall, PolicySpec, RuleSpec } from '../src/policy/types.js';
 import { summarize, table } from './stats.js';
 
 /** A deterministic PRNG so runs are comparable. */
@@ -63,9 +63,10 @@ export function generatePolicy(n: number, seed = 1): PolicySpec {
       verdict,
       lists: verdict === 'allow' ? { allow: entries, deny: [] } : { allow: [], deny: entries },
       ports: r() < 0.3 ? [443] : null,
+      after: null,
     });
   }
-  rules.push({ position: n + 1, id: 'catch-all', label: null, priority: 100_000, stage: 'egress', toolGlob: '*', serverGlob: '*', verdict: 'deny', lists: null, ports: null });
+  rules.push({ position: n + 1, id: 'catch-all', label: null, priority: 100_000, stage: 'egress', toolGlob: '*', serverGlob: '*', verdict: 'deny', lists: null, ports: null, after: null });
   return { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
 }
 
@@ -93,7 +94,7 @@ export function generateQueries(spec: PolicySpec, count: number, seed = 2): Quer
     const address = r() < 0.5 && cidrAddresses.length > 0 ? (cidrAddresses[Math.floor(r() * cidrAddresses.length)] as IpAddress) : ipv4FromInt(0x5db8d822 + Math.floor(r() * 1000));
     const addresses = r() < 0.2 ? [address, ipv6FromHex(`2606${Math.floor(r() * 0xffff).toString(16).padStart(4, '0')}${'0'.repeat(23)}1`)] : [address];
     const tool = r() < 0.3 ? null : `tool_${Math.floor(r() * 20)}`;
-    queries.push({ ctx: { tool, server: 'srv', port: r() < 0.5 ? 443 : 80 }, name, addresses });
+    queries.push({ ctx: { tool, server: 'srv', port: r() < 0.5 ? 443 : 80, callId: `call-${i}`, now: 0, history: [] }, name, addresses });
   }
   return queries;
 }
@@ -149,5 +150,96 @@ export function runPolicyBench(): string {
     `10,000-rule median / 10-rule median: ${ratio.toFixed(2)}×`,
     '"decision" = what the proxy runs per call: the by-name step, then decide() over the candidates with the baseline.',
     '"hot-set" = the same, cycling through 32 distinct calls (caches warm): the cost of the algorithm without memory misses.',
+  ].join('\n');
+}
+
+const CLAUSE_TOOLS = ['read_*', 'get_secret', '*_file', 'fetch', 'read_file'];
+const CLAUSE_HOSTS: ReadonlyArray<readonly Entry[] | null> = [null, null, [entry('10.0.0.0/8'), entry('*.corp.example')], [entry('*.internal.example')]];
+const CLAUSE_WINDOWS = [60, 300, 600, 3600];
+
+/**
+ * `generatePolicy(n)` with `withAfter` of its rules given a sequence clause, spread over the
+ * priorities. Half of them become lethal-trifecta rules (deny everything but an allow-list, so
+ * in scope for every call); the others keep their lists. Clauses are drawn from a pool, so
+ * several rules share a clause, as in a real policy.
+ */
+export function generateSequencePolicy(n: number, withAfter: number, seed = 3): PolicySpec {
+  const r = rng(seed);
+  const base = generatePolicy(n);
+  const step = Math.floor(n / withAfter);
+  const rules = base.rules.map((rule, i) => {
+    if (i % step !== 0 || i / step >= withAfter) return rule;
+    const hosts = CLAUSE_HOSTS[Math.floor(r() * CLAUSE_HOSTS.length)] ?? null;
+    const after = {
+      // A clause with hosts usually means "after any fetch from there": tool `*`.
+      toolGlob: hosts !== null && r() < 0.7 ? '*' : (CLAUSE_TOOLS[Math.floor(r() * CLAUSE_TOOLS.length)] as string),
+      serverGlob: r() < 0.8 ? '*' : 'srv',
+      hosts,
+      withinSeconds: CLAUSE_WINDOWS[Math.floor(r() * CLAUSE_WINDOWS.length)] as number,
+    };
+    const trifecta = r() < 0.5;
+    return { ...rule, after, ...(trifecta ? { verdict: 'deny' as const, lists: { allow: [entry('api.openai.com')], deny: [] } } : {}) };
+  });
+  return { ...base, rules };
+}
+
+/**
+ * A session's history of `size` calls over the last hour, newest first, none of which satisfies
+ * any clause of the pool (tools like `search`, egress to public hosts): every sequence rule a
+ * call reaches scans its whole window. With `read`, a `read_file` 30 s ago is added in front.
+ */
+export function generateHistory(size: number, now: number, read: boolean, seed = 4): HistoryCall[] {
+  const r = rng(seed);
+  const tools = ['search', 'list_items', 'summarize', 'write_note'];
+  const calls: HistoryCall[] = [];
+  for (let i = 0; i < size; i++) {
+    const egress = r() < 0.3;
+    calls.push({
+      at: now - Math.floor(((i + 1) / size) * 3_500_000),
+      tool: tools[i % tools.length] as string,
+      callId: `h-${i}`,
+      server: 'srv',
+      sessionId: 's',
+      host: egress ? `site-${i}.example.org` : null,
+      address: egress ? ipv4FromInt(0x5db8d822 + i) : null,
+      dispatched: egress ? true : null,
+    });
+  }
+  if (read) calls.unshift({ at: now - 30_000, tool: 'read_file', callId: 'h-read', server: 'srv', sessionId: 's', host: null, address: null, dispatched: null });
+  return calls.slice(0, size);
+}
+
+export function runSequenceBench(): string {
+  const classify = createBaseline();
+  const rows: Array<Array<string | number>> = [];
+  const now = Date.now();
+  const cases: Array<[string, PolicySpec, HistoryCall[]]> = [];
+  const plain = generatePolicy(10_000);
+  const sequenced = generateSequencePolicy(10_000, 100);
+  cases.push(['10,000 rules, no `after`', plain, []]);
+  cases.push(['10,000 rules, no `after`, 1,000-call history', plain, generateHistory(1_000, now, false)]);
+  cases.push(['10,000 rules, 100 with `after`, empty history', sequenced, []]);
+  cases.push(['10,000 rules, 100 with `after`, 1,000 calls, none matching (worst case)', sequenced, generateHistory(1_000, now, false)]);
+  cases.push(['10,000 rules, 100 with `after`, 1,000 calls, a `read_file` 30 s ago', sequenced, generateHistory(1_000, now, true)]);
+  for (const [label, spec, history] of cases) {
+    const policy = compilePolicy(spec);
+    const queries = generateQueries(spec, 20_000).map((q) => ({ ...q, ctx: { ...q.ctx, now, history } }));
+    const full = (q: Query) => {
+      const dest = lookupName(policy, q.name) as DestinationHost & { name: string };
+      const ctx = forDecision(policy, q.ctx);
+      return decideByName(policy, ctx, dest) ?? decide(policy, ctx, dest, q.addresses, { classify });
+    };
+    timeEach(queries, full, 2);
+    const s = summarize(timeEach(queries, full, 3));
+    let refused = 0;
+    for (const q of queries) if (!full(q).dispatched) refused++;
+    rows.push([label, policy.afterClauses, s.median.toFixed(2), s.p99.toFixed(2), s.mean.toFixed(2), `${((refused / queries.length) * 100).toFixed(0)}%`]);
+  }
+  return [
+    '## Sequence rules (per decision, µs; 20,000 mixed queries × 3 rounds, by-name step then decide())',
+    '',
+    table(['policy and history', 'distinct matchers', 'median', 'p99', 'mean', 'refused'], rows),
+    '',
+    '"none matching": every sequence rule a call reaches scans the whole window of its clause (each distinct clause at most once per decision).',
   ].join('\n');
 }

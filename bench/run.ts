@@ -2,11 +2,12 @@
  * `npm run bench`: runs the benchmarks and prints their tables. `npm run bench -- policy` runs one.
  */
 import { runDatapathBench } from './datapath.bench.js';
-import { runPolicyBench } from './policy.bench.js';
+import { runPolicyBench, runSequenceBench } from './policy.bench.js';
 import { runRegistryBench } from './registry.bench.js';
 
 const benches: Record<string, () => Promise<string> | string> = {
   policy: runPolicyBench,
+  sequence: runSequenceBench,
   datapath: runDatapathBench,
   registry: runRegistryBench,
 };

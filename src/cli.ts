@@ -56,7 +56,15 @@ export async function main(argv: readonly string[], io: CommandIO = processIO): 
     .option('--server <id>', 'client identity')
     .option('--config <file>', 'proxy config: DNS servers and baseline exemptions')
     .option('--resolve <host=ip,...>', 'answer a name without DNS (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
-    .action(async (policy: string, destination: string, opts: { tool?: string; server?: string; config?: string; resolve: string[] }) => {
+    .option('--session <id>', "the call's session id (its history's key)")
+    .option('--call-id <id>', "the call's id (a call is never its own earlier call)")
+    .option(
+      '--earlier <tool=T,seconds_ago=N,...>',
+      'an earlier call in the history: tool=T,seconds_ago=N[,server=S][,host=H][,address=IP][,call_id=C][,refused] (repeatable)',
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .action(async (policy: string, destination: string, opts: { tool?: string; server?: string; config?: string; resolve: string[]; session?: string; callId?: string; earlier: string[] }) => {
       exitCode = await runTest(policy, destination, opts, io);
     });
 

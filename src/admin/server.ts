@@ -30,8 +30,10 @@ import type { Listener } from '../net/self.js';
 import type { NameResolver } from '../net/resolve.js';
 import { compilePolicy } from '../policy/compile.js';
 import { parsePolicy } from '../policy/schema.js';
-import type { Entry, RuleSpec } from '../policy/types.js';
+import type { Entry, HistoryCall, RuleSpec } from '../policy/types.js';
 import { dryRun } from '../proxy/dry-run.js';
+import { earlierFromJson, historyOf, MAX_EARLIER } from '../proxy/dry-run-history.js';
+import type { EarlierCall } from '../proxy/dry-run-history.js';
 import { draftPolicy } from './draft.js';
 import { createHostCheck } from './host-check.js';
 import type { Metrics } from './metrics.js';
@@ -126,6 +128,9 @@ function ruleJson(r: RuleSpec): Record<string, unknown> {
     verdict: r.verdict,
     egress: r.lists ? { allow: r.lists.allow.map(entryText), deny: r.lists.deny.map(entryText) } : null,
     ports: r.ports,
+    after: r.after
+      ? { tool_name_glob: r.after.toolGlob, server_glob: r.after.serverGlob, hosts: r.after.hosts ? r.after.hosts.map(entryText) : null, within_seconds: r.after.withinSeconds }
+      : null,
   };
 }
 
@@ -344,6 +349,15 @@ export class AdminServer {
     }
   }
 
+  /**
+   * The live history of a session (newest first), for a dry run given `session_id` and no
+   * `history`. The seam for the session-history store (interface.md "Session history"): until
+   * it is wired, a session has no recorded calls.
+   */
+  private liveHistory(_sessionId: string): readonly HistoryCall[] {
+    return [];
+  }
+
   private async test(b: Record<string, unknown>): Promise<unknown> {
     const { running, config } = this.deps;
     onlyKeys(b, ['policy', 'tool', 'server', 'call_id', 'session_id', 'destination', 'resolve', 'history']);
@@ -353,12 +367,17 @@ export class AdminServer {
     const tool = optionalLabel(b, 'tool');
     const server = optionalLabel(b, 'server');
     if (b.policy !== undefined && b.policy !== null && typeof b.policy !== 'string') throw badRequest('policy must be a string (the YAML text)');
-    // Accepted by the contract for sequence clauses, which this policy engine does not have
-    // yet: type-checked so a malformed body is still a 400, and otherwise without effect.
-    optionalLabel(b, 'call_id');
-    optionalLabel(b, 'session_id');
-    if (b.history !== undefined && (!Array.isArray(b.history) || b.history.length > 1000 || !b.history.every((h) => typeof h === 'object' && h !== null && !Array.isArray(h)))) {
-      throw badRequest('history must be a list of at most 1000 objects');
+    const callId = b.call_id === undefined || b.call_id === null ? null : b.call_id;
+    if (callId !== null && (typeof callId !== 'string' || !CALL_ID.test(callId))) throw badRequest('call_id must be 1 to 256 visible ASCII characters');
+    const sessionId = optionalLabel(b, 'session_id');
+    let earlier: EarlierCall[] | null = null;
+    if (b.history !== undefined && b.history !== null) {
+      if (!Array.isArray(b.history) || b.history.length > MAX_EARLIER) throw badRequest(`history must be a list of at most ${MAX_EARLIER} earlier calls {tool, seconds_ago, server?, host?, address?, call_id?, dispatched?}`);
+      earlier = b.history.map((item, index) => {
+        const call = earlierFromJson(item, index);
+        if ('error' in call) throw badRequest(call.error);
+        return call;
+      });
     }
     let resolve: Array<[string, string[]]> = [];
     if (b.resolve !== undefined) {
@@ -378,7 +397,11 @@ export class AdminServer {
       if (!draft.spec) throw new HttpError(400, 'invalid_policy', 'the draft policy is not valid', { errors: draft.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic) });
       policy = compilePolicy(draft.spec);
     }
-    const result = await dryRun(policy, { destination: b.destination, tool, server, resolve }, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
+    // An explicit history is exactly what the decision sees; without one, a session's live history.
+    const now = Date.now();
+    const history = earlier !== null ? historyOf(earlier, { now, sessionId, server }) : sessionId !== null ? this.liveHistory(sessionId) : [];
+    const input = { destination: b.destination, tool, server, resolve, callId: callId as string | null, now, history };
+    const result = await dryRun(policy, input, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
     if (result.kind === 'invalid') throw badRequest(result.error);
     if (result.kind === 'dns_error') return { error: result.error };
     return result.decision;

@@ -8,13 +8,19 @@
  * scope for every destination, and takes the lowest-numbered rule that fully matches. Because
  * every list is sorted, the first full match in each list is that list's best, so first-match-
  * by-priority stays exact without walking the rules.
+ *
+ * A rule with a sequence clause (`after`) sits in the same indexes; its clause is one more
+ * condition, checked only for a rule that otherwise matches. Clauses that differ at most in
+ * their window share one matcher (the most recent matching call decides every window: it is in
+ * a window or nothing is), so a decision scans the history once per distinct matcher at most.
+ * A policy with no clause compiles exactly as before: its decisions cost what they did.
  */
 import { v4Key, v6Key } from '../net/address.js';
 import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { compileGlob, isLiteralGlob, isMatchAll } from './glob.js';
 import type { GlobMatcher } from './glob.js';
 import { isEnforcedVerdict } from './schema.js';
-import type { EgressVerdict, Entry, PolicySpec, RuleRef, RuleSpec } from './types.js';
+import type { AfterSpec, EgressVerdict, Entry, PolicySpec, RuleRef, RuleSpec } from './types.js';
 
 /** A set of destination entries, indexed for membership tests. */
 export interface EntrySet {
@@ -25,6 +31,24 @@ export interface EntrySet {
   readonly v6: ReadonlyMap<number, ReadonlySet<string>>;
   readonly hasNames: boolean;
   readonly hasAddresses: boolean;
+}
+
+/** What an earlier call must be (a clause without its window); shared by clauses that differ only in the window. */
+export interface AfterMatcher {
+  /** 0, 1, 2... within one compiled policy: the slot of a decision's memo. */
+  readonly id: number;
+  readonly tool: GlobMatcher;
+  readonly server: GlobMatcher;
+  readonly hosts: EntrySet | null;
+  /** The longest window among the clauses sharing it: how far back its scan looks. */
+  readonly scanMs: number;
+}
+
+/** A compiled sequence clause. */
+export interface CompiledAfter {
+  readonly spec: AfterSpec;
+  readonly match: AfterMatcher;
+  readonly withinMs: number;
 }
 
 export interface CompiledRule {
@@ -43,6 +67,8 @@ export interface CompiledRule {
   readonly scopeSide: 'allow' | 'deny' | null;
   readonly exempt: EntrySet | null;
   readonly exemptSide: 'allow' | 'deny' | null;
+  /** The sequence clause; such a rule is never `unfiltered` (it depends on the history). */
+  readonly after: CompiledAfter | null;
 }
 
 type Positions = number[];
@@ -79,6 +105,12 @@ export interface CompiledPolicy {
   /** Every rule of the file in evaluation order, skipped ones included (for explanations). */
   readonly allRules: readonly RuleSpec[];
   readonly index: RuleIndex;
+  /** Whether some enforced egress rule has a sequence clause (the data path fetches history only then). */
+  readonly hasSequenceRules: boolean;
+  /** The longest `within_seconds` among enforced egress rules; 0 without sequence clauses (history retention). */
+  readonly maxAfterSeconds: number;
+  /** Distinct clause matchers (the size of a decision's memo). */
+  readonly afterClauses: number;
 }
 
 export function byEvaluationOrder(a: RuleSpec, b: RuleSpec): number {
@@ -133,7 +165,25 @@ function v4OnSet(set: EntrySet, v4: number): boolean {
   return false;
 }
 
-export function compileRule(spec: RuleSpec, order: number): CompiledRule {
+function matcherKey(spec: AfterSpec): string {
+  const hosts = spec.hosts === null ? null : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).sort();
+  return JSON.stringify([spec.toolGlob, spec.serverGlob, hosts]);
+}
+
+/** Compiles a clause, sharing its matcher with earlier clauses that differ only in the window. */
+function compileAfter(spec: AfterSpec, matchers: Map<string, { -readonly [K in keyof AfterMatcher]: AfterMatcher[K] }>): CompiledAfter {
+  const key = matcherKey(spec);
+  const withinMs = spec.withinSeconds * 1000;
+  let match = matchers.get(key);
+  if (!match) {
+    match = { id: matchers.size, tool: compileGlob(spec.toolGlob), server: compileGlob(spec.serverGlob), hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts), scanMs: withinMs };
+    matchers.set(key, match);
+  }
+  match.scanMs = Math.max(match.scanMs, withinMs);
+  return { spec, match, withinMs };
+}
+
+export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, AfterMatcher & { scanMs: number }> = new Map()): CompiledRule {
   const verdict = spec.verdict as EgressVerdict;
   // On an allow rule the allow list is in scope and deny exempts; on deny/audit the reverse.
   const scopeSide = spec.lists ? (verdict === 'allow' ? 'allow' : 'deny') : null;
@@ -149,18 +199,22 @@ export function compileRule(spec: RuleSpec, order: number): CompiledRule {
     tool: compileGlob(spec.toolGlob),
     server: compileGlob(spec.serverGlob),
     ports,
-    unfiltered: isMatchAll(spec.toolGlob) && isMatchAll(spec.serverGlob) && ports === null,
+    unfiltered: isMatchAll(spec.toolGlob) && isMatchAll(spec.serverGlob) && ports === null && spec.after === null,
     scope: scopeEntries.length > 0 ? compileEntrySet(scopeEntries) : null,
     scopeSide: scopeEntries.length > 0 ? scopeSide : null,
     exempt: exemptEntries.length > 0 ? compileEntrySet(exemptEntries) : null,
     exemptSide: exemptEntries.length > 0 ? exemptSide : null,
+    after: spec.after === null ? null : compileAfter(spec.after, clauses),
   };
 }
 
 export function compilePolicy(spec: PolicySpec): CompiledPolicy {
   const allRules = [...spec.rules].sort(byEvaluationOrder);
   const enforced = allRules.filter((r) => r.stage === 'egress' && isEnforcedVerdict(r.verdict));
-  const rules = enforced.map(compileRule);
+  const clauses = new Map<string, AfterMatcher & { scanMs: number }>();
+  const rules = enforced.map((spec, order) => compileRule(spec, order, clauses));
+  let maxAfterSeconds = 0;
+  for (const rule of rules) if (rule.after !== null) maxAfterSeconds = Math.max(maxAfterSeconds, rule.after.spec.withinSeconds);
 
   const byHost = new Map<string, Positions>();
   const bySuffix = new Map<string, Positions>();
@@ -230,6 +284,9 @@ export function compilePolicy(spec: PolicySpec): CompiledPolicy {
       addressDispatchers,
       firstUnconditionalAddressDispatcher,
     },
+    hasSequenceRules: clauses.size > 0,
+    maxAfterSeconds,
+    afterClauses: clauses.size,
   });
 }
 

@@ -16,12 +16,19 @@
  * the baseline's own reading) is on a list as itself or through the IPv4 it carries, so
  * `deny: [93.184.216.0/24]` catches `64:ff9b::93.184.216.34`: on a network with NAT64 that
  * address reaches the denied IPv4 host. This holds for every list (scope and exemptions alike).
+ *
+ * Sequence clauses (`after`): the call's history is part of its input (CallContext), never a
+ * reason to look anything up. A clause does not depend on the destination, so for one call it
+ * either holds or not: a rule whose clause fails is absent for that call, in `decide` and in the
+ * by-name step alike (it neither blocks a name nor stops a later rule from blocking it), and a
+ * rule whose clause holds is an ordinary rule. Each distinct clause is evaluated at most once per
+ * decision (a memo carried with the call), and only when a rule that has it otherwise matches.
  */
 import { cidrContains, embeddedIpv4, v4Key, v6Key } from '../net/address.js';
 import type { IpAddress, Ipv4Address } from '../net/address.js';
 import { addressOnSet, nameOnSet } from './compile.js';
-import type { CompiledPolicy, CompiledRule } from './compile.js';
-import type { CallContext, Decision, EgressVerdict, Entry, NotMatched, RuleSpec, TraceEntry } from './types.js';
+import type { AfterMatcher, CompiledAfter, CompiledPolicy, CompiledRule } from './compile.js';
+import type { AfterMatch, CallContext, Decision, EgressVerdict, Entry, HistoryCall, NotMatched, RuleSpec, TraceEntry } from './types.js';
 
 /** The SSRF baseline, injected: the address class that refuses `ip`, or null. */
 export type Classify = (ip: IpAddress, port: number) => string | null;
@@ -42,9 +49,76 @@ export interface DestinationHost {
   readonly nameLists?: readonly (readonly number[])[];
 }
 
+/** A call being decided under a policy with sequence clauses: each clause's answer, once computed. */
+interface SequenceCall extends CallContext {
+  /** By matcher id: the earlier call found, null for none, undefined while not yet asked. */
+  readonly afterMemo: Array<HistoryCall | null | undefined>;
+}
+
+/**
+ * The call as the walk sees it: with a memo of its sequence clauses when the policy has any
+ * (else as given, at no cost). Pass the result to both `decideByName` and `decide` of one call
+ * so that they share the memo; a call that already carries one is returned as is.
+ */
+export function forDecision(policy: CompiledPolicy, ctx: CallContext): CallContext {
+  if (!policy.hasSequenceRules || (ctx as Partial<SequenceCall>).afterMemo !== undefined) return ctx;
+  return { ...ctx, afterMemo: new Array(policy.afterClauses) } as SequenceCall;
+}
+
+/**
+ * The most recent call of `ctx.history` that `match` accepts (policy.md "Earlier call": another
+ * call id, tool and server globs, `hosts`), looking back `match.scanMs`, or null. The history is
+ * newest first, so the walk stops at the first call older than that. A call recorded "after" now
+ * (a clock stepped back) counts as just now: it was recorded before this decision, and failing
+ * closed means it still counts.
+ */
+export function findEarlier(match: AfterMatcher, ctx: CallContext): HistoryCall | null {
+  const { history, callId } = ctx;
+  const oldest = ctx.now - match.scanMs;
+  const hosts = match.hosts;
+  for (let i = 0; i < history.length; i++) {
+    const e = history[i] as HistoryCall;
+    if (e.at < oldest) break;
+    // A call never follows itself (a registered call and its own egress share the call id).
+    if (callId !== null && e.callId === callId) continue;
+    if (!match.tool(e.tool) || !match.server(e.server)) continue;
+    // `hosts`: only a dispatched egress call read anything from a host. Checked last: the costliest.
+    if (hosts !== null && !(e.dispatched === true && (nameOnSet(hosts, e.host) || (e.address !== null && addressOnSet(hosts, e.address, e.address.family === 6 ? embeddedIpv4(e.address) : null))))) continue;
+    return e;
+  }
+  return null;
+}
+
+/**
+ * The earlier call satisfying `clause` (the most recent), or null. The matcher's answer is
+ * memoised for the decision when the call carries a memo; the window is this clause's own.
+ */
+function earlierFor(clause: CompiledAfter, ctx: CallContext): HistoryCall | null {
+  const { match } = clause;
+  const memo = (ctx as Partial<SequenceCall>).afterMemo;
+  let found = memo?.[match.id];
+  if (found === undefined) {
+    found = findEarlier(match, ctx);
+    if (memo !== undefined) memo[match.id] = found;
+  }
+  return found !== null && ctx.now - found.at <= clause.withinMs ? found : null;
+}
+
+/** The decision's `after` field for an earlier call. */
+export function afterMatch(e: HistoryCall, now: number): AfterMatch {
+  return { call_id: e.callId, tool: e.tool, server: e.server, session_id: e.sessionId, host: e.host, seconds_ago: Math.max(0, Math.round(now - e.at)) / 1000 };
+}
+
 function applies(rule: CompiledRule, ctx: CallContext): boolean {
   if (rule.unfiltered) return true;
-  return rule.tool(ctx.tool) && rule.server(ctx.server) && (rule.ports === null || rule.ports.has(ctx.port));
+  return rule.tool(ctx.tool) && rule.server(ctx.server) && (rule.ports === null || rule.ports.has(ctx.port)) && (rule.after === null || earlierFor(rule.after, ctx) !== null);
+}
+
+/** The trace's `after` for a deciding rule with a clause (which held, or the rule would not have matched). */
+function afterOf(rule: CompiledRule | null, ctx: CallContext): AfterMatch | undefined {
+  if (rule === null || rule.after === null) return undefined;
+  const e = earlierFor(rule.after, ctx);
+  return e === null ? undefined : afterMatch(e, ctx.now);
 }
 
 function exemptFor(rule: CompiledRule, name: string | null, ip: IpAddress, carried: Ipv4Address | null): boolean {
@@ -163,6 +237,7 @@ export function decide(
   options: DecideOptions = {},
 ): Decision {
   if (addresses.length === 0) throw new Error('decide needs at least one candidate address');
+  ctx = forDecision(policy, ctx);
   const lists = candidateLists(policy, ctx, dest);
   const trace: TraceEntry[] = [];
   let anyBaseline = false;
@@ -180,6 +255,7 @@ export function decide(
     const verdict: EgressVerdict = rule ? rule.verdict : policy.defaultVerdict;
     if (!rule) anyDefault = true;
     const shadow = verdict === 'deny' && policy.shadowMode;
+    const after = afterOf(rule, ctx);
     const entry: TraceEntry = {
       address: ip.text,
       verdict,
@@ -187,6 +263,7 @@ export function decide(
       rule: rule ? rule.ref : null,
       dispatched: verdict !== 'deny' || shadow,
       shadow,
+      ...(after ? { after } : {}),
     };
     trace.push(options.explain ? { ...entry, not_matched: explainAddress(policy, ctx, dest.name, ip, carried, order) } : entry);
   }
@@ -199,6 +276,7 @@ export function decide(
     rule: deciding.rule,
     addresses: addresses.map((a) => a.text),
     trace,
+    after: deciding.after ?? null,
     uncovered: policy.observeMode && anyDefault && !anyBaseline,
   };
   return deciding.address_class ? { ...decision, address_class: deciding.address_class } : decision;
@@ -214,6 +292,7 @@ export function decide(
  */
 export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost & { readonly name: string }, options: DecideOptions = {}): Decision | null {
   if (policy.shadowMode) return null;
+  ctx = forDecision(policy, ctx);
   const { index } = policy;
   const { name } = dest;
   let allMatch = Infinity;
@@ -245,6 +324,7 @@ export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: Des
   if (mayDispatch < allMatch) return null;
   const rule = allMatch === Infinity ? null : (policy.rules[allMatch] as CompiledRule);
   if ((rule ? rule.verdict : policy.defaultVerdict) !== 'deny') return null;
+  const after = afterOf(rule, ctx);
   const entry: TraceEntry = {
     address: null,
     verdict: 'deny',
@@ -252,6 +332,7 @@ export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: Des
     rule: rule ? rule.ref : null,
     dispatched: false,
     shadow: false,
+    ...(after ? { after } : {}),
   };
   return {
     verdict: 'deny',
@@ -261,6 +342,7 @@ export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: Des
     rule: entry.rule,
     addresses: [],
     trace: [options.explain ? { ...entry, not_matched: explainName(policy, ctx, name, rule) } : entry],
+    after: after ?? null,
     uncovered: policy.observeMode && rule === null,
   };
 }
@@ -287,6 +369,12 @@ function filterMiss(rule: CompiledRule, ctx: CallContext): string | null {
   if (!rule.server(ctx.server)) return `server_glob '${rule.spec.serverGlob}' does not match ${describeCall(ctx, 'server')}`;
   if (rule.ports !== null && !rule.ports.has(ctx.port)) return `port ${ctx.port} is not in ports [${rule.spec.ports?.join(', ')}]`;
   return null;
+}
+
+/** Why a rule's sequence clause did not hold for this call, or null when it did (or there is none). */
+function afterMiss(rule: CompiledRule, ctx: CallContext): string | null {
+  if (rule.after === null || earlierFor(rule.after, ctx) !== null) return null;
+  return `no earlier call matching after within ${rule.after.spec.withinSeconds} s`;
 }
 
 /** Whether one entry holds `(name, ip)`; `carried` as in addressOnSet. */
@@ -324,9 +412,9 @@ function explainAddress(policy: CompiledPolicy, ctx: CallContext, name: string |
       return `${dest} (${address}) is not on the ${rule.scopeSide} list`;
     }
     const hit = rule.exempt?.entries.find((e) => entryMatches(e, name, ip, carried));
+    if (hit) return `exempt: ${dest} (${address}) matches ${rule.exemptSide} entry '${hit.text}'`;
     /* c8 ignore next */
-    if (!hit) return 'did not match';
-    return `exempt: ${dest} (${address}) matches ${rule.exemptSide} entry '${hit.text}'`;
+    return afterMiss(rule, ctx) ?? 'did not match';
   });
 }
 
@@ -341,6 +429,6 @@ function explainName(policy: CompiledPolicy, ctx: CallContext, name: string, upT
         ? `${name} is not on the ${rule.scopeSide} list by name; its address entries can only refuse some addresses`
         : `${name} is not on the ${rule.scopeSide} list`;
     }
-    return `matches only addresses outside its ${rule.exemptSide} exemptions; does not refuse every address`;
+    return afterMiss(rule, ctx) ?? `matches only addresses outside its ${rule.exemptSide} exemptions; does not refuse every address`;
   });
 }

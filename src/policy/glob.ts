@@ -19,6 +19,15 @@ export function isLiteralGlob(glob: string): boolean {
 export function compileGlob(glob: string): GlobMatcher {
   if (isMatchAll(glob)) return MATCH_ALL;
   if (isLiteralGlob(glob)) return (subject) => subject === glob;
+  // The common shapes `read_*`, `*_file`, `*fetch*` (one literal and stars, no `?`) without a
+  // regular expression: sequence clauses test them against every call of a history.
+  const literal = /^(\*?)([^*?]+)(\*?)$/.exec(glob);
+  if (literal) {
+    const [, lead, text, trail] = literal as unknown as [string, string, string, string];
+    if (lead && trail) return (subject) => subject !== null && subject.includes(text);
+    if (trail) return (subject) => subject !== null && subject.startsWith(text);
+    return (subject) => subject !== null && subject.endsWith(text);
+  }
   const source = glob
     .split('')
     .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[\\^$.|+?*()[\]{}/]/g, '\\$&')))

@@ -12,10 +12,13 @@ import { YamlSource } from '../config/yaml.js';
 import type { Diagnostic } from '../config/yaml.js';
 import { entryWarning, parseEntry } from './entries.js';
 import { RULE_VERDICTS, STAGES } from './types.js';
-import type { EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
+import type { AfterSpec, EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
 
 const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
-const RULE_KEYS = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports'] as const;
+const RULE_KEYS = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports', 'after'] as const;
+const AFTER_KEYS = ['tool_name_glob', 'server_glob', 'hosts', 'within_seconds'] as const;
+/** The longest sequence window: a day (policy.md). */
+export const MAX_WITHIN_SECONDS = 86_400;
 /** Rule ids travel in the `x-egress-rule` response header: visible ASCII only. */
 const RULE_ID = /^[\x21-\x7e]{1,200}$/;
 
@@ -124,6 +127,8 @@ function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<st
 
   const lists = readLists(src, pairs);
   const ports = readPorts(src, pairs.get('ports'));
+  const afterPair = pairs.get('after');
+  const after = afterPair ? readAfter(src, afterPair) : null;
 
   if (verdict && stage === 'egress' && !isEnforcedVerdict(verdict)) {
     src.warning(src.at(verdictPair as Pair<Node, Node | null>), `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
@@ -140,7 +145,40 @@ function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<st
     verdict: verdict as RuleVerdict,
     lists: lists ?? null,
     ports: ports ?? null,
+    after: after ?? null,
   };
+}
+
+/** A sequence clause (policy.md "Sequence clauses"); undefined after an error. */
+function readAfter(src: YamlSource, pair: Pair<Node, Node | null>): AfterSpec | undefined {
+  const keys = src.mapping(pair.value, 'after', AFTER_KEYS, pair);
+  if (!keys) return undefined;
+  const before = src.diagnostics.length;
+  const toolPair = keys.get('tool_name_glob');
+  const toolGlob = toolPair ? src.string(toolPair, 'after.tool_name_glob') : '*';
+  const serverPair = keys.get('server_glob');
+  const serverGlob = serverPair ? src.string(serverPair, 'after.server_glob') : '*';
+  const withinPair = keys.get('within_seconds');
+  const withinSeconds = withinPair ? src.integer(withinPair, 'after.within_seconds', 1, MAX_WITHIN_SECONDS) : undefined;
+  if (!withinPair) src.error(pair.value, `after.within_seconds is required (an integer from 1 to ${MAX_WITHIN_SECONDS})`);
+  const hostsPair = keys.get('hosts');
+  let hosts: Entry[] | null = null;
+  if (hostsPair) {
+    const items = src.strings(hostsPair, 'after.hosts');
+    if (items && items.length === 0) src.error(src.at(hostsPair), 'after.hosts must list at least one entry (omit hosts to accept any earlier call)');
+    hosts = [];
+    for (const item of items ?? []) {
+      const entry = parseEntry(item.value);
+      if ('error' in entry) src.error(item.node, `after.hosts: ${entry.error}`);
+      else {
+        const warning = entryWarning(entry);
+        if (warning) src.warning(item.node, `after.hosts: ${warning}`);
+        hosts.push(entry);
+      }
+    }
+  }
+  if (src.diagnostics.slice(before).some((d) => d.severity === 'error')) return undefined;
+  return { toolGlob: toolGlob as string, serverGlob: serverGlob as string, hosts, withinSeconds: withinSeconds as number };
 }
 
 /** The rule's lists; null for no list at all; undefined after an error. */

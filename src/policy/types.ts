@@ -3,7 +3,7 @@
  * (Decision). The decision is one value that travels from evaluation to the answer, the event
  * and the metrics; nothing downstream re-derives it.
  */
-import type { Cidr } from '../net/address.js';
+import type { Cidr, IpAddress } from '../net/address.js';
 
 export const RULE_VERDICTS = ['allow', 'deny', 'audit', 'pending_approval', 'cap_cost'] as const;
 export type RuleVerdict = (typeof RULE_VERDICTS)[number];
@@ -22,6 +22,18 @@ export interface EgressLists {
   readonly deny: readonly Entry[];
 }
 
+/**
+ * A sequence clause (policy.md "Sequence clauses"): the rule applies only to a call whose
+ * history holds an earlier call matching it, at most `withinSeconds` before.
+ */
+export interface AfterSpec {
+  readonly toolGlob: string;
+  readonly serverGlob: string;
+  /** null: any earlier call; else it must be a dispatched egress call to one of these. */
+  readonly hosts: readonly Entry[] | null;
+  readonly withinSeconds: number;
+}
+
 export interface RuleSpec {
   /** 1-based position in the file, among all rules. */
   readonly position: number;
@@ -35,6 +47,8 @@ export interface RuleSpec {
   /** null: the rule has no list at all and is in scope for every destination. */
   readonly lists: EgressLists | null;
   readonly ports: readonly number[] | null;
+  /** The sequence clause, or null for an ordinary rule. */
+  readonly after: AfterSpec | null;
 }
 
 export interface PolicySpec {
@@ -67,6 +81,8 @@ export interface TraceEntry {
   readonly dispatched: boolean;
   readonly shadow: boolean;
   readonly address_class?: string;
+  /** Only when the deciding rule has a sequence clause: the earlier call that satisfied it. */
+  readonly after?: AfterMatch;
   /** Explain mode only: the rules walked before the deciding one and why each did not match. */
   readonly not_matched?: readonly NotMatched[];
 }
@@ -80,6 +96,8 @@ export interface Decision {
   readonly rule: RuleRef | null;
   readonly addresses: readonly string[];
   readonly trace: readonly TraceEntry[];
+  /** The earlier call that satisfied the deciding rule's sequence clause; null unless such a rule decided. */
+  readonly after: AfterMatch | null;
   /** Set on baseline refusals. */
   readonly address_class?: string;
   /** Observe mode: no rule covered the call (the default verdict decided). */
@@ -93,4 +111,39 @@ export interface CallContext {
   /** The client identity ("server"). */
   readonly server: string | null;
   readonly port: number;
+  /** The call's own id: a call is never its own earlier call. */
+  readonly callId: string | null;
+  /** When the call is decided (ms since the epoch): sequence windows end here. */
+  readonly now: number;
+  /** The call's key's history (its session, else its client identity), NEWEST FIRST; empty when none. */
+  readonly history: readonly HistoryCall[];
+}
+
+/** One recorded call of a session's history (interface.md "Session history"). */
+export interface HistoryCall {
+  /** ms since the epoch, when it was recorded. */
+  readonly at: number;
+  /** null: no tool (only a `*` glob matches). */
+  readonly tool: string | null;
+  readonly callId: string | null;
+  /** The client identity. */
+  readonly server: string | null;
+  readonly sessionId: string | null;
+  /** An egress call's canonical host; null when not an egress call. */
+  readonly host: string | null;
+  /** The address dialled (null when refused or not an egress call). */
+  readonly address: IpAddress | null;
+  /** Egress calls: whether dispatched; null when not an egress call. */
+  readonly dispatched: boolean | null;
+}
+
+/** The decision's `after` field: the earlier call that satisfied the deciding rule's clause (the most recent one). */
+export interface AfterMatch {
+  readonly call_id: string | null;
+  readonly tool: string | null;
+  readonly server: string | null;
+  readonly session_id: string | null;
+  readonly host: string | null;
+  /** (now - at) / 1000 with millisecond precision (three decimals at most); never negative. */
+  readonly seconds_ago: number;
 }

@@ -8,7 +8,7 @@ import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DnsError } from '../net/resolve.js';
 import type { NameResolver } from '../net/resolve.js';
-import { combineDecisions, decide, decideByName, lookupName, mostSevere } from '../policy/evaluate.js';
+import { combineDecisions, decide, decideByName, forDecision, lookupName, mostSevere } from '../policy/evaluate.js';
 import type { Classify, DestinationHost } from '../policy/evaluate.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { CallContext, Decision } from '../policy/types.js';
@@ -38,6 +38,8 @@ export async function decideCall(
   deps: DecisionDeps,
 ): Promise<CallOutcome> {
   const options = { classify: deps.classify, explain: deps.explain ?? false };
+  // One memo of sequence clauses per call, shared by the by-name step and the full decision.
+  contexts = contexts.map((ctx) => forDecision(policy, ctx));
   const { host } = target;
   if (host.kind === 'ip') {
     const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));

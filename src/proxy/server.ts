@@ -227,14 +227,16 @@ export class ProxyServer implements TunnelOwner {
 
     const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
-      const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, addresses: [], trace: [], uncovered: false };
+      const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, after: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
       const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
-    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port }));
+    // History: none passed yet (the session-history store feeds it); a sequence rule then never matches.
+    const now = Date.now();
+    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: [] }));
     const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.classify });
     const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);

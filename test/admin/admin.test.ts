@@ -141,7 +141,7 @@ rules:
   t.test('GET /v1/policy', async (t) => {
     const r = await api(proxy, 'GET', '/v1/policy', { token: VIEWER });
     t.match(r.json, { generation: 1, sha256: /^[0-9a-f]{64}$/, source: proxy.policyFile, last_error: null, default_verdict: 'deny', observe_mode: true });
-    t.match(r.json.rules, [{ id: 'allow-local', label: 'Local upstream', priority: 10, verdict: 'allow', tool_name_glob: 'fetch', egress: { allow: ['127.0.0.0/8'], deny: [] } }]);
+    t.match(r.json.rules, [{ id: 'allow-local', label: 'Local upstream', priority: 10, verdict: 'allow', tool_name_glob: 'fetch', egress: { allow: ['127.0.0.0/8'], deny: [] }, after: null }]);
     t.ok(!Number.isNaN(Date.parse(r.json.loaded_at)));
   });
 
@@ -182,6 +182,51 @@ rules:
     t.equal((await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: 'destination=x', type: 'text/plain' })).status, 415, 'not JSON');
     const huge = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: JSON.stringify({ policy: 'x'.repeat(300 * 1024), destination: 'a:1' }) }).catch(() => ({ status: 413, json: null }));
     t.equal(huge.status, 413, 'oversized body');
+  });
+
+  t.test('POST /v1/test: sequence clauses with an explicit history', async (t) => {
+    const policy = `version: 1
+default_verdict: allow
+rules:
+  - {id: no-egress-after-read, priority: 1, verdict: deny, after: {tool_name_glob: "read_*", within_seconds: 600}}
+  - {id: no-egress-after-internal, priority: 2, verdict: deny, after: {hosts: [10.0.0.0/8], within_seconds: 300}, egress: {allow: [api.openai.com]}}
+`;
+    const ask = (extra: Record<string, unknown>) =>
+      api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy, destination: 'evil.example:443', tool: 'fetch', server: 'srv', session_id: 'S', resolve: { 'evil.example': ['93.184.216.34'] }, ...extra } });
+    const read = await ask({ history: [{ tool: 'search', seconds_ago: 2 }, { tool: 'read_file', seconds_ago: 30, call_id: 'r-1' }] });
+    t.equal(read.status, 200);
+    t.match(read.json, { dispatched: false, rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 }, addresses: [] });
+    t.match((await ask({ history: [{ tool: 'read_file', seconds_ago: 700 }] })).json, { dispatched: true, after: null }, 'outside the window');
+    t.match((await ask({ call_id: 'r-1', history: [{ tool: 'read_file', seconds_ago: 30, call_id: 'r-1' }] })).json, { dispatched: true }, 'the call itself');
+    const internal = await ask({ history: [{ tool: 'fetch', seconds_ago: 10, host: 'wiki.internal', address: '10.1.2.3' }] });
+    t.match(internal.json, { dispatched: false, rule: { id: 'no-egress-after-internal' }, after: { host: 'wiki.internal', seconds_ago: 10 } });
+    t.match((await ask({ history: [{ tool: 'fetch', seconds_ago: 10, host: 'wiki.internal', address: '10.1.2.3', dispatched: false }] })).json, { dispatched: true }, 'refused: read nothing');
+    const explained = await ask({ history: [] });
+    t.match(explained.json, { dispatched: true, after: null });
+    t.match(explained.json.trace[0].not_matched[0], { rule: 'no-egress-after-read', why: 'no earlier call matching after within 600 s' });
+    t.match((await ask({})).json, { dispatched: true }, 'session_id without history: the live history (none recorded here)');
+    for (const [name, extra, message] of [
+      ['history not a list', { history: { tool: 'x' } }, /history must be a list/],
+      ['too many earlier calls', { history: Array.from({ length: 1025 }, () => ({ tool: 'x', seconds_ago: 1 })) }, /at most 1024/],
+      ['an item not an object', { history: [1] }, /history\[0\]: must be an object/],
+      ['no tool', { history: [{ seconds_ago: 1 }] }, /history\[0\]: tool is required/],
+      ['no seconds_ago', { history: [{ tool: 'x' }] }, /history\[0\]: seconds_ago is required/],
+      ['negative seconds_ago', { history: [{ tool: 'x', seconds_ago: -1 }] }, /seconds_ago must be a number of seconds/],
+      ['seconds_ago a string', { history: [{ tool: 'x', seconds_ago: '5' }] }, /seconds_ago must be a number of seconds/],
+      ['unknown field', { history: [{ tool: 'x', seconds_ago: 1, session_id: 'T' }] }, /history\[0\]: unknown field 'session_id'/],
+      ['dispatched not a boolean', { history: [{ tool: 'x', seconds_ago: 1, host: 'a.example', dispatched: 'yes' }] }, /dispatched must be true or false/],
+      ['dispatched without host', { history: [{ tool: 'x', seconds_ago: 1, dispatched: true }] }, /dispatched applies only to an egress call/],
+      ['bad host', { history: [{ tool: 'x', seconds_ago: 1, host: 'a b' }] }, /host must be a host name or an IP address/],
+      ['bad address', { history: [{ tool: 'x', seconds_ago: 1, address: 'a.example' }] }, /address must be an IP address/],
+      ['bad earlier call id', { history: [{ tool: 'x', seconds_ago: 1, call_id: 'a b' }] }, /history\[1\]|call_id must be 1 to 256 visible ASCII/],
+      ['bad call_id', { call_id: 'a b' }, /call_id must be 1 to 256 visible ASCII/],
+      ['bad session_id', { session_id: 'line\nbreak' }, /session_id must be a string/],
+    ] as const) {
+      const r = await ask(extra);
+      t.equal(r.status, 400, name);
+      t.equal(r.json?.error?.code, 'bad_request', name);
+      t.match(r.json?.error?.message, message, name);
+    }
   });
 
   t.test('POST and DELETE /v1/calls', async (t) => {

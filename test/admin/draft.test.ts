@@ -57,7 +57,7 @@ t.test('a name with * or ? never becomes a glob; it is listed in a comment inste
 
   // What the attacker wanted: tool '*' seen once opens exfil.example to every tool of srv.
   const policy = compilePolicy(spec);
-  const d = decide(policy, { tool: 'anything', server: 'srv', port: 443 }, { name: 'exfil.example' }, [ip('93.184.216.34')]);
+  const d = decide(policy, { tool: 'anything', server: 'srv', port: 443, callId: null, now: 0, history: [] }, { name: 'exfil.example' }, [ip('93.184.216.34')]);
   t.equal(d.verdict, 'deny', 'the draft does not allow exfil.example to another tool (a would-deny in its shadow mode)');
   t.equal(d.rule?.id, 'deny-everything-else');
 });

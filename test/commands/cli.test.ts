@@ -96,6 +96,73 @@ rules:
   t.match(help.out, /--resolve <host=ip,\.\.\.>/);
 });
 
+t.test('test: sequence clauses with --earlier, --session and --call-id', async (t) => {
+  const p = await tempFiles({
+    'policy.yaml': `version: 1
+default_verdict: allow
+rules:
+  - id: no-egress-after-read
+    priority: 1
+    verdict: deny
+    after: {tool_name_glob: "read_*", within_seconds: 600}
+  - id: no-egress-after-internal
+    priority: 2
+    verdict: deny
+    after: {hosts: [10.0.0.0/8], within_seconds: 300}
+    egress: {allow: [api.openai.com]}
+`,
+  });
+  const policy = p['policy.yaml'] as string;
+  const base = ['test', policy, 'evil.example:443', '--tool', 'fetch', '--server', 'srv', '--session', 'S', '--resolve', 'evil.example=93.184.216.34'];
+
+  const quiet = await runCli(base);
+  t.equal(quiet.code, 0, quiet.err);
+  const quietDecision = JSON.parse(quiet.out);
+  t.equal(quietDecision.after, null, 'after is null when no sequence rule decided');
+  t.same(Object.keys(quietDecision).slice(0, 8), ['verdict', 'dispatched', 'shadow', 'reason', 'rule', 'addresses', 'trace', 'after']);
+  t.match(quietDecision.trace[0].not_matched, [{ rule: 'no-egress-after-read', why: 'no earlier call matching after within 600 s' }, { rule: 'no-egress-after-internal', why: 'no earlier call matching after within 300 s' }]);
+
+  const read = await runCli([...base, '--earlier', 'tool=search,seconds_ago=5', '--earlier', 'tool=read_file,seconds_ago=30,call_id=r-1']);
+  t.equal(read.code, 1, 'blocked by the sequence rule');
+  t.match(JSON.parse(read.out), { dispatched: false, rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 } });
+
+  t.equal((await runCli([...base, '--earlier', 'tool=read_file,seconds_ago=700'])).code, 0, 'outside the window');
+  t.equal((await runCli([...base, '--call-id', 'r-1', '--earlier', 'tool=read_file,seconds_ago=30,call_id=r-1'])).code, 0, 'a call does not follow itself');
+
+  const internal = await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=wiki.internal,address=10.1.2.3']);
+  t.equal(internal.code, 1);
+  t.match(JSON.parse(internal.out), { rule: { id: 'no-egress-after-internal' }, after: { tool: 'fetch', host: 'wiki.internal', seconds_ago: 10 } });
+  t.equal((await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=10.1.2.3'])).code, 1, 'an IP host is the address dialled');
+  t.equal((await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=10.1.2.3,refused'])).code, 0, 'a refused call read nothing');
+  t.equal((await runCli(['test', policy, 'api.openai.com:443', '--tool', 'fetch', '--resolve', 'api.openai.com=93.184.216.34', '--earlier', 'tool=fetch,seconds_ago=10,address=10.1.2.3'])).code, 0, 'exempt');
+
+  const bad: Array<[string[], RegExp]> = [
+    [['--earlier', 'seconds_ago=5'], /tool is required/],
+    [['--earlier', 'tool=read_file'], /seconds_ago is required/],
+    [['--earlier', 'tool=read_file,seconds_ago=-1'], /seconds_ago must be a number of seconds from 0/],
+    [['--earlier', 'tool=read_file,seconds_ago=1e3'], /seconds_ago must be a number/],
+    [['--earlier', 'tool=read_file,seconds_ago=5,colour=red'], /expected tool=T,seconds_ago=N/],
+    [['--earlier', 'tool=read_file,seconds_ago=5,tool=x'], /tool given twice/],
+    [['--earlier', 'tool=read_file,seconds_ago=5,refused'], /refused applies only to an egress call/],
+    [['--earlier', 'tool=fetch,seconds_ago=5,host=a b'], /host must be a host name or an IP address/],
+    [['--earlier', 'tool=fetch,seconds_ago=5,address=wiki.internal'], /address must be an IP address/],
+    [['--earlier', 'tool=fetch,seconds_ago=5,call_id=a b'], /call_id must be 1 to 256 visible ASCII/],
+    [['--earlier', 'tool=,seconds_ago=5'], /tool must be a string of 1 to 256/],
+    [['--session', ''], /--session must be/],
+    [['--call-id', 'x y'], /--call-id must be/],
+  ];
+  for (const [args, message] of bad) {
+    const r = await runCli([...base, ...args]);
+    t.equal(r.code, 2, args.join(' '));
+    t.match(r.err, message);
+    t.equal(r.out, '', 'nothing printed on stdout');
+  }
+  const help = await runCli(['test', '--help']);
+  t.match(help.out, /--earlier <tool=T,seconds_ago=N,\.\.\.>/);
+  t.match(help.out, /--session <id>/);
+  t.match(help.out, /--call-id <id>/);
+});
+
 t.test('the built binary runs', async (t) => {
   const { stdout } = await run(process.execPath, ['dist/src/cli.js', 'check', 'config/policy.yaml']);
   t.match(stdout, /config\/policy\.yaml: ok: 5 egress rules, 0 skipped/);

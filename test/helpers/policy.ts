@@ -8,7 +8,7 @@ import type { NameResolver } from '../../src/net/resolve.js';
 import { compilePolicy } from '../../src/policy/compile.js';
 import type { CompiledPolicy } from '../../src/policy/compile.js';
 import { parsePolicy } from '../../src/policy/schema.js';
-import type { Decision } from '../../src/policy/types.js';
+import type { CallContext, Decision, HistoryCall } from '../../src/policy/types.js';
 import { decideCall } from '../../src/proxy/decision.js';
 
 export function compileYaml(text: string): CompiledPolicy {
@@ -43,7 +43,19 @@ export interface CallSpec {
   tool?: string | null;
   server?: string | null;
   baseline?: boolean;
+  callId?: string | null;
+  /** Decision time (default 1,000,000,000,000 ms) and the history, newest first (default none). */
+  now?: number;
+  history?: HistoryCall[];
 }
+
+/** A call context with no history: the defaults of a call outside any sequence. */
+export function callContext(call: Partial<CallContext> = {}): CallContext {
+  return { tool: null, server: null, port: 443, callId: null, now: NOW, history: [], ...call };
+}
+
+/** The decision time the helpers use unless told otherwise. */
+export const NOW = 1_000_000_000_000;
 
 /** Decides a call the way the proxy does (pre-resolution, one resolution, baseline, rules). */
 export async function decideFor(policy: CompiledPolicy, call: CallSpec): Promise<{ decision: Decision; queries: string[] }> {
@@ -52,7 +64,7 @@ export async function decideFor(policy: CompiledPolicy, call: CallSpec): Promise
   const resolver = tableResolver(target.host.kind === 'name' ? { [target.host.host]: call.resolves ?? ['93.184.216.34'] } : {});
   const outcome = await decideCall(
     policy,
-    [{ tool: call.tool ?? null, server: call.server ?? null, port: target.port }],
+    [callContext({ tool: call.tool ?? null, server: call.server ?? null, port: target.port, callId: call.callId ?? null, now: call.now ?? NOW, history: call.history ?? [] })],
     target,
     { resolver, classify: call.baseline === false ? () => null : createBaseline(), explain: true },
   );

@@ -1,11 +1,13 @@
 /**
  * A reference evaluator written straight from policy.md, with no index: a loop over the rules
  * sorted by priority and file order. Its glob matcher and CIDR matching (ipaddr.js) are its own,
- * so it shares no matching code with src/policy/compile.ts and evaluate.ts.
+ * so it shares no matching code with src/policy/compile.ts and evaluate.ts. Sequence clauses:
+ * a plain filter over the whole history for the calls that satisfy the clause, the most recent
+ * kept (no reliance on the history's order, no memo, no early stop).
  */
 import ipaddr from 'ipaddr.js';
 import type { IpAddress } from '../../src/net/address.js';
-import type { CallContext, Entry, PolicySpec, RuleSpec } from '../../src/policy/types.js';
+import type { AfterSpec, CallContext, Entry, HistoryCall, PolicySpec, RuleSpec } from '../../src/policy/types.js';
 
 export interface RefResult {
   verdict: 'allow' | 'deny' | 'audit';
@@ -14,6 +16,8 @@ export interface RefResult {
   reason: 'rule' | 'default' | 'ssrf_baseline';
   rule: string | null;
   perAddress: Array<string | null>;
+  /** The earlier call named by the deciding rule's clause, and how long ago (seconds). */
+  after: { call: HistoryCall; secondsAgo: number } | null;
 }
 
 export function globMatches(glob: string, subject: string | null): boolean {
@@ -78,8 +82,31 @@ export function sortedEgressRules(spec: PolicySpec): RuleSpec[] {
     .sort((x, y) => x.priority - y.priority || x.position - y.position);
 }
 
+/**
+ * policy.md "Earlier call": recorded at most `within_seconds` before now (a time after now is
+ * taken as now), another call id (or either has none), the globs, and with `hosts` a dispatched
+ * egress call whose host or dialled address is on the list. The most recent such call, or null.
+ */
+export function refEarlier(after: AfterSpec, ctx: CallContext): HistoryCall | null {
+  let best: HistoryCall | null = null;
+  for (const e of ctx.history) {
+    const age = Math.max(0, ctx.now - e.at);
+    if (age > after.withinSeconds * 1000) continue;
+    if (ctx.callId !== null && e.callId !== null && e.callId === ctx.callId) continue;
+    if (!globMatches(after.toolGlob, e.tool) || !globMatches(after.serverGlob, e.server)) continue;
+    if (after.hosts !== null && !(e.dispatched === true && after.hosts.some((entry) => onEntry(entry, e.host, e.address)))) continue;
+    if (best === null || e.at > best.at) best = e;
+  }
+  return best;
+}
+
 function appliesTo(rule: RuleSpec, ctx: CallContext): boolean {
-  return globMatches(rule.toolGlob, ctx.tool) && globMatches(rule.serverGlob, ctx.server) && (rule.ports === null || rule.ports.includes(ctx.port));
+  return (
+    globMatches(rule.toolGlob, ctx.tool) &&
+    globMatches(rule.serverGlob, ctx.server) &&
+    (rule.ports === null || rule.ports.includes(ctx.port)) &&
+    (rule.after === null || refEarlier(rule.after, ctx) !== null)
+  );
 }
 
 function sides(rule: RuleSpec): { scope: readonly Entry[]; exempt: readonly Entry[] } {
@@ -107,11 +134,13 @@ export function refDecide(
   classify: (a: IpAddress) => string | null = () => null,
 ): RefResult {
   const outcomes = addresses.map((a) => {
-    if (classify(a) !== null) return { verdict: 'deny' as const, dispatched: false, shadow: false, reason: 'ssrf_baseline' as const, rule: null };
+    if (classify(a) !== null) return { verdict: 'deny' as const, dispatched: false, shadow: false, reason: 'ssrf_baseline' as const, rule: null, after: null };
     const rule = refMatch(spec, ctx, name, a);
     const verdict = rule ? (rule.verdict as 'allow' | 'deny' | 'audit') : spec.defaultVerdict;
     const shadow = verdict === 'deny' && spec.shadowMode;
-    return { verdict, dispatched: verdict !== 'deny' || shadow, shadow, reason: rule ? ('rule' as const) : ('default' as const), rule: rule?.id ?? null };
+    const earlier = rule?.after ? refEarlier(rule.after, ctx) : null;
+    const after = earlier === null ? null : { call: earlier, secondsAgo: Math.max(0, ctx.now - earlier.at) / 1000 };
+    return { verdict, dispatched: verdict !== 'deny' || shadow, shadow, reason: rule ? ('rule' as const) : ('default' as const), rule: rule?.id ?? null, after };
   });
   const rank = (o: (typeof outcomes)[number]) => (!o.dispatched ? 3 : o.shadow ? 2 : o.verdict === 'audit' ? 1 : 0);
   let chosen = outcomes[0] as (typeof outcomes)[number];

@@ -3,7 +3,9 @@
  * from policy.md) on generated policies and calls. They must agree on the verdict, the deciding
  * rule, and the rule of every candidate; the name-only refusal (step 7) must agree with the
  * reference's rule-by-rule reasoning, and must be sound: a name refused without DNS is refused
- * whatever it resolves to.
+ * whatever it resolves to. Sequence clauses: rules get `after` clauses and calls get histories
+ * (ages around the windows' edges, own and foreign call ids, refused and dispatched egress, calls
+ * "from the future"); both must name the same earlier call.
  */
 import fc from 'fast-check';
 import t from 'tap';
@@ -12,9 +14,9 @@ import { createBaseline } from '../../src/net/baseline.js';
 import { compilePolicy } from '../../src/policy/compile.js';
 import { parseEntry } from '../../src/policy/entries.js';
 import { decide, decideByName } from '../../src/policy/evaluate.js';
-import type { CallContext, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from '../../src/policy/types.js';
-import { ip } from '../helpers/policy.js';
-import { refBlockedByName, refDecide } from '../helpers/reference.js';
+import type { AfterSpec, CallContext, Entry, HistoryCall, PolicySpec, RuleSpec, RuleVerdict, Stage } from '../../src/policy/types.js';
+import { callContext, ip, NOW } from '../helpers/policy.js';
+import { refBlockedByName, refDecide, refEarlier, sortedEgressRules } from '../helpers/reference.js';
 
 const NAMES = ['a.example.com', 'b.example.com', 'x.a.example.com', 'y.x.a.example.com', 'api.test', 'evil.test', 'example.com'];
 const WILDCARDS = ['*.example.com', '*.a.example.com', '*.x.a.example.com', '*.api.test'];
@@ -44,6 +46,43 @@ const listsArb = fc.option(
   { nil: null, freq: 4 },
 );
 
+const AFTER_TOOL_GLOBS = ['*', 'read_*', 'read_?ecret', 'fetch', '*secret*', '*_file'];
+const HISTORY_TOOLS = [null, 'read_file', 'read_secret', 'get_secret', 'fetch', 'search'];
+const WINDOWS = [1, 5, 60, 600];
+/** Ages (ms) around the windows' edges; negative: recorded "after" now (a clock stepped back). */
+const AGES = [-2000, 0, 1, 999, 1000, 1001, 4999, 5000, 5001, 59_999, 60_000, 60_001, 600_000, 600_001, 3_600_000];
+const CALL_IDS = [null, 'c1', 'c2'];
+
+const afterArb: fc.Arbitrary<AfterSpec | null> = fc.option(
+  fc.record({
+    toolGlob: fc.constantFrom(...AFTER_TOOL_GLOBS),
+    serverGlob: fc.constantFrom(...SERVER_GLOBS),
+    hosts: fc.option(fc.array(entryArb, { minLength: 1, maxLength: 3 }), { nil: null, freq: 2 }),
+    withinSeconds: fc.constantFrom(...WINDOWS),
+  }),
+  { nil: null, freq: 2 },
+);
+
+const historyCallArb: fc.Arbitrary<HistoryCall> = fc
+  .record({
+    age: fc.constantFrom(...AGES),
+    tool: fc.constantFrom(...HISTORY_TOOLS),
+    callId: fc.constantFrom(...CALL_IDS, 'h'),
+    server: fc.constantFrom(...SERVERS),
+    egress: fc.option(fc.record({ host: fc.oneof(fc.constantFrom(...NAMES), fc.constantFrom(...ADDRESSES)), address: fc.constantFrom(...ADDRESSES), dispatched: fc.boolean() }), { nil: null, freq: 2 }),
+  })
+  .map(({ age, tool, callId, server, egress }) => {
+    // An IP-literal call dials its own address; a refused call dialled nothing.
+    const hostIp = egress && /^[\d.]+$|:/.test(egress.host) ? egress.host : null;
+    const address = egress?.dispatched ? ip(hostIp ?? egress.address) : null;
+    return { at: NOW - age, tool, callId, server, sessionId: 'S', host: egress ? (hostIp ? ip(hostIp).text : egress.host) : null, address, dispatched: egress ? egress.dispatched : null };
+  });
+
+/** A history as the store hands it over: newest first. Call ids 'h' become unique. */
+const historyArb = fc.array(historyCallArb, { maxLength: 8 }).map((calls) =>
+  calls.map((c, i) => (c.callId === 'h' ? { ...c, callId: `h${i}` } : c)).sort((a, b) => b.at - a.at),
+);
+
 const ruleArb = fc.record({
   priority: fc.integer({ min: -2, max: 6 }),
   stage: fc.constantFrom<Stage>('egress', 'egress', 'egress', 'egress', 'inbound'),
@@ -52,6 +91,7 @@ const ruleArb = fc.record({
   serverGlob: fc.constantFrom(...SERVER_GLOBS),
   lists: listsArb,
   ports: fc.option(fc.constantFrom([443], [80, 443], [8080]), { nil: null, freq: 3 }),
+  after: afterArb,
 });
 
 const policyArb: fc.Arbitrary<PolicySpec> = fc
@@ -72,17 +112,28 @@ const callArb = fc.record({
   port: fc.constantFrom(...PORTS),
   name: fc.option(fc.constantFrom(...NAMES), { nil: null, freq: 5 }),
   addresses: fc.uniqueArray(fc.constantFrom(...ADDRESSES), { minLength: 1, maxLength: 3 }),
+  callId: fc.constantFrom(...CALL_IDS),
+  history: historyArb,
 });
+
+/** The part of an earlier call both evaluators must agree on. */
+function describeAfter(a: { call_id: string | null; tool: string | null; seconds_ago: number } | null): string {
+  return a === null ? 'none' : `${a.call_id}/${a.tool}/${a.seconds_ago}`;
+}
 
 const baseline = createBaseline();
 
 t.test('indexed and reference evaluators agree', async (t) => {
   let checked = 0;
+  // How often a sequence clause mattered: decided by one, blocked by name by one, skipped for lack of history.
+  let decidedAfter = 0;
+  let byNameAfter = 0;
+  let clauseFailed = 0;
   fc.assert(
     fc.property(policyArb, fc.array(callArb, { minLength: 1, maxLength: 6 }), fc.boolean(), (spec, calls, withBaseline) => {
       const policy = compilePolicy(spec);
       for (const call of calls) {
-        const ctx: CallContext = { tool: call.tool, server: call.server, port: call.port };
+        const ctx: CallContext = callContext({ tool: call.tool, server: call.server, port: call.port, callId: call.callId, now: NOW, history: call.history });
         const addresses: IpAddress[] = call.name === null ? [ip(call.addresses[0] as string)] : call.addresses.map(ip);
         const classify = withBaseline ? (a: IpAddress) => baseline(a, call.port) : () => null;
         const got = decide(policy, ctx, { name: call.name }, addresses, { classify: withBaseline ? baseline : undefined, explain: checked % 7 === 0 });
@@ -91,6 +142,10 @@ t.test('indexed and reference evaluators agree', async (t) => {
         if (summary(got) !== summary(want) || (got.rule?.id ?? null) !== want.rule) {
           throw new Error(`decision differs: got ${summary(got)} ${got.rule?.id} want ${summary(want)} ${want.rule}`);
         }
+        const wantAfter = want.after === null ? null : { call_id: want.after.call.callId, tool: want.after.call.tool, seconds_ago: want.after.secondsAgo };
+        if (describeAfter(got.after) !== describeAfter(wantAfter)) throw new Error(`earlier call differs: got ${describeAfter(got.after)} want ${describeAfter(wantAfter)}`);
+        if (got.after !== null) decidedAfter++;
+        if (spec.rules.some((r) => r.after !== null && r.stage === 'egress' && refEarlier(r.after, ctx) === null)) clauseFailed++;
         const perAddress = got.trace.map((e) => e.rule?.id ?? null);
         if (JSON.stringify(perAddress) !== JSON.stringify(want.perAddress)) throw new Error(`trace differs: ${perAddress} vs ${want.perAddress}`);
         for (const entry of got.trace) {
@@ -105,6 +160,11 @@ t.test('indexed and reference evaluators agree', async (t) => {
           const refByName = refBlockedByName(spec, ctx, call.name);
           const gotByName = byName === null ? null : (byName.rule?.id ?? '');
           if (gotByName !== refByName) throw new Error(`name-only refusal differs: got ${gotByName} want ${refByName}`);
+          const byNameRule = refByName ? sortedEgressRules(spec).find((r) => r.id === refByName) : undefined;
+          const refByNameEarlier = byNameRule?.after ? refEarlier(byNameRule.after, ctx) : null;
+          const wantByNameAfter = refByNameEarlier === null ? null : { call_id: refByNameEarlier.callId, tool: refByNameEarlier.tool, seconds_ago: Math.max(0, NOW - refByNameEarlier.at) / 1000 };
+          if (byName?.after) byNameAfter++;
+          if (byName !== null && describeAfter(byName.after) !== describeAfter(wantByNameAfter)) throw new Error(`name-only earlier call differs: got ${describeAfter(byName.after)} want ${describeAfter(wantByNameAfter)}`);
           // Soundness: refused by name means refused for any answer DNS could give.
           if (byName !== null && decide(policy, ctx, { name: call.name }, addresses).dispatched) {
             throw new Error('a name refused without DNS would have been dispatched');
@@ -116,6 +176,9 @@ t.test('indexed and reference evaluators agree', async (t) => {
     { numRuns: 4000, seed: Number(process.env.FC_SEED ?? 20261122) },
   );
   t.ok(checked > 4000, `${checked} calls compared`);
+  t.ok(decidedAfter > 300, `${decidedAfter} decided by a rule with after`);
+  t.ok(byNameAfter > 40, `${byNameAfter} refused by name by a rule with after`);
+  t.ok(clauseFailed > 1000, `${clauseFailed} with a clause that did not hold`);
 });
 
 t.test('the index keeps first-match exact across thousands of rules', async (t) => {
@@ -124,12 +187,12 @@ t.test('the index keeps first-match exact across thousands of rules', async (t) 
   for (let i = 0; i < 3000; i++) {
     const kinds = ['34.0.0.0/8', 'a.example.com', '*.example.com', '34.1.2.3', '::/0'];
     const e = parseEntry(kinds[i % kinds.length] as string) as Entry;
-    rules.push({ position: i + 1, id: `r${i + 1}`, label: null, priority: 3000 - Math.floor(i / 2), stage: 'egress', toolGlob: i % 3 === 0 ? 'only-this' : '*', serverGlob: '*', verdict: i % 2 ? 'allow' : 'deny', lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] }, ports: null });
+    rules.push({ position: i + 1, id: `r${i + 1}`, label: null, priority: 3000 - Math.floor(i / 2), stage: 'egress', toolGlob: i % 3 === 0 ? 'only-this' : '*', serverGlob: '*', verdict: i % 2 ? 'allow' : 'deny', lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] }, ports: null, after: null });
   }
   const spec: PolicySpec = { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
   const policy = compilePolicy(spec);
   for (const tool of [null, 'only-this', 'other']) {
-    const ctx = { tool, server: null, port: 443 };
+    const ctx = callContext({ tool, server: null, port: 443 });
     const got = decide(policy, ctx, { name: 'a.example.com' }, [ip('34.1.2.3')]);
     const want = refDecide(spec, ctx, 'a.example.com', [ip('34.1.2.3')]);
     t.equal(got.rule?.id, want.rule, `tool ${tool}`);

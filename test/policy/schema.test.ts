@@ -70,6 +70,28 @@ const cases: Array<[string, string, RegExp]> = [
   ['port range string', rule('    ports: ["80-90"]\n'), /^p\.yaml:6:13: error: ports: each port must be an integer/],
   ['ports not a list', rule('    ports: 443\n'), /^p\.yaml:6:12: error: ports must be a list/],
   ['rule keys not strings', 'version: 1\nrules:\n  - {1: x, priority: 1, verdict: deny}\n', /^p\.yaml:3:6: error: rule 1: keys must be strings/],
+  // Sequence clauses (policy.md "Sequence clauses"): the same strictness, with positions.
+  ['after not a mapping', rule('    after: 600\n'), /^p\.yaml:6:12: error: after must be a mapping/],
+  ['after empty', rule('    after:\n'), /^p\.yaml:6:5: error: after must be a mapping/],
+  ['after a list', rule('    after: [read_file]\n'), /^p\.yaml:6:12: error: after must be a mapping/],
+  ['after unknown key', rule('    after: {within_seconds: 60, tool: read_file}\n'), /^p\.yaml:6:33: error: after: unknown key 'tool' \(expected one of: tool_name_glob, server_glob, hosts, within_seconds\)/],
+  ['after without within_seconds', rule('    after: {tool_name_glob: "read_*"}\n'), /^p\.yaml:6:12: error: after\.within_seconds is required \(an integer from 1 to 86400\)/],
+  ['after without within_seconds, block style', rule('    after:\n      tool_name_glob: "read_*"\n'), /^p\.yaml:7:7: error: after\.within_seconds is required/],
+  ['within_seconds 0', rule('    after: {within_seconds: 0}\n'), /^p\.yaml:6:29: error: after\.within_seconds must be an integer from 1 to 86400/],
+  ['within_seconds above a day', rule('    after:\n      within_seconds: 86401\n'), /^p\.yaml:7:23: error: after\.within_seconds must be an integer from 1 to 86400/],
+  ['within_seconds negative', rule('    after: {within_seconds: -5}\n'), /^p\.yaml:6:29: error: after\.within_seconds must be an integer from 1 to 86400/],
+  ['within_seconds not an integer', rule('    after: {within_seconds: 1.5}\n'), /^p\.yaml:6:29: error: after\.within_seconds must be an integer/],
+  ['within_seconds a string', rule('    after: {within_seconds: "600"}\n'), /^p\.yaml:6:29: error: after\.within_seconds must be an integer/],
+  ['within_seconds empty', rule('    after: {within_seconds: }\n'), /^p\.yaml:6:13: error: after\.within_seconds must be an integer/],
+  ['after tool glob a list', rule('    after: {tool_name_glob: [a], within_seconds: 5}\n'), /^p\.yaml:6:29: error: after\.tool_name_glob must be a single value, not a list/],
+  ['after tool glob a number', rule('    after: {tool_name_glob: 5, within_seconds: 5}\n'), /^p\.yaml:6:29: error: after\.tool_name_glob must be a string/],
+  ['after server glob a boolean', rule('    after: {server_glob: true, within_seconds: 5}\n'), /^p\.yaml:6:26: error: after\.server_glob must be a string/],
+  ['after hosts empty', rule('    after: {hosts: [], within_seconds: 5}\n'), /^p\.yaml:6:20: error: after\.hosts must list at least one entry/],
+  ['after hosts not a list', rule('    after: {hosts: 10.0.0.0/8, within_seconds: 5}\n'), /^p\.yaml:6:20: error: after\.hosts must be a list/],
+  ['after hosts item not a string', rule('    after:\n      within_seconds: 5\n      hosts: [ok.example, 7]\n'), /^p\.yaml:8:27: error: after\.hosts: each item must be a string/],
+  ['after hosts a URL', rule('    after:\n      within_seconds: 5\n      hosts:\n        - "https://x.example/"\n'), /^p\.yaml:9:11: error: after\.hosts: .*https:\/\/x\.example\//],
+  ['after hosts *.com', rule('    after: {hosts: ["*.com"], within_seconds: 5}\n'), /^p\.yaml:6:21: error: after\.hosts: '\*\.com': the part after '\*\.' needs at least two labels/],
+  ['after hosts bits beyond the prefix', rule('    after: {hosts: [10.0.0.1/8], within_seconds: 5}\n'), /^p\.yaml:6:21: error: after\.hosts: '10\.0\.0\.1\/8' has bits set beyond/],
 ];
 
 for (const [name, text, expected] of cases) {
@@ -157,6 +179,39 @@ rules:
   ]);
   t.match(result.spec, { defaultVerdict: 'deny', shadowMode: false, observeMode: false });
   t.same(parsePolicy('p.yaml', 'version: 1\nrules:\n').spec?.rules, [], 'rules: with no value is no rules');
+});
+
+t.test('sequence clauses: accepted forms and defaults', async (t) => {
+  const result = parsePolicy('p.yaml', `version: 1
+rules:
+  - id: full
+    priority: 1
+    verdict: deny
+    after:
+      tool_name_glob: "read_*"
+      server_glob: "srv-?"
+      hosts: [10.0.0.0/8, "*.Corp.Example", files.example., "64:ff9b::a00:0/104"]
+      within_seconds: 86400
+  - id: short
+    priority: 2
+    verdict: audit
+    after: {within_seconds: 1}
+  - {id: plain, priority: 3, verdict: allow}
+`);
+  t.ok(result.spec, result.diagnostics.map(formatDiagnostic).join('\n'));
+  const [full, short, plain] = result.spec?.rules ?? [];
+  t.match(full?.after, { toolGlob: 'read_*', serverGlob: 'srv-?', withinSeconds: 86400 });
+  t.same(full?.after?.hosts?.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)), ['10.0.0.0/8', '*.corp.example', 'files.example', '64:ff9b::a00:0/104']);
+  t.same(short?.after, { toolGlob: '*', serverGlob: '*', hosts: null, withinSeconds: 1 }, 'omitted globs are *, omitted hosts: any call');
+  t.equal(plain?.after, null, 'a rule without after');
+  t.same(result.diagnostics.map(formatDiagnostic), [
+    "p.yaml:9:61: warning: after.hosts: entry '64:ff9b::a00:0/104' is the NAT64 spelling of 10.0.0.0/8 and matches only addresses written that way; write 10.0.0.0/8 to match it in every spelling (IPv4, NAT64, 6to4, IPv4-compatible)",
+  ]);
+});
+
+t.test('sequence clauses: every problem of a clause is listed', async (t) => {
+  const lines = problems(rule('    after:\n      tool_name_glob: [x]\n      hosts: ["a b", ok.example, "*.com"]\n      within_seconds: 0\n      extra: 1\n'));
+  t.same(lines.map((l) => l.split(': error: ')[0]), ['p.yaml:7:23', 'p.yaml:8:15', 'p.yaml:8:34', 'p.yaml:9:23', 'p.yaml:10:7'], lines.join('\n'));
 });
 
 t.test('an unreadable file is one error at 1:1', async (t) => {

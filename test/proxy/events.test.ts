@@ -16,9 +16,9 @@ function viaPino(fields: Record<string, unknown>, msg: string): string {
 
 const withoutTime = (line: string) => line.replace(/"time":"[^"]+"/, '"time":"T"');
 
-const allow: Decision = { verdict: 'allow', dispatched: true, shadow: false, reason: 'default', rule: null, addresses: ['93.184.216.34', '2606:4700::1111'], trace: [], uncovered: false };
-const shadowed: Decision = { verdict: 'deny', dispatched: true, shadow: true, reason: 'rule', rule: { id: 'no-"quotes"\\', label: 'line\nbreak \u2028 é', priority: 7 }, addresses: [], trace: [], uncovered: false };
-const baseline: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'ssrf_baseline', rule: null, addresses: ['169.254.169.254'], trace: [], uncovered: false, address_class: 'link_local' };
+const allow: Decision = { verdict: 'allow', dispatched: true, shadow: false, reason: 'default', rule: null, after: null, addresses: ['93.184.216.34', '2606:4700::1111'], trace: [], uncovered: false };
+const shadowed: Decision = { verdict: 'deny', dispatched: true, shadow: true, reason: 'rule', rule: { id: 'no-"quotes"\\', label: 'line\nbreak \u2028 é', priority: 7 }, after: null, addresses: [], trace: [], uncovered: false };
+const baseline: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'ssrf_baseline', rule: null, after: null, addresses: ['169.254.169.254'], trace: [], uncovered: false, address_class: 'link_local' };
 
 const events: DecisionEvent[] = [
   { conn_id: 'a-1', policy_generation: 3, decision: allow, tool: 'fetch', call_id: 'c"1', session_id: null, server: '127.0.0.1', host: 'example.com', port: 443, method: 'CONNECT', pinned_address: '93.184.216.34' },
