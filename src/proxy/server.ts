@@ -36,7 +36,7 @@ import type { PinnedConnection } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import type { Listener } from '../net/self.js';
-import type { Decision } from '../policy/types.js';
+import type { Decision, HistoryCall } from '../policy/types.js';
 import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
 import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
@@ -90,6 +90,8 @@ interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
+/** Until the session-history store feeds decisions: one shared empty history, not an array per call. */
+const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 /** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
 const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
 
@@ -236,7 +238,7 @@ export class ProxyServer implements TunnelOwner {
 
     // History: none passed yet (the session-history store feeds it); a sequence rule then never matches.
     const now = Date.now();
-    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: [] }));
+    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: NO_HISTORY }));
     const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.classify });
     const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
