@@ -39,7 +39,7 @@ export async function decideCall(
 ): Promise<CallOutcome> {
   const options = { classify: deps.classify, explain: deps.explain ?? false };
   // One memo of sequence clauses per call, shared by the by-name step and the full decision.
-  contexts = contexts.map((ctx) => forDecision(policy, ctx));
+  if (policy.hasSequenceRules) contexts = contexts.map((ctx) => forDecision(policy, ctx));
   const { host } = target;
   if (host.kind === 'ip') {
     const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));
