@@ -13,8 +13,8 @@ import pino from 'pino';
 import { Server } from 'proxy-chain';
 import { startProxy } from '../src/commands/serve.js';
 import { parseProxyConfig } from '../src/config/proxy-config.js';
-import { BatchedDestination } from '../src/proxy/event-destination.js';
-import { createEventSink, createLogger } from '../src/proxy/events.js';
+import { BatchedDestination } from '../src/events/event-destination.js';
+import { createEventSink, createLogger } from '../src/events/events.js';
 
 const kind = process.argv[2];
 const send = (port: number) => process.send?.({ port });

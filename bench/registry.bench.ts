@@ -6,8 +6,8 @@
  * registration, the gateway's normal life), with short TTLs expiring as it goes, and the heap used
  * per open registration.
  */
-import { CallRegistry } from '../src/attribution/registry.js';
-import type { CallRegistryOptions } from '../src/attribution/registry.js';
+import { CallRegistry } from '../src/state/registry.js';
+import type { CallRegistryOptions } from '../src/state/registry.js';
 import { table } from './stats.js';
 
 const TOTAL = 100_000;

@@ -15,7 +15,7 @@
  */
 import { stringify } from 'yaml';
 import { canonicalHost } from '../net/address.js';
-import type { DiscoveredDestination } from '../proxy/discovered.js';
+import type { DiscoveredDestination } from '../state/discovered.js';
 
 interface Group {
   server: string;

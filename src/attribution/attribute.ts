@@ -7,7 +7,7 @@
  * unknown or expired call id is refused as `unattributed`. Without any attribution the call is
  * evaluated with no tool, which only `*` globs match.
  */
-import type { CallRegistry } from './registry.js';
+import type { CallRegistry } from '../state/registry.js';
 
 export interface Attribution {
   readonly tool: string | null;

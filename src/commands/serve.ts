@@ -3,19 +3,19 @@
  * and owns the process's signals. Fails closed: no valid config or no valid policy at start
  * means no listener at all.
  */
-import { CallRegistry } from '../attribution/registry.js';
+import { CallRegistry } from '../state/registry.js';
 import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
-import { DiscoveredStore } from '../proxy/discovered.js';
-import { createEventSink, createLogger } from '../proxy/events.js';
-import type { EventSink } from '../proxy/events.js';
-import { PolicyStore } from '../proxy/policy-store.js';
-import type { LoadResult } from '../proxy/policy-store.js';
-import { PolicyWatcher } from '../proxy/policy-watch.js';
+import { DiscoveredStore } from '../state/discovered.js';
+import { createEventSink, createLogger } from '../events/events.js';
+import type { EventSink } from '../events/events.js';
+import { PolicyStore } from '../live/policy-store.js';
+import type { LoadResult } from '../live/policy-store.js';
+import { PolicyWatcher } from '../live/policy-watch.js';
 import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';

@@ -11,9 +11,9 @@ import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { compilePolicy } from '../policy/compile.js';
 import { loadPolicyFile } from '../policy/schema.js';
-import { dryRun } from '../proxy/dry-run.js';
-import { CALL_ID, historyOf, LABEL, MAX_EARLIER, parseEarlierArg } from '../proxy/dry-run-history.js';
-import type { EarlierCall } from '../proxy/dry-run-history.js';
+import { dryRun } from '../decide/dry-run.js';
+import { CALL_ID, historyOf, LABEL, MAX_EARLIER, parseEarlierArg } from '../decide/dry-run-history.js';
+import type { EarlierCall } from '../decide/dry-run-history.js';
 import type { CommandIO } from './io.js';
 
 export interface TestOptions {

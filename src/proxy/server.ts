@@ -23,7 +23,7 @@ import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
 import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
-import type { CallRegistry } from '../attribution/registry.js';
+import type { CallRegistry } from '../state/registry.js';
 import { canonicalHost } from '../net/address.js';
 import type { IpAddress } from '../net/address.js';
 import { createBaseline } from '../net/baseline.js';
@@ -41,11 +41,11 @@ import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from 
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
 import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
-import { decideCall } from './decision.js';
-import type { DiscoveredStore } from './discovered.js';
-import type { EndReason, EventSink } from './events.js';
+import { decideCall } from '../decide/decide-call.js';
+import type { DiscoveredStore } from '../state/discovered.js';
+import type { EndReason, EventSink } from '../events/events.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
-import type { PolicyStore } from './policy-store.js';
+import type { PolicyStore } from '../live/policy-store.js';
 import { Tunnel } from './tunnel.js';
 import type { TunnelOwner } from './tunnel.js';
 

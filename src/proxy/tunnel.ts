@@ -9,7 +9,7 @@
  * idle tunnel's heap) and their set-up and tear-down on every CONNECT.
  */
 import type { Socket } from 'node:net';
-import type { EndReason } from './events.js';
+import type { EndReason } from '../events/events.js';
 
 const TUNNEL = Symbol('tunnel');
 const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');

@@ -10,7 +10,7 @@ import { compilePolicy } from '../../src/policy/compile.js';
 import { decide } from '../../src/policy/evaluate.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import type { PolicySpec } from '../../src/policy/types.js';
-import { DiscoveredStore } from '../../src/proxy/discovered.js';
+import { DiscoveredStore } from '../../src/state/discovered.js';
 import { ip } from '../helpers/policy.js';
 
 function observed(calls: Array<[server: string, tool: string | null, host: string, port: number]>) {

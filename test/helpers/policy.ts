@@ -9,7 +9,7 @@ import { compilePolicy } from '../../src/policy/compile.js';
 import type { CompiledPolicy } from '../../src/policy/compile.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import type { CallContext, Decision, HistoryCall } from '../../src/policy/types.js';
-import { decideCall } from '../../src/proxy/decision.js';
+import { decideCall } from '../../src/decide/decide-call.js';
 
 export function compileYaml(text: string): CompiledPolicy {
   const result = parsePolicy('test.yaml', text);

@@ -6,8 +6,8 @@ import { Writable } from 'node:stream';
 import { startProxy } from '../../src/commands/serve.js';
 import type { Running } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
-import { BatchedDestination } from '../../src/proxy/event-destination.js';
-import { createEventSink, createLogger } from '../../src/proxy/events.js';
+import { BatchedDestination } from '../../src/events/event-destination.js';
+import { createEventSink, createLogger } from '../../src/events/events.js';
 import { startUpstream } from './upstream.js';
 import type { TestUpstream } from './upstream.js';
 

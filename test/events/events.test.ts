@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
 import t from 'tap';
 import pino from 'pino';
-import { BatchedDestination, DEFER_MS } from '../../src/proxy/event-destination.js';
-import { closedLine, createEventSink, createLogger, decisionLine } from '../../src/proxy/events.js';
-import type { ClosedEvent, DecisionEvent } from '../../src/proxy/events.js';
+import { BatchedDestination, DEFER_MS } from '../../src/events/event-destination.js';
+import { closedLine, createEventSink, createLogger, decisionLine } from '../../src/events/events.js';
+import type { ClosedEvent, DecisionEvent } from '../../src/events/events.js';
 import type { Decision } from '../../src/policy/types.js';
 
 /** What pino itself writes for the same fields (the reference the hand-written lines must equal). */

@@ -14,7 +14,7 @@ import { staticResolver } from '../net/resolve.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { Decision, HistoryCall } from '../policy/types.js';
-import { decideCall } from './decision.js';
+import { decideCall } from './decide-call.js';
 
 export interface DryRunInput {
   readonly destination: string;

@@ -4,8 +4,8 @@
  * replaced call never removes the live one). Linear time is shown by `npm run bench -- registry`.
  */
 import t from 'tap';
-import { CallRegistry } from '../../src/attribution/registry.js';
-import type { RegisteredCall, RegistrationRefused } from '../../src/attribution/registry.js';
+import { CallRegistry } from '../../src/state/registry.js';
+import type { RegisteredCall, RegistrationRefused } from '../../src/state/registry.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
 import { startTestProxyFor } from '../helpers/proxy.js';
 

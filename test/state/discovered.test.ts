@@ -1,6 +1,6 @@
 /** Observe mode's discovered-destination store: counts, and bounds a flooding client cannot pass. */
 import t from 'tap';
-import { DiscoveredStore } from '../../src/proxy/discovered.js';
+import { DiscoveredStore } from '../../src/state/discovered.js';
 
 t.test('one entry per (server, tool, host, port), counted', async (t) => {
   const store = new DiscoveredStore();
