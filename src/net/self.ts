@@ -78,3 +78,29 @@ export function createSelfCheck(options: SelfCheckOptions): (ip: IpAddress, port
     return false;
   };
 }
+
+/**
+ * This process's own listeners, canonical: the proxy's address (`own`, null until it listens)
+ * and `others` (the admin API). Read once after listen (server.address() is a syscall) and
+ * kept until `refresh` (another listener started).
+ */
+export class OwnListeners {
+  private cache: ReadonlyArray<Listener> | null = null;
+
+  constructor(
+    private readonly own: () => Listener | null,
+    private readonly others: () => ReadonlyArray<Listener> = () => [],
+  ) {}
+
+  readonly list = (): ReadonlyArray<Listener> => {
+    if (this.cache) return this.cache;
+    const own = this.own();
+    const listeners = canonicalListeners([...(own ? [own] : []), ...this.others()]);
+    if (own) this.cache = listeners;
+    return listeners;
+  };
+
+  refresh(): void {
+    this.cache = null;
+  }
+}
