@@ -110,7 +110,7 @@ export class ProxyServer {
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       clearHeadDeadline(req.socket);
-      void this.plain.serve(req, res);
+      this.plain.accept(req, res);
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
