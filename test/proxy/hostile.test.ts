@@ -47,7 +47,9 @@ t.test('hostile clients', async (t) => {
 
   t.test('Host with the default port written or omitted is the same authority', async (t) => {
     const r = await rawRequest(proxy.port, `GET http://localhost/ HTTP/1.1\r\nHost: LOCALHOST:80\r\nConnection: close\r\n\r\n`);
-    t.not(r.status, 400);
+    // Past the Host check and on to resolving the name (the test proxy has no DNS server).
+    t.equal(r.status, 502);
+    t.equal(JSON.parse(r.body).error.code, 'dns_error');
   });
 
   t.test('a client that sends nothing is cut off, others are served meanwhile', async (t) => {
