@@ -225,6 +225,12 @@ export class AdminServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
+      // node:http keeps the first of several Host (and Origin) headers: a second one could name
+      // anything and pass unseen. More than one of either is a malformed request (RFC 9112 §3.2).
+      const hosts = req.headersDistinct.host;
+      if (hosts !== undefined && hosts.length > 1) throw badRequest(`${hosts.length} Host headers; send exactly one`);
+      const origins = req.headersDistinct.origin;
+      if (origins !== undefined && origins.length > 1) throw badRequest(`${origins.length} Origin headers; send at most one`);
       const hostVerdict = this.hostCheck(req.headers.host, req.headers.origin);
       if (!hostVerdict.ok) throw new HttpError(hostVerdict.status, hostVerdict.code, hostVerdict.message);
       const url = parseTarget(req.url);
