@@ -32,7 +32,7 @@ import type { ErrorCode } from './answers.js';
 import { Admission } from './admission.js';
 import type { ProxyObserver } from './admission.js';
 import { ConnectPath, destroyOnError } from './connect.js';
-import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
+import { armHeadDeadline, clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { PlainHttpPath } from './forward.js';
 
@@ -51,6 +51,8 @@ export interface ProxyServerOptions {
   readonly observer?: ProxyObserver;
 }
 
+/** Requests read on a connection and not yet answered (watchNextHead). */
+const UNANSWERED = Symbol('unanswered requests');
 /** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
 const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
 
@@ -110,10 +112,15 @@ export class ProxyServer {
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       clearHeadDeadline(req.socket);
+      this.watchNextHead(req.socket, res);
       this.plain.accept(req, res);
     });
-    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head));
+    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      clearHeadDeadline(socket);
+      void this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head);
+    });
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+      clearHeadDeadline(socket);
       sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)));
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
@@ -163,6 +170,25 @@ export class ProxyServer {
     this.pool.destroy();
     await closed;
   }
+
+  /**
+   * Once every request read on a kept-alive connection is answered, its next head has
+   * `header_timeout_ms` from the last answer's end (armHeadDeadline).
+   */
+  private watchNextHead(socket: Socket, res: ServerResponse): void {
+    const s = socket as Socket & { [UNANSWERED]?: number };
+    s[UNANSWERED] = (s[UNANSWERED] ?? 0) + 1;
+    res.once('close', () => {
+      s[UNANSWERED] = (s[UNANSWERED] ?? 1) - 1;
+      if (s[UNANSWERED] > 0 || socket.destroyed || !res.writableFinished) return;
+      armHeadDeadline(socket, this.options.config.limits.headerTimeoutMs, this.nextHeadExpired);
+    });
+  }
+
+  private readonly nextHeadExpired = (socket: Socket, sentSomething: boolean): void => {
+    if (sentSomething) this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
+    else socket.destroy(); // idle between requests, as node:http's keep-alive timeout would
+  };
 
   private onConnection(socket: Socket): void {
     this.sockets.add(socket);
