@@ -18,7 +18,7 @@
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { isLoopbackHost } from '../config/proxy-config.js';
+import { isLoopbackHost } from '../net/address.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
@@ -73,8 +73,6 @@ export interface AdminDeps {
   /** The host's own addresses (default: its interfaces), for the Host check on a wildcard listener. */
   readonly localAddresses?: () => ReadonlySet<string>;
 }
-
-export const isLoopback = isLoopbackHost;
 
 function badRequest(message: string): HttpError {
   return new HttpError(400, 'bad_request', message);
@@ -147,7 +145,7 @@ export class AdminServer {
   }
 
   async listen(host: string, port: number): Promise<{ address: string; port: number }> {
-    if (this.tokenHashes.length === 0 && !isLoopback(host)) {
+    if (this.tokenHashes.length === 0 && !isLoopbackHost(host)) {
       throw new Error(`admin API: no admin.tokens configured, so it may only listen on a loopback address, not ${host}`);
     }
     await new Promise<void>((resolve, reject) => {

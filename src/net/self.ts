@@ -9,7 +9,7 @@
  * addresses come from `os.networkInterfaces()` unless another source is given.
  */
 import { networkInterfaces } from 'node:os';
-import { canonicalHost } from './address.js';
+import { canonicalHost, isLoopbackIp } from './address.js';
 import type { IpAddress } from './address.js';
 
 export interface Listener {
@@ -19,10 +19,6 @@ export interface Listener {
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
 const INTERFACE_CACHE_MS = 5_000;
-
-export function isLoopbackIp(ip: IpAddress): boolean {
-  return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
-}
 
 export function isUnspecifiedAddress(address: string): boolean {
   return UNSPECIFIED.has(address);

@@ -268,9 +268,13 @@ export class Admission {
     return failure(code, message, this.labelFor(a.target, a.call));
   }
 
-  /** A bug of ours while handling a call: logged with its stack, answered as an internal error. */
+  /**
+   * A bug of ours while handling a call: logged with its stack, answered 500 `internal_error`
+   * (the client's request was not at fault, so not `bad_request`). Nothing was forwarded.
+   */
   internalError(err: unknown, target: Target | null): Answer {
-    this.options.events.warn({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
-    return failure('bad_request', 'the proxy could not handle this request', this.labelFor(target));
+    this.options.events.error({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
+    this.options.observer?.failure?.('internal_error');
+    return failure('internal_error', 'the proxy could not handle this request', this.labelFor(target));
   }
 }
