@@ -18,12 +18,10 @@
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { isLoopbackHost } from '../net/address.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
-import type { Running } from '../commands/serve.js';
-import { canonicalHost } from '../net/address.js';
+import { canonicalHost, isLoopbackHost } from '../net/address.js';
 import type { IpAddress } from '../net/address.js';
 import { canonicalListeners } from '../net/self.js';
 import type { Listener } from '../net/self.js';
@@ -37,6 +35,7 @@ import type { EarlierCall } from '../decide/dry-run-history.js';
 import { draftPolicy } from './draft.js';
 import { createHostCheck } from './host-check.js';
 import type { Metrics } from './metrics.js';
+import type { AdminRuntime } from './runtime.js';
 
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
@@ -65,7 +64,7 @@ class HttpError extends Error {
 
 export interface AdminDeps {
   readonly config: ProxyConfig;
-  readonly running: Running;
+  readonly running: AdminRuntime;
   readonly metrics: Metrics;
   readonly resolver: NameResolver;
   /** Whether `ip:port` is one of the proxy's own listeners, for dry runs (src/net/self.ts). */

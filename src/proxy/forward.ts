@@ -6,14 +6,10 @@
  *
  * Threat: the guarded server picks the URL, the Host header and every other header; only the
  * vetted candidates are dialled, and the headers that describe one hop, name the proxy or carry
- * attribution are not passed on (headers.ts). It can also pipeline: node:http parses a whole
- * read at once (a 64 KiB read holds over a thousand small GETs) and emits every request in it.
- * So at most `PIPELINE_LIMIT` requests per connection are admitted and unanswered at a time; the
- * rest wait, unadmitted (no decision, no dial), while the socket is not read, and are dropped
- * when the client goes. Answers the client does not read stop the reading too.
+ * attribution are not passed on (headers.ts). How many pipelined requests of one connection are
+ * served at a time is pipeline.ts's to say.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
 import type { PinnedPool, UpstreamConnection } from '../net/pinned-pool.js';
@@ -22,17 +18,6 @@ import { failure, sendAnswer } from './answers.js';
 import type { Answer } from './answers.js';
 import type { ActiveCall, Admission, Admitted, AdmissionResult } from './admission.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
-
-/** Pipelined requests per connection admitted and not yet answered (README, "Limits"). */
-export const PIPELINE_LIMIT = 32;
-
-/** One client connection's pipeline: requests in flight, and those read but not yet admitted. */
-interface Pipeline {
-  inFlight: number;
-  readonly waiting: Array<[IncomingMessage, ServerResponse]>;
-}
-const PIPELINE = Symbol('pipeline');
-type PipelinedSocket = Socket & { [PIPELINE]?: Pipeline };
 
 export class PlainHttpPath {
   /** The attribution headers: read by the proxy, never forwarded. */
@@ -47,47 +32,10 @@ export class PlainHttpPath {
     this.dropHeaders = new Set([attribution.toolHeader, attribution.callHeader, attribution.sessionHeader]);
   }
 
-  /** A request node:http has read: served now, or queued behind the ones in flight on its connection. */
-  accept(req: IncomingMessage, res: ServerResponse): void {
-    const socket = req.socket as PipelinedSocket;
-    let pipeline = socket[PIPELINE];
-    if (pipeline === undefined) {
-      const created: Pipeline = { inFlight: 0, waiting: [] };
-      socket[PIPELINE] = pipeline = created;
-      // Gone before their turn: never admitted, never dialled, no events.
-      socket.once('close', () => (created.waiting.length = 0));
-    }
-    if (pipeline.inFlight >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain) {
-      pipeline.waiting.push([req, res]);
-      socket.pause();
-      if (socket.writableNeedDrain) socket.once('drain', () => this.next(socket, pipeline));
-      return;
-    }
-    this.start(socket, pipeline, req, res);
-  }
-
-  private start(socket: PipelinedSocket, pipeline: Pipeline, req: IncomingMessage, res: ServerResponse): void {
-    pipeline.inFlight++;
-    res.once('close', () => {
-      pipeline.inFlight--;
-      this.next(socket, pipeline);
-    });
+  /** A request node:http has read, served once pipeline.ts lets it through. */
+  readonly accept = (req: IncomingMessage, res: ServerResponse): void => {
     void this.serve(req, res);
-  }
-
-  /** Admits waiting requests while there is room, and reads the socket again once none wait. */
-  private next(socket: PipelinedSocket, pipeline: Pipeline): void {
-    if (socket.destroyed) return;
-    while (pipeline.inFlight < PIPELINE_LIMIT && !socket.writableNeedDrain) {
-      const waiting = pipeline.waiting.shift();
-      if (waiting === undefined) {
-        socket.resume();
-        return;
-      }
-      this.start(socket, pipeline, waiting[0], waiting[1]);
-    }
-    if (socket.writableNeedDrain) socket.once('drain', () => this.next(socket, pipeline));
-  }
+  };
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const admission = this.admission;

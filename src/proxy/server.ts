@@ -4,7 +4,7 @@
  *
  *   accept (here: connection cap) → connection-start.ts (CONNECT or not?) →
  *     CONNECT:    connect-head.ts → connect.ts (admission.ts, pinned-dial.ts) → tunnel.ts → closed event
- *     plain HTTP: node:http → forward.ts (admission.ts, pinned-pool.ts) → closed event
+ *     plain HTTP: node:http → pipeline.ts → forward.ts (admission.ts, pinned-pool.ts) → closed event
  *
  * A CONNECT later on a kept-alive connection comes from node:http's 'connect' event into the
  * same connect.ts. Every call has its own `conn_id`, decision event and closed event.
@@ -35,6 +35,7 @@ import { ConnectPath, destroyOnError } from './connect.js';
 import { armHeadDeadline, clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { PlainHttpPath } from './forward.js';
+import { admitPipelined } from './pipeline.js';
 
 export type { ProxyObserver } from './admission.js';
 
@@ -113,7 +114,7 @@ export class ProxyServer {
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       clearHeadDeadline(req.socket);
       this.watchNextHead(req.socket, res);
-      this.plain.accept(req, res);
+      admitPipelined(req, res, this.plain.accept);
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       clearHeadDeadline(socket);

@@ -28,6 +28,12 @@ t.test('hostile clients', async (t) => {
     ['CONNECT to port 70000', connectRequest('a.test:70000'), 400, 'bad_request'],
     ['zone id', connectRequest('[fe80::1%25lo]:80'), 400, 'bad_request'],
     ['percent in host', getRequest('http://a%2e.test/', 'a%2e.test'), 400, 'bad_request'],
+    // Red-team F2: `%` anywhere in the authority is refused, never decoded and judged.
+    ['percent-encoded trailing dot', 'GET http://evil.test%2e/ HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
+    ['percent-encoded letter', 'GET http://ev%69l.test/ HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
+    ['percent in the port', 'GET http://a.test:8%30/ HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
+    ['percent in the Host header only', getRequest('http://evil.test./', 'evil.test%2e'), 400, 'bad_request'],
+    ['percent in a CONNECT authority', connectRequest('evil.test%2e:443'), 400, 'bad_request'],
     ['userinfo', getRequest('http://user@a.test/', 'a.test'), 400, 'bad_request'],
     ['over-long name', connectRequest(`${'a'.repeat(250)}.test:443`), 400, 'bad_request'],
     ['empty label', connectRequest('a..test:443'), 400, 'bad_request'],

@@ -7,7 +7,7 @@ import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import t from 'tap';
-import { PIPELINE_LIMIT } from '../../src/proxy/forward.js';
+import { PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
