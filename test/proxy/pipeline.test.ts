@@ -51,15 +51,16 @@ t.test('pipelined floods are capped per connection and dropped when the client l
   const left = performance.now();
   // A client that left frees its slot within about a second: a new client is served.
   let status = 0;
-  while (performance.now() - left < 3000) {
+  while (performance.now() - left < 5000) {
     status = (await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${fast.port}/after`, `127.0.0.1:${fast.port}`), 1000)).status;
     if (status === 200) break;
     await new Promise((r) => setTimeout(r, 50));
   }
   const tookMs = Math.round(performance.now() - left);
   t.equal(status, 200, `a new client is served ${tookMs} ms after the flooders left`);
-  // About 0.6 s alone (node:http destroys every request it parsed from the flood); 2 s leaves room for a loaded machine.
-  t.ok(tookMs < 2000, 'within 2 s');
+  // About 0.6 s on an idle machine (node:http destroys every request it parsed from the flood),
+  // 2.2 s at load average 11 on 2 cores; before the limit 8-10 s. 3 s leaves room for a loaded machine.
+  t.ok(tookMs < 3000, 'within 3 s');
   await new Promise((r) => setTimeout(r, 300));
   t.equal(decisions(), cap, 'the queued requests of the departed clients were never decided');
   t.ok(held.length <= cap, `nor forwarded (${held.length} reached the upstream)`);
