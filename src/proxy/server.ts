@@ -27,6 +27,7 @@ import type { CallRegistry } from '../state/registry.js';
 import { canonicalHost } from '../net/address.js';
 import type { IpAddress } from '../net/address.js';
 import { createBaseline } from '../net/baseline.js';
+import type { AddressClass } from '../net/baseline.js';
 import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
 import type { Target } from '../net/destination.js';
 import { PinnedPool } from '../net/pinned-pool.js';
@@ -104,7 +105,7 @@ export class ProxyServer implements TunnelOwner {
   private readonly sockets = new Set<Socket>();
   private readonly connPrefix = randomBytes(4).toString('hex');
   private connCounter = 0;
-  private readonly classify: (ip: IpAddress, port: number) => string | null;
+  private readonly classify: (ip: IpAddress, port: number) => AddressClass | null;
   private listenersCache: ReadonlyArray<Listener> | null = null;
   private readonly dropHeaders: ReadonlySet<string>;
   /** Keep-alive connections for plain HTTP, filed by the vetted IP (never by name). */
