@@ -51,7 +51,10 @@ export function lookupName(policy: CompiledPolicy, name: string | null): Destina
 }
 
 function candidates(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost): Candidates {
-  return { byName: dest.nameLists ?? listsByName(policy.index, dest.name), everyDestination: listsForEveryDestination(policy.index, ctx.tool) };
+  return {
+    byName: dest.nameLists ?? listsByName(policy.index, dest.name),
+    everyDestination: listsForEveryDestination(policy.index, ctx.tool),
+  };
 }
 
 /** Step 3, the call's side: the rule's tool glob, server glob and ports match, and its sequence clause (if any) holds. */
@@ -75,6 +78,45 @@ function exemptedByName(rule: CompiledRule, name: string): boolean {
   return rule.exempt !== null && nameOnSet(rule.exempt, name);
 }
 
+/** One call to one destination while the index is walked; `a` and `carried` change per candidate address. */
+interface AddressWalk {
+  readonly policy: CompiledPolicy;
+  readonly ctx: CallContext;
+  readonly name: string | null;
+  a: IpAddress;
+  carried: Ipv4Address | null;
+}
+
+/** Step 3 for a rule whose scope holds `(host, a)`: it applies to the call and does not exempt `(host, a)`. */
+function matchesAddress(order: number, w: AddressWalk): boolean {
+  const rule = w.policy.rules[order] as CompiledRule;
+  return appliesToCall(rule, w.ctx) && !exempted(rule, w.name, w.a, w.carried);
+}
+
+/** One call to one host name, before any DNS. */
+interface NameWalk {
+  readonly policy: CompiledPolicy;
+  readonly ctx: CallContext;
+  readonly name: string;
+}
+
+/**
+ * Step 7 for a rule in scope by name (or for every destination): it applies to the call and does
+ * not exempt the name. A deny rule with address exemptions is passed over: it refuses only the
+ * addresses outside them, so it neither refuses every address nor dispatches any.
+ */
+function takesName(order: number, w: NameWalk): boolean {
+  const rule = w.policy.rules[order] as CompiledRule;
+  if (rule.verdict === 'deny' && rule.exempt?.hasAddresses) return false;
+  return appliesToCall(rule, w.ctx) && !exemptedByName(rule, w.name);
+}
+
+/** Step 7 for a dispatching rule with address entries in scope: it may match, and dispatch, some address of the name. */
+function mayDispatchSomeAddress(order: number, w: NameWalk): boolean {
+  const rule = w.policy.rules[order] as CompiledRule;
+  return appliesToCall(rule, w.ctx) && !exemptedByName(rule, w.name);
+}
+
 /** The decision's `after` for a deciding rule with a clause (which held, or the rule would not have matched). */
 function afterOf(rule: CompiledRule | null, ctx: CallContext): AfterMatch | undefined {
   if (rule === null || rule.after === null) return undefined;
@@ -82,30 +124,44 @@ function afterOf(rule: CompiledRule | null, ctx: CallContext): AfterMatch | unde
   return e === null ? undefined : afterMatch(e, ctx.now);
 }
 
-export function decide(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost, addresses: readonly IpAddress[], options: DecideOptions = {}): Decision {
+export function decide(
+  policy: CompiledPolicy,
+  ctx: CallContext,
+  dest: DestinationHost,
+  addresses: readonly IpAddress[],
+  options: DecideOptions = {},
+): Decision {
   if (addresses.length === 0) throw new Error('decide needs at least one candidate address');
   ctx = forDecision(policy, ctx);
   const lists = candidates(policy, ctx, dest);
   const trace: TraceEntry[] = [];
   let anyBaseline = false;
   let anyDefault = false;
+  const walk: AddressWalk = { policy, ctx, name: dest.name, a: addresses[0] as IpAddress, carried: null };
   for (const a of addresses) {
     // 2. The SSRF baseline first, for every candidate: a hit denies whatever the rules say, and
     //    shadow mode does not soften it.
     const addressClass = options.classify?.(a, ctx.port) ?? null;
     if (addressClass !== null) {
       anyBaseline = true;
-      trace.push({ address: a.text, verdict: 'deny', decided_by: 'ssrf_baseline', rule: null, dispatched: false, shadow: false, address_class: addressClass });
+      trace.push({
+        address: a.text,
+        verdict: 'deny',
+        decided_by: 'ssrf_baseline',
+        rule: null,
+        dispatched: false,
+        shadow: false,
+        address_class: addressClass,
+      });
       continue;
     }
     // 3. Walk the rules in order: the first whose tool glob, server glob, ports (and clause) match
     //    and whose scope holds (host, a) without exempting it. An IPv6 `a` is on a list also
     //    through the IPv4 address it carries (entry-set.ts).
     const carried = a.family === 6 ? embeddedIpv4(a) : null;
-    const first = firstInScope(policy.index, lists, a, carried, (order) => {
-      const rule = policy.rules[order] as CompiledRule;
-      return appliesToCall(rule, ctx) && !exempted(rule, dest.name, a, carried);
-    });
+    walk.a = a;
+    walk.carried = carried;
+    const first = firstInScope(policy.index, lists, a, carried, matchesAddress, walk);
     const rule = first === Infinity ? null : (policy.rules[first] as CompiledRule);
     // 4. Its verdict is this address's verdict; no match gives default_verdict. Shadow mode
     //    dispatches a deny as "would deny".
@@ -148,39 +204,31 @@ export function decide(policy: CompiledPolicy, ctx: CallContext, dest: Destinati
  * The name is blocked when the first rule that matches it for every address is a deny (or no rule
  * does and the default denies), and no rule before that one could dispatch some address.
  */
-export function decideByName(policy: CompiledPolicy, ctx: CallContext, dest: DestinationHost & { readonly name: string }, options: DecideOptions = {}): Decision | null {
+export function decideByName(
+  policy: CompiledPolicy,
+  ctx: CallContext,
+  dest: DestinationHost & { readonly name: string },
+  options: DecideOptions = {},
+): Decision | null {
   // Shadow mode dispatches every deny: nothing is refused before resolving.
   if (policy.shadowMode) return null;
   ctx = forDecision(policy, ctx);
   const { index } = policy;
   const { name } = dest;
   const lists = candidates(policy, ctx, dest);
-  const ruleAt = (order: number) => policy.rules[order] as CompiledRule;
-  // The first rule that matches (name, a) for every address a: it applies to the call, has the
-  // name in scope (by name, or everything is), does not exempt it, and has no address exemption
-  // that could carve out some a.
-  const matchesAll = (order: number) => {
-    const rule = ruleAt(order);
-    return appliesToCall(rule, ctx) && !exemptedByName(rule, name) && !rule.exempt?.hasAddresses;
-  };
-  const everyAddress = firstInLists(lists.everyDestination, firstInLists(lists.byName, Infinity, matchesAll), matchesAll);
-  // A dispatching rule before it that may match some address: in scope by name but with address
-  // exemptions, or with address entries in its scope.
-  const dispatchesSomeInScope = (order: number) => {
-    const rule = ruleAt(order);
-    return rule.verdict !== 'deny' && rule.exempt?.hasAddresses === true && appliesToCall(rule, ctx) && !exemptedByName(rule, name);
-  };
-  const dispatchesSomeByAddress = (order: number) => {
-    const rule = ruleAt(order);
-    return appliesToCall(rule, ctx) && !exemptedByName(rule, name);
-  };
-  let someAddress = Math.min(index.firstUnconditionalAddressDispatcher, everyAddress);
-  someAddress = firstInLists(lists.everyDestination, firstInLists(lists.byName, someAddress, dispatchesSomeInScope), dispatchesSomeInScope);
-  someAddress = firstInList(index.addressDispatchers, someAddress, dispatchesSomeByAddress);
-  if (someAddress < everyAddress) return null;
+  const walk: NameWalk = { policy, ctx, name };
+  // A rule that applies to every call and may dispatch some address of any name: rules after it do not matter.
+  const bound = index.firstUnconditionalAddressDispatcher;
+  // The first rule that takes the name: it decides every address it matches.
+  const first = firstInLists(lists.everyDestination, firstInLists(lists.byName, bound, takesName, walk), takesName, walk);
+  if (first === bound && bound !== Infinity) return null;
+  const rule = first === Infinity ? null : (policy.rules[first] as CompiledRule);
+  // An allow or audit rule with address exemptions matches only the addresses they leave: it may dispatch some.
+  if (rule?.exempt?.hasAddresses) return null;
+  // So does a dispatching rule before it with address entries in scope.
+  if (firstInList(index.addressDispatchers, first, mayDispatchSomeAddress, walk) < first) return null;
 
-  const rule = everyAddress === Infinity ? null : ruleAt(everyAddress);
-  // 4. That rule's verdict (or default_verdict) is every address's verdict: blocked only on deny.
+  // 4. The rule matches every address, so its verdict (or default_verdict) is every address's: blocked only on deny.
   if ((rule ? rule.verdict : policy.defaultVerdict) !== 'deny') return null;
   const after = afterOf(rule, ctx);
   const entry: TraceEntry = {

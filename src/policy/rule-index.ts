@@ -83,8 +83,18 @@ export function buildRuleIndex(rules: readonly IndexedRule[]): RuleIndex {
       let list: Positions;
       if (entry.kind === 'host') list = getOrCreate(byHost, entry.host, () => []);
       else if (entry.kind === 'wildcard') list = getOrCreate(bySuffix, entry.suffix, () => []);
-      else if (entry.cidr.family === 4) list = getOrCreate(getOrCreate(v4, entry.cidr.prefix, () => new Map()), entry.cidr.key as number, () => []);
-      else list = getOrCreate(getOrCreate(v6, entry.cidr.prefix, () => new Map()), entry.cidr.key as string, () => []);
+      else if (entry.cidr.family === 4)
+        list = getOrCreate(
+          getOrCreate(v4, entry.cidr.prefix, () => new Map<number, Positions>()),
+          entry.cidr.key as number,
+          () => [],
+        );
+      else
+        list = getOrCreate(
+          getOrCreate(v6, entry.cidr.prefix, () => new Map<string, Positions>()),
+          entry.cidr.key as string,
+          () => [],
+        );
       // One rule can list several entries that hit the same key; keep it once.
       if (list[list.length - 1] !== order) list.push(order);
     }
@@ -102,7 +112,7 @@ export function buildRuleIndex(rules: readonly IndexedRule[]): RuleIndex {
     if (len < 16) continue;
     v4Long[len] = keys;
     for (const key of keys.keys()) {
-      const slash16 = key >>> 0 >>> (len - 16);
+      const slash16 = (key >>> 0) >>> (len - 16);
       v4LongLengths.set(slash16, (v4LongLengths.get(slash16) ?? 0) | (1 << (len - 16)));
     }
   }
@@ -153,27 +163,34 @@ export function listsForEveryDestination(index: RuleIndex, tool: string | null):
   return index.universalOther.length > 0 ? [index.universalOther] : NO_LISTS;
 }
 
+/**
+ * Whether the rule numbered `order` matches, as the caller defines it; `walk` is the caller's state for the
+ * call. A module-level function with its state passed in, not a closure per call: these loops run for every
+ * candidate of every call, and a few stable functions keep their call sites cheap.
+ */
+export type Accept<W> = (order: number, walk: W) => boolean;
+
 /** The lowest rule number below `below` in `list` that `accept` takes, else `below`. */
-export function firstInList(list: readonly number[], below: number, accept: (order: number) => boolean): number {
+export function firstInList<W>(list: readonly number[], below: number, accept: Accept<W>, walk: W): number {
   for (let i = 0; i < list.length; i++) {
     const order = list[i] as number;
     if (order >= below) return below;
-    if (accept(order)) return order;
+    if (accept(order, walk)) return order;
   }
   return below;
 }
 
 /** The lowest rule number below `below` in any of `lists` that `accept` takes, else `below`. */
-export function firstInLists(lists: RuleLists, below: number, accept: (order: number) => boolean): number {
-  for (const list of lists) below = firstInList(list, below, accept);
+export function firstInLists<W>(lists: RuleLists, below: number, accept: Accept<W>, walk: W): number {
+  for (const list of lists) below = firstInList(list, below, accept, walk);
   return below;
 }
 
 /** `best` lowered by the rules whose IPv4 entries hold `v4`. */
-function firstByV4(index: RuleIndex, v4: number, best: number, accept: (order: number) => boolean): number {
+function firstByV4<W>(index: RuleIndex, v4: number, best: number, accept: Accept<W>, walk: W): number {
   for (const [len, keys] of index.v4Short) {
     const list = keys.get(v4Key(v4, len));
-    if (list) best = firstInList(list, best, accept);
+    if (list) best = firstInList(list, best, accept, walk);
   }
   // Only the prefix lengths that some entry under this /16 has.
   let lengths = index.v4LongLengths.get(v4 >>> 16) ?? 0;
@@ -181,7 +198,7 @@ function firstByV4(index: RuleIndex, v4: number, best: number, accept: (order: n
     const bit = 31 - Math.clz32(lengths);
     lengths &= ~(1 << bit);
     const list = (index.v4Long[bit + 16] as ReadonlyMap<number, number[]>).get(v4Key(v4, bit + 16));
-    if (list) best = firstInList(list, best, accept);
+    if (list) best = firstInList(list, best, accept, walk);
   }
   return best;
 }
@@ -191,12 +208,19 @@ function firstByV4(index: RuleIndex, v4: number, best: number, accept: (order: n
  * destination, and the address entries holding `ip`, or through `carried`, the IPv4 address an
  * IPv6 `ip` carries) that `accept` takes; Infinity for none.
  */
-export function firstInScope(index: RuleIndex, candidates: Candidates, ip: IpAddress, carried: Ipv4Address | null, accept: (order: number) => boolean): number {
-  let best = firstInLists(candidates.everyDestination, firstInLists(candidates.byName, Infinity, accept), accept);
-  if (ip.family === 4) return firstByV4(index, ip.v4, best, accept);
+export function firstInScope<W>(
+  index: RuleIndex,
+  candidates: Candidates,
+  ip: IpAddress,
+  carried: Ipv4Address | null,
+  accept: Accept<W>,
+  walk: W,
+): number {
+  let best = firstInLists(candidates.everyDestination, firstInLists(candidates.byName, Infinity, accept, walk), accept, walk);
+  if (ip.family === 4) return firstByV4(index, ip.v4, best, accept, walk);
   for (const [len, keys] of index.v6) {
     const list = keys.get(v6Key(ip.hex, len));
-    if (list) best = firstInList(list, best, accept);
+    if (list) best = firstInList(list, best, accept, walk);
   }
-  return carried !== null ? firstByV4(index, carried.v4, best, accept) : best;
+  return carried !== null ? firstByV4(index, carried.v4, best, accept, walk) : best;
 }

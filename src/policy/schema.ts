@@ -253,7 +253,7 @@ function readJsonLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLi
       ok = false;
       continue;
     }
-    for (const text of value as string[]) {
+    for (const text of value) {
       const entry = parseEntry(text);
       if ('error' in entry) {
         src.error(at, `egress_json.${key}: ${entry.error}`);

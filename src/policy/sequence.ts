@@ -47,7 +47,11 @@ export function findEarlier(match: AfterMatcher, ctx: CallContext): HistoryCall 
     if (hosts !== null) {
       if (e.dispatched !== true) continue;
       const { address } = e;
-      if (!nameOnSet(hosts, e.host) && !(address !== null && addressOnSet(hosts, address, address.family === 6 ? embeddedIpv4(address) : null))) continue;
+      if (
+        !nameOnSet(hosts, e.host) &&
+        !(address !== null && addressOnSet(hosts, address, address.family === 6 ? embeddedIpv4(address) : null))
+      )
+        continue;
     }
     return e;
   }

@@ -64,7 +64,7 @@ function addressOnEntry(entry: Entry & { kind: 'cidr' }, text: string): boolean 
   const addr = ipaddr.parse(text);
   const [net, len] = ipaddr.parseCIDR(entry.cidr.text);
   if (addr.kind() !== net.kind()) return false;
-  return addr.match([net, len] as [ipaddr.IPv4 | ipaddr.IPv6, number] as never);
+  return addr.match([net, len] as never);
 }
 
 function onEntry(entry: Entry, name: string | null, a: IpAddress | null): boolean {
