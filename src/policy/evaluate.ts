@@ -201,8 +201,8 @@ export function decide(
  * any DNS query (resolving it would leak the name to its name server); null when some address
  * could be dispatched, so the name must be resolved and `decide` called.
  *
- * The name is blocked when the first rule that matches it for every address is a deny (or no rule
- * does and the default denies), and no rule before that one could dispatch some address.
+ * The name is blocked when the first rule that takes it (step 3 on the name alone) is a deny rule,
+ * or no rule does and default_verdict is deny, and no rule before that one may dispatch some address.
  */
 export function decideByName(
   policy: CompiledPolicy,
@@ -217,18 +217,15 @@ export function decideByName(
   const { name } = dest;
   const lists = candidates(policy, ctx, dest);
   const walk: NameWalk = { policy, ctx, name };
-  // A rule that applies to every call and may dispatch some address of any name: rules after it do not matter.
+  // The first rule that takes the name, looked for up to the first dispatching rule that applies to every call and
+  // has address entries (it may dispatch some address of any name: the walk reaching it ends in "resolve").
   const bound = index.firstUnconditionalAddressDispatcher;
-  // The first rule that takes the name: it decides every address it matches.
   const first = firstInLists(lists.everyDestination, firstInLists(lists.byName, bound, takesName, walk), takesName, walk);
-  if (first === bound && bound !== Infinity) return null;
   const rule = first === Infinity ? null : (policy.rules[first] as CompiledRule);
-  // An allow or audit rule with address exemptions matches only the addresses they leave: it may dispatch some.
-  if (rule?.exempt?.hasAddresses) return null;
-  // So does a dispatching rule before it with address entries in scope.
+  // A dispatching rule before it with address entries in scope may dispatch some address.
   if (firstInList(index.addressDispatchers, first, mayDispatchSomeAddress, walk) < first) return null;
-
-  // 4. The rule matches every address, so its verdict (or default_verdict) is every address's: blocked only on deny.
+  // 4. A deny rule that takes the name has no address exemption: it matches every address, so its verdict is every
+  //    address's (as default_verdict is when no rule takes the name). An allow or audit rule dispatches what it matches.
   if ((rule ? rule.verdict : policy.defaultVerdict) !== 'deny') return null;
   const after = afterOf(rule, ctx);
   const entry: TraceEntry = {
