@@ -1,7 +1,7 @@
 /**
  * A reference evaluator written straight from policy.md, with no index: a loop over the rules
  * sorted by priority and file order. Its glob matcher and CIDR matching (ipaddr.js) are its own,
- * so it shares no matching code with src/policy/compile.ts and evaluate.ts. Sequence clauses:
+ * so it shares no matching code with src/policy/ (glob, entry-set, rule-index, evaluate). Sequence clauses:
  * a plain filter over the whole history for the calls that satisfy the clause, the most recent
  * kept (no reliance on the history's order, no memo, no early stop).
  */
