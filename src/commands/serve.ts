@@ -11,6 +11,8 @@ import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { DiscoveredStore } from '../state/discovered.js';
+import { MemoryHistoryStore } from '../state/history.js';
+import type { HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
@@ -34,6 +36,8 @@ export interface Running {
   readonly store: PolicyStore;
   readonly registry: CallRegistry;
   readonly discovered: DiscoveredStore;
+  /** Session history: what sequence clauses (`after`) read; kept for the serving policy's longest window. */
+  readonly history: HistoryStore;
   readonly events: EventSink;
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
@@ -78,9 +82,12 @@ export interface StartOptions {
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
+  const history = new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls });
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
+      // Before any call can be decided under the new generation: history kept for its longest window.
+      history.setRetention(g.policy.maxAfterSeconds);
       metrics.reloads.inc({ result: result.changed ? 'loaded' : 'unchanged', trigger });
       metrics.generation.set(g.generation);
       metrics.policyError.set(0);
@@ -110,7 +117,10 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
-  const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
+  const sweeper = setInterval(() => {
+    registry.sweep();
+    history.sweep();
+  }, 10_000).unref();
   const discovered = new DiscoveredStore();
   let adminAddress: { address: string; port: number } | null = null;
   const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
@@ -128,6 +138,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     store,
     registry,
     discovered,
+    history,
     events,
     metrics,
     get admin() {

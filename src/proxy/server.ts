@@ -78,6 +78,8 @@ interface Admitted {
   readonly limitKey: string;
   readonly call: Attribution;
   readonly generation: number;
+  /** The deciding policy's `policy_digest`. */
+  readonly digest: string;
   readonly decision: Decision;
   readonly candidates: readonly IpAddress[];
   readonly target: Target;
@@ -231,7 +233,7 @@ export class ProxyServer implements TunnelOwner {
     if (attribution.kind === 'unattributed') {
       const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, after: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
@@ -247,7 +249,7 @@ export class ProxyServer implements TunnelOwner {
       this.options.observer?.failure?.('dns_error');
       return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
-    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.digest, decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
@@ -278,6 +280,7 @@ export class ProxyServer implements TunnelOwner {
       port: a.target.port,
       method: a.method,
       pinned_address: pinned,
+      policy_digest: a.digest,
       ...(detail ? { detail } : {}),
     };
     this.options.observer?.decision?.(a.decision, a.method);
