@@ -123,7 +123,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   }, 10_000).unref();
   const discovered = new DiscoveredStore();
   let adminAddress: { address: string; port: number } | null = null;
-  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
+  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, history, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
   events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
 

@@ -39,10 +39,12 @@ import type { Listener } from '../net/self.js';
 import type { Decision, HistoryCall } from '../policy/types.js';
 import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
+import { answerAnnouncement, isAnnounceTarget } from './announce.js';
 import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from '../decide/decide-call.js';
 import type { DiscoveredStore } from '../state/discovered.js';
+import type { HistoryStore } from '../state/types.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { PolicyStore } from '../live/policy-store.js';
@@ -56,6 +58,8 @@ export interface ProxyServerOptions {
   readonly registry: CallRegistry;
   readonly events: EventSink;
   readonly discovered: DiscoveredStore;
+  /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
+  readonly history: HistoryStore;
   /** Other sockets of this process the proxy must never dial (the admin listener). */
   readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
   /** Observes every finished decision and closed call (metrics). */
@@ -444,6 +448,11 @@ export class ProxyServer implements TunnelOwner {
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     clearHeadDeadline(req.socket);
     const method = req.method ?? 'GET';
+    if (isAnnounceTarget(req.url ?? '')) {
+      const status = await answerAnnouncement(req, res, { config: this.options.config, history: this.options.history });
+      if (status !== 204) this.options.observer?.failure?.(status === 400 ? 'bad_request' : status === 407 ? 'proxy_auth_required' : 'announce_not_trusted');
+      return;
+    }
     const url = parseAbsoluteUrl(req.url ?? '');
     if ('error' in url) {
       sendAnswer(res, this.badRequest(this.nextConnId(), url.error, null, method), true);
