@@ -77,12 +77,15 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
 export interface StartOptions {
   /** Watch the policy file for changes (default true). */
   readonly watch?: boolean;
+  /** The session-history store (default: one in memory, bounded by `limits.max_history_calls`). */
+  readonly history?: HistoryStore;
 }
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
-  const history = new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls });
+  const memory = options.history ? null : new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls });
+  const history: HistoryStore = options.history ?? (memory as MemoryHistoryStore);
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
@@ -119,7 +122,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
   const sweeper = setInterval(() => {
     registry.sweep();
-    history.sweep();
+    memory?.sweep();
   }, 10_000).unref();
   const discovered = new DiscoveredStore();
   let adminAddress: { address: string; port: number } | null = null;

@@ -40,6 +40,8 @@ import type { Decision, HistoryCall } from '../policy/types.js';
 import { destroyWhenFlushed, failure, refusal, sendAnswer, sendRawAnswer } from './answers.js';
 import type { Answer, CallLabel, ErrorCode } from './answers.js';
 import { answerAnnouncement, isAnnounceTarget } from './announce.js';
+import { readHistories, recordDecided } from './call-history.js';
+import type { Histories } from './call-history.js';
 import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from '../decide/decide-call.js';
@@ -47,7 +49,7 @@ import type { DiscoveredStore } from '../state/discovered.js';
 import type { HistoryStore } from '../state/types.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
-import type { PolicyStore } from '../live/policy-store.js';
+import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { Tunnel } from './tunnel.js';
 import type { TunnelOwner } from './tunnel.js';
 
@@ -81,6 +83,8 @@ interface Admitted {
   /** What `max_tunnels_per_client` counts by (identity.ts): the user, or without users the source address. */
   readonly limitKey: string;
   readonly call: Attribution;
+  /** Every call the connection is attributed to (usually one): each records the call in its history. */
+  readonly calls: readonly Attribution[];
   readonly generation: number;
   /** The deciding policy's `policy_digest`. */
   readonly digest: string;
@@ -96,7 +100,7 @@ interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
-/** Until the session-history store feeds decisions: one shared empty history, not an array per call. */
+/** The history of every call when the policy has no sequence clause: one shared empty array, not one per call. */
 const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 /** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
 const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
@@ -237,14 +241,21 @@ export class ProxyServer implements TunnelOwner {
     if (attribution.kind === 'unattributed') {
       const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, after: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, calls: [call], generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
-    // History: none passed yet (the session-history store feeds it); a sequence rule then never matches.
+    // History only when a rule has a sequence clause (call-history.ts); otherwise one shared empty one.
     const now = Date.now();
-    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: NO_HISTORY }));
+    let histories: Histories | null = null;
+    if (generation.policy.hasSequenceRules) {
+      let read = readHistories(this.options.history, attribution.calls, client, now);
+      if (read instanceof Promise) read = await read;
+      if (read === null) return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
+      histories = read;
+    }
+    const contexts = attribution.calls.map((c, i) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY }));
     const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.classify });
     const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
@@ -253,13 +264,23 @@ export class ProxyServer implements TunnelOwner {
       this.options.observer?.failure?.('dns_error');
       return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
-    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.digest, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    const admitted: Admitted = { connId, client, limitKey, call, calls: attribution.calls, generation: generation.generation, digest: generation.digest, decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
       return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
     }
     return { ok: true, admitted };
+  }
+
+  /** Fail closed: the history a sequence clause needs cannot be read (call-history.ts); no decision is made. */
+  private stateUnavailable(connId: string, client: string, limitKey: string, calls: readonly Attribution[], generation: PolicyGeneration, target: Target, method: string): Answer {
+    const call = calls[0] as Attribution;
+    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${client}`;
+    const message = `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside the policy's longest window, or the state store is unavailable); refused until it can`;
+    const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'state_unavailable', rule: null, after: null, addresses: [], trace: [], uncovered: false };
+    this.logDecision({ connId, client, limitKey, call, calls, generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method }, null, message);
+    return failure('state_unavailable', message, this.labelFor(target, call));
   }
 
   private recordDiscovered(a: Admitted): void {
@@ -287,6 +308,11 @@ export class ProxyServer implements TunnelOwner {
       policy_digest: a.digest,
       ...(detail ? { detail } : {}),
     };
+    // Session history: every decided call, with the address dialled (none when refused or the dial failed).
+    if (this.options.history.retentionSeconds > 0) {
+      const address = pinned === null ? null : (a.candidates.find((c) => c.text === pinned) ?? null);
+      recordDecided(this.options.history, a.calls, a.client, a.target.host.host, address);
+    }
     this.options.observer?.decision?.(a.decision, a.method);
     if (deferred) return this.options.events.deferredDecision(event);
     this.options.events.decision(event);

@@ -57,7 +57,8 @@ t.test('malformed announcements are 400 and record nothing', async (t) => {
     t.equal(r.status, 400, name);
     t.match(JSON.parse(r.body), { error: { code: 'bad_request', message: /^announcement: / } }, name);
   }
-  const chunked = `POST /mcp-egress/v1/calls HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1000\r\n${'{'.repeat(4096)}\r\n1\r\n}\r\n0\r\n\r\n`;
+  const big = `{"tool":"read_file","session_id":"S"${' '.repeat(4096)}}`;
+  const chunked = `POST /mcp-egress/v1/calls HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`;
   t.equal((await rawRequest(proxy.port, chunked)).status, 400, 'over 4 KiB without a content-length');
   t.same(calls(proxy, 'S', null), [], 'nothing recorded');
   const other = await rawRequest(proxy.port, announce('{"tool":"read_file","session_id":"S"}', '', 'POST', '/mcp-egress/v1/calls?x=1'));
