@@ -38,6 +38,8 @@ interface KeyHistory {
    * once that time has left the retention window.
    */
   lostAt: number;
+  /** How many records each call id has here: a call id not in it needs no scan to merge. */
+  readonly ids: Map<string | null, number>;
 }
 
 export interface MemoryHistoryOptions {
@@ -99,7 +101,7 @@ export class MemoryHistoryStore implements HistoryStore {
     // shorter window is applied as keys are next touched and by `sweep`; a longer one starts with
     // what the shorter one kept (a clause applies from when it is loaded).
     if (this.retentionMs === 0) {
-      this.keys.clear();
+      this.keys.clear(); // (each key's ids go with it)
       this.total = 0;
       this.evictedAt = -Infinity;
     }
@@ -114,18 +116,22 @@ export class MemoryHistoryStore implements HistoryStore {
       this.keys.delete(key); // re-inserted below: the most recently written key goes last
     } else {
       // A key created while evicted calls may still be in the window may be one of them.
-      entry = { calls: EMPTY, lostAt: this.evictedAt };
+      entry = { calls: EMPTY, lostAt: this.evictedAt, ids: new Map() };
     }
     this.keys.set(key, entry);
     const before = entry.calls.length;
-    const calls = merge(entry.calls, call);
+    const calls = merge(entry, call);
     if (calls === null) return;
     entry.calls = calls;
     this.total += calls.length - before;
     this.trim(entry, now);
     if (entry.calls.length > this.maxPerKey) {
       const kept = entry.calls.slice(0, this.maxPerKey);
-      for (let i = this.maxPerKey; i < entry.calls.length; i++) entry.lostAt = Math.max(entry.lostAt, (entry.calls[i] as HistoryCall).at);
+      for (let i = this.maxPerKey; i < entry.calls.length; i++) {
+        const lost = entry.calls[i] as HistoryCall;
+        entry.lostAt = Math.max(entry.lostAt, lost.at);
+        forget(entry.ids, lost.callId);
+      }
       this.total -= entry.calls.length - kept.length;
       entry.calls = kept;
     }
@@ -168,6 +174,7 @@ export class MemoryHistoryStore implements HistoryStore {
     let n = calls.length;
     while (n > 0 && (calls[n - 1] as HistoryCall).at < oldest) n--;
     if (n === calls.length) return;
+    for (let i = n; i < calls.length; i++) forget(entry.ids, (calls[i] as HistoryCall).callId);
     this.total -= calls.length - n;
     entry.calls = n === 0 ? EMPTY : calls.slice(0, n);
   }
@@ -182,21 +189,62 @@ function covers(x: HistoryCall, y: HistoryCall): boolean {
 }
 
 /**
- * `calls` with `call` added (module comment: merged records), newest first, as a new array; null
- * when a record already covers `call`.
+ * The key's records with `call` added (module comment: merged records), newest first, as a new
+ * array (`entry.ids` follows); null when a record already covers `call`.
  */
-function merge(calls: readonly HistoryCall[], call: HistoryCall): HistoryCall[] | null {
-  for (let i = 0; i < calls.length; i++) if (covers(calls[i] as HistoryCall, call)) return null;
-  const out: HistoryCall[] = [];
-  let placed = false;
-  for (let i = 0; i < calls.length; i++) {
-    const e = calls[i] as HistoryCall;
-    if (!placed && e.at <= call.at) {
-      out.push(call);
-      placed = true;
+function merge(entry: KeyHistory, call: HistoryCall): HistoryCall[] | null {
+  const { calls, ids } = entry;
+  /** Indexes of the records `call` makes redundant, ascending. */
+  const covered: number[] = [];
+  if (ids.has(call.callId)) {
+    for (let i = 0; i < calls.length; i++) {
+      const e = calls[i] as HistoryCall;
+      if (e.callId !== call.callId) continue;
+      if (covers(e, call)) return null;
+      if (covers(call, e)) covered.push(i);
     }
-    if (!covers(call, e)) out.push(e);
   }
-  if (!placed) out.push(call);
+  const kept = stored(call, calls[0]);
+  ids.set(kept.callId, (ids.get(kept.callId) ?? 0) + 1);
+  const out = calls.slice();
+  for (let j = covered.length - 1; j >= 0; j--) {
+    const [e] = out.splice(covered[j] as number, 1);
+    forget(ids, (e as HistoryCall).callId);
+  }
+  // Usually the newest record: at the front, with no scan for its place.
+  let at = 0;
+  while (at < out.length && (out[at] as HistoryCall).at > call.at) at++;
+  if (at === 0) out.unshift(kept);
+  else out.splice(at, 0, kept);
   return out;
+}
+
+function forget(ids: Map<string | null, number>, callId: string | null): void {
+  const n = (ids.get(callId) ?? 0) - 1;
+  if (n <= 0) ids.delete(callId);
+  else ids.set(callId, n);
+}
+
+/**
+ * The record as the store keeps it: one shape for every record (the engine reads them all), the
+ * key's own server and session strings when equal (one copy per key, not per call), and copies of
+ * the rest. A header value may be a slice of the whole request head, which a record kept for the
+ * window would otherwise keep alive.
+ */
+function stored(call: HistoryCall, newest: HistoryCall | undefined): HistoryCall {
+  return {
+    at: call.at,
+    tool: copy(call.tool),
+    callId: copy(call.callId),
+    server: newest !== undefined && newest.server === call.server ? newest.server : copy(call.server),
+    sessionId: newest !== undefined && newest.sessionId === call.sessionId ? newest.sessionId : copy(call.sessionId),
+    host: copy(call.host),
+    address: call.address,
+    dispatched: call.dispatched,
+  };
+}
+
+/** A string of its own (flattened: not a slice of a larger one). */
+function copy(s: string | null): string | null {
+  return s === null || s.length < 13 ? s : (' ' + s).slice(1);
 }
