@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'request_timeout'
   | 'too_many_tunnels'
   | 'overloaded'
+  | 'internal_error'
   | 'state_unavailable'
   | 'announce_not_trusted';
 
@@ -34,6 +35,7 @@ export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   request_timeout: 408,
   too_many_tunnels: 429,
   overloaded: 503,
+  internal_error: 500,
   state_unavailable: 503,
   announce_not_trusted: 403,
 };
