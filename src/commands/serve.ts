@@ -3,14 +3,15 @@
  * and owns the process's signals. Fails closed: no valid config or no valid policy at start
  * means no listener at all.
  */
-import { CallRegistry } from '../state/registry.js';
 import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
-import { DiscoveredStore } from '../state/discovered.js';
+import { createState } from '../state/create-state.js';
+import type { State } from '../state/create-state.js';
+import type { CallStore, DiscoveredLog } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
@@ -32,8 +33,10 @@ export interface Running {
   readonly config: ProxyConfig;
   readonly proxy: ProxyServer;
   readonly store: PolicyStore;
-  readonly registry: CallRegistry;
-  readonly discovered: DiscoveredStore;
+  /** Where registrations, history and discovered destinations live (`state.store`). */
+  readonly state: State;
+  readonly registry: CallStore;
+  readonly discovered: DiscoveredLog;
   readonly events: EventSink;
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
@@ -73,6 +76,8 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
 export interface StartOptions {
   /** Watch the policy file for changes (default true). */
   readonly watch?: boolean;
+  /** Extra CA certificate for a `rediss://` state store (tests). */
+  readonly stateTlsCa?: string;
 }
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
@@ -109,9 +114,25 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     );
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
-  const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
-  const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
-  const discovered = new DiscoveredStore();
+  const state = await createState(config.state, {
+    defaultTtlMs: config.attribution.defaultTtlMs,
+    maxTotal: config.limits.maxRegisteredCalls,
+    env: process.env,
+    tlsCa: options.stateTlsCa,
+    onHealth: (up) => {
+      metrics.stateUp.set(up ? 1 : 0);
+      if (up) events.info({ event: 'state.up', store: config.state.store }, 'state store connected');
+      else events.warn({ event: 'state.down', store: config.state.store }, 'state store unavailable: calls that need state are refused (state_unavailable)');
+    },
+    onDropped: (reason) => metrics.stateWritesDropped.inc({ reason }),
+    onRetried: () => metrics.stateWritesRetried.inc(),
+    warn: (fields, msg) => events.warn(fields, msg),
+  });
+  metrics.stateUp.set(state.up ? 1 : 0);
+  metrics.stateQueued = () => state.queuedWrites;
+  events.info({ event: 'state.store', store: state.store, target: state.description, key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null, timeout_ms: config.state.timeoutMs }, `state store: ${state.description}`);
+  const registry = state.calls;
+  const discovered = state.discovered;
   let adminAddress: { address: string; port: number } | null = null;
   const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
@@ -126,6 +147,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     config,
     proxy,
     store,
+    state,
     registry,
     discovered,
     events,
@@ -135,9 +157,10 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     },
     reload,
     stop: async () => {
-      clearInterval(sweeper);
       watcher?.stop();
       await Promise.all([proxy.close(config.shutdownGraceMs), admin?.close()]);
+      // After the calls: their background writes (history, discovered counts) go out first.
+      await state.close();
     },
   };
   if (config.admin.listen) {

@@ -16,6 +16,8 @@ export type EndReason = 'client_closed' | 'upstream_closed' | 'idle_timeout' | '
 export interface DecisionEvent {
   readonly conn_id: string;
   readonly policy_generation: number;
+  /** The first 12 hex digits of the serving policy's sha256: which policy version decided, fleet-wide. */
+  readonly policy_digest: string;
   readonly decision: Decision;
   readonly tool: string | null;
   readonly call_id: string | null;
@@ -118,7 +120,7 @@ function infoHead(): string {
 export function decisionLine(e: DecisionEvent): string {
   const d = e.decision;
   return (
-    `${infoHead()},"event":"egress.decision","conn_id":${JSON.stringify(e.conn_id)},"policy_generation":${e.policy_generation}` +
+    `${infoHead()},"event":"egress.decision","conn_id":${JSON.stringify(e.conn_id)},"policy_generation":${e.policy_generation},"policy_digest":${JSON.stringify(e.policy_digest)}` +
     `,"verdict":"${d.verdict}","dispatched":${d.dispatched},"shadow":${d.shadow},"reason":"${d.reason}","rule":${ruleJson(d.rule)}` +
     `,"tool":${str(e.tool)},"call_id":${str(e.call_id)},"session_id":${str(e.session_id)},"server":${JSON.stringify(e.server)}` +
     `,"host":${JSON.stringify(e.host)},"port":${e.port},"method":${JSON.stringify(e.method)},"addresses":${addressesJson(d.addresses)}` +

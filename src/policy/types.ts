@@ -65,7 +65,8 @@ export interface RuleRef {
 }
 
 /** Why a decision refused or allowed: `rule`/`default` when the policy decided. */
-export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed';
+/** `state_unavailable`: the decision needed shared state that could not be read (fail closed). */
+export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed' | 'state_unavailable';
 
 export interface NotMatched {
   readonly rule: string;

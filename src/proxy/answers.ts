@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'request_header_too_large'
   | 'request_timeout'
   | 'too_many_tunnels'
-  | 'overloaded';
+  | 'overloaded'
+  | 'state_unavailable';
 
 export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   bad_request: 400,
@@ -32,6 +33,7 @@ export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   request_timeout: 408,
   too_many_tunnels: 429,
   overloaded: 503,
+  state_unavailable: 503,
 };
 
 export interface CallLabel {

@@ -23,7 +23,8 @@ import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
 import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
-import type { CallRegistry } from '../state/registry.js';
+import type { AttributionResult } from '../attribution/attribute.js';
+import type { CallStore, DiscoveredLog } from '../state/types.js';
 import { canonicalHost } from '../net/address.js';
 import type { IpAddress } from '../net/address.js';
 import { createBaseline } from '../net/baseline.js';
@@ -42,7 +43,6 @@ import type { Answer, CallLabel, ErrorCode } from './answers.js';
 import { clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { decideCall } from '../decide/decide-call.js';
-import type { DiscoveredStore } from '../state/discovered.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { PolicyStore } from '../live/policy-store.js';
@@ -53,9 +53,9 @@ export interface ProxyServerOptions {
   readonly config: ProxyConfig;
   readonly store: PolicyStore;
   readonly resolver: NameResolver;
-  readonly registry: CallRegistry;
+  readonly registry: CallStore;
   readonly events: EventSink;
-  readonly discovered: DiscoveredStore;
+  readonly discovered: DiscoveredLog;
   /** Other sockets of this process the proxy must never dial (the admin listener). */
   readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
   /** Observes every finished decision and closed call (metrics). */
@@ -78,6 +78,8 @@ interface Admitted {
   readonly limitKey: string;
   readonly call: Attribution;
   readonly generation: number;
+  /** The first 12 hex digits of the serving policy's sha256 (`policy_digest`). */
+  readonly digest: string;
   readonly decision: Decision;
   readonly candidates: readonly IpAddress[];
   readonly target: Target;
@@ -224,14 +226,22 @@ export class ProxyServer implements TunnelOwner {
     }
     const client = identity.client;
     const limitKey = identity.limitKey;
-    const attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
+    let attribution = attribute(headerValues, client, { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader }, config.attribution.trust, this.options.registry);
+    // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
+    if (attribution instanceof Promise) {
+      try {
+        attribution = await attribution;
+      } catch (err) {
+        return this.stateUnavailable(connId, client, limitKey, target, method, err);
+      }
+    }
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
     const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
       const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'unattributed', rule: null, after: null, addresses: [], trace: [], uncovered: false };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.sha256.slice(0, 12), decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
@@ -247,7 +257,7 @@ export class ProxyServer implements TunnelOwner {
       this.options.observer?.failure?.('dns_error');
       return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
     }
-    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision: outcome.decision, candidates: outcome.candidates, target, method };
+    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.sha256.slice(0, 12), decision: outcome.decision, candidates: outcome.candidates, target, method };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
@@ -256,9 +266,27 @@ export class ProxyServer implements TunnelOwner {
     return { ok: true, admitted };
   }
 
+  /**
+   * A decision that needed shared state the store could not give (down, or slower than
+   * `state.timeout_ms`): refused, fail closed, with 503 `state_unavailable`.
+   */
+  private stateUnavailable(connId: string, client: string, limitKey: string, target: Target, method: string, err: unknown): Admission {
+    const generation = this.options.store.current;
+    const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
+    const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'state_unavailable', rule: null, after: null, addresses: [], trace: [], uncovered: false };
+    const call: Attribution = { tool: null, callId: null, sessionId: null };
+    const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, digest: generation.sha256.slice(0, 12), decision, candidates: [], target, method };
+    this.logDecision(admitted, null, why);
+    this.options.observer?.failure?.('state_unavailable');
+    return { ok: false, answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)) };
+  }
+
   private recordDiscovered(a: Admitted): void {
-    const entry = this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port);
-    if (entry) this.options.events.discovered({ server: entry.server, tool: entry.tool, host: entry.host, port: entry.port, first_seen: entry.first_seen, conn_id: a.connId });
+    const { events } = this.options;
+    const connId = a.connId;
+    this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port, (entry) =>
+      events.discovered({ server: entry.server, tool: entry.tool, host: entry.host, port: entry.port, first_seen: entry.first_seen, conn_id: connId }),
+    );
   }
 
   /**
@@ -269,6 +297,7 @@ export class ProxyServer implements TunnelOwner {
     const event = {
       conn_id: a.connId,
       policy_generation: a.generation,
+      policy_digest: a.digest,
       decision: a.decision,
       tool: a.call.tool,
       call_id: a.call.callId,

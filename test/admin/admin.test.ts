@@ -442,5 +442,5 @@ admin:
   t.equal((await register('b'.repeat(32), 'two')).status, 201);
   const full = await register('c'.repeat(32), 'three');
   t.match({ status: full.status, code: full.json?.error?.code }, { status: 503, code: 'registry_full' });
-  t.equal(proxy.running.registry.open('three').length, 0, 'nothing registered past the cap');
+  t.equal((await proxy.running.registry.open('three')).length, 0, 'nothing registered past the cap');
 });

@@ -21,9 +21,9 @@ const shadowed: Decision = { verdict: 'deny', dispatched: true, shadow: true, re
 const baseline: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'ssrf_baseline', rule: null, after: null, addresses: ['169.254.169.254'], trace: [], uncovered: false, address_class: 'link_local' };
 
 const events: DecisionEvent[] = [
-  { conn_id: 'a-1', policy_generation: 3, decision: allow, tool: 'fetch', call_id: 'c"1', session_id: null, server: '127.0.0.1', host: 'example.com', port: 443, method: 'CONNECT', pinned_address: '93.184.216.34' },
-  { conn_id: 'a-2', policy_generation: 1, decision: shadowed, tool: null, call_id: null, session_id: 's\u0001', server: 'agent', host: 'xn--bcher-kva.example', port: 80, method: 'GET', pinned_address: null },
-  { conn_id: 'a-3', policy_generation: 9, decision: baseline, tool: 't', call_id: null, session_id: null, server: '::1', host: '169.254.169.254', port: 80, method: 'GET', pinned_address: null, detail: 'x' },
+  { conn_id: 'a-1', policy_generation: 3, policy_digest: '0123456789ab', decision: allow, tool: 'fetch', call_id: 'c"1', session_id: null, server: '127.0.0.1', host: 'example.com', port: 443, method: 'CONNECT', pinned_address: '93.184.216.34' },
+  { conn_id: 'a-2', policy_generation: 1, policy_digest: '0123456789ab', decision: shadowed, tool: null, call_id: null, session_id: 's\u0001', server: 'agent', host: 'xn--bcher-kva.example', port: 80, method: 'GET', pinned_address: null },
+  { conn_id: 'a-3', policy_generation: 9, policy_digest: '0123456789ab', decision: baseline, tool: 't', call_id: null, session_id: null, server: '::1', host: '169.254.169.254', port: 80, method: 'GET', pinned_address: null, detail: 'x' },
 ];
 
 /** Each event's message, written out here (not taken from the code under test). */
@@ -41,7 +41,7 @@ t.test('decision lines are what pino would write, field for field and in order',
     const d = e.decision;
     const reference = viaPino(
       {
-        event: 'egress.decision', conn_id: e.conn_id, policy_generation: e.policy_generation, verdict: d.verdict, dispatched: d.dispatched, shadow: d.shadow, reason: d.reason, rule: d.rule,
+        event: 'egress.decision', conn_id: e.conn_id, policy_generation: e.policy_generation, policy_digest: e.policy_digest, verdict: d.verdict, dispatched: d.dispatched, shadow: d.shadow, reason: d.reason, rule: d.rule,
         tool: e.tool, call_id: e.call_id, session_id: e.session_id, server: e.server, host: e.host, port: e.port, method: e.method, addresses: d.addresses, pinned_address: e.pinned_address,
         address_class: d.address_class ?? null, ...(e.detail ? { detail: e.detail } : {}),
       },

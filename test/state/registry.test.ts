@@ -94,7 +94,7 @@ t.test('limits.max_registered_calls bounds the running proxy\'s registry (defaul
   t.match(bad.diagnostics.map((d) => d.message).join('\n'), /max_registered_calls/);
   const proxy = await startTestProxyFor(t, { policy: 'version: 1\n', config: 'limits: {max_registered_calls: 2}' });
   const { registry } = proxy.running;
-  t.equal(refused(registry.register(reg('a', 'c1'))), null);
-  t.equal(refused(registry.register(reg('b', 'c2'))), null);
-  t.match(refused(registry.register(reg('c', 'c3'))), { code: 'registry_full' });
+  t.equal(refused(await registry.register(reg('a', 'c1'))), null);
+  t.equal(refused(await registry.register(reg('b', 'c2'))), null);
+  t.match(refused(await registry.register(reg('c', 'c3'))), { code: 'registry_full' });
 });
