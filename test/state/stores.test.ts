@@ -17,6 +17,7 @@ import { historyKey, StateUnavailableError } from '../../src/state/types.js';
 import type { CallStore, DiscoveredDestination } from '../../src/state/types.js';
 import { missing } from '../helpers/requires.js';
 import { delayingRelay, startRedis } from '../helpers/redis.js';
+import { TLS } from '../helpers/upstream.js';
 
 type Step = (calls: CallStore) => Promise<unknown>;
 const reg = (callId: string, client: string, extra: { tool?: string; sessionId?: string | null; ttlMs?: number } = {}) => ({ callId, client, tool: extra.tool ?? 'fetch', sessionId: extra.sessionId, ttlMs: extra.ttlMs });
@@ -261,4 +262,40 @@ t.test('redis: one round trip per read, the password never in a message', { skip
   await until(() => !conn.up);
   t.ok(warnings.length > 0, 'the loss is logged');
   t.notMatch(warnings.join('\n'), /s3cret-pw/, 'without the password');
+});
+
+t.test('rediss://: TLS to a redis-server with the fixtures certificate, verified against its CA', { skip: missing('redis-server') }, async (t) => {
+  const redis = await startRedis(t, { tls: true, password: 'tls-pw' });
+  t.match(redis.url, /^rediss:\/\//);
+  const config = { store: 'redis' as const, redisUrl: redis.url, keyPrefix: 'tls:', timeoutMs: 500 };
+  const state = await createState(config, { defaultTtlMs: 60_000, tlsCa: TLS.ca.toString(), env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' } });
+  t.teardown(() => state.close());
+  await until(() => state.up);
+  t.equal(outcome(await state.calls.register(reg('c1', 'a'))), 'ok', 'over TLS, with the password from the environment');
+  t.equal((await state.calls.find('a', 'c1'))?.callId, 'c1');
+
+  const untrusted = await createState(config, { defaultTtlMs: 60_000, env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' } });
+  t.teardown(() => untrusted.close());
+  await sleep(300);
+  t.equal(untrusted.up, false, 'a certificate from an unknown CA is refused');
+  await t.rejects(Promise.resolve(untrusted.calls.find('a', 'c1')), StateUnavailableError);
+
+  const wrong = await createState(config, { defaultTtlMs: 60_000, tlsCa: TLS.ca.toString(), env: { MCP_EGRESS_REDIS_PASSWORD: 'wrong' } });
+  t.teardown(() => wrong.close());
+  await sleep(300);
+  t.equal(wrong.up, false, 'a wrong password never makes the store up');
+});
+
+t.test('redis: a proxy started while Redis is down connects when it comes up', { skip: missing('redis-server') }, async (t) => {
+  const redis = await startRedis(t);
+  await redis.stop();
+  const warnings: string[] = [];
+  const state = await createState({ store: 'redis', redisUrl: redis.url, keyPrefix: 'late:', timeoutMs: 250 }, { defaultTtlMs: 60_000, warn: (_f, m) => warnings.push(m) });
+  t.teardown(() => state.close());
+  await sleep(200);
+  t.equal(state.up, false);
+  await t.rejects(Promise.resolve(state.calls.open('a')), StateUnavailableError, 'refused while it never was up');
+  await redis.restart();
+  await until(() => state.up, 5000);
+  t.same(await state.calls.open('a'), [], 'answers once it is up');
 });

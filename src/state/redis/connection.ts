@@ -9,7 +9,9 @@
  * the call (`state_unavailable`). Writes are fire-and-forget for the caller: a write that
  * certainly did not reach Redis (offline), or that is idempotent, is retried from a bounded
  * queue until Redis is back; when the queue is full the oldest write is dropped, and every drop
- * is counted. The password comes from $MCP_EGRESS_REDIS_PASSWORD or the URL and is handed to
+ * is counted. Reads and background writes use two connections, so a burst of writes never
+ * queues in front of a decision's read (head-of-line blocking would turn load into refusals).
+ * The password comes from $MCP_EGRESS_REDIS_PASSWORD or the URL and is handed to
  * the client only: log lines and errors name the URL with the password redacted. Redis Cluster
  * is out of scope (scripts touch keys they compute): one primary, standalone or managed.
  */
@@ -64,8 +66,12 @@ const MAX_IN_FLIGHT = 1_000;
 const RETRY_EVERY_MS = 200;
 
 export class RedisConnection {
+  /** Reads a decision waits on, and registrations. */
   readonly client: RedisClientType;
+  /** Background writes only. */
+  private readonly writer: RedisClientType;
   private ready = false;
+  private writerReady = false;
   private readonly queue: Write[] = [];
   private inFlight = 0;
   private readonly retryTimer: NodeJS.Timeout;
@@ -82,7 +88,7 @@ export class RedisConnection {
     url.username = '';
     url.password = '';
     const tls = url.protocol === 'rediss:';
-    this.client = createClient({
+    const make = () => createClient({
       url: url.toString(),
       username,
       password,
@@ -96,6 +102,8 @@ export class RedisConnection {
         ...(tls ? { tls: true as const, ...(options.tlsCa ? { ca: [options.tlsCa] } : {}) } : {}),
       },
     }) as unknown as RedisClientType;
+    this.client = make();
+    this.writer = make();
     this.client.on('ready', () => this.setReady(true));
     this.client.on('end', () => this.setReady(false));
     this.client.on('reconnecting', () => this.setReady(false));
@@ -105,6 +113,13 @@ export class RedisConnection {
       this.setReady(false);
       if (wasReady) options.warn?.({ event: 'state.error', url: this.redactedUrl, err: err.message }, 'state store connection lost');
     });
+    this.writer.on('ready', () => {
+      this.writerReady = true;
+      this.drain();
+    });
+    this.writer.on('end', () => (this.writerReady = false));
+    this.writer.on('reconnecting', () => (this.writerReady = false));
+    this.writer.on('error', () => (this.writerReady = false));
     this.retryTimer = setInterval(() => this.drain(), RETRY_EVERY_MS).unref();
   }
 
@@ -112,6 +127,9 @@ export class RedisConnection {
   start(): void {
     this.client.connect().catch((err: Error) => {
       if (!this.closed) this.options.warn?.({ event: 'state.error', url: this.redactedUrl, err: err.message }, 'state store: could not connect');
+    });
+    this.writer.connect().catch(() => {
+      // the reader's line says it
     });
   }
 
@@ -123,7 +141,6 @@ export class RedisConnection {
     if (up === this.ready) return;
     this.ready = up;
     this.options.onHealth?.(up);
-    if (up) this.drain();
   }
 
   /**
@@ -151,7 +168,7 @@ export class RedisConnection {
   /** A write no decision waits on: sent now, or retried later; never throws, never blocks. */
   write(run: () => Promise<unknown>, idempotent: boolean): void {
     const w: Write = { run, idempotent };
-    if (!this.ready || this.inFlight >= MAX_IN_FLIGHT || this.queue.length > 0) this.enqueue(w);
+    if (!this.writerReady || this.inFlight >= MAX_IN_FLIGHT || this.queue.length > 0) this.enqueue(w);
     else this.send(w);
   }
 
@@ -187,18 +204,17 @@ export class RedisConnection {
   }
 
   private drain(): void {
-    while (this.ready && this.queue.length > 0 && this.inFlight < MAX_IN_FLIGHT) this.send(this.queue.shift() as Write);
+    while (this.writerReady && this.queue.length > 0 && this.inFlight < MAX_IN_FLIGHT) this.send(this.queue.shift() as Write);
   }
 
   /** EVALSHA, loading the script with EVAL when Redis does not know it (after a restart). */
-  async eval(s: Script, keys: readonly string[], args: readonly string[]): Promise<Reply> {
-    const tail = [String(keys.length), ...keys, ...args];
-    try {
-      return await this.client.sendCommand(['EVALSHA', s.sha1, ...tail]);
-    } catch (err) {
-      if (err instanceof ErrorReply && err.message.startsWith('NOSCRIPT')) return this.client.sendCommand(['EVAL', s.source, ...tail]);
-      throw err;
-    }
+  eval(s: Script, keys: readonly string[], args: readonly string[]): Promise<Reply> {
+    return evalOn(this.client, s, keys, args);
+  }
+
+  /** `eval` on the background writes' connection (inside `write`). */
+  evalInBackground(s: Script, keys: readonly string[], args: readonly string[]): Promise<Reply> {
+    return evalOn(this.writer, s, keys, args);
   }
 
   command(args: readonly string[]): Promise<Reply> {
@@ -208,17 +224,29 @@ export class RedisConnection {
   /** Sends what is queued (for up to `graceMs`), then closes. */
   async close(graceMs = 1_000): Promise<void> {
     const deadline = Date.now() + graceMs;
-    while ((this.queue.length > 0 || this.inFlight > 0) && this.ready && Date.now() < deadline) {
+    while ((this.queue.length > 0 || this.inFlight > 0) && this.writerReady && Date.now() < deadline) {
       this.drain();
       await new Promise((r) => setTimeout(r, 10));
     }
     this.closed = true;
     clearInterval(this.retryTimer);
     this.queue.length = 0;
-    try {
-      if (this.client.isOpen) this.client.destroy();
-    } catch {
-      // already closed
+    for (const client of [this.client, this.writer]) {
+      try {
+        if (client.isOpen) client.destroy();
+      } catch {
+        // already closed
+      }
     }
+  }
+}
+
+async function evalOn(client: RedisClientType, s: Script, keys: readonly string[], args: readonly string[]): Promise<Reply> {
+  const tail = [String(keys.length), ...keys, ...args];
+  try {
+    return await client.sendCommand(['EVALSHA', s.sha1, ...tail]);
+  } catch (err) {
+    if (err instanceof ErrorReply && err.message.startsWith('NOSCRIPT')) return client.sendCommand(['EVAL', s.source, ...tail]);
+    throw err;
   }
 }

@@ -47,7 +47,7 @@ export class RedisDiscoveredLog implements DiscoveredLog {
     const field = JSON.stringify([server, tool, host, port]);
     const stamp = new Date().toISOString();
     this.conn.write(async () => {
-      const n = Number(await this.conn.eval(RECORD, this.keys, [field, stamp, String(this.limit), String(this.charLimit)]));
+      const n = Number(await this.conn.evalInBackground(RECORD, this.keys, [field, stamp, String(this.limit), String(this.charLimit)]));
       if (n === -1) this.dropped++;
       else if (n === 1) onFirstSeen?.({ server, tool, host, port, count: 1, first_seen: stamp, last_seen: stamp });
     }, false);

@@ -63,7 +63,7 @@ export class RedisHistoryStore implements HistoryStore {
     const keys = [`${this.prefix}hist:${key}`, `${this.prefix}hids:${key}`];
     // `now` is read when sent, so a retried write is trimmed against the time it lands.
     const args = (now: number) => [JSON.stringify(stored), String(call.at), call.callId ?? '', String(this.retentionMs), String(MAX_CALLS_PER_KEY), String(now), call.host !== null ? '1' : '0'];
-    this.conn.write(() => this.conn.eval(RECORD, keys, args(this.now())), true);
+    this.conn.write(() => this.conn.evalInBackground(RECORD, keys, args(this.now())), true);
   }
 
   read(key: string, now: number): Promise<readonly HistoryCall[] | null> {
