@@ -151,7 +151,10 @@ export class RedisConnection {
     if (!this.ready) return Promise.reject(new StateUnavailableError('the state store is not connected'));
     const ms = this.options.timeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new StateUnavailableError(`the state store did not answer within ${ms} ms`)), ms);
+      // When the timer fires, an answer that already arrived may still wait in the poll phase of
+      // this same loop turn (a busy process): it gets that turn (setImmediate runs after poll)
+      // before the read counts as timed out. A settled promise ignores the later reject.
+      const timer = setTimeout(() => setImmediate(() => reject(new StateUnavailableError(`the state store did not answer within ${ms} ms`))), ms);
       run().then(
         (value) => {
           clearTimeout(timer);
