@@ -184,6 +184,7 @@ t.test('redis history: at most 1,024 calls per key, oldest dropped', { skip: mis
   const calls = (await history.read(historyKey('s1', 'srv'), Date.now())) ?? [];
   t.equal(calls.length, 1024);
   t.equal(calls.at(-1)?.callId, 'c76', 'the oldest 76 are gone');
+  t.match(await redis.command('ZCARD', `cap:hist:${historyKey('s1', 'srv')}`), /^:1024\r\n/, 'from Redis too, not only from the answer');
 });
 
 t.test('redis: a store that is down or slow fails closed; writes wait and heal', { skip: missing('redis-server') }, async (t) => {
