@@ -147,10 +147,10 @@ t.test('state: store, redis_url, key_prefix, timeout_ms', async (t) => {
   t.same(good.config?.state, { store: 'redis', redisUrl: 'rediss://:pw@redis.internal:6380/2', keyPrefix: 'fleet-a:', timeoutMs: 50 });
   const cases: Array<[string, RegExp]> = [
     ['state: {store: etcd}', /^p\.yaml:1:16: error: .*state\.store.*memory.*redis/],
-    ['state: {store: redis, redis_url: "http://h:6379"}', /^p\.yaml:1:34: error: state\.redis_url: the scheme must be redis: or rediss:/],
+    ['state: {store: redis, redis_url: "http://:pw@h:6379"}', /^p\.yaml:1:34: error: state\.redis_url: the scheme must be redis: or rediss:/],
     ['state: {store: redis, redis_url: "redis://:pw@h:6379/99"}', /^p\.yaml:1:34: error: state\.redis_url: the path must be a database number/],
-    ['state: {store: redis, redis_url: "redis://h/0?x=1"}', /error: state\.redis_url: no query/],
-    ['state: {store: redis, redis_url: "not a url"}', /error: state\.redis_url: not a URL/],
+    ['state: {store: redis, redis_url: "redis://:pw@h/0?x=1"}', /error: state\.redis_url: no query/],
+    ['state: {store: redis, redis_url: "not a url pw"}', /error: state\.redis_url: not a URL/],
     ['state: {store: redis, key_prefix: "a b"}', /^p\.yaml:1:35: error: state\.key_prefix/],
     ['state: {timeout_ms: 0}', /^p\.yaml:1:21: error: .*state\.timeout_ms/],
     ['state: {store: redis, port: 1}', /^p\.yaml:1:23: error: .*port/],
