@@ -393,7 +393,9 @@ export async function runDatapathBench(): Promise<string> {
 
   const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
   const redis = await startBenchRedis();
-  const kinds = (['direct', 'proxy-chain', 'minimal', 'egress', 'egress-redis'] as const).filter((k) => k !== 'egress-redis' || redis !== null);
+  // BENCH_TARGETS=egress,egress-redis runs only those (the rows compared).
+  const only = process.env.BENCH_TARGETS?.split(',');
+  const kinds = (['direct', 'proxy-chain', 'minimal', 'egress', 'egress-redis'] as const).filter((k) => (k !== 'egress-redis' || redis !== null) && (!only || only.includes(k)));
   type Kind = (typeof kinds)[number];
   const redisEnv: Record<string, string> = redis ? { BENCH_REDIS_URL: redis.url } : {};
   interface Round {
@@ -486,6 +488,7 @@ export async function runDatapathBench(): Promise<string> {
     'S5: RSS growth per tunnel with 2,000 idle tunnels open, each reading taken after a full GC in a fresh proxy process.',
   ];
   const ratio = (pick: (r: Round) => number) => {
+    if (!byKind.get('proxy-chain')?.length || !byKind.get('egress')?.length) return 'n/a';
     const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round));
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
   };

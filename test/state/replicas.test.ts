@@ -158,17 +158,17 @@ t.test('Redis stopped, slow, restarted: state calls refused state_unavailable, o
   t.match((await admin(proxy, 'GET', '/readyz')).json, { ready: true, state: 'up', state_store: 'redis' });
 
   // Slow: answers later than timeout_ms.
-  relay.delayMs = 400;
+  relay.delayMs = 1500;
   const started = Date.now();
   const slow = await needsState();
   t.equal(slow.status, 503, 'slower than timeout_ms: refused');
-  t.ok(Date.now() - started < 390, 'within about timeout_ms');
+  t.ok(Date.now() - started < 1200, 'at about timeout_ms, not when Redis answered');
   t.match(JSON.parse(slow.body).error, { code: 'state_unavailable', reason: 'state_unavailable' });
   t.equal(slow.headers['x-egress-error'], 'state_unavailable');
   t.match(proxy.events('egress.decision').at(-1), { reason: 'state_unavailable', verdict: 'deny', dispatched: false, pinned_address: null });
   t.equal((await withHeader()).status, 200, 'a call that needs no state is still served');
   relay.delayMs = 0;
-  await sleep(450);
+  await sleep(1600);
   t.equal((await needsState()).status, 200, 'fast again: served');
 
   // Stopped mid-run.
@@ -224,13 +224,13 @@ t.test('a replica killed with SIGKILL: the other keeps deciding with the same st
     b.child.kill('SIGKILL');
   });
   const portsOf = async (s: ReturnType<typeof serve>) => ({
-    proxy: (await s.waitFor((e) => e.event === 'listening' && e.listener === 'proxy')).port as number,
-    admin: (await s.waitFor((e) => e.event === 'listening' && e.listener === 'admin')).port as number,
+    proxy: (await s.waitFor((e) => e.event === 'listening' && e.listener === 'proxy', 20_000)).port as number,
+    admin: (await s.waitFor((e) => e.event === 'listening' && e.listener === 'admin', 20_000)).port as number,
   });
   const pa = await portsOf(a);
   const pb = await portsOf(b);
-  await a.waitFor((e) => e.event === 'state.up');
-  await b.waitFor((e) => e.event === 'state.up');
+  await a.waitFor((e) => e.event === 'state.up', 20_000);
+  await b.waitFor((e) => e.event === 'state.up', 20_000);
 
   const callId = 'k'.repeat(32);
   t.equal((await admin(pa.admin, 'POST', '/v1/calls', { call_id: callId, tool: 'http_fetch', client: 'team-a' })).status, 201, 'registered through A');

@@ -195,13 +195,13 @@ t.test('redis: a store that is down or slow fails closed; writes wait and heal',
   const state = await redisState(t, url, 'fault:', { onHealth: (up) => healths.push(up) });
   t.equal(outcome(await state.calls.register(reg('c1', 'a'))), 'ok');
 
-  relay.delayMs = 400;
+  relay.delayMs = 1500;
   const started = Date.now();
   await t.rejects(Promise.resolve(state.calls.find('a', 'c1')), StateUnavailableError, 'slower than timeout_ms: unavailable');
-  t.ok(Date.now() - started < 380, 'answered at the timeout, not when Redis answered');
+  t.ok(Date.now() - started < 1200, 'answered at the timeout, not when Redis answered');
   await t.rejects(Promise.resolve(state.calls.register(reg('c2', 'a'))), StateUnavailableError, 'registering too');
   relay.delayMs = 0;
-  await sleep(450);
+  await sleep(1600);
   t.equal((await state.calls.find('a', 'c1'))?.callId, 'c1', 'fast again: answered');
 
   await redis.stop();
