@@ -26,6 +26,7 @@ import { connect, createServer as createNetServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createState } from '../src/state/create-state.js';
 import { median, summarize, table } from './stats.js';
 
 const HOST = '127.0.0.1';
@@ -166,6 +167,21 @@ async function s2(port: number, upstreamPort: number, proxied: boolean, total = 
   );
   const summary = summarize(latencies);
   return { perSecond: total / ((performance.now() - started) / 1000), p50: summary.median, p99: summary.p99, total };
+}
+
+/** The p50 of the read a call without attribution headers waits on (RedisCallStore.open), in a row. */
+async function decisionReadMs(url: string): Promise<number> {
+  const state = await createState({ store: 'redis', redisUrl: url, keyPrefix: 'bench-read:', timeoutMs: 1000 }, { defaultTtlMs: 60_000 });
+  while (!state.up) await new Promise((r) => setTimeout(r, 10));
+  await state.calls.register({ callId: 'c1', tool: 'bench', client: '127.0.0.1' });
+  const times: number[] = [];
+  for (let i = 0; i < 2200; i++) {
+    const t0 = performance.now();
+    await state.calls.open('127.0.0.1');
+    if (i >= 200) times.push(performance.now() - t0);
+  }
+  await state.close();
+  return summarize(times).median;
 }
 
 /**
@@ -448,6 +464,7 @@ export async function runDatapathBench(): Promise<string> {
   }
   const rss = new Map<Kind, number>();
   for (const kind of kinds) if (kind !== 'direct' && kind !== 'egress-redis') rss.set(kind, await s5(kind, holdPort));
+  const readMs = redis ? await decisionReadMs(redis.url) : NaN;
   await redis?.stop();
   if (profile) {
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
@@ -507,7 +524,7 @@ export async function runDatapathBench(): Promise<string> {
       table(['target', 'S1 req/s (no state)', 'S1 req/s (state: no tool header)', 'its p50 ms', 'its p99 ms', 'S2 tunnels/s (state)', 'S2 p50 ms', 'S2 p99 ms'], [s('egress'), s('egress-redis')]),
       '',
       `Redis's added latency per call that needs state (median, redis - memory): S1 p50 ${added((r) => r.stateP50)} ms, S2 p50 ${added((r) => r.setupP50)} ms; ` +
-        `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs). Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,
+        `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs); the decision's read itself (the store's open(), one HGETALL with its timeout, p50 of 2,000 in a row): ${readMs.toFixed(3)} ms. Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,
     );
   }
   if (profileText) out.push('', profileText);
