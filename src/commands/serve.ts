@@ -3,7 +3,8 @@
  * and owns the process's signals. Fails closed: no valid config or no valid policy at start
  * means no listener at all.
  */
-import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import { isLoopbackHost } from '../net/address.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';

@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'request_timeout'
   | 'too_many_tunnels'
   | 'overloaded'
+  | 'internal_error'
   | 'state_unavailable';
 
 export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
@@ -33,6 +34,7 @@ export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   request_timeout: 408,
   too_many_tunnels: 429,
   overloaded: 503,
+  internal_error: 500,
   state_unavailable: 503,
 };
 
