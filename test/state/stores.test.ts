@@ -6,7 +6,10 @@
  */
 import t from 'tap';
 import type { Test } from 'tap';
+import { dryRun } from '../../src/decide/dry-run.js';
 import { parseIpLiteral } from '../../src/net/address.js';
+import { compilePolicy } from '../../src/policy/compile.js';
+import { parsePolicy } from '../../src/policy/schema.js';
 import type { HistoryCall } from '../../src/policy/types.js';
 import { createState } from '../../src/state/create-state.js';
 import type { State } from '../../src/state/create-state.js';
@@ -299,4 +302,33 @@ t.test('redis: a proxy started while Redis is down connects when it comes up', {
   await redis.restart();
   await until(() => state.up, 5000);
   t.same(await state.calls.open('a'), [], 'answers once it is up');
+});
+
+t.test('redis history: a read recorded by replica A is the earlier call a sequence rule on replica B sees', { skip: missing('redis-server') }, async (t) => {
+  const redis = await startRedis(t);
+  const a = await redisState(t, redis.url, 'seq:');
+  const b = await redisState(t, redis.url, 'seq:');
+  const spec = parsePolicy(
+    'p.yaml',
+    `version: 1
+default_verdict: allow
+rules:
+  - id: no-egress-after-read
+    priority: 1
+    verdict: deny
+    after: {tool_name_glob: "read_*", within_seconds: 600}
+`,
+  ).spec;
+  if (!spec) throw new Error('policy');
+  const policy = compilePolicy(spec);
+  for (const s of [a, b]) s.history?.setRetention(600);
+  const decideOnB = async () => {
+    const history = (await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? [];
+    const r = await dryRun(policy, { destination: 'https://93.184.216.34/', tool: 'fetch', server: 'srv', callId: 'f1', now: Date.now(), history }, { fallback: { resolve: async () => ({ addresses: [], durationMs: 0 }) } as never, allowCidrs: [] });
+    return r.kind === 'decision' ? r.decision : null;
+  };
+  t.match(await decideOnB(), { verdict: 'allow', reason: 'default' }, 'no read yet: allowed');
+  a.history?.record(hcall({ at: Date.now() - 5000, tool: 'read_file', callId: 'r1', sessionId: 'agent-1' }));
+  await until(async () => ((await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? []).length === 1);
+  t.match(await decideOnB(), { verdict: 'deny', rule: { id: 'no-egress-after-read' }, after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-1' } }, 'the rule fires on B');
 });
