@@ -465,14 +465,15 @@ export async function runDatapathBench(): Promise<string> {
   const rss = new Map<Kind, number>();
   for (const kind of kinds) if (kind !== 'direct' && kind !== 'egress-redis') rss.set(kind, await s5(kind, holdPort));
   const readMs = redis ? await decisionReadMs(redis.url) : NaN;
-  await redis?.stop();
   if (profile) {
+    // BENCH_PROFILE_KIND=egress-redis profiles the proxy with its state in Redis instead.
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
-    const target = await startProxyProcess('egress', profileDir);
+    const target = await startProxyProcess(process.env.BENCH_PROFILE_KIND === 'egress-redis' && redis ? 'egress-redis' : 'egress', profileDir, redisEnv);
     await s1(target.port as number, upstreamPort, true);
     await stopProcess(target.child);
     profileText = topFunctions(profileDir);
   }
+  await redis?.stop();
   upstream.close();
   bulkServer.close();
   holdServer.close();
