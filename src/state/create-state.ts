@@ -7,39 +7,9 @@
 import type { StateConfig } from '../config/proxy-config.js';
 import { DiscoveredStore } from './discovered.js';
 import { CallRegistry } from './registry.js';
-import type { CallStore, DiscoveredLog, HistoryStore } from './types.js';
+import type { State, StateOptions } from './types.js';
 
-export interface State {
-  readonly store: 'memory' | 'redis';
-  /** For the start-up log line: `memory`, or the Redis URL with its password redacted. */
-  readonly description: string;
-  readonly calls: CallStore;
-  readonly discovered: DiscoveredLog;
-  /** Redis: the shared store. Memory: what `memoryHistory` made (null without it). */
-  readonly history: HistoryStore | null;
-  /** Whether the store can answer now (always true for memory). */
-  readonly up: boolean;
-  /** Background writes waiting for the store to come back. */
-  readonly queuedWrites: number;
-  close(): Promise<void>;
-}
-
-export interface StateOptions {
-  readonly defaultTtlMs: number;
-  readonly maxPerClient?: number;
-  readonly maxTotal?: number;
-  /** Where $MCP_EGRESS_REDIS_PASSWORD is read (process.env in production). */
-  readonly env?: Readonly<Record<string, string | undefined>>;
-  /** The memory session-history store (src/state/history.ts), for `store: memory`. */
-  readonly memoryHistory?: () => HistoryStore;
-  /** Extra CA for `rediss://` (tests; operators use NODE_EXTRA_CA_CERTS). */
-  readonly tlsCa?: string;
-  readonly now?: () => number;
-  readonly onHealth?: (up: boolean) => void;
-  readonly onDropped?: (reason: string) => void;
-  readonly onRetried?: () => void;
-  readonly warn?: (fields: Record<string, unknown>, message: string) => void;
-}
+export type { State, StateOptions } from './types.js';
 
 export async function createState(config: StateConfig, options: StateOptions): Promise<State> {
   if (config.store === 'redis') {

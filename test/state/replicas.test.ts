@@ -49,7 +49,7 @@ async function admin(proxy: TestProxy | number, method: string, path: string, bo
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
-  let json: any = null;
+  let json: any;
   try {
     json = JSON.parse(text);
   } catch {

@@ -117,7 +117,8 @@ t.test('redis: caps hold across replicas registering at once (one atomic script)
   const redis = await startRedis(t);
   const a = await redisState(t, redis.url, 'caps:', { maxPerClient: 5, maxTotal: 8 });
   const b = await redisState(t, redis.url, 'caps:', { maxPerClient: 5, maxTotal: 8 });
-  const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).calls.register(reg(`c${i}`, `client${i % 3}`))));
+  // Both replicas' registrations in flight at once (the Redis store answers with promises).
+  const answers = await Promise.all(Array.from({ length: 20 }, async (_, i) => (i % 2 ? a : b).calls.register(reg(`c${i}`, `client${i % 3}`))));
   const ok = answers.filter((r) => 'callId' in r).length;
   t.equal(ok, 8, 'exactly the global cap, however the two replicas interleaved');
   t.equal(await a.calls.size(), 8);

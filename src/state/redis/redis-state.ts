@@ -1,6 +1,6 @@
 /** The Redis implementations behind one connection (loaded only with `state.store: redis`). */
 import type { StateConfig } from '../../config/proxy-config.js';
-import type { State, StateOptions } from '../create-state.js';
+import type { State, StateOptions } from '../types.js';
 import { RedisConnection } from './connection.js';
 import { RedisCallStore } from './redis-calls.js';
 import { RedisDiscoveredLog } from './redis-discovered.js';
