@@ -16,7 +16,12 @@ export async function createState(config: StateConfig, options: StateOptions): P
     const { createRedisState } = await import('./redis/redis-state.js');
     return createRedisState(config, options);
   }
-  const calls = new CallRegistry({ defaultTtlMs: options.defaultTtlMs, maxPerClient: options.maxPerClient, maxTotal: options.maxTotal, now: options.now });
+  const calls = new CallRegistry({
+    defaultTtlMs: options.defaultTtlMs,
+    maxPerClient: options.maxPerClient,
+    maxTotal: options.maxTotal,
+    now: options.now,
+  });
   // The memory registry frees expired registrations as it goes; this timer catches idle ones.
   const sweeper = setInterval(() => calls.sweep(), 10_000).unref();
   return {

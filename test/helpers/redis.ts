@@ -47,11 +47,24 @@ export async function startRedis(t: { teardown(fn: () => unknown): void }, optio
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'mep-redis-'));
   const args = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning'];
-  if (options.tls) args.push('--port', '0', '--tls-port', String(port), '--tls-cert-file', CERT_PATH, '--tls-key-file', KEY_PATH, '--tls-auth-clients', 'no');
+  if (options.tls)
+    args.push(
+      '--port',
+      '0',
+      '--tls-port',
+      String(port),
+      '--tls-cert-file',
+      CERT_PATH,
+      '--tls-key-file',
+      KEY_PATH,
+      '--tls-auth-clients',
+      'no',
+    );
   else args.push('--port', String(port));
   if (options.password) args.push('--requirepass', options.password);
   let child: ChildProcess | null = null;
-  const command = (...cmd: string[]) => respCommand(port, options.tls === true, options.password ? [['AUTH', options.password], cmd] : [cmd]);
+  const command = (...cmd: string[]) =>
+    respCommand(port, options.tls === true, options.password ? [['AUTH', options.password], cmd] : [cmd]);
   const start = async () => {
     const c = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
     child = c;

@@ -14,7 +14,10 @@ export interface Served {
 }
 
 export function serve(args: string[], env: Record<string, string> = {}): Served {
-  const child = spawn(process.execPath, ['dist/src/cli.js', 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['dist/src/cli.js', 'serve', ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: Array<Record<string, unknown>> = [];
   let buffer = '';
   let err = '';
@@ -51,4 +54,3 @@ export async function files(policy: string, config: string): Promise<{ dir: stri
   await writeFile(join(dir, 'proxy.yaml'), config);
   return { dir, policy: join(dir, 'policy.yaml'), config: join(dir, 'proxy.yaml') };
 }
-

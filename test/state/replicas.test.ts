@@ -45,7 +45,10 @@ async function admin(proxy: TestProxy | number, method: string, path: string, bo
   const res = await fetch(`http://127.0.0.1:${port}${path}`, {
     method,
     // A proxy without admin.tokens serves loopback callers as viewers, and refuses any token.
-    headers: { ...(typeof proxy !== 'number' && proxy.running.config.admin.tokens.length === 0 ? {} : { authorization: `Bearer ${GATEWAY}` }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    headers: {
+      ...(typeof proxy !== 'number' && proxy.running.config.admin.tokens.length === 0 ? {} : { authorization: `Bearer ${GATEWAY}` }),
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
@@ -89,13 +92,26 @@ t.test('a call registered through replica A attributes a connection through repl
   await until(() => a.running.state.up && b.running.state.up);
 
   const callId = 'c'.repeat(32);
-  t.equal((await admin(a, 'POST', '/v1/calls', { call_id: callId, tool: 'http_fetch', client: 'team-a', session_id: 'sess-1' })).status, 201);
+  t.equal(
+    (await admin(a, 'POST', '/v1/calls', { call_id: callId, tool: 'http_fetch', client: 'team-a', session_id: 'sess-1' })).status,
+    201,
+  );
   // An open tunnel is never closed by the proxy: stop reading after its answer.
   const through = await rawRequest(b.port, connectRequest(target, `${asA}x-mcp-call-id: ${callId}\r\n`), 300);
   t.equal(through.status, 200, 'B knows the call A registered');
-  t.match(b.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: callId, session_id: 'sess-1', reason: 'rule', dispatched: true });
+  t.match(b.events('egress.decision').at(-1), {
+    tool: 'http_fetch',
+    call_id: callId,
+    session_id: 'sess-1',
+    reason: 'rule',
+    dispatched: true,
+  });
   t.match(b.events('egress.decision').at(-1)?.policy_digest, /^[0-9a-f]{12}$/, 'policy_digest on the decision');
-  t.equal(b.events('egress.decision').at(-1)?.policy_digest, (await admin(a, 'GET', '/v1/policy')).json.sha256.slice(0, 12), 'the same policy on both replicas');
+  t.equal(
+    b.events('egress.decision').at(-1)?.policy_digest,
+    (await admin(a, 'GET', '/v1/policy')).json.sha256.slice(0, 12),
+    'the same policy on both replicas',
+  );
 
   t.equal((await admin(b, 'DELETE', `/v1/calls/${callId}`)).status, 204, 'ended through B');
   const after = await rawRequest(a.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${callId}\r\n`));
@@ -104,7 +120,10 @@ t.test('a call registered through replica A attributes a connection through repl
 
   // A conflict seen across replicas: team-b cannot take team-a's live id through B.
   t.equal((await admin(a, 'POST', '/v1/calls', { call_id: 'd'.repeat(32), tool: 'http_fetch', client: 'team-a' })).status, 201);
-  t.equal((await admin(b, 'POST', '/v1/calls', { call_id: 'd'.repeat(32), tool: 'http_fetch', client: 'team-b' })).json.error.code, 'conflict');
+  t.equal(
+    (await admin(b, 'POST', '/v1/calls', { call_id: 'd'.repeat(32), tool: 'http_fetch', client: 'team-b' })).json.error.code,
+    'conflict',
+  );
 });
 
 t.test('discovered destinations from both replicas, merged with exact counts under concurrent load', { skip }, async (t) => {
@@ -116,13 +135,17 @@ t.test('discovered destinations from both replicas, merged with exact counts und
   const b = await startTestProxyFor(t, { policy, config });
   await until(() => a.running.state.up && b.running.state.up);
   const perReplica = 40;
-  const send = (proxy: TestProxy, tool: string) => rawRequest(proxy.port, getRequest(`http://${target}/`, target, `x-mcp-tool: ${tool}\r\n`));
+  const send = (proxy: TestProxy, tool: string) =>
+    rawRequest(proxy.port, getRequest(`http://${target}/`, target, `x-mcp-tool: ${tool}\r\n`));
   const answers = await Promise.all([
     ...Array.from({ length: perReplica }, () => send(a, 'search')),
     ...Array.from({ length: perReplica }, () => send(b, 'search')),
     send(b, 'fetch'),
   ]);
-  t.ok(answers.every((r) => r.status === 200), 'all served');
+  t.ok(
+    answers.every((r) => r.status === 200),
+    'all served',
+  );
   t.equal(upstream.requests.length, 2 * perReplica + 1);
   const expected = [
     { server: '127.0.0.1', tool: 'fetch', host: '127.0.0.1', port: upstream.port, count: 1 },
@@ -134,8 +157,14 @@ t.test('discovered destinations from both replicas, merged with exact counts und
       .sort((x, y) => String(x.tool).localeCompare(String(y.tool)));
   await until(async () => JSON.stringify(await listed(a)) === JSON.stringify(expected));
   t.same(await listed(b), expected, 'both replicas list the same merged counts');
-  t.equal(a.events('egress.discovered').length + b.events('egress.discovered').length, 2, 'egress.discovered once per destination in the fleet');
-  const yaml = await fetch(`http://127.0.0.1:${(b.running.admin?.server.address() as { port: number }).port}/v1/discovered?format=yaml`).then((r) => r.text());
+  t.equal(
+    a.events('egress.discovered').length + b.events('egress.discovered').length,
+    2,
+    'egress.discovered once per destination in the fleet',
+  );
+  const yaml = await fetch(
+    `http://127.0.0.1:${(b.running.admin?.server.address() as { port: number }).port}/v1/discovered?format=yaml`,
+  ).then((r) => r.text());
   t.match(yaml, /tool_name_glob: search/);
   t.match(yaml, /tool_name_glob: fetch/, 'the draft allow-list covers both halves');
 });
@@ -165,7 +194,12 @@ t.test('Redis stopped, slow, restarted: state calls refused state_unavailable, o
   t.ok(Date.now() - started < 1200, 'at about timeout_ms, not when Redis answered');
   t.match(JSON.parse(slow.body).error, { code: 'state_unavailable', reason: 'state_unavailable' });
   t.equal(slow.headers['x-egress-error'], 'state_unavailable');
-  t.match(proxy.events('egress.decision').at(-1), { reason: 'state_unavailable', verdict: 'deny', dispatched: false, pinned_address: null });
+  t.match(proxy.events('egress.decision').at(-1), {
+    reason: 'state_unavailable',
+    verdict: 'deny',
+    dispatched: false,
+    pinned_address: null,
+  });
   t.equal((await withHeader()).status, 200, 'a call that needs no state is still served');
   relay.delayMs = 0;
   await sleep(1600);
@@ -190,7 +224,10 @@ t.test('Redis stopped, slow, restarted: state calls refused state_unavailable, o
   await redis.restart();
   await until(async () => (await metric()) === '1', 8000);
   t.equal((await needsState()).status, 200, 'healed by itself');
-  t.ok(proxy.events().some((e) => e.event === 'state.down') && proxy.events().some((e) => e.event === 'state.up'), 'the loss and the return are logged');
+  t.ok(
+    proxy.events().some((e) => e.event === 'state.down') && proxy.events().some((e) => e.event === 'state.up'),
+    'the loss and the return are logged',
+  );
   rejections.check();
 });
 
@@ -213,7 +250,14 @@ t.test('a replica killed with SIGKILL: the other keeps deciding with the same st
   const redis = await startRedis(t, { password });
   const { target } = await upstreamFor(t);
   const configText = (name: string) =>
-    ['listen: 127.0.0.1:0', 'policy: policy.yaml', 'baseline: {allow_cidrs: [127.0.0.0/8]}', 'log: {level: debug}', registeredConfig(redis.url), `# ${name}`].join('\n');
+    [
+      'listen: 127.0.0.1:0',
+      'policy: policy.yaml',
+      'baseline: {allow_cidrs: [127.0.0.0/8]}',
+      'log: {level: debug}',
+      registeredConfig(redis.url),
+      `# ${name}`,
+    ].join('\n');
   const fa = await files(POLICY, configText('a'));
   const fb = await files(POLICY, configText('b'));
   const env = { MCP_EGRESS_REDIS_PASSWORD: password };
@@ -233,13 +277,20 @@ t.test('a replica killed with SIGKILL: the other keeps deciding with the same st
   await b.waitFor((e) => e.event === 'state.up', 20_000);
 
   const callId = 'k'.repeat(32);
-  t.equal((await admin(pa.admin, 'POST', '/v1/calls', { call_id: callId, tool: 'http_fetch', client: 'team-a' })).status, 201, 'registered through A');
+  t.equal(
+    (await admin(pa.admin, 'POST', '/v1/calls', { call_id: callId, tool: 'http_fetch', client: 'team-a' })).status,
+    201,
+    'registered through A',
+  );
   a.child.kill('SIGKILL');
   await a.exit;
   const r = await rawRequest(pb.proxy, connectRequest(target, `${asA}x-mcp-call-id: ${callId}\r\n`), 300);
   t.equal(r.status, 200, 'B attributes the call A registered, with A gone');
   await b.waitFor((e) => e.event === 'egress.decision' && e.call_id === callId);
-  t.match(b.lines.find((e) => e.event === 'state.store'), { store: 'redis' });
+  t.match(
+    b.lines.find((e) => e.event === 'state.store'),
+    { store: 'redis' },
+  );
   const everything = JSON.stringify(a.lines) + a.stderr() + JSON.stringify(b.lines) + b.stderr();
   t.notMatch(everything, new RegExp(password), 'the password appears in no log line');
   b.child.kill('SIGTERM');

@@ -23,8 +23,15 @@ import { delayingRelay, startRedis } from '../helpers/redis.js';
 import { TLS } from '../helpers/upstream.js';
 
 type Step = (calls: CallStore) => Promise<unknown>;
-const reg = (callId: string, client: string, extra: { tool?: string; sessionId?: string | null; ttlMs?: number } = {}) => ({ callId, client, tool: extra.tool ?? 'fetch', sessionId: extra.sessionId, ttlMs: extra.ttlMs });
-const outcome = (r: unknown) => (r && typeof r === 'object' && 'code' in r ? (r as { code: string }).code : r && typeof r === 'object' && 'callId' in r ? 'ok' : r);
+const reg = (callId: string, client: string, extra: { tool?: string; sessionId?: string | null; ttlMs?: number } = {}) => ({
+  callId,
+  client,
+  tool: extra.tool ?? 'fetch',
+  sessionId: extra.sessionId,
+  ttlMs: extra.ttlMs,
+});
+const outcome = (r: unknown) =>
+  r && typeof r === 'object' && 'code' in r ? (r as { code: string }).code : r && typeof r === 'object' && 'callId' in r ? 'ok' : r;
 const ids = (calls: Array<{ callId: string }>) => calls.map((c) => c.callId).sort();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -66,7 +73,10 @@ const DISCOVERED_TABLE: Array<[server: string, tool: string | null, host: string
 ];
 
 async function memoryState(): Promise<State> {
-  return createState({ store: 'memory', redisUrl: '', keyPrefix: 'x', timeoutMs: 250 }, { defaultTtlMs: 60_000, maxPerClient: 2, maxTotal: 4 });
+  return createState(
+    { store: 'memory', redisUrl: '', keyPrefix: 'x', timeoutMs: 250 },
+    { defaultTtlMs: 60_000, maxPerClient: 2, maxTotal: 4 },
+  );
 }
 
 async function until(pred: () => boolean | Promise<boolean>, ms = 3000): Promise<void> {
@@ -78,13 +88,19 @@ async function until(pred: () => boolean | Promise<boolean>, ms = 3000): Promise
 }
 
 async function redisState(t: Test, url: string, prefix: string, extra: Partial<Parameters<typeof createState>[1]> = {}): Promise<State> {
-  const state = await createState({ store: 'redis', redisUrl: url, keyPrefix: prefix, timeoutMs: 250 }, { defaultTtlMs: 60_000, maxPerClient: 2, maxTotal: 4, ...extra });
+  const state = await createState(
+    { store: 'redis', redisUrl: url, keyPrefix: prefix, timeoutMs: 250 },
+    { defaultTtlMs: 60_000, maxPerClient: 2, maxTotal: 4, ...extra },
+  );
   t.teardown(() => state.close());
   await until(() => state.up);
   return state;
 }
 
-const normalise = (list: DiscoveredDestination[]) => list.map((e) => ({ server: e.server, tool: e.tool, host: e.host, port: e.port, count: e.count })).sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+const normalise = (list: DiscoveredDestination[]) =>
+  list
+    .map((e) => ({ server: e.server, tool: e.tool, host: e.host, port: e.port, count: e.count }))
+    .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
 
 async function runTables(t: Test, state: State): Promise<void> {
   for (const [what, step, expected] of CALL_TABLE) t.same(await step(state.calls), expected, what);
@@ -118,7 +134,9 @@ t.test('redis: caps hold across replicas registering at once (one atomic script)
   const a = await redisState(t, redis.url, 'caps:', { maxPerClient: 5, maxTotal: 8 });
   const b = await redisState(t, redis.url, 'caps:', { maxPerClient: 5, maxTotal: 8 });
   // Both replicas' registrations in flight at once (the Redis store answers with promises).
-  const answers = await Promise.all(Array.from({ length: 20 }, async (_, i) => (i % 2 ? a : b).calls.register(reg(`c${i}`, `client${i % 3}`))));
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, async (_, i) => (i % 2 ? a : b).calls.register(reg(`c${i}`, `client${i % 3}`))),
+  );
   const ok = answers.filter((r) => 'callId' in r).length;
   t.equal(ok, 8, 'exactly the global cap, however the two replicas interleaved');
   t.equal(await a.calls.size(), 8);
@@ -141,41 +159,77 @@ t.test('redis: discovered counts are exact under concurrent load from two replic
 });
 
 const at = (ms: number) => Date.now() - ms;
-const hcall = (over: Partial<HistoryCall>): HistoryCall => ({ at: Date.now(), tool: 'read_file', callId: null, server: 'srv', sessionId: 's1', host: null, address: null, dispatched: null, ...over });
-
-t.test('redis history: newest first, retention, once per call id and key, egress calls kept', { skip: missing('redis-server') }, async (t) => {
-  const redis = await startRedis(t);
-  const state = await redisState(t, redis.url, 'hist:');
-  const history = state.history as RedisHistoryStore;
-  const key = historyKey('s1', 'srv');
-  t.same(await history.read(key, Date.now()), [], 'retention 0 keeps nothing');
-  history.record(hcall({ callId: 'r0' }));
-  history.setRetention(60);
-  t.equal(history.retentionSeconds, 60);
-  history.record(hcall({ at: at(120_000), callId: 'old' }));
-  history.record(hcall({ at: at(3000), callId: 'r1' }));
-  history.record(hcall({ at: at(2000), callId: 'r1', tool: 'again' }));
-  history.record(hcall({ at: at(1000), callId: 'f1', tool: 'fetch', host: 'evil.example', address: parseIpLiteral('93.184.216.34'), dispatched: true }));
-  history.record(hcall({ at: at(500), callId: 'f1', tool: 'fetch', host: 'evil2.example', address: parseIpLiteral('93.184.216.35'), dispatched: false }));
-  history.record(hcall({ at: at(400), callId: null, tool: 'anon' }));
-  history.record(hcall({ at: at(300), sessionId: null, callId: 'other-key' }));
-  let calls: readonly HistoryCall[] = [];
-  await until(async () => ((calls = (await history.read(key, Date.now())) ?? []).length === 4));
-  t.same(
-    calls.map((c) => [c.callId, c.tool, c.host, c.address?.text ?? null, c.dispatched]),
-    [
-      [null, 'anon', null, null, null],
-      ['f1', 'fetch', 'evil2.example', '93.184.216.35', false],
-      ['f1', 'fetch', 'evil.example', '93.184.216.34', true],
-      ['r1', 'read_file', null, null, null],
-    ],
-    'newest first; the old call is past retention; r1 once; each egress call of f1 kept',
-  );
-  t.same((await history.read(historyKey(null, 'srv'), Date.now()))?.map((c) => c.callId), ['other-key'], 'a call without a session is under its server');
-  const ttl = await redis.command('PTTL', `hist:hist:${key}`);
-  t.match(ttl, /^:(\d+)/, 'the key expires by its TTL');
-  t.ok(Number(/^:(\d+)/.exec(ttl)?.[1]) <= 60_000);
+const hcall = (over: Partial<HistoryCall>): HistoryCall => ({
+  at: Date.now(),
+  tool: 'read_file',
+  callId: null,
+  server: 'srv',
+  sessionId: 's1',
+  host: null,
+  address: null,
+  dispatched: null,
+  ...over,
 });
+
+t.test(
+  'redis history: newest first, retention, once per call id and key, egress calls kept',
+  { skip: missing('redis-server') },
+  async (t) => {
+    const redis = await startRedis(t);
+    const state = await redisState(t, redis.url, 'hist:');
+    const history = state.history as RedisHistoryStore;
+    const key = historyKey('s1', 'srv');
+    t.same(await history.read(key, Date.now()), [], 'retention 0 keeps nothing');
+    history.record(hcall({ callId: 'r0' }));
+    history.setRetention(60);
+    t.equal(history.retentionSeconds, 60);
+    history.record(hcall({ at: at(120_000), callId: 'old' }));
+    history.record(hcall({ at: at(3000), callId: 'r1' }));
+    history.record(hcall({ at: at(2000), callId: 'r1', tool: 'again' }));
+    history.record(
+      hcall({
+        at: at(1000),
+        callId: 'f1',
+        tool: 'fetch',
+        host: 'evil.example',
+        address: parseIpLiteral('93.184.216.34'),
+        dispatched: true,
+      }),
+    );
+    history.record(
+      hcall({
+        at: at(500),
+        callId: 'f1',
+        tool: 'fetch',
+        host: 'evil2.example',
+        address: parseIpLiteral('93.184.216.35'),
+        dispatched: false,
+      }),
+    );
+    history.record(hcall({ at: at(400), callId: null, tool: 'anon' }));
+    history.record(hcall({ at: at(300), sessionId: null, callId: 'other-key' }));
+    let calls: readonly HistoryCall[] = [];
+    await until(async () => (calls = (await history.read(key, Date.now())) ?? []).length === 4);
+    t.same(
+      calls.map((c) => [c.callId, c.tool, c.host, c.address?.text ?? null, c.dispatched]),
+      [
+        [null, 'anon', null, null, null],
+        ['f1', 'fetch', 'evil2.example', '93.184.216.35', false],
+        ['f1', 'fetch', 'evil.example', '93.184.216.34', true],
+        ['r1', 'read_file', null, null, null],
+      ],
+      'newest first; the old call is past retention; r1 once; each egress call of f1 kept',
+    );
+    t.same(
+      (await history.read(historyKey(null, 'srv'), Date.now()))?.map((c) => c.callId),
+      ['other-key'],
+      'a call without a session is under its server',
+    );
+    const ttl = await redis.command('PTTL', `hist:hist:${key}`);
+    t.match(ttl, /^:(\d+)/, 'the key expires by its TTL');
+    t.ok(Number(/^:(\d+)/.exec(ttl)?.[1]) <= 60_000);
+  },
+);
 
 t.test('redis history: at most 1,024 calls per key, oldest dropped', { skip: missing('redis-server') }, async (t) => {
   const redis = await startRedis(t);
@@ -184,7 +238,9 @@ t.test('redis history: at most 1,024 calls per key, oldest dropped', { skip: mis
   history.setRetention(600);
   const base = Date.now() - 100_000;
   for (let i = 0; i < 1100; i++) history.record(hcall({ at: base + i, callId: `c${i}` }));
-  await until(async () => state.queuedWrites === 0 && ((await history.read(historyKey('s1', 'srv'), Date.now())) ?? [])[0]?.callId === 'c1099');
+  await until(
+    async () => state.queuedWrites === 0 && ((await history.read(historyKey('s1', 'srv'), Date.now())) ?? [])[0]?.callId === 'c1099',
+  );
   const calls = (await history.read(historyKey('s1', 'srv'), Date.now())) ?? [];
   t.equal(calls.length, 1024);
   t.equal(calls.at(-1)?.callId, 'c76', 'the oldest 76 are gone');
@@ -219,8 +275,16 @@ t.test('redis: a store that is down or slow fails closed; writes wait and heal',
   await redis.restart();
   await until(() => state.up, 5000);
   await until(async () => (await state.discovered.list()).length === 1);
-  t.same(normalise(await state.discovered.list()), [{ server: 'srv', tool: 'fetch', host: 'late.example', port: 443, count: 1 }], 'written once it came back');
-  t.equal(await state.calls.find('a', 'c1'), null, 'a restarted Redis without persistence has forgotten c1: refused as unknown, never allowed');
+  t.same(
+    normalise(await state.discovered.list()),
+    [{ server: 'srv', tool: 'fetch', host: 'late.example', port: 443, count: 1 }],
+    'written once it came back',
+  );
+  t.equal(
+    await state.calls.find('a', 'c1'),
+    null,
+    'a restarted Redis without persistence has forgotten c1: refused as unknown, never allowed',
+  );
 });
 
 t.test('redis: a full retry queue drops the oldest and counts it', { skip: missing('redis-server') }, async (t) => {
@@ -240,7 +304,11 @@ t.test('redis: one round trip per read, the password never in a message', { skip
   const redis = await startRedis(t, { password: 's3cret-pw' });
   const relay = await delayingRelay(t, redis.port);
   const warnings: string[] = [];
-  const conn = new RedisConnection({ url: `redis://:s3cret-pw@127.0.0.1:${relay.port}/0`, timeoutMs: 1000, warn: (f, m) => warnings.push(JSON.stringify(f) + m) });
+  const conn = new RedisConnection({
+    url: `redis://:s3cret-pw@127.0.0.1:${relay.port}/0`,
+    timeoutMs: 1000,
+    warn: (f, m) => warnings.push(JSON.stringify(f) + m),
+  });
   t.teardown(() => conn.close(0));
   conn.start();
   await until(() => conn.up);
@@ -269,33 +337,48 @@ t.test('redis: one round trip per read, the password never in a message', { skip
   t.notMatch(warnings.join('\n'), /s3cret-pw/, 'without the password');
 });
 
-t.test('rediss://: TLS to a redis-server with the fixtures certificate, verified against its CA', { skip: missing('redis-server') }, async (t) => {
-  const redis = await startRedis(t, { tls: true, password: 'tls-pw' });
-  t.match(redis.url, /^rediss:\/\//);
-  const config = { store: 'redis' as const, redisUrl: redis.url, keyPrefix: 'tls:', timeoutMs: 500 };
-  const state = await createState(config, { defaultTtlMs: 60_000, tlsCa: TLS.ca.toString(), env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' } });
-  t.teardown(() => state.close());
-  await until(() => state.up);
-  t.equal(outcome(await state.calls.register(reg('c1', 'a'))), 'ok', 'over TLS, with the password from the environment');
-  t.equal((await state.calls.find('a', 'c1'))?.callId, 'c1');
+t.test(
+  'rediss://: TLS to a redis-server with the fixtures certificate, verified against its CA',
+  { skip: missing('redis-server') },
+  async (t) => {
+    const redis = await startRedis(t, { tls: true, password: 'tls-pw' });
+    t.match(redis.url, /^rediss:\/\//);
+    const config = { store: 'redis' as const, redisUrl: redis.url, keyPrefix: 'tls:', timeoutMs: 500 };
+    const state = await createState(config, {
+      defaultTtlMs: 60_000,
+      tlsCa: TLS.ca.toString(),
+      env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' },
+    });
+    t.teardown(() => state.close());
+    await until(() => state.up);
+    t.equal(outcome(await state.calls.register(reg('c1', 'a'))), 'ok', 'over TLS, with the password from the environment');
+    t.equal((await state.calls.find('a', 'c1'))?.callId, 'c1');
 
-  const untrusted = await createState(config, { defaultTtlMs: 60_000, env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' } });
-  t.teardown(() => untrusted.close());
-  await sleep(300);
-  t.equal(untrusted.up, false, 'a certificate from an unknown CA is refused');
-  await t.rejects(Promise.resolve(untrusted.calls.find('a', 'c1')), StateUnavailableError);
+    const untrusted = await createState(config, { defaultTtlMs: 60_000, env: { MCP_EGRESS_REDIS_PASSWORD: 'tls-pw' } });
+    t.teardown(() => untrusted.close());
+    await sleep(300);
+    t.equal(untrusted.up, false, 'a certificate from an unknown CA is refused');
+    await t.rejects(Promise.resolve(untrusted.calls.find('a', 'c1')), StateUnavailableError);
 
-  const wrong = await createState(config, { defaultTtlMs: 60_000, tlsCa: TLS.ca.toString(), env: { MCP_EGRESS_REDIS_PASSWORD: 'wrong' } });
-  t.teardown(() => wrong.close());
-  await sleep(300);
-  t.equal(wrong.up, false, 'a wrong password never makes the store up');
-});
+    const wrong = await createState(config, {
+      defaultTtlMs: 60_000,
+      tlsCa: TLS.ca.toString(),
+      env: { MCP_EGRESS_REDIS_PASSWORD: 'wrong' },
+    });
+    t.teardown(() => wrong.close());
+    await sleep(300);
+    t.equal(wrong.up, false, 'a wrong password never makes the store up');
+  },
+);
 
 t.test('redis: a proxy started while Redis is down connects when it comes up', { skip: missing('redis-server') }, async (t) => {
   const redis = await startRedis(t);
   await redis.stop();
   const warnings: string[] = [];
-  const state = await createState({ store: 'redis', redisUrl: redis.url, keyPrefix: 'late:', timeoutMs: 250 }, { defaultTtlMs: 60_000, warn: (_f, m) => warnings.push(m) });
+  const state = await createState(
+    { store: 'redis', redisUrl: redis.url, keyPrefix: 'late:', timeoutMs: 250 },
+    { defaultTtlMs: 60_000, warn: (_f, m) => warnings.push(m) },
+  );
   t.teardown(() => state.close());
   await sleep(200);
   t.equal(state.up, false);
@@ -305,13 +388,16 @@ t.test('redis: a proxy started while Redis is down connects when it comes up', {
   t.same(await state.calls.open('a'), [], 'answers once it is up');
 });
 
-t.test('redis history: a read recorded by replica A is the earlier call a sequence rule on replica B sees', { skip: missing('redis-server') }, async (t) => {
-  const redis = await startRedis(t);
-  const a = await redisState(t, redis.url, 'seq:');
-  const b = await redisState(t, redis.url, 'seq:');
-  const spec = parsePolicy(
-    'p.yaml',
-    `version: 1
+t.test(
+  'redis history: a read recorded by replica A is the earlier call a sequence rule on replica B sees',
+  { skip: missing('redis-server') },
+  async (t) => {
+    const redis = await startRedis(t);
+    const a = await redisState(t, redis.url, 'seq:');
+    const b = await redisState(t, redis.url, 'seq:');
+    const spec = parsePolicy(
+      'p.yaml',
+      `version: 1
 default_verdict: allow
 rules:
   - id: no-egress-after-read
@@ -319,17 +405,26 @@ rules:
     verdict: deny
     after: {tool_name_glob: "read_*", within_seconds: 600}
 `,
-  ).spec;
-  if (!spec) throw new Error('policy');
-  const policy = compilePolicy(spec);
-  for (const s of [a, b]) s.history?.setRetention(600);
-  const decideOnB = async () => {
-    const history = (await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? [];
-    const r = await dryRun(policy, { destination: 'https://93.184.216.34/', tool: 'fetch', server: 'srv', callId: 'f1', now: Date.now(), history }, { fallback: { resolve: async () => ({ addresses: [], durationMs: 0 }) } as never, allowCidrs: [] });
-    return r.kind === 'decision' ? r.decision : null;
-  };
-  t.match(await decideOnB(), { verdict: 'allow', reason: 'default' }, 'no read yet: allowed');
-  a.history?.record(hcall({ at: Date.now() - 5000, tool: 'read_file', callId: 'r1', sessionId: 'agent-1' }));
-  await until(async () => ((await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? []).length === 1);
-  t.match(await decideOnB(), { verdict: 'deny', rule: { id: 'no-egress-after-read' }, after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-1' } }, 'the rule fires on B');
-});
+    ).spec;
+    if (!spec) throw new Error('policy');
+    const policy = compilePolicy(spec);
+    for (const s of [a, b]) s.history?.setRetention(600);
+    const decideOnB = async () => {
+      const history = (await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? [];
+      const r = await dryRun(
+        policy,
+        { destination: 'https://93.184.216.34/', tool: 'fetch', server: 'srv', callId: 'f1', now: Date.now(), history },
+        { fallback: { resolve: async () => ({ addresses: [], durationMs: 0 }) } as never, allowCidrs: [] },
+      );
+      return r.kind === 'decision' ? r.decision : null;
+    };
+    t.match(await decideOnB(), { verdict: 'allow', reason: 'default' }, 'no read yet: allowed');
+    a.history?.record(hcall({ at: Date.now() - 5000, tool: 'read_file', callId: 'r1', sessionId: 'agent-1' }));
+    await until(async () => ((await b.history?.read(historyKey('agent-1', 'srv'), Date.now())) ?? []).length === 1);
+    t.match(
+      await decideOnB(),
+      { verdict: 'deny', rule: { id: 'no-egress-after-read' }, after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-1' } },
+      'the rule fires on B',
+    );
+  },
+);

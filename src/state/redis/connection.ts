@@ -88,20 +88,21 @@ export class RedisConnection {
     url.username = '';
     url.password = '';
     const tls = url.protocol === 'rediss:';
-    const make = () => createClient({
-      url: url.toString(),
-      username,
-      password,
-      // Fail closed: a command while disconnected is refused now, never sent after a reconnect.
-      disableOfflineQueue: true,
-      disableClientInfo: true,
-      socket: {
-        connectTimeout: Math.max(1_000, options.timeoutMs * 4),
-        // Reconnect forever, quickly at first, then every second: healing needs no restart.
-        reconnectStrategy: (retries: number) => Math.min(25 * 2 ** Math.min(retries, 6), 1_000),
-        ...(tls ? { tls: true as const, ...(options.tlsCa ? { ca: [options.tlsCa] } : {}) } : {}),
-      },
-    }) as unknown as RedisClientType;
+    const make = () =>
+      createClient({
+        url: url.toString(),
+        username,
+        password,
+        // Fail closed: a command while disconnected is refused now, never sent after a reconnect.
+        disableOfflineQueue: true,
+        disableClientInfo: true,
+        socket: {
+          connectTimeout: Math.max(1_000, options.timeoutMs * 4),
+          // Reconnect forever, quickly at first, then every second: healing needs no restart.
+          reconnectStrategy: (retries: number) => Math.min(25 * 2 ** Math.min(retries, 6), 1_000),
+          ...(tls ? { tls: true as const, ...(options.tlsCa ? { ca: [options.tlsCa] } : {}) } : {}),
+        },
+      }) as unknown as RedisClientType;
     this.client = make();
     this.writer = make();
     this.client.on('ready', () => this.setReady(true));
@@ -126,7 +127,8 @@ export class RedisConnection {
   /** Starts connecting; resolves at once (a Redis that is down heals later by itself). */
   start(): void {
     this.client.connect().catch((err: Error) => {
-      if (!this.closed) this.options.warn?.({ event: 'state.error', url: this.redactedUrl, err: err.message }, 'state store: could not connect');
+      if (!this.closed)
+        this.options.warn?.({ event: 'state.error', url: this.redactedUrl, err: err.message }, 'state store: could not connect');
     });
     this.writer.connect().catch(() => {
       // the reader's line says it
@@ -154,7 +156,10 @@ export class RedisConnection {
       // When the timer fires, an answer that already arrived may still wait in the poll phase of
       // this same loop turn (a busy process): it gets that turn (setImmediate runs after poll)
       // before the read counts as timed out. A settled promise ignores the later reject.
-      const timer = setTimeout(() => setImmediate(() => reject(new StateUnavailableError(`the state store did not answer within ${ms} ms`))), ms);
+      const timer = setTimeout(
+        () => setImmediate(() => reject(new StateUnavailableError(`the state store did not answer within ${ms} ms`))),
+        ms,
+      );
       run().then(
         (value) => {
           clearTimeout(timer);
@@ -162,7 +167,11 @@ export class RedisConnection {
         },
         (err: unknown) => {
           clearTimeout(timer);
-          reject(err instanceof ErrorReply ? err : new StateUnavailableError(`the state store failed: ${(err as Error)?.message ?? String(err)}`));
+          reject(
+            err instanceof ErrorReply
+              ? err
+              : new StateUnavailableError(`the state store failed: ${(err as Error)?.message ?? String(err)}`),
+          );
         },
       );
     });

@@ -88,7 +88,14 @@ export class RedisCallStore implements CallStore {
   async register(input: Registration): Promise<RegisteredCall | RegistrationRefused> {
     const now = this.now();
     const ttl = input.ttlMs ?? this.options.defaultTtlMs;
-    const call: RegisteredCall = { callId: input.callId, tool: input.tool, client: input.client, sessionId: input.sessionId ?? null, registeredAt: now, expiresAt: now + ttl };
+    const call: RegisteredCall = {
+      callId: input.callId,
+      tool: input.tool,
+      client: input.client,
+      sessionId: input.sessionId ?? null,
+      registeredAt: now,
+      expiresAt: now + ttl,
+    };
     const value = `${call.expiresAt}|${JSON.stringify([call.tool, call.sessionId, call.registeredAt])}`;
     const keys = [this.callKey(call.callId), this.clientKey(call.client), this.allKey];
     const args = [call.callId, call.client, value, String(now), String(ttl), String(this.maxPerClient), String(this.maxTotal)];
@@ -101,14 +108,19 @@ export class RedisCallStore implements CallStore {
       case 'client_limit':
         return { error: `too many open calls for client (limit ${this.maxPerClient})`, code: 'client_limit' };
       case 'registry_full':
-        return { error: `the proxies hold ${this.maxTotal} open registered calls (limits.max_registered_calls); end some or try again later`, code: 'registry_full' };
+        return {
+          error: `the proxies hold ${this.maxTotal} open registered calls (limits.max_registered_calls); end some or try again later`,
+          code: 'registry_full',
+        };
       default:
         throw new Error(`unexpected answer from the registration script: ${String(answer).slice(0, 64)}`);
     }
   }
 
   async end(callId: string): Promise<boolean> {
-    const answer = await this.conn.read(() => this.conn.eval(END, [this.callKey(callId), this.allKey], [callId, `${this.options.prefix}client:`]));
+    const answer = await this.conn.read(() =>
+      this.conn.eval(END, [this.callKey(callId), this.allKey], [callId, `${this.options.prefix}client:`]),
+    );
     return answer === 1;
   }
 
@@ -141,7 +153,14 @@ export class RedisCallStore implements CallStore {
     try {
       const [tool, sessionId, registeredAt] = JSON.parse(value.slice(bar + 1)) as [string, string | null, number];
       if (typeof tool !== 'string') return null;
-      return { callId, tool, client, sessionId: typeof sessionId === 'string' ? sessionId : null, registeredAt: Number(registeredAt), expiresAt };
+      return {
+        callId,
+        tool,
+        client,
+        sessionId: typeof sessionId === 'string' ? sessionId : null,
+        registeredAt: Number(registeredAt),
+        expiresAt,
+      };
     } catch {
       return null;
     }

@@ -55,7 +55,11 @@ export class RedisDiscoveredLog implements DiscoveredLog {
 
   async list(): Promise<DiscoveredDestination[]> {
     const [counts, firsts, lasts] = await this.conn.read(() =>
-      Promise.all([this.conn.command(['HGETALL', this.keys[0] as string]), this.conn.command(['HGETALL', this.keys[1] as string]), this.conn.command(['HGETALL', this.keys[2] as string])]),
+      Promise.all([
+        this.conn.command(['HGETALL', this.keys[0] as string]),
+        this.conn.command(['HGETALL', this.keys[1] as string]),
+        this.conn.command(['HGETALL', this.keys[2] as string]),
+      ]),
     );
     const first = new Map(pairs(firsts));
     const last = new Map(pairs(lasts));

@@ -37,7 +37,17 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 `);
 
-type Stored = [nonce: string, at: number, tool: string | null, callId: string | null, server: string | null, sessionId: string | null, host: string | null, address: string | null, dispatched: boolean | null];
+type Stored = [
+  nonce: string,
+  at: number,
+  tool: string | null,
+  callId: string | null,
+  server: string | null,
+  sessionId: string | null,
+  host: string | null,
+  address: string | null,
+  dispatched: boolean | null,
+];
 
 export class RedisHistoryStore implements HistoryStore {
   private retentionMs = 0;
@@ -59,24 +69,46 @@ export class RedisHistoryStore implements HistoryStore {
   record(call: HistoryCall): void {
     if (this.retentionMs === 0) return;
     const key = historyKey(call.sessionId, call.server);
-    const stored: Stored = [randomBytes(6).toString('base64url'), call.at, call.tool, call.callId, call.server, call.sessionId, call.host, call.address?.text ?? null, call.dispatched];
+    const stored: Stored = [
+      randomBytes(6).toString('base64url'),
+      call.at,
+      call.tool,
+      call.callId,
+      call.server,
+      call.sessionId,
+      call.host,
+      call.address?.text ?? null,
+      call.dispatched,
+    ];
     const keys = [`${this.prefix}hist:${key}`, `${this.prefix}hids:${key}`];
     // `now` is read when sent, so a retried write is trimmed against the time it lands.
-    const args = (now: number) => [JSON.stringify(stored), String(call.at), call.callId ?? '', String(this.retentionMs), String(MAX_CALLS_PER_KEY), String(now), call.host !== null ? '1' : '0'];
+    const args = (now: number) => [
+      JSON.stringify(stored),
+      String(call.at),
+      call.callId ?? '',
+      String(this.retentionMs),
+      String(MAX_CALLS_PER_KEY),
+      String(now),
+      call.host !== null ? '1' : '0',
+    ];
     this.conn.write(() => this.conn.evalInBackground(RECORD, keys, args(this.now())), true);
   }
 
   read(key: string, now: number): Promise<readonly HistoryCall[] | null> {
     if (this.retentionMs === 0) return Promise.resolve([]);
     const from = now - this.retentionMs;
-    return this.conn.read(() => this.conn.command(['ZREVRANGEBYSCORE', `${this.prefix}hist:${key}`, '+inf', String(from), 'LIMIT', '0', String(MAX_CALLS_PER_KEY)])).then((reply) => {
-      const calls: HistoryCall[] = [];
-      for (const member of Array.isArray(reply) ? reply : []) {
-        const call = parseStored(String(member));
-        if (call) calls.push(call);
-      }
-      return calls;
-    });
+    return this.conn
+      .read(() =>
+        this.conn.command(['ZREVRANGEBYSCORE', `${this.prefix}hist:${key}`, '+inf', String(from), 'LIMIT', '0', String(MAX_CALLS_PER_KEY)]),
+      )
+      .then((reply) => {
+        const calls: HistoryCall[] = [];
+        for (const member of Array.isArray(reply) ? reply : []) {
+          const call = parseStored(String(member));
+          if (call) calls.push(call);
+        }
+        return calls;
+      });
   }
 }
 

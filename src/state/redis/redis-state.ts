@@ -22,7 +22,13 @@ export function createRedisState(config: StateConfig, options: StateOptions): St
   return {
     store: 'redis',
     description: conn.redactedUrl,
-    calls: new RedisCallStore(conn, { prefix: config.keyPrefix, defaultTtlMs: options.defaultTtlMs, maxPerClient: options.maxPerClient, maxTotal: options.maxTotal, now: options.now }),
+    calls: new RedisCallStore(conn, {
+      prefix: config.keyPrefix,
+      defaultTtlMs: options.defaultTtlMs,
+      maxPerClient: options.maxPerClient,
+      maxTotal: options.maxTotal,
+      now: options.now,
+    }),
     discovered: new RedisDiscoveredLog(conn, config.keyPrefix),
     history: new RedisHistoryStore(conn, config.keyPrefix, options.now),
     get up() {
