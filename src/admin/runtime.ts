@@ -1,17 +1,19 @@
 /**
  * What the admin API needs of the running proxy, and nothing more: the serving policy, the
- * registered calls, what observe mode discovered, a reload, the proxy's address for readiness,
+ * registered calls, what observe mode discovered, the session history, a reload, the proxy's address for readiness,
  * and a warning line. `commands/serve.ts` assembles it (its `Running` has this shape), so the
  * admin API does not depend on the command that starts it.
  */
 import type { EventSink } from '../events/events.js';
 import type { PolicyStore } from '../live/policy-store.js';
-import type { CallStore, DiscoveredLog } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 
 export interface AdminRuntime {
   readonly store: Pick<PolicyStore, 'current' | 'loaded' | 'lastError'>;
   readonly registry: Pick<CallStore, 'register' | 'end' | 'size'>;
   readonly discovered: Pick<DiscoveredLog, 'list'>;
+  /** Session history: registrations are recorded; `GET /v1/history` and `POST /v1/test` read it. */
+  readonly history: Pick<HistoryStore, 'record' | 'read'>;
   /** The state store's health, for `/readyz` (`state.store`). */
   readonly state: { readonly up: boolean; readonly store: 'memory' | 'redis' };
   readonly events: Pick<EventSink, 'warn'>;

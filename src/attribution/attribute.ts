@@ -58,7 +58,7 @@ export function attribute(get: HeaderGetter, client: string, names: AttributionH
       const found = registry.find(client, c);
       const fromFound = (call: RegisteredCall | null): AttributionResult => {
         if (!call) return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
-        return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId ?? s }] };
+        return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
       };
       return found instanceof Promise ? found.then(fromFound) : fromFound(found);
     }

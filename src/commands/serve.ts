@@ -12,7 +12,8 @@ import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { createState } from '../state/create-state.js';
 import type { State } from '../state/create-state.js';
-import type { CallStore, DiscoveredLog } from '../state/types.js';
+import { MemoryHistoryStore } from '../state/history.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
@@ -38,6 +39,8 @@ export interface Running {
   readonly state: State;
   readonly registry: CallStore;
   readonly discovered: DiscoveredLog;
+  /** Session history: what sequence clauses (`after`) read; kept for the serving policy's longest window. */
+  readonly history: HistoryStore;
   readonly events: EventSink;
   readonly metrics: Metrics;
   readonly admin: AdminServer | null;
@@ -79,14 +82,39 @@ export interface StartOptions {
   readonly watch?: boolean;
   /** Extra CA certificate for a `rediss://` state store (tests). */
   readonly stateTlsCa?: string;
+  /** The session-history store (default: the state store's: in memory bounded by `limits.max_history_calls`, or Redis). */
+  readonly history?: HistoryStore;
 }
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
+  const state = await createState(config.state, {
+    defaultTtlMs: config.attribution.defaultTtlMs,
+    maxTotal: config.limits.maxRegisteredCalls,
+    env: process.env,
+    tlsCa: options.stateTlsCa,
+    onHealth: (up) => {
+      metrics.stateUp.set(up ? 1 : 0);
+      if (up) events.info({ event: 'state.up', store: config.state.store }, 'state store connected');
+      else events.warn({ event: 'state.down', store: config.state.store }, 'state store unavailable: calls that need state are refused (state_unavailable)');
+    },
+    onDropped: (reason) => metrics.stateWritesDropped.inc({ reason }),
+    onRetried: () => metrics.stateWritesRetried.inc(),
+    warn: (fields, msg) => events.warn(fields, msg),
+    memoryHistory: options.history ? undefined : () => new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls }),
+  });
+  metrics.stateUp.set(state.up ? 1 : 0);
+  metrics.stateQueued = () => state.queuedWrites;
+  events.info({ event: 'state.store', store: state.store, target: state.description, key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null, timeout_ms: config.state.timeoutMs }, `state store: ${state.description}`);
+  const memory = state.history instanceof MemoryHistoryStore ? state.history : null;
+  // store: redis gives the shared RedisHistoryStore; memory the bounded one in this process.
+  const history: HistoryStore = options.history ?? (state.history as HistoryStore);
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
+      // Before any call can be decided under the new generation: history kept for its longest window.
+      history.setRetention(g.policy.maxAfterSeconds);
       metrics.reloads.inc({ result: result.changed ? 'loaded' : 'unchanged', trigger });
       metrics.generation.set(g.generation);
       metrics.policyError.set(0);
@@ -115,27 +143,12 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     );
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
-  const state = await createState(config.state, {
-    defaultTtlMs: config.attribution.defaultTtlMs,
-    maxTotal: config.limits.maxRegisteredCalls,
-    env: process.env,
-    tlsCa: options.stateTlsCa,
-    onHealth: (up) => {
-      metrics.stateUp.set(up ? 1 : 0);
-      if (up) events.info({ event: 'state.up', store: config.state.store }, 'state store connected');
-      else events.warn({ event: 'state.down', store: config.state.store }, 'state store unavailable: calls that need state are refused (state_unavailable)');
-    },
-    onDropped: (reason) => metrics.stateWritesDropped.inc({ reason }),
-    onRetried: () => metrics.stateWritesRetried.inc(),
-    warn: (fields, msg) => events.warn(fields, msg),
-  });
-  metrics.stateUp.set(state.up ? 1 : 0);
-  metrics.stateQueued = () => state.queuedWrites;
-  events.info({ event: 'state.store', store: state.store, target: state.description, key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null, timeout_ms: config.state.timeoutMs }, `state store: ${state.description}`);
   const registry = state.calls;
   const discovered = state.discovered;
+  // The memory registry sweeps itself (create-state.ts); the memory history's idle keys here.
+  const sweeper = memory ? setInterval(() => memory.sweep(), 10_000).unref() : null;
   let adminAddress: { address: string; port: number } | null = null;
-  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
+  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, history, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
   events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
 
@@ -151,6 +164,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     state,
     registry,
     discovered,
+    history,
     events,
     metrics,
     get admin() {
@@ -158,6 +172,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     },
     reload,
     stop: async () => {
+      if (sweeper) clearInterval(sweeper);
       watcher?.stop();
       await Promise.all([proxy.close(config.shutdownGraceMs), admin?.close()]);
       // After the calls: their background writes (history, discovered counts) go out first.

@@ -76,7 +76,6 @@ export interface RuleRef {
 }
 
 /** Why a decision refused or allowed: `rule`/`default` when the policy decided. */
-/** `state_unavailable`: the decision needed shared state that could not be read (fail closed). */
 export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed' | 'state_unavailable';
 
 export interface NotMatched {

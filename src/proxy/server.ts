@@ -19,7 +19,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ProxyConfig } from '../config/proxy-config.js';
-import type { CallStore, DiscoveredLog } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
 import type { NameResolver } from '../net/resolve.js';
@@ -45,6 +45,8 @@ export interface ProxyServerOptions {
   readonly registry: CallStore;
   readonly events: EventSink;
   readonly discovered: DiscoveredLog;
+  /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
+  readonly history: HistoryStore;
   /** Other sockets of this process the proxy must never dial (the admin listener). */
   readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
   /** Observes every finished decision and closed call (metrics). */

@@ -296,3 +296,30 @@ t.test('a replica killed with SIGKILL: the other keeps deciding with the same st
   b.child.kill('SIGTERM');
   t.equal(await b.exit, 0, 'B stops cleanly');
 });
+
+t.test('a sequence rule fires when the read went through replica A and the fetch through replica B', { skip }, async (t) => {
+  const redis = await startRedis(t);
+  const { target } = await upstreamFor(t);
+  const policy = `version: 1
+default_verdict: allow
+rules:
+  - id: no-fetch-after-read
+    priority: 1
+    verdict: deny
+    tool_name_glob: fetch
+    after: {tool_name_glob: "read_*", within_seconds: 600}
+`;
+  const config = `state: {store: redis, redis_url: "${redis.url}"}\nadmin: {listen: "127.0.0.1:0"}`;
+  const a = await startTestProxyFor(t, { policy, config });
+  const b = await startTestProxyFor(t, { policy, config });
+  await until(() => a.running.state.up && b.running.state.up);
+  const call = (proxy: TestProxy, tool: string, id: string) =>
+    rawRequest(proxy.port, getRequest(`http://${target}/`, target, `x-mcp-tool: ${tool}\r\nx-mcp-call-id: ${id}\r\nx-mcp-session-id: agent-7\r\n`));
+  t.equal((await call(b, 'fetch', 'f0')).status, 200, 'no read yet: the fetch goes out');
+  t.equal((await call(a, 'read_file', 'r1')).status, 200, 'the read, through A');
+  await until(async () => ((await admin(b, 'GET', '/v1/history?session=agent-7')).json.calls ?? []).some((c: { tool: string }) => c.tool === 'read_file'));
+  const refused = await call(b, 'fetch', 'f1');
+  t.equal(refused.status, 403, 'the fetch through B is refused');
+  t.match(JSON.parse(refused.body).error, { reason: 'rule', rule: { id: 'no-fetch-after-read' } });
+  t.match(b.events('egress.decision').at(-1), { rule: { id: 'no-fetch-after-read' }, after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-7' } });
+});
