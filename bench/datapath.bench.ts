@@ -10,9 +10,14 @@
  *   S4  8-tunnel throughput (aggregate)
  *   S5  RSS per idle open tunnel (2,000 tunnels)
  *
+ * `egress-redis` is mcp-egress-proxy with `state.store: redis` (a redis-server on loopback, started
+ * here when the machine has one). S1's requests carry `x-mcp-tool`, so they need no state (no
+ * Redis round trip); S2's CONNECTs carry no attribution header, so each looks up the client's
+ * registered calls: one Redis round trip per tunnel. The added latency is read from the two.
+ *
  * `--profile` writes a CPU profile of the proxy during S1 and prints its top functions.
  */
-import { fork } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
@@ -21,6 +26,7 @@ import { connect, createServer as createNetServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createState } from '../src/state/create-state.js';
 import { median, summarize, table } from './stats.js';
 
 const HOST = '127.0.0.1';
@@ -35,11 +41,14 @@ interface Target {
   child: ChildProcess | null;
 }
 
-function startProxyProcess(kind: 'egress' | 'proxy-chain' | 'minimal', profileDir?: string): Promise<Target & { child: ChildProcess }> {
+type ProxyKind = 'egress' | 'egress-redis' | 'proxy-chain' | 'minimal';
+
+function startProxyProcess(kind: ProxyKind, profileDir?: string, env: Record<string, string> = {}): Promise<Target & { child: ChildProcess }> {
   return new Promise((resolve, reject) => {
     const child = fork(new URL('./proxy-process.js', import.meta.url), [kind], {
       execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : ['--expose-gc'],
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+      env: { ...process.env, ...env },
     });
     child.once('message', (m: { port: number }) => resolve({ name: kind, port: m.port, child }));
     child.once('error', reject);
@@ -94,9 +103,10 @@ function requester(port: number, request: string): { send(): Promise<number>; cl
   };
 }
 
-async function s1(port: number, upstreamPort: number, proxied: boolean): Promise<{ rps: number; p99: number; total: number }> {
+/** `toolHeader` false: no attribution header, so each request looks up the client's registered calls. */
+async function s1(port: number, upstreamPort: number, proxied: boolean, toolHeader = true): Promise<{ rps: number; p50: number; p99: number; total: number }> {
   const path = proxied ? `http://${HOST}:${upstreamPort}/` : '/';
-  const request = `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\nx-mcp-tool: bench\r\n\r\n`;
+  const request = `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\n${toolHeader ? 'x-mcp-tool: bench\r\n' : ''}\r\n`;
   const clients = Array.from({ length: 50 }, () => requester(port, request));
   const latencies: number[] = [];
   const deadline = performance.now() + S1_SECONDS * 1000;
@@ -118,7 +128,8 @@ async function s1(port: number, upstreamPort: number, proxied: boolean): Promise
   );
   clients.forEach((c) => c.close());
   const seconds = (performance.now() - Math.max(started, warmup)) / 1000;
-  return { rps: counted / seconds, p99: summarize(latencies).p99, total };
+  const summary = summarize(latencies);
+  return { rps: counted / seconds, p50: summary.median, p99: summary.p99, total };
 }
 
 /** One tunnel (or direct connection): connect, CONNECT, GET, close. Resolves with its latency. */
@@ -145,7 +156,7 @@ function oneTunnel(port: number, upstreamPort: number, proxied: boolean): Promis
   });
 }
 
-async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p99: number; total: number }> {
+async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p50: number; p99: number; total: number }> {
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -154,7 +165,79 @@ async function s2(port: number, upstreamPort: number, proxied: boolean, total = 
       while (next++ < total) latencies.push(await oneTunnel(port, upstreamPort, proxied));
     }),
   );
-  return { perSecond: total / ((performance.now() - started) / 1000), p99: summarize(latencies).p99, total };
+  const summary = summarize(latencies);
+  return { perSecond: total / ((performance.now() - started) / 1000), p50: summary.median, p99: summary.p99, total };
+}
+
+/** The p50 of the read a call without attribution headers waits on (RedisCallStore.open), in a row. */
+async function decisionReadMs(url: string): Promise<number> {
+  const state = await createState({ store: 'redis', redisUrl: url, keyPrefix: 'bench-read:', timeoutMs: 1000 }, { defaultTtlMs: 60_000 });
+  while (!state.up) await new Promise((r) => setTimeout(r, 10));
+  await state.calls.register({ callId: 'c1', tool: 'bench', client: '127.0.0.1' });
+  const times: number[] = [];
+  for (let i = 0; i < 2200; i++) {
+    const t0 = performance.now();
+    await state.calls.open('127.0.0.1');
+    if (i >= 200) times.push(performance.now() - t0);
+  }
+  await state.close();
+  return summarize(times).median;
+}
+
+/**
+ * A redis-server on a free loopback port for `egress-redis` (nothing saved), or null when the
+ * machine has none; with the p50 of a bare PING round trip for reference.
+ */
+async function startBenchRedis(): Promise<{ url: string; roundTripMs: number; stop(): Promise<void> } | null> {
+  const probe = new Promise<boolean>((resolve) => {
+    const p = spawn('redis-server', ['--version'], { stdio: 'ignore' });
+    p.on('error', () => resolve(false));
+    p.on('exit', (code) => resolve(code === 0));
+  });
+  if (!(await probe)) return null;
+  const free = createNetServer();
+  await new Promise<void>((r) => free.listen(0, HOST, () => r()));
+  const port = (free.address() as AddressInfo).port;
+  await new Promise((r) => free.close(r));
+  const dir = await mkdtemp(join(tmpdir(), 'mep-bench-redis-'));
+  const child = spawn('redis-server', ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  const ping = (): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const socket = connect({ host: HOST, port, noDelay: true });
+      const times: number[] = [];
+      let sent = 0;
+      const send = () => {
+        sent = performance.now();
+        socket.write('PING\r\n');
+      };
+      socket.on('connect', send);
+      socket.on('data', () => {
+        times.push(performance.now() - sent);
+        if (times.length < 2000) send();
+        else {
+          socket.destroy();
+          resolve(summarize(times.slice(200)).median);
+        }
+      });
+      socket.on('error', reject);
+    });
+  for (let i = 0; ; i++) {
+    try {
+      const roundTripMs = await ping();
+      return {
+        url: `redis://${HOST}:${port}/0`,
+        roundTripMs,
+        stop: () =>
+          new Promise((resolve) => {
+            child.once('exit', () => resolve());
+            child.kill('SIGTERM');
+          }),
+      };
+    } catch (err) {
+      if (i > 100) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 }
 
 /** Downloads `bytes` through `count` tunnels at once from the bulk server; MiB/s aggregate. */
@@ -325,11 +408,20 @@ export async function runDatapathBench(): Promise<string> {
   const holdPort = (holdServer.address() as AddressInfo).port;
 
   const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
-  const kinds = ['direct', 'proxy-chain', 'minimal', 'egress'] as const;
+  const redis = await startBenchRedis();
+  // BENCH_TARGETS=egress,egress-redis runs only those (the rows compared).
+  const only = process.env.BENCH_TARGETS?.split(',');
+  const kinds = (['direct', 'proxy-chain', 'minimal', 'egress', 'egress-redis'] as const).filter((k) => (k !== 'egress-redis' || redis !== null) && (!only || only.includes(k)));
   type Kind = (typeof kinds)[number];
+  const redisEnv: Record<string, string> = redis ? { BENCH_REDIS_URL: redis.url } : {};
   interface Round {
     rps: number;
     p99: number;
+    /** S1 without the tool header: each request looks up the client's registered calls. */
+    stateRps: number;
+    stateP50: number;
+    stateP99: number;
+    setupP50: number;
     rpsCpu: number;
     setups: number;
     setupP99: number;
@@ -346,13 +438,14 @@ export async function runDatapathBench(): Promise<string> {
   for (let round = 0; round < rounds; round++) {
     const order = kinds.map((_, i) => kinds[(i + round) % kinds.length] as Kind);
     for (const kind of order) {
-      const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind);
+      const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind, undefined, redisEnv);
       const port = target.port ?? upstreamPort;
       const proxied = kind !== 'direct';
       const pid = target.child?.pid;
       const cpu = () => (pid === undefined ? 0 : cpuMs(pid));
       let c0 = cpu();
       const r1 = await s1(port, upstreamPort, proxied);
+      const r1State = kind === 'egress' || kind === 'egress-redis' ? await s1(port, upstreamPort, proxied, false) : null;
       const rpsCpu = ((cpu() - c0) * 1000) / r1.total;
       // Warm-up first, as S1 has: the JIT compiles the CONNECT path during the first thousands of
       // tunnels, and a short count would measure compilation more than the proxy.
@@ -366,18 +459,21 @@ export async function runDatapathBench(): Promise<string> {
       const r3 = await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
       const r4 = await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
       if (target.child) await stopProcess(target.child);
-      byKind.get(kind)?.push({ rps: r1.rps, p99: r1.p99, rpsCpu, setups: r2.perSecond, setupP99: r2.p99, setupCpu, setupBenchCpu, single: r3, eight: r4 });
+      byKind.get(kind)?.push({ rps: r1.rps, p99: r1.p99, stateRps: r1State?.rps ?? NaN, stateP50: r1State?.p50 ?? NaN, stateP99: r1State?.p99 ?? NaN, setupP50: r2.p50, rpsCpu, setups: r2.perSecond, setupP99: r2.p99, setupCpu, setupBenchCpu, single: r3, eight: r4 });
     }
   }
   const rss = new Map<Kind, number>();
-  for (const kind of kinds) if (kind !== 'direct') rss.set(kind, await s5(kind, holdPort));
+  for (const kind of kinds) if (kind !== 'direct' && kind !== 'egress-redis') rss.set(kind, await s5(kind, holdPort));
+  const readMs = redis ? await decisionReadMs(redis.url) : NaN;
   if (profile) {
+    // BENCH_PROFILE_KIND=egress-redis profiles the proxy with its state in Redis instead.
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
-    const target = await startProxyProcess('egress', profileDir);
+    const target = await startProxyProcess(process.env.BENCH_PROFILE_KIND === 'egress-redis' && redis ? 'egress-redis' : 'egress', profileDir, redisEnv);
     await s1(target.port as number, upstreamPort, true);
     await stopProcess(target.child);
     profileText = topFunctions(profileDir);
   }
+  await redis?.stop();
   upstream.close();
   bulkServer.close();
   holdServer.close();
@@ -410,6 +506,7 @@ export async function runDatapathBench(): Promise<string> {
     'S5: RSS growth per tunnel with 2,000 idle tunnels open, each reading taken after a full GC in a fresh proxy process.',
   ];
   const ratio = (pick: (r: Round) => number) => {
+    if (!byKind.get('proxy-chain')?.length || !byKind.get('egress')?.length) return 'n/a';
     const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round));
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
   };
@@ -418,6 +515,19 @@ export async function runDatapathBench(): Promise<string> {
     `egress / proxy-chain, median of the per-round ratios: S1 ${ratio((r) => r.rps)} (target >= 2), S2 ${ratio((r) => r.setups)} (target >= 1.1), ` +
       `S3 ${ratio((r) => r.single)}, S4 ${ratio((r) => r.eight)} (targets >= 1), S5 ${((rss.get('egress') ?? NaN) / 1024).toFixed(1)} KiB (target <= 20)`,
   );
+  if (redis) {
+    const s = (kind: Kind) => [kind, med(kind, (r) => r.rps).toFixed(0), med(kind, (r) => r.stateRps).toFixed(0), med(kind, (r) => r.stateP50).toFixed(3), med(kind, (r) => r.stateP99).toFixed(2), med(kind, (r) => r.setups).toFixed(0), med(kind, (r) => r.setupP50).toFixed(3), med(kind, (r) => r.setupP99).toFixed(2)];
+    const added = (pick: (r: Round) => number) => (med('egress-redis', pick) - med('egress', pick)).toFixed(3);
+    out.push(
+      '',
+      '## State store: memory vs Redis (redis-server on loopback)',
+      '',
+      table(['target', 'S1 req/s (no state)', 'S1 req/s (state: no tool header)', 'its p50 ms', 'its p99 ms', 'S2 tunnels/s (state)', 'S2 p50 ms', 'S2 p99 ms'], [s('egress'), s('egress-redis')]),
+      '',
+      `Redis's added latency per call that needs state (median, redis - memory): S1 p50 ${added((r) => r.stateP50)} ms, S2 p50 ${added((r) => r.setupP50)} ms; ` +
+        `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs); the decision's read itself (the store's open(), one HGETALL with its timeout, p50 of 2,000 in a row): ${readMs.toFixed(3)} ms. Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,
+    );
+  }
   if (profileText) out.push('', profileText);
   return out.join('\n');
 }

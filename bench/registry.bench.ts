@@ -52,7 +52,7 @@ export function runRegistryBench(): string {
   const open = new CallRegistry(options);
   row('open (none ended)', batches(open, undefined));
   gc();
-  const perCall = (process.memoryUsage().heapUsed - heapBefore) / open.size;
+  const perCall = (process.memoryUsage().heapUsed - heapBefore) / open.size();
 
   const churn = new CallRegistry(options);
   row('register + end', batches(churn, undefined, (id) => churn.end(id)));

@@ -32,6 +32,13 @@ export class Metrics {
   readonly generation = new Gauge({ name: 'egress_policy_generation', help: 'The serving policy generation', registers: [this.registry] });
   readonly policyError = new Gauge({ name: 'egress_policy_last_reload_failed', help: '1 while the last reload was rejected (the previous policy serves)', registers: [this.registry] });
   readonly registered = new Gauge({ name: 'egress_registered_calls', help: 'Open registered tool calls', registers: [this.registry] });
+  /** interface.md "Shared state": 1 while the state store can answer (always 1 for memory). */
+  readonly stateUp = new Gauge({ name: 'mcp_egress_state_up', help: 'Whether the state store (state.store) is reachable: 1 up, 0 down', registers: [this.registry] });
+  readonly stateWritesDropped = new Counter({ name: 'mcp_egress_state_writes_dropped_total', help: 'Background state writes (history, discovered counts) given up, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly stateWritesRetried = new Counter({ name: 'mcp_egress_state_writes_retried_total', help: 'Background state writes queued again after a failure', registers: [this.registry] });
+  /** Read when scraped: background writes waiting for the store. */
+  stateQueued: () => number = () => 0;
+  private readonly stateQueue: Gauge = new Gauge({ name: 'mcp_egress_state_writes_queued', help: 'Background state writes waiting for the state store', registers: [this.registry], collect: (): void => this.stateQueue.set(this.stateQueued()) });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry });

@@ -6,16 +6,16 @@
  */
 import type { EventSink } from '../events/events.js';
 import type { PolicyStore } from '../live/policy-store.js';
-import type { CallRegistry } from '../state/registry.js';
-import type { DiscoveredStore } from '../state/discovered.js';
-import type { HistoryStore } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 
 export interface AdminRuntime {
   readonly store: Pick<PolicyStore, 'current' | 'loaded' | 'lastError'>;
-  readonly registry: Pick<CallRegistry, 'register' | 'end' | 'size'>;
-  readonly discovered: Pick<DiscoveredStore, 'list'>;
+  readonly registry: Pick<CallStore, 'register' | 'end' | 'size'>;
+  readonly discovered: Pick<DiscoveredLog, 'list'>;
   /** Session history: registrations are recorded; `GET /v1/history` and `POST /v1/test` read it. */
   readonly history: Pick<HistoryStore, 'record' | 'read'>;
+  /** The state store's health, for `/readyz` (`state.store`). */
+  readonly state: { readonly up: boolean; readonly store: 'memory' | 'redis' };
   readonly events: Pick<EventSink, 'warn'>;
   readonly proxy: { readonly address: { address: string; port: number } | null };
   reload(trigger: string): Promise<boolean>;

@@ -37,6 +37,7 @@ import { draftPolicy } from './draft.js';
 import { createHostCheck } from './host-check.js';
 import type { Metrics } from './metrics.js';
 import type { AdminRuntime } from './runtime.js';
+import { StateUnavailableError } from '../state/types.js';
 
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
@@ -257,11 +258,18 @@ export class AdminServer {
         case 'GET /healthz':
           return this.send(res, 200, { status: 'ok' });
         case 'GET /readyz': {
+          // Readiness does not depend on the state store: one shared Redis down must not take
+          // every replica out of a Service at once (their calls that need no state still work).
           const ready = running.proxy.address !== null && running.store.loaded;
-          return this.send(res, ready ? 200 : 503, { ready, policy_generation: running.store.loaded ? running.store.current.generation : null });
+          return this.send(res, ready ? 200 : 503, { ready, policy_generation: running.store.loaded ? running.store.current.generation : null, state: running.state.up ? 'up' : 'down', state_store: running.state.store });
         }
         case 'GET /metrics': {
-          this.deps.metrics.registered.set(running.registry.size);
+          // The open registrations are counted by the store (fleet-wide with Redis); a store that cannot say leaves the gauge as it was.
+          try {
+            this.deps.metrics.registered.set(await running.registry.size());
+          } catch {
+            // state_unavailable: mcp_egress_state_up says so
+          }
           return this.send(res, 200, await this.deps.metrics.registry.metrics(), this.deps.metrics.registry.contentType);
         }
         case 'GET /v1/policy': {
@@ -311,7 +319,7 @@ export class AdminServer {
           // anything else could never match a connection, so it is refused as a mistake.
           const users = this.deps.config.auth.users;
           if (users.length > 0 && !users.some((u) => u.name === client)) throw badRequest(`client '${client}' is not a proxy user (auth.users); with users configured, clients are identified by user name`);
-          const registered = running.registry.register({ callId, tool, client: canonicalClient(client), sessionId, ttlMs: b.ttl_ms });
+          const registered = await running.registry.register({ callId, tool, client: canonicalClient(client), sessionId, ttlMs: b.ttl_ms });
           if ('error' in registered) throw new HttpError(REFUSED_REGISTRATION_STATUS[registered.code], registered.code, registered.error);
           // A registered call is history for its session, also when it never reaches the network
           // (a read_file on one server counts for a fetch on another); its connections merge into it.
@@ -340,7 +348,7 @@ export class AdminServer {
         }
         case 'GET /v1/discovered': {
           this.require(req, 'viewer');
-          const destinations = running.discovered.list();
+          const destinations = await running.discovered.list();
           const format = url.query.get('format') ?? 'json';
           if (format !== 'json' && format !== 'yaml') throw badRequest("format must be 'json' or 'yaml'");
           if (format === 'yaml') return this.send(res, 200, draftPolicy(destinations), 'application/yaml');
@@ -356,7 +364,7 @@ export class AdminServer {
           throw badRequest('the call id in the path is not valid percent-encoded UTF-8');
         }
         if (!CALL_ID.test(callId)) throw badRequest('a call id is 1 to 256 visible ASCII characters');
-        if (!running.registry.end(callId)) throw new HttpError(404, 'not_found', 'no such registered call');
+        if (!(await running.registry.end(callId))) throw new HttpError(404, 'not_found', 'no such registered call');
         res.writeHead(204).end();
         return;
       }
@@ -379,6 +387,10 @@ export class AdminServer {
         for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
         this.send(res, err.status, { error: { code: err.code, message: err.message, ...err.extra } });
         if (err.status === 413) req.destroy();
+        return;
+      }
+      if (err instanceof StateUnavailableError) {
+        this.send(res, 503, { error: { code: 'state_unavailable', message: `${err.message}; nothing was changed, try again` } });
         return;
       }
       // A bug, not bad input (that is a 400 above): its message, without a stack for the log.

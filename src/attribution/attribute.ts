@@ -6,8 +6,12 @@
  * gateway registered for this client count, the tool name comes from the registration, and an
  * unknown or expired call id is refused as `unattributed`. Without any attribution the call is
  * evaluated with no tool, which only `*` globs match.
+ *
+ * A registration lookup answers at once from the memory store and with a promise from Redis
+ * (which rejects with `StateUnavailableError` when it cannot answer): no promise is made when
+ * the store answers at once or when no lookup is needed.
  */
-import type { CallRegistry } from '../state/registry.js';
+import type { CallStore, MaybePromise, RegisteredCall } from '../state/types.js';
 
 export interface Attribution {
   readonly tool: string | null;
@@ -40,7 +44,7 @@ function single(get: HeaderGetter, name: string): string | null | { error: strin
   return value;
 }
 
-export function attribute(get: HeaderGetter, client: string, names: AttributionHeaders, trust: 'header' | 'registered', registry: CallRegistry): AttributionResult {
+export function attribute(get: HeaderGetter, client: string, names: AttributionHeaders, trust: 'header' | 'registered', registry: CallStore): MaybePromise<AttributionResult> {
   const tool = single(get, names.tool);
   const callId = single(get, names.call);
   const sessionId = single(get, names.session);
@@ -51,14 +55,20 @@ export function attribute(get: HeaderGetter, client: string, names: AttributionH
 
   if (trust === 'registered') {
     if (c !== null) {
-      const call = registry.find(client, c);
-      if (!call) return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
-      return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
+      const found = registry.find(client, c);
+      const fromFound = (call: RegisteredCall | null): AttributionResult => {
+        if (!call) return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
+        return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
+      };
+      return found instanceof Promise ? found.then(fromFound) : fromFound(found);
     }
   } else if (t !== null || c !== null) {
     return { kind: 'attributed', calls: [{ tool: t, callId: c, sessionId: s }] };
   }
   const open = registry.open(client);
-  if (open.length > 0) return { kind: 'attributed', calls: open.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
-  return { kind: 'attributed', calls: [{ tool: null, callId: null, sessionId: trust === 'header' ? s : null }] };
+  const fromOpen = (calls: RegisteredCall[]): AttributionResult => {
+    if (calls.length > 0) return { kind: 'attributed', calls: calls.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
+    return { kind: 'attributed', calls: [{ tool: null, callId: null, sessionId: trust === 'header' ? s : null }] };
+  };
+  return open instanceof Promise ? open.then(fromOpen) : fromOpen(open);
 }

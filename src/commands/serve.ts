@@ -3,7 +3,6 @@
  * and owns the process's signals. Fails closed: no valid config or no valid policy at start
  * means no listener at all.
  */
-import { CallRegistry } from '../state/registry.js';
 import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import { isLoopbackHost } from '../net/address.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
@@ -11,9 +10,10 @@ import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
-import { DiscoveredStore } from '../state/discovered.js';
+import { createState } from '../state/create-state.js';
+import type { State } from '../state/create-state.js';
 import { MemoryHistoryStore } from '../state/history.js';
-import type { HistoryStore } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
@@ -35,8 +35,10 @@ export interface Running {
   readonly config: ProxyConfig;
   readonly proxy: ProxyServer;
   readonly store: PolicyStore;
-  readonly registry: CallRegistry;
-  readonly discovered: DiscoveredStore;
+  /** Where registrations, history and discovered destinations live (`state.store`). */
+  readonly state: State;
+  readonly registry: CallStore;
+  readonly discovered: DiscoveredLog;
   /** Session history: what sequence clauses (`after`) read; kept for the serving policy's longest window. */
   readonly history: HistoryStore;
   readonly events: EventSink;
@@ -78,15 +80,36 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
 export interface StartOptions {
   /** Watch the policy file for changes (default true). */
   readonly watch?: boolean;
-  /** The session-history store (default: one in memory, bounded by `limits.max_history_calls`). */
+  /** Extra CA certificate for a `rediss://` state store (tests). */
+  readonly stateTlsCa?: string;
+  /** The session-history store (default: the state store's: in memory bounded by `limits.max_history_calls`, or Redis). */
   readonly history?: HistoryStore;
 }
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
-  const memory = options.history ? null : new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls });
-  const history: HistoryStore = options.history ?? (memory as MemoryHistoryStore);
+  const state = await createState(config.state, {
+    defaultTtlMs: config.attribution.defaultTtlMs,
+    maxTotal: config.limits.maxRegisteredCalls,
+    env: process.env,
+    tlsCa: options.stateTlsCa,
+    onHealth: (up) => {
+      metrics.stateUp.set(up ? 1 : 0);
+      if (up) events.info({ event: 'state.up', store: config.state.store }, 'state store connected');
+      else events.warn({ event: 'state.down', store: config.state.store }, 'state store unavailable: calls that need state are refused (state_unavailable)');
+    },
+    onDropped: (reason) => metrics.stateWritesDropped.inc({ reason }),
+    onRetried: () => metrics.stateWritesRetried.inc(),
+    warn: (fields, msg) => events.warn(fields, msg),
+    memoryHistory: options.history ? undefined : () => new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls }),
+  });
+  metrics.stateUp.set(state.up ? 1 : 0);
+  metrics.stateQueued = () => state.queuedWrites;
+  events.info({ event: 'state.store', store: state.store, target: state.description, key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null, timeout_ms: config.state.timeoutMs }, `state store: ${state.description}`);
+  const memory = state.history instanceof MemoryHistoryStore ? state.history : null;
+  // store: redis gives the shared RedisHistoryStore; memory the bounded one in this process.
+  const history: HistoryStore = options.history ?? (state.history as HistoryStore);
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
@@ -120,12 +143,10 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     );
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
-  const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
-  const sweeper = setInterval(() => {
-    registry.sweep();
-    memory?.sweep();
-  }, 10_000).unref();
-  const discovered = new DiscoveredStore();
+  const registry = state.calls;
+  const discovered = state.discovered;
+  // The memory registry sweeps itself (create-state.ts); the memory history's idle keys here.
+  const sweeper = memory ? setInterval(() => memory.sweep(), 10_000).unref() : null;
   let adminAddress: { address: string; port: number } | null = null;
   const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, history, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
@@ -140,6 +161,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     config,
     proxy,
     store,
+    state,
     registry,
     discovered,
     history,
@@ -150,9 +172,11 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     },
     reload,
     stop: async () => {
-      clearInterval(sweeper);
+      if (sweeper) clearInterval(sweeper);
       watcher?.stop();
       await Promise.all([proxy.close(config.shutdownGraceMs), admin?.close()]);
+      // After the calls: their background writes (history, discovered counts) go out first.
+      await state.close();
     },
   };
   if (config.admin.listen) {

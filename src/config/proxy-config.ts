@@ -65,7 +65,18 @@ export interface ProxyConfig {
     readonly maxHistoryCalls: number;
   };
   readonly shutdownGraceMs: number;
+  /** Where registrations, history and discovered destinations live (src/state/create-state.ts). */
+  readonly state: StateConfig;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };
+}
+
+export interface StateConfig {
+  readonly store: 'memory' | 'redis';
+  /** `redis://` or `rediss://` (TLS); may hold a password, so it is never logged as written. */
+  readonly redisUrl: string;
+  readonly keyPrefix: string;
+  /** A state read or registration slower than this counts as unavailable (fail closed). */
+  readonly timeoutMs: number;
 }
 
 export const DEFAULTS = {
@@ -87,6 +98,9 @@ export const DEFAULTS = {
   maxRegisteredCalls: 100_000,
   maxHistoryCalls: 1_000_000,
   shutdownGraceMs: 10_000,
+  redisUrl: 'redis://127.0.0.1:6379/0',
+  keyPrefix: 'mcp-egress:',
+  stateTimeoutMs: 250,
 } as const;
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -124,6 +138,35 @@ function dnsServerError(text: string): string | null {
   return `'${text}' is not a DNS server address (IP or IP:PORT, [IPv6]:PORT)`;
 }
 
+/**
+ * `redis://[[user]:password@]host[:port][/db]` or `rediss://` (TLS). Messages never repeat the
+ * URL: it may carry a password.
+ */
+export function redisUrlError(text: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return 'not a URL (redis://HOST:PORT/DB or rediss://HOST:PORT/DB)';
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') return `the scheme must be redis: or rediss: (TLS), not ${url.protocol.slice(0, 16)}`;
+  if (url.hostname === '') return 'no host';
+  if (url.search !== '' || url.hash !== '') return 'no query or fragment is accepted';
+  if (url.pathname !== '' && url.pathname !== '/' && !/^\/(?:[0-9]|1[0-5])$/.test(url.pathname)) return 'the path must be a database number from 0 to 15 (/0)';
+  return null;
+}
+
+/** The URL with any password replaced by `***`: what logs and errors may show. */
+export function redactRedisUrl(text: string): string {
+  try {
+    const url = new URL(text);
+    if (url.password !== '') url.password = '***';
+    return url.toString();
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
 export async function loadProxyConfig(file: string): Promise<ConfigResult> {
   let text: string;
   try {
@@ -142,7 +185,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
   if (!src.ok) return { config: null, diagnostics: src.sorted() };
   const root = src.doc.contents as Node | null;
   const empty = root === null || (isScalar(root) && root.value === null);
-  const top = empty ? new Map<string, P>() : src.mapping(root, 'config', ['listen', 'policy', 'admin', 'dns', 'baseline', 'attribution', 'auth', 'deny_status', 'limits', 'shutdown_grace_ms', 'log']);
+  const top = empty ? new Map<string, P>() : src.mapping(root, 'config', ['listen', 'policy', 'admin', 'dns', 'baseline', 'attribution', 'auth', 'deny_status', 'limits', 'shutdown_grace_ms', 'state', 'log']);
   if (!top) return { config: null, diagnostics: src.sorted() };
 
   const section = (name: string, keys: readonly string[]) => {
@@ -254,6 +297,26 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
   }
 
   const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections', 'max_registered_calls', 'max_history_calls']);
+  const stateSection = section('state', ['store', 'redis_url', 'key_prefix', 'timeout_ms']);
+  const storePair = stateSection.get('store');
+  const store = (storePair && src.oneOf(storePair, 'state.store', ['memory', 'redis'] as const)) ?? 'memory';
+  const urlPair = stateSection.get('redis_url');
+  let redisUrl: string = DEFAULTS.redisUrl;
+  if (urlPair) {
+    const v = src.string(urlPair, 'state.redis_url');
+    const problem = v === undefined ? null : redisUrlError(v);
+    if (problem) src.error(src.at(urlPair), `state.redis_url: ${problem}`);
+    else if (v !== undefined) redisUrl = v;
+    if (store === 'memory') src.warning(src.at(urlPair), 'state.redis_url is ignored: state.store is memory');
+  }
+  const prefixPair = stateSection.get('key_prefix');
+  let keyPrefix: string = DEFAULTS.keyPrefix;
+  if (prefixPair) {
+    const v = src.string(prefixPair, 'state.key_prefix');
+    if (v !== undefined && !/^[\x21-\x7e]{1,64}$/.test(v)) src.error(src.at(prefixPair), 'state.key_prefix: 1 to 64 visible ASCII characters (no spaces)');
+    else if (v !== undefined) keyPrefix = v;
+  }
+
   const logSection = section('log', ['level']);
   const levelPair = logSection.get('level');
   const level = (levelPair && src.oneOf(levelPair, 'log.level', ['trace', 'debug', 'info', 'warn', 'error'] as const)) ?? 'info';
@@ -289,6 +352,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
       maxHistoryCalls: int(limits, 'max_history_calls', 'limits.max_history_calls', DEFAULTS.maxHistoryCalls, 1_024, 100_000_000),
     },
     shutdownGraceMs: int(top, 'shutdown_grace_ms', 'shutdown_grace_ms', DEFAULTS.shutdownGraceMs, 0, 600_000),
+    state: { store, redisUrl, keyPrefix, timeoutMs: int(stateSection, 'timeout_ms', 'state.timeout_ms', DEFAULTS.stateTimeoutMs, 1, 60_000) },
     log: { level },
   };
   if (!src.ok) return { config: null, diagnostics: src.sorted() };

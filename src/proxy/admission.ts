@@ -16,17 +16,15 @@ import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
 import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
-import type { CallRegistry } from '../state/registry.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DialError } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { Decision, HistoryCall } from '../policy/types.js';
 import { decideCall } from '../decide/decide-call.js';
-import type { DiscoveredStore } from '../state/discovered.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
-import type { HistoryStore } from '../state/types.js';
 import { failure, refusal } from './answers.js';
 import { readHistories, recordDecided } from './call-history.js';
 import type { Histories } from './call-history.js';
@@ -45,9 +43,9 @@ export interface AdmissionOptions {
   readonly config: ProxyConfig;
   readonly store: PolicyStore;
   readonly resolver: NameResolver;
-  readonly registry: CallRegistry;
+  readonly registry: CallStore;
   readonly events: EventSink;
-  readonly discovered: DiscoveredStore;
+  readonly discovered: DiscoveredLog;
   /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
   readonly history: HistoryStore;
   /** The baseline's classification, with this process's own listeners as `self` (net/self.ts). */
@@ -142,7 +140,15 @@ export class Admission {
     const client = identity.client;
     const limitKey = identity.limitKey;
     const headerNames = { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader };
-    const attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
+    let attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
+    // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
+    if (attribution instanceof Promise) {
+      try {
+        attribution = await attribution;
+      } catch (err) {
+        return this.registrationsUnavailable(connId, client, limitKey, target, method, err);
+      }
+    }
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
     const generation = this.options.store.current;
@@ -228,12 +234,38 @@ export class Admission {
     return failure('state_unavailable', message, this.labelFor(target, call));
   }
 
+  /**
+   * Fail closed: attribution needed the registered calls and the shared store could not give
+   * them (down, or slower than `state.timeout_ms`): refused with 503 `state_unavailable`.
+   */
+  private registrationsUnavailable(connId: string, client: string, limitKey: string, target: Target, method: string, err: unknown): AdmissionResult {
+    const generation = this.options.store.current;
+    const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
+    const decision: Decision = {
+      verdict: 'deny',
+      dispatched: false,
+      shadow: false,
+      reason: 'state_unavailable',
+      rule: null,
+      after: null,
+      addresses: [],
+      trace: [],
+      uncovered: false,
+    };
+    const call: Attribution = { tool: null, callId: null, sessionId: null };
+    const admitted: Admitted = { connId, client, limitKey, call, calls: [call], generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+    this.logDecision(admitted, null, why);
+    this.options.observer?.failure?.('state_unavailable');
+    return { ok: false, answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)) };
+  }
+
+  /** Observe mode: a background write with Redis; `egress.discovered` once per entry (fleet-wide). */
   private recordDiscovered(a: Admitted): void {
-    const entry = this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port);
-    if (entry) {
-      const { server, tool, host, port, first_seen } = entry;
-      this.options.events.discovered({ server, tool, host, port, first_seen, conn_id: a.connId });
-    }
+    const { events } = this.options;
+    const connId = a.connId;
+    this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port, ({ server, tool, host, port, first_seen }) =>
+      events.discovered({ server, tool, host, port, first_seen, conn_id: connId }),
+    );
   }
 
   // ---- the per-client tunnel cap (max_tunnels_per_client) ----

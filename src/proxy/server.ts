@@ -19,13 +19,11 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ProxyConfig } from '../config/proxy-config.js';
-import type { CallRegistry } from '../state/registry.js';
+import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
 import type { NameResolver } from '../net/resolve.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
-import type { DiscoveredStore } from '../state/discovered.js';
-import type { HistoryStore } from '../state/types.js';
 import type { EventSink } from '../events/events.js';
 import type { PolicyStore } from '../live/policy-store.js';
 import { destroyWhenFlushed, failure, sendRawAnswer } from './answers.js';
@@ -44,9 +42,9 @@ export interface ProxyServerOptions {
   readonly config: ProxyConfig;
   readonly store: PolicyStore;
   readonly resolver: NameResolver;
-  readonly registry: CallRegistry;
+  readonly registry: CallStore;
   readonly events: EventSink;
-  readonly discovered: DiscoveredStore;
+  readonly discovered: DiscoveredLog;
   /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
   readonly history: HistoryStore;
   /** Other sockets of this process the proxy must never dial (the admin listener). */

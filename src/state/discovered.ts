@@ -4,17 +4,12 @@
  * guarded server chooses its tool name (and, without `auth.users`, its user name), so a flood of
  * unique, header-sized names must not grow it to hundreds of megabytes.
  */
-export interface DiscoveredDestination {
-  readonly server: string;
-  readonly tool: string | null;
-  readonly host: string;
-  readonly port: number;
-  count: number;
-  readonly first_seen: string;
-  last_seen: string;
-}
+import type { DiscoveredDestination, DiscoveredLog } from './types.js';
 
-export class DiscoveredStore {
+export type { DiscoveredDestination } from './types.js';
+
+/** The one-process log (`state.store: memory`). */
+export class DiscoveredStore implements DiscoveredLog {
   private readonly entries = new Map<string, DiscoveredDestination>();
   /** Characters of the keys held (each key spells the entry's names once). */
   private chars = 0;
@@ -26,7 +21,7 @@ export class DiscoveredStore {
   ) {}
 
   /** Records one call; returns the entry when it is new (to log `egress.discovered` once). */
-  record(server: string, tool: string | null, host: string, port: number, now = new Date()): DiscoveredDestination | null {
+  record(server: string, tool: string | null, host: string, port: number, onFirstSeen?: (entry: DiscoveredDestination) => void, now = new Date()): DiscoveredDestination | null {
     const key = `${server}\u0000${tool ?? ''}\u0000${tool === null ? 0 : 1}\u0000${host}\u0000${port}`;
     const existing = this.entries.get(key);
     const stamp = now.toISOString();
@@ -42,6 +37,7 @@ export class DiscoveredStore {
     const entry: DiscoveredDestination = { server, tool, host, port, count: 1, first_seen: stamp, last_seen: stamp };
     this.entries.set(key, entry);
     this.chars += key.length;
+    onFirstSeen?.({ ...entry });
     return entry;
   }
 

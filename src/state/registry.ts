@@ -11,24 +11,9 @@
  * time-ordered heap: a registration costs O(log n) plus the expired entries it removes, never a
  * pass over the whole registry.
  */
-export interface RegisteredCall {
-  readonly callId: string;
-  readonly tool: string;
-  readonly client: string;
-  readonly sessionId: string | null;
-  readonly registeredAt: number;
-  readonly expiresAt: number;
-}
+import type { CallStore, Registration, RegisteredCall, RegistrationRefused } from './types.js';
 
-/**
- * Why a registration was refused. `conflict`: the call id is live for another client (409);
- * `client_limit`: the client has `maxPerClient` open calls (429); `registry_full`: the registry
- * holds `maxTotal` open calls (503: the proxy's bound, not the caller's fault).
- */
-export interface RegistrationRefused {
-  readonly error: string;
-  readonly code: 'conflict' | 'client_limit' | 'registry_full';
-}
+export type { RegisteredCall, RegistrationRefused } from './types.js';
 
 export interface CallRegistryOptions {
   readonly defaultTtlMs: number;
@@ -42,7 +27,8 @@ export interface CallRegistryOptions {
 export const DEFAULT_MAX_PER_CLIENT = 1024;
 export const DEFAULT_MAX_TOTAL = 100_000;
 
-export class CallRegistry {
+/** The one-process store (`state.store: memory`): every read answers at once, without a promise. */
+export class CallRegistry implements CallStore {
   private readonly byClient = new Map<string, Map<string, RegisteredCall>>();
   private readonly byId = new Map<string, RegisteredCall>();
   /**
@@ -61,7 +47,7 @@ export class CallRegistry {
   }
 
   /** Registers a call; an id already registered (live) is replaced only for the same client. */
-  register(input: { callId: string; tool: string; client: string; sessionId?: string | null; ttlMs?: number }): RegisteredCall | RegistrationRefused {
+  register(input: Registration): RegisteredCall | RegistrationRefused {
     const now = this.now();
     this.expire(now);
     const existing = this.byId.get(input.callId);
@@ -117,7 +103,7 @@ export class CallRegistry {
     return live;
   }
 
-  get size(): number {
+  size(): number {
     return this.byId.size;
   }
 

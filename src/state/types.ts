@@ -32,3 +32,112 @@ export interface HistoryStore {
   setRetention(seconds: number): void;
   readonly retentionSeconds: number;
 }
+
+/** A registered tool call (registry.ts), as both stores hold it. */
+export interface RegisteredCall {
+  readonly callId: string;
+  readonly tool: string;
+  readonly client: string;
+  readonly sessionId: string | null;
+  readonly registeredAt: number;
+  readonly expiresAt: number;
+}
+
+/**
+ * Why a registration was refused. `conflict`: the call id is live for another client (409);
+ * `client_limit`: the client has `maxPerClient` open calls (429); `registry_full`: the registry
+ * holds `maxTotal` open calls (503: the proxy's bound, not the caller's fault).
+ */
+export interface RegistrationRefused {
+  readonly error: string;
+  readonly code: 'conflict' | 'client_limit' | 'registry_full';
+}
+
+export interface Registration {
+  readonly callId: string;
+  readonly tool: string;
+  readonly client: string;
+  readonly sessionId?: string | null;
+  readonly ttlMs?: number;
+}
+
+/**
+ * Registered calls ("socket tags"), read by attribution. Reads may be asynchronous (Redis) and
+ * then reject with `StateUnavailableError` when the store is down or slower than its timeout; a
+ * registration always goes to the store before it is answered (a promise with Redis).
+ */
+export interface CallStore {
+  register(input: Registration): MaybePromise<RegisteredCall | RegistrationRefused>;
+  /** true when a live registration was ended. */
+  end(callId: string): MaybePromise<boolean>;
+  /** The live registration of `callId` for `client`, or null (unknown, expired, or another client's). */
+  find(client: string, callId: string): MaybePromise<RegisteredCall | null>;
+  /** Every live registration of `client` (at most the per-client cap). */
+  open(client: string): MaybePromise<RegisteredCall[]>;
+  /** Open registrations in all (a gauge; Redis counts every replica's). */
+  size(): MaybePromise<number>;
+}
+
+/** One destination observe mode recorded (discovered.ts). */
+export interface DiscoveredDestination {
+  readonly server: string;
+  readonly tool: string | null;
+  readonly host: string;
+  readonly port: number;
+  count: number;
+  readonly first_seen: string;
+  last_seen: string;
+}
+
+/**
+ * Observe mode's discovered destinations. `record` never blocks and never throws: with Redis
+ * it is a background write, and `onFirstSeen` runs (later) on the one replica whose write
+ * created the entry, so `egress.discovered` is logged once per fleet. `list` merges every
+ * replica's counts exactly.
+ */
+export interface DiscoveredLog {
+  record(server: string, tool: string | null, host: string, port: number, onFirstSeen?: (entry: DiscoveredDestination) => void): void;
+  list(): MaybePromise<DiscoveredDestination[]>;
+}
+
+/** The store could not vouch for a read or a registration (down, or slower than `timeout_ms`). */
+export class StateUnavailableError extends Error {
+  readonly code = 'state_unavailable';
+  constructor(message: string) {
+    super(message);
+    this.name = 'StateUnavailableError';
+  }
+}
+
+/** What `createState` (create-state.ts) gives: the three stores behind one `state.store`. */
+export interface State {
+  readonly store: 'memory' | 'redis';
+  /** For the start-up log line: `memory`, or the Redis URL with its password redacted. */
+  readonly description: string;
+  readonly calls: CallStore;
+  readonly discovered: DiscoveredLog;
+  /** Redis: the shared store. Memory: what `memoryHistory` made (null without it). */
+  readonly history: HistoryStore | null;
+  /** Whether the store can answer now (always true for memory). */
+  readonly up: boolean;
+  /** Background writes waiting for the store to come back. */
+  readonly queuedWrites: number;
+  close(): Promise<void>;
+}
+
+export interface StateOptions {
+  readonly defaultTtlMs: number;
+  readonly maxPerClient?: number;
+  readonly maxTotal?: number;
+  /** Where $MCP_EGRESS_REDIS_PASSWORD is read (process.env in production). */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** The memory session-history store (src/state/history.ts), for `store: memory`. */
+  readonly memoryHistory?: () => HistoryStore;
+  /** Extra CA for `rediss://` (tests; operators use NODE_EXTRA_CA_CERTS). */
+  readonly tlsCa?: string;
+  readonly now?: () => number;
+  readonly onHealth?: (up: boolean) => void;
+  readonly onDropped?: (reason: string) => void;
+  readonly onRetried?: () => void;
+  readonly warn?: (fields: Record<string, unknown>, message: string) => void;
+}

@@ -276,7 +276,7 @@ rules:
       t.equal(cross.status, 403, `${method} ${path}: a cross-site Origin`);
       t.equal(cross.json?.error?.code, 'forbidden_origin');
     }
-    t.equal(proxy.running.registry.size, 0, 'even with a developer token, nothing was registered');
+    t.equal(proxy.running.registry.size(), 0, 'even with a developer token, nothing was registered');
     const refused = await proxy.waitFor((e) => e.event === 'admin.refused' && e.code === 'misdirected_request' && e.target === '/v1/calls');
     t.match(refused, { status: 421, method: 'POST', host: `evil.example:${port}`, remote: '127.0.0.1' }, 'refusals are logged');
     t.ok(proxy.events('admin.refused').some((e) => e.code === 'forbidden_origin' && e.origin === 'http://evil.example'));
@@ -382,7 +382,7 @@ t.test('without tokens the admin API serves only on loopback, and every caller i
     t.match(r.headers.get('www-authenticate'), /^Bearer/);
     t.equal((await api(proxy, method, path, { token: 'guessed', ...(body === undefined ? {} : { body }) })).status, 401, `${method} ${path} with a made-up token`);
   }
-  t.equal(proxy.running.registry.size, 0, 'nothing was registered');
+  t.equal(proxy.running.registry.size(), 0, 'nothing was registered');
   t.equal(proxy.running.store.current.generation, 1, 'nothing was reloaded');
   const admin = new AdminServer({ config: proxy.running.config, running: proxy.running, metrics: proxy.running.metrics, resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) } });
   await t.rejects(admin.listen('0.0.0.0', 0), /no admin\.tokens configured/);
@@ -434,5 +434,5 @@ admin:
   t.equal((await register('b'.repeat(32), 'two')).status, 201);
   const full = await register('c'.repeat(32), 'three');
   t.match({ status: full.status, code: full.json?.error?.code }, { status: 503, code: 'registry_full' });
-  t.equal(proxy.running.registry.open('three').length, 0, 'nothing registered past the cap');
+  t.equal((await proxy.running.registry.open('three')).length, 0, 'nothing registered past the cap');
 });

@@ -15,7 +15,7 @@ import { ip } from '../helpers/policy.js';
 
 function observed(calls: Array<[server: string, tool: string | null, host: string, port: number]>) {
   const store = new DiscoveredStore();
-  for (const [server, tool, host, port] of calls) store.record(server, tool, host, port, new Date(0));
+  for (const [server, tool, host, port] of calls) store.record(server, tool, host, port, undefined, new Date(0));
   return store.list();
 }
 

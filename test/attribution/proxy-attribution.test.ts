@@ -56,18 +56,18 @@ t.test('without users, the Basic user name is a label and the source IP the fall
 t.test('socket tags: registered calls attribute connections without headers', async (t) => {
   const { proxy, target } = await proxyWithUpstream(t, { policy });
   const { registry } = proxy.running;
-  registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
+  await registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
   const one = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, basic('team-a', 'x')));
   t.equal(one.status, 200);
   t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'call-1', session_id: 'sess-1', rule: { id: 'fetch-local' } });
 
-  registry.register({ callId: 'call-2', tool: 'search', client: 'team-a' });
+  await registry.register({ callId: 'call-2', tool: 'search', client: 'team-a' });
   const both = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'x')));
   t.equal(both.status, 403, 'two open calls: dispatched only if both would be');
   t.match(JSON.parse(both.body).error, { reason: 'rule', rule: { id: 'search-denied' }, tool: 'search', call_id: 'call-2' });
   t.match(proxy.events('egress.decision').at(-1), { tool: 'search', call_id: 'call-2', dispatched: false });
 
-  registry.end('call-2');
+  await registry.end('call-2');
   const again = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'x')), 300);
   t.match(again.raw, /^HTTP\/1\.1 200/, 'ending the denied call lifts it');
   const header = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-a', 'x')}x-mcp-tool: search\r\n`));
@@ -86,9 +86,9 @@ const asB = basic('team-b', 'pb');
 t.test('trust: registered accepts only call ids the gateway registered for that client', async (t) => {
   const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
   const { registry } = proxy.running;
-  registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
-  registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });
-  registry.register({ callId: 'c'.repeat(32), tool: 'http_fetch', client: 'team-a', ttlMs: 1 });
+  await registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
+  await registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-b' });
+  await registry.register({ callId: 'c'.repeat(32), tool: 'http_fetch', client: 'team-a', ttlMs: 1 });
   await new Promise((r) => setTimeout(r, 10));
 
   const good = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`));
@@ -114,7 +114,7 @@ t.test('borrowed identities: under trust: registered a client gets only its own 
   const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
   const { registry } = proxy.running;
   const aCall = 'a'.repeat(32);
-  registry.register({ callId: aCall, tool: 'http_fetch', client: 'team-a', sessionId: 'sess-a' });
+  await registry.register({ callId: aCall, tool: 'http_fetch', client: 'team-a', sessionId: 'sess-a' });
 
   // team-b, authenticated as itself, presents team-a's live call id: refused, nothing sent.
   for (const request of [connectRequest(target, `${asB}x-mcp-call-id: ${aCall}\r\n`), getRequest(`http://${target}/`, target, `${asB}x-mcp-call-id: ${aCall}\r\n`)]) {
@@ -141,8 +141,8 @@ t.test('borrowed identities: under trust: registered a client gets only its own 
 t.test('under trust: registered the session comes only from the registration, never from the header', async (t) => {
   const { proxy, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
   const { registry } = proxy.running;
-  registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
-  registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-a', sessionId: 'agent-1' });
+  await registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
+  await registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-a', sessionId: 'agent-1' });
   // A server writing a victim's session id would record its calls into that session's history.
   for (const [callId, session] of [['a'.repeat(32), null], ['b'.repeat(32), 'agent-1']] as const) {
     const r = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${callId}\r\nx-mcp-session-id: victim-session\r\n`));

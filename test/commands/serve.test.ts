@@ -3,62 +3,12 @@
  * changes nothing), SIGTERM with an open tunnel (stop accepting, let it finish, write every
  * event, exit 0), and refusing to start on a broken config or policy.
  */
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import t from 'tap';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
-
-interface Served {
-  child: ChildProcess;
-  lines: Array<Record<string, unknown>>;
-  stderr: () => string;
-  exit: Promise<number | null>;
-  waitFor(pred: (e: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
-}
-
-function serve(args: string[], env: Record<string, string> = {}): Served {
-  const child = spawn(process.execPath, ['dist/src/cli.js', 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Array<Record<string, unknown>> = [];
-  let buffer = '';
-  let err = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    buffer += d.toString();
-    let i;
-    while ((i = buffer.indexOf('\n')) !== -1) {
-      lines.push(JSON.parse(buffer.slice(0, i)));
-      buffer = buffer.slice(i + 1);
-    }
-  });
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return {
-    child,
-    lines,
-    stderr: () => err,
-    exit,
-    async waitFor(pred, ms = 5000) {
-      const deadline = Date.now() + ms;
-      while (Date.now() < deadline) {
-        const found = lines.find(pred);
-        if (found) return found;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      throw new Error(`timed out; saw ${JSON.stringify(lines)} ${err}`);
-    },
-  };
-}
-
-async function files(policy: string, config: string): Promise<{ dir: string; policy: string; config: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'mep-serve-'));
-  await writeFile(join(dir, 'policy.yaml'), policy);
-  await writeFile(join(dir, 'proxy.yaml'), config);
-  return { dir, policy: join(dir, 'policy.yaml'), config: join(dir, 'proxy.yaml') };
-}
+import { files, serve } from '../helpers/serve-process.js';
 
 const config = 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
 

@@ -140,3 +140,30 @@ t.test('admin.listen off loopback needs admin.tokens: a config error with its po
   const withToken = parseProxyConfig('c.yaml', `admin:\n  listen: 0.0.0.0:9901\n  tokens: [{name: ops, sha256: ${'a'.repeat(64)}, role: viewer}]\n`);
   t.ok(withToken.config, 'with a token, any address');
 });
+
+t.test('state: store, redis_url, key_prefix, timeout_ms', async (t) => {
+  t.same(defaultConfig().state, { store: 'memory', redisUrl: 'redis://127.0.0.1:6379/0', keyPrefix: 'mcp-egress:', timeoutMs: 250 }, 'defaults');
+  const good = parseProxyConfig('p.yaml', 'state: {store: redis, redis_url: "rediss://:pw@redis.internal:6380/2", key_prefix: "fleet-a:", timeout_ms: 50}\n');
+  t.same(good.config?.state, { store: 'redis', redisUrl: 'rediss://:pw@redis.internal:6380/2', keyPrefix: 'fleet-a:', timeoutMs: 50 });
+  const cases: Array<[string, RegExp]> = [
+    ['state: {store: etcd}', /^p\.yaml:1:16: error: .*state\.store.*memory.*redis/],
+    ['state: {store: redis, redis_url: "http://:pw@h:6379"}', /^p\.yaml:1:34: error: state\.redis_url: the scheme must be redis: or rediss:/],
+    ['state: {store: redis, redis_url: "redis://:pw@h:6379/99"}', /^p\.yaml:1:34: error: state\.redis_url: the path must be a database number/],
+    ['state: {store: redis, redis_url: "redis://:pw@h/0?x=1"}', /error: state\.redis_url: no query/],
+    ['state: {store: redis, redis_url: "not a url pw"}', /error: state\.redis_url: not a URL/],
+    ['state: {store: redis, key_prefix: "a b"}', /^p\.yaml:1:35: error: state\.key_prefix/],
+    ['state: {timeout_ms: 0}', /^p\.yaml:1:21: error: .*state\.timeout_ms/],
+    ['state: {store: redis, port: 1}', /^p\.yaml:1:23: error: .*port/],
+  ];
+  for (const [text, expected] of cases) {
+    const r = parseProxyConfig('p.yaml', `${text}\n`);
+    t.equal(r.config, null, text);
+    t.match(r.diagnostics.map(formatDiagnostic).join('\n'), expected, text);
+  }
+  for (const [text] of cases.slice(1, 5)) {
+    t.notMatch(parseProxyConfig('p.yaml', `${text}\n`).diagnostics.map(formatDiagnostic).join('\n'), /pw/, 'an error never repeats the URL (it may hold a password)');
+  }
+  const ignored = parseProxyConfig('p.yaml', 'state: {redis_url: "redis://h:6379/0"}\n');
+  t.ok(ignored.config, 'redis_url with store memory is accepted');
+  t.match(ignored.diagnostics.map(formatDiagnostic).join('\n'), /^p\.yaml:1:20: warning: state\.redis_url is ignored: state\.store is memory/);
+});

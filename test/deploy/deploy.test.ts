@@ -160,4 +160,21 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
       t.match(proxyUrl, `@${serviceHostVar}:${service.spec.ports[0].port}`, `${server.metadata.name} finds the proxy by the Service's address`);
     }
   }
+
+  // The replicas share state in a Redis that only they reach, with the password from one Secret.
+  const sharedConfig = parseProxyConfig('x', shared.find((d) => d.kind === 'ConfigMap').data['proxy.yaml']).config;
+  t.equal(sharedConfig?.state.store, 'redis', 'two replicas: state.store redis');
+  t.ok(proxyDeployment.spec.replicas > 1);
+  const redisSet = shared.find((d) => d.kind === 'StatefulSet');
+  const redisService = shared.find((d) => d.kind === 'Service' && d.spec.selector.app === redisSet.spec.template.metadata.labels.app);
+  t.equal(new URL(sharedConfig?.state.redisUrl ?? '').hostname, redisService.metadata.name, 'redis_url names the Redis Service');
+  t.equal(new URL(sharedConfig?.state.redisUrl ?? '').password, '', 'no password in the ConfigMap');
+  const secretOf = (c: any, name: string) => c.env.find((e: any) => e.name === name)?.valueFrom?.secretKeyRef;
+  const proxySecret = secretOf(proxyDeployment.spec.template.spec.containers[0], 'MCP_EGRESS_REDIS_PASSWORD');
+  const redisContainer = redisSet.spec.template.spec.containers[0];
+  t.ok(proxySecret, 'the proxy reads the password from a Secret');
+  t.same(secretOf(redisContainer, 'REDIS_PASSWORD'), proxySecret, 'the same Secret as the Redis it talks to');
+  t.match(redisContainer.args.join(' '), /--requirepass \$\(REDIS_PASSWORD\)/);
+  const redisPolicy = shared.find((d) => d.kind === 'NetworkPolicy' && d.spec.podSelector.matchLabels.app === redisSet.spec.template.metadata.labels.app);
+  t.same(redisPolicy.spec.ingress, [{ from: [{ podSelector: { matchLabels: proxyDeployment.spec.template.metadata.labels } }], ports: [{ protocol: 'TCP', port: 6379 }] }], 'only the proxy pods reach Redis');
 });

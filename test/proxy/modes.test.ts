@@ -56,7 +56,7 @@ rules:
     ['search', '127.0.0.1', upstream.port, '127.0.0.1'],
     ['fetch', '127.0.0.1', upstream.port, '127.0.0.1'],
   ]);
-  const list = proxy.running.discovered.list();
+  const list = await proxy.running.discovered.list();
   t.match(list, [{ tool: 'search', count: 3 }, { tool: 'fetch', count: 1 }]);
   t.ok(list.every((e) => typeof e.first_seen === 'string' && typeof e.last_seen === 'string'));
   t.equal(list.length, 2, 'a call a rule covered is not recorded');

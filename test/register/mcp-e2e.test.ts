@@ -152,7 +152,7 @@ auth: {users: [{name: fetcher, password_sha256: ${sha('fetcher-secret')}}]}`;
   const decisions = proxy.events('egress.decision');
   t.same(decisions.map((d) => d.tool).sort(), ['fetch_json', 'fetch_json', 'fetch_url']);
   t.ok(decisions.every((d) => /^[0-9a-f]{32}$/.test(String(d.call_id))));
-  t.equal(proxy.running.registry.size, 0, 'every registration ended when its call returned');
+  t.equal(proxy.running.registry.size(), 0, 'every registration ended when its call returned');
 
   const forged = (await client.callTool({ name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/forged` }, _meta: { [CALL_ID_META_KEY]: 'f'.repeat(32) } })) as ToolResult;
   t.equal(forged.isError, true);

@@ -122,5 +122,5 @@ auth: {users: [{name: reader, password_sha256: ${sha('reader-secret')}}, {name: 
   await until(readAt, WINDOW_SECONDS * 1000 + 150);
   t.notOk((await fetchVia(agentFetcher, '/later')).isError, 'after the window: allowed again');
   t.same(upstream.requests.map((r) => r.url), ['/before', '/other-agent', '/later'], 'the refused fetch sent nothing');
-  t.equal(proxy.running.registry.size, 0, 'every registration ended with its call');
+  t.equal(proxy.running.registry.size(), 0, 'every registration ended with its call');
 });

@@ -4,8 +4,8 @@ import { DiscoveredStore } from '../../src/state/discovered.js';
 
 t.test('one entry per (server, tool, host, port), counted', async (t) => {
   const store = new DiscoveredStore();
-  t.ok(store.record('srv', 'fetch', 'a.example', 443, new Date(0)), 'new');
-  t.equal(store.record('srv', 'fetch', 'a.example', 443, new Date(1000)), null, 'seen before');
+  t.ok(store.record('srv', 'fetch', 'a.example', 443, undefined, new Date(0)), 'new');
+  t.equal(store.record('srv', 'fetch', 'a.example', 443, undefined, new Date(1000)), null, 'seen before');
   t.ok(store.record('srv', null, 'a.example', 443), 'an unattributed call is another entry');
   t.ok(store.record('srv', '', 'a.example', 443), 'and so is an empty tool name');
   t.match(store.list()[0], { count: 2, first_seen: new Date(0).toISOString(), last_seen: new Date(1000).toISOString() });

@@ -23,14 +23,14 @@ t.test('the global cap refuses with registry_full, and frees as calls end or exp
   for (const [id, client] of [['a', 'c1'], ['b', 'c2'], ['c', 'c3']]) t.equal(refused(registry.register(reg(id as string, client))), null);
   const full = refused(registry.register(reg('d', 'c4')));
   t.match(full, { code: 'registry_full', error: /max_registered_calls/ }, 'over the cap: refused, typed');
-  t.equal(registry.size, 3, 'nothing changed');
+  t.equal(registry.size(), 3, 'nothing changed');
   t.equal(refused(registry.register(reg('a', 'c1', 5_000))), null, 'renewing a live id is not a new registration');
   t.ok(registry.end('b'));
   t.equal(refused(registry.register(reg('d', 'c4'))), null, 'an ended call frees its place');
   t.match(refused(registry.register(reg('e', 'c5'))), { code: 'registry_full' });
   advance(1_000);
   t.equal(refused(registry.register(reg('e', 'c5'))), null, 'expired calls are dropped when registering');
-  t.equal(registry.size, 2, "'a' (renewed for 5 s) and 'e'");
+  t.equal(registry.size(), 2, "'a' (renewed for 5 s) and 'e'");
   t.ok(registry.find('c1', 'a'));
 });
 
@@ -60,10 +60,10 @@ t.test('expiry follows each call\'s own time, and stale entries never remove a l
   registry.sweep();
   t.equal(registry.find('c1', 'short'), null, 'expired');
   t.same(registry.open('c1').map((c) => c.callId).sort(), ['ended', 'long', 'renewed']);
-  t.equal(registry.size, 3);
+  t.equal(registry.size(), 3);
   advance(10_000);
   registry.sweep();
-  t.equal(registry.size, 0);
+  t.equal(registry.size(), 0);
   t.same(registry.open('c1'), []);
 });
 
@@ -83,7 +83,7 @@ t.test('register-and-end churn keeps the expiry heap bounded by the live registr
   }
   registry.register(reg('live'));
   const heapLength = (registry as unknown as { heap: unknown[] }).heap.length;
-  t.ok(heapLength <= 2 * registry.size + 1024 + 1, `heap of ${heapLength} for ${registry.size} live`);
+  t.ok(heapLength <= 2 * registry.size() + 1024 + 1, `heap of ${heapLength} for ${registry.size()} live`);
   t.ok(registry.find('c1', 'live'));
 });
 
@@ -94,7 +94,7 @@ t.test('limits.max_registered_calls bounds the running proxy\'s registry (defaul
   t.match(bad.diagnostics.map((d) => d.message).join('\n'), /max_registered_calls/);
   const proxy = await startTestProxyFor(t, { policy: 'version: 1\n', config: 'limits: {max_registered_calls: 2}' });
   const { registry } = proxy.running;
-  t.equal(refused(registry.register(reg('a', 'c1'))), null);
-  t.equal(refused(registry.register(reg('b', 'c2'))), null);
-  t.match(refused(registry.register(reg('c', 'c3'))), { code: 'registry_full' });
+  t.equal(refused(await registry.register(reg('a', 'c1'))), null);
+  t.equal(refused(await registry.register(reg('b', 'c2'))), null);
+  t.match(refused(await registry.register(reg('c', 'c3'))), { code: 'registry_full' });
 });
