@@ -86,7 +86,7 @@ export async function handlePolicyRoute(ctx: RouteContext, writer: PolicyWriter)
     answer(ctx, outcome, null);
     return true;
   }
-  const body = await readJsonObject(req);
+  const body = method === 'DELETE' ? {} : await readJsonObject(req);
   let edit: PolicyEdit;
   let id: string | null = ruleId;
   if (isPolicy) {

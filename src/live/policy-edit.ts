@@ -213,9 +213,11 @@ function editRules(doc: Document, top: YAMLMap, text: string, edit: Exclude<Poli
     // The last rule of a file without a final newline: take the newline before it instead.
     if (to === text.length && !text.endsWith('\n') && from > 0) from -= 1;
     to = Math.max(to, from);
-    // A rule set off by blank lines on both sides leaves one blank line, not two.
-    const blankAfter = to === text.length || /^\r?\n/.test(text.slice(to));
-    if (blankAfter && /\n\r?\n$/.test(text.slice(0, from))) from = text.lastIndexOf('\n', from - 2) + 1;
+    // The blank line that set the rule off from the next one goes with it (at the end of the
+    // file, the one before it): no double blank line, no blank line right under `rules:`.
+    const blankAfter = /^\r?\n/.exec(text.slice(to));
+    if (blankAfter) to += blankAfter[0].length;
+    else if (to === text.length && /\n\r?\n$/.test(text.slice(0, from))) from = text.lastIndexOf('\n', from - 2) + 1;
     return { ok: true, text: text.slice(0, from) + text.slice(to) };
   }
   const node = replacement(doc, item, edit.rule);
