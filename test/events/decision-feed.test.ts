@@ -154,3 +154,25 @@ t.test('with no stream, a decision costs a slot in the ring and no timer', async
   t.equal(feed.recent().length, 1000);
   t.equal((feed as unknown as { flushTimer: unknown }).flushTimer, null);
 });
+
+t.test('the event sink hands the feed the very line it writes, also when the log level hides decisions', async (t) => {
+  const { createEventSink, createLogger, decisionLine } = await import('../../src/events/events.js');
+  for (const level of ['info', 'warn']) {
+    const written: string[] = [];
+    const sink = createEventSink(createLogger(level, { write: (s: string) => void written.push(s) }));
+    const feed = new DecisionFeed();
+    sink.tapDecisions(feed);
+    sink.decision(event(1));
+    sink.deferredDecision(event(2));
+    sink.flush();
+    const fed = feed.recent().map((e) => e.line);
+    t.equal(fed.length, 2, `${level}: both decisions fed`);
+    const untimed = (l: string) => l.replace(/"time":"[^"]+"/, '');
+    t.same(fed.map(untimed), [decisionLine(event(1)), decisionLine(event(2))].map(untimed), `${level}: the decision lines`);
+    if (level === 'info') t.same(written.join('').split('\n').filter(Boolean), fed.map((l) => l.trimEnd()), 'info: the log got the same lines');
+    else t.equal(written.length, 0, 'warn: the log got none');
+    sink.tapDecisions(null);
+    sink.decision(event(3));
+    t.equal(feed.recent().length, 2, `${level}: untapped, the feed gets nothing more`);
+  }
+});
