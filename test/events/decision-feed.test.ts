@@ -68,9 +68,12 @@ t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new d
   const endAll = feed.subscribe(all, () => true);
   feed.subscribe(denies, (e) => e.decision.verdict === 'deny');
   feed.subscribe(resumed, () => true, 4);
+  const afterRestart = new FakeStream(false);
+  feed.subscribe(afterRestart, () => true, 99);
   t.same(all.ids(), [1, 2, 3, 4, 5, 6]);
   t.same(denies.ids(), [1, 3, 5]);
   t.same(resumed.ids(), [5, 6]);
+  t.same(afterRestart.ids(), [1, 2, 3, 4, 5, 6], 'an id this process never gave (a restart) starts full');
   t.match(all.text, /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"event":"egress.decision","conn_id":"c-1",/);
   t.notMatch(all.text, /\n\n\n/, 'the line\'s own newline is not a second blank line');
   feed.decision(event(7), line(7));
