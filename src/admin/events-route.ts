@@ -6,6 +6,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import { canonicalHost } from '../net/address.js';
+import { LABEL } from '../decide/dry-run-history.js';
 import type { DecisionFeed } from '../events/decision-feed.js';
 import type { DecisionEvent } from '../events/events.js';
 import { badRequest, HttpError } from './http-error.js';
@@ -13,7 +14,6 @@ import type { RouteContext } from './policy-routes.js';
 
 export const EVENTS_QUERY_KEYS = ['verdict', 'tool', 'server', 'host'] as const;
 const VERDICTS = ['allow', 'deny', 'audit'];
-const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
 
 export interface FeedFilter {
   readonly verdicts: ReadonlySet<string> | null;

@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { applyPolicyEdit } from '../live/policy-edit.js';
-import type { PolicyEdit, PolicySettings } from '../live/policy-edit.js';
+import type { PolicyEdit } from '../live/policy-edit.js';
 import type { PolicyWriter, Produce, WriteOutcome } from '../live/policy-writer.js';
 import { readJsonObject, readText } from './http-body.js';
 import { badRequest, HttpError } from './http-error.js';
@@ -95,7 +95,7 @@ export async function handlePolicyRoute(ctx: RouteContext, writer: Pick<PolicyWr
     if (Object.keys(body).length === 0) throw badRequest(`nothing to change: give one or more of ${allowed.join(', ')}`);
     if (body.default_verdict !== undefined && typeof body.default_verdict !== 'string') throw badRequest("default_verdict must be 'allow' or 'deny'");
     for (const key of ['shadow_mode', 'observe_mode']) if (body[key] !== undefined && typeof body[key] !== 'boolean') throw badRequest(`${key} must be true or false`);
-    edit = { kind: 'settings', settings: body as PolicySettings };
+    edit = { kind: 'settings', settings: body };
   } else if (method === 'POST') {
     if (typeof body.id !== 'string' || !RULE_ID.test(body.id)) throw badRequest('id is required: 1 to 200 visible ASCII characters');
     id = body.id;

@@ -54,8 +54,8 @@ export function ruleIndex(seq: YAMLSeq, id: string): number {
 function effectiveId(item: Node, index: number): string {
   if (isMap(item)) {
     const v = item.get('id', true);
+    // A non-string id is invalid and the schema falls back to the default id: so does this.
     if (isScalar(v) && typeof v.value === 'string') return v.value;
-    if (isScalar(v) && v.value !== null && v.value !== undefined) return String(v.value);
   }
   return `rule-${index + 1}`;
 }
@@ -95,7 +95,7 @@ function nodeOf(doc: Document, value: unknown): Node {
 }
 
 function sameValue(node: unknown, value: unknown): boolean {
-  const current = node && typeof (node as Node).toJSON === 'function' ? (node as Node).toJSON() : node;
+  const current: unknown = node && typeof (node as Node).toJSON === 'function' ? (node as Node).toJSON() : node;
   return JSON.stringify(current) === JSON.stringify(value);
 }
 
@@ -124,7 +124,7 @@ function reconcileMap(doc: Document, map: YAMLMap, value: Readonly<Record<string
   for (const [key, v] of Object.entries(value)) {
     const pair = map.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === key);
     if (!pair) {
-      insertOrdered(map, doc.createPair(key, null) as Pair, order);
+      insertOrdered(map, doc.createPair(key, null), order);
       const added = map.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === key) as Pair;
       added.value = nodeOf(doc, v);
       continue;
@@ -174,7 +174,7 @@ function editRules(doc: Document, top: YAMLMap, text: string, edit: Exclude<Poli
     let prefix = '';
     if (at === text.length && !text.endsWith('\n')) prefix = '\n';
     // Rules separated by blank lines get a blank line before the new one too.
-    if (seq.items.length > 1 && (last as Node & { spaceBefore?: boolean }).spaceBefore) prefix += '\n';
+    if (seq.items.length > 1 && last.spaceBefore) prefix += '\n';
     const rendered = `${' '.repeat(dashColumn)}- ${indentBlock(render(node), dashColumn + 2)}`;
     at = Math.min(at, text.length);
     return { ok: true, text: text.slice(0, at) + prefix + rendered + text.slice(at) };

@@ -147,7 +147,7 @@ t.test('filters: verdict, tool, server, host; all must match', async (t) => {
     ['deny'],
   );
   t.same(
-    decisions(both).map((d) => `${d.host}:${d.port}`),
+    decisions(both).map((d) => `${String(d.host)}:${String(d.port)}`),
     [`127.0.0.1:${upstream.port}`],
   );
   t.same(decisions(none), []);
