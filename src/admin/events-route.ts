@@ -34,7 +34,8 @@ export function parseFeedFilter(query: URLSearchParams): FeedFilter {
   const verdict = query.get('verdict');
   if (verdict !== null) {
     verdicts = new Set(verdict.split(','));
-    for (const v of verdicts) if (!VERDICTS.includes(v)) throw badRequest(`verdict must be a comma-separated list of ${VERDICTS.join(', ')}`);
+    for (const v of verdicts)
+      if (!VERDICTS.includes(v)) throw badRequest(`verdict must be a comma-separated list of ${VERDICTS.join(', ')}`);
   }
   let host = label('host');
   if (host !== null) {
@@ -53,7 +54,12 @@ export function feedMatcher(f: FeedFilter): (e: DecisionEvent) => boolean {
     (f.host === null || e.host === f.host);
 }
 
-export function serveEvents(ctx: RouteContext, res: ServerResponse, query: URLSearchParams, feed: Pick<DecisionFeed, 'subscribe' | 'subscriberCount' | 'limit'>): void {
+export function serveEvents(
+  ctx: RouteContext,
+  res: ServerResponse,
+  query: URLSearchParams,
+  feed: Pick<DecisionFeed, 'subscribe' | 'subscriberCount' | 'limit'>,
+): void {
   ctx.requireRole('viewer');
   const filter = parseFeedFilter(query);
   const lastId = ctx.req.headers['last-event-id'];

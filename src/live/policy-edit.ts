@@ -17,7 +17,19 @@ import { Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import type { Node, Pair, YAMLMap, YAMLSeq } from 'yaml';
 
 /** The keys of a rule in the order the policy language documents them (new keys go in this order). */
-const RULE_KEY_ORDER = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports', 'after'];
+const RULE_KEY_ORDER = [
+  'id',
+  'priority',
+  'label',
+  'stage',
+  'tool_name_glob',
+  'server_glob',
+  'verdict',
+  'egress',
+  'egress_json',
+  'ports',
+  'after',
+];
 const TOP_KEY_ORDER = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'];
 const RENDER = { lineWidth: 0, flowCollectionPadding: false, indent: 2 } as const;
 
@@ -37,7 +49,12 @@ export type EditResult =
 /** Applies `edit` to the policy text. The result is not validated. */
 export function applyPolicyEdit(text: string, edit: PolicyEdit): EditResult {
   const doc = parseDocument(text, { uniqueKeys: false });
-  if (doc.errors.length > 0) return { ok: false, code: 'unparsable', message: `the policy file is not valid YAML (${(doc.errors[0] as Error).message.split('\n')[0]}); replace it with PUT /v1/policy` };
+  if (doc.errors.length > 0)
+    return {
+      ok: false,
+      code: 'unparsable',
+      message: `the policy file is not valid YAML (${(doc.errors[0] as Error).message.split('\n')[0]}); replace it with PUT /v1/policy`,
+    };
   const top = doc.contents;
   if (!isMap(top)) return { ok: false, code: 'unparsable', message: 'the policy file is not a mapping; replace it with PUT /v1/policy' };
   const eol = text.includes('\r\n') ? '\r\n' : '\n';
