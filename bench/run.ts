@@ -2,6 +2,7 @@
  * `npm run bench`: runs the benchmarks and prints their tables. `npm run bench -- policy` runs one.
  */
 import { runDatapathBench } from './datapath.bench.js';
+import { runHistoryBench } from './history.bench.js';
 import { runPolicyBench, runSequenceBench } from './policy.bench.js';
 import { runRegistryBench } from './registry.bench.js';
 
@@ -10,6 +11,7 @@ const benches: Record<string, () => Promise<string> | string> = {
   sequence: runSequenceBench,
   datapath: runDatapathBench,
   registry: runRegistryBench,
+  history: runHistoryBench,
 };
 
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith('--'));

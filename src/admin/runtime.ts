@@ -1,6 +1,6 @@
 /**
  * What the admin API needs of the running proxy, and nothing more: the serving policy, the
- * registered calls, what observe mode discovered, a reload, the proxy's address for readiness,
+ * registered calls, what observe mode discovered, the session history, a reload, the proxy's address for readiness,
  * a warning line, the decision feed and the policy writer. `commands/serve.ts` assembles it (its `Running` has this shape), so the
  * admin API does not depend on the command that starts it.
  */
@@ -10,11 +10,14 @@ import type { PolicyStore } from '../live/policy-store.js';
 import type { PolicyWriter } from '../live/policy-writer.js';
 import type { CallRegistry } from '../state/registry.js';
 import type { DiscoveredStore } from '../state/discovered.js';
+import type { HistoryStore } from '../state/types.js';
 
 export interface AdminRuntime {
   readonly store: Pick<PolicyStore, 'current' | 'loaded' | 'lastError'>;
   readonly registry: Pick<CallRegistry, 'register' | 'end' | 'size'>;
   readonly discovered: Pick<DiscoveredStore, 'list'>;
+  /** Session history: registrations are recorded; `GET /v1/history` and `POST /v1/test` read it. */
+  readonly history: Pick<HistoryStore, 'record' | 'read'>;
   readonly events: Pick<EventSink, 'warn'>;
   readonly proxy: { readonly address: { address: string; port: number } | null };
   reload(trigger: string): Promise<boolean>;

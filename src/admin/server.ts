@@ -30,6 +30,7 @@ import { compilePolicy } from '../policy/compile.js';
 import { parsePolicy } from '../policy/schema.js';
 import type { Entry, HistoryCall, RuleSpec } from '../policy/types.js';
 import { dryRun } from '../decide/dry-run.js';
+import { historyKey } from '../state/types.js';
 import { earlierFromJson, historyOf, LABEL, MAX_EARLIER } from '../decide/dry-run-history.js';
 import type { EarlierCall } from '../decide/dry-run-history.js';
 import { draftPolicy } from './draft.js';
@@ -53,7 +54,7 @@ const MAX_DESTINATION = 2048;
 const MAX_RESOLVE_HOSTS = 64;
 const MAX_RESOLVE_ADDRESSES = 64;
 /** Query keys each route accepts; others (and repeated ones) are a 400. */
-const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'], '/v1/events': EVENTS_QUERY_KEYS };
+const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'], '/v1/history': ['session', 'server'], '/v1/events': EVENTS_QUERY_KEYS };
 
 export interface AdminDeps {
   readonly config: ProxyConfig;
@@ -97,6 +98,26 @@ function checkQuery(path: string, query: URLSearchParams): void {
     if (seen.has(key)) throw badRequest(`query parameter '${key.slice(0, 64)}' given more than once`);
     seen.add(key);
   }
+}
+
+/** A client as the data path names it: an IP address canonical, a user name as written. */
+function canonicalClient(client: string): string {
+  const c = canonicalHost(client);
+  return c.kind === 'ip' ? c.host : client;
+}
+
+/** One recorded call as `GET /v1/history` shows it (interface.md "Session history"). */
+function historyJson(c: HistoryCall): Record<string, unknown> {
+  return {
+    at: new Date(c.at).toISOString(),
+    tool: c.tool,
+    call_id: c.callId,
+    server: c.server,
+    session_id: c.sessionId,
+    host: c.host,
+    address: c.address?.text ?? null,
+    dispatched: c.dispatched,
+  };
 }
 
 function entryText(e: Entry): string {
@@ -271,15 +292,20 @@ export class AdminServer {
           // anything else could never match a connection, so it is refused as a mistake.
           const users = this.deps.config.auth.users;
           if (users.length > 0 && !users.some((u) => u.name === client)) throw badRequest(`client '${client}' is not a proxy user (auth.users); with users configured, clients are identified by user name`);
-          const canonicalClient = canonicalHost(client);
-          const registered = running.registry.register({
-            callId,
-            tool,
-            client: canonicalClient.kind === 'ip' ? canonicalClient.host : client,
-            sessionId,
-            ttlMs: b.ttl_ms,
-          });
+          const registered = running.registry.register({ callId, tool, client: canonicalClient(client), sessionId, ttlMs: b.ttl_ms });
           if ('error' in registered) throw new HttpError(REFUSED_REGISTRATION_STATUS[registered.code], registered.code, registered.error);
+          // A registered call is history for its session, also when it never reaches the network
+          // (a read_file on one server counts for a fetch on another); its connections merge into it.
+          running.history.record({
+            at: registered.registeredAt,
+            tool: registered.tool,
+            callId: registered.callId,
+            server: registered.client,
+            sessionId: registered.sessionId,
+            host: null,
+            address: null,
+            dispatched: null,
+          });
           return this.send(res, 201, { call_id: registered.callId, tool: registered.tool, client: registered.client, session_id: registered.sessionId, expires_at: new Date(registered.expiresAt).toISOString() });
         }
         case 'GET /v1/events':
@@ -287,6 +313,17 @@ export class AdminServer {
         case 'POST /v1/test/replay':
           this.require(req, 'developer');
           return this.send(res, 200, await replayDraft(await this.body(req), running.store.current, running.feed, this.replayBaseline));
+        case 'GET /v1/history': {
+          this.require(req, 'viewer');
+          const session = url.query.get('session');
+          const server = url.query.get('server');
+          if ((session === null) === (server === null)) throw badRequest('give exactly one of ?session=ID or ?server=ID');
+          const value = (session ?? server) as string;
+          if (!LABEL.test(value)) throw badRequest(`${session !== null ? 'session' : 'server'} must be 1 to 256 characters without control characters`);
+          const key = session !== null ? historyKey(session, null) : historyKey(null, canonicalClient(value));
+          const calls = await this.readHistory(key);
+          return this.send(res, 200, { key, calls: calls.map(historyJson) });
+        }
         case 'GET /v1/discovered': {
           this.require(req, 'viewer');
           const destinations = running.discovered.list();
@@ -310,7 +347,7 @@ export class AdminServer {
         res.writeHead(204).end();
         return;
       }
-      const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered', '/v1/events', '/v1/test/replay', '/v1/rules'];
+      const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered', '/v1/history', '/v1/events', '/v1/test/replay', '/v1/rules'];
       const shown = url.path.slice(0, 200);
       if (known.includes(url.path) || url.path.startsWith('/v1/calls/') || url.path.startsWith('/v1/rules/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
       throw new HttpError(404, 'not_found', `no route ${shown}`);
@@ -338,12 +375,18 @@ export class AdminServer {
   }
 
   /**
-   * The live history of a session (newest first), for a dry run given `session_id` and no
-   * `history`. The seam for the session-history store (interface.md "Session history"): until
-   * it is wired, a session has no recorded calls.
+   * A key's live history, newest first; 503 `state_unavailable` when the store cannot vouch for
+   * it (a bound dropped calls still inside the window, or a shared store is down or slow).
    */
-  private liveHistory(_sessionId: string): readonly HistoryCall[] {
-    return [];
+  private async readHistory(key: string): Promise<readonly HistoryCall[]> {
+    let calls: readonly HistoryCall[] | null;
+    try {
+      calls = await this.deps.running.history.read(key, Date.now());
+    } catch {
+      calls = null;
+    }
+    if (calls === null) throw new HttpError(503, 'state_unavailable', `the history of ${key.slice(0, 300)} cannot be read completely now (a history bound dropped calls still inside the window, or the state store is unavailable)`);
+    return calls;
   }
 
   /** What a route module gets: the request, the role check with the caller's name, and the answer. */
@@ -403,8 +446,8 @@ export class AdminServer {
     }
     // An explicit history is exactly what the decision sees; without one, a session's live history.
     const now = Date.now();
-    const history = earlier !== null ? historyOf(earlier, { now, sessionId, server }) : sessionId !== null ? this.liveHistory(sessionId) : [];
-    const input = { destination: b.destination, tool, server, resolve, callId: callId, now, history };
+    const history = earlier !== null ? historyOf(earlier, { now, sessionId, server }) : sessionId !== null ? await this.readHistory(historyKey(sessionId, null)) : [];
+    const input = { destination: b.destination, tool, server, resolve, callId, now, history };
     const result = await dryRun(policy, input, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
     if (result.kind === 'invalid') throw badRequest(result.error);
     if (result.kind === 'dns_error') return { error: result.error };

@@ -53,7 +53,7 @@ export function attribute(get: HeaderGetter, client: string, names: AttributionH
     if (c !== null) {
       const call = registry.find(client, c);
       if (!call) return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
-      return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId ?? s }] };
+      return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
     }
   } else if (t !== null || c !== null) {
     return { kind: 'attributed', calls: [{ tool: t, callId: c, sessionId: s }] };

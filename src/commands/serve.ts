@@ -12,6 +12,8 @@ import { metadataOverlaps } from '../net/baseline.js';
 import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { DiscoveredStore } from '../state/discovered.js';
+import { MemoryHistoryStore } from '../state/history.js';
+import type { HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
@@ -37,6 +39,8 @@ export interface Running {
   readonly store: PolicyStore;
   readonly registry: CallRegistry;
   readonly discovered: DiscoveredStore;
+  /** Session history: what sequence clauses (`after`) read; kept for the serving policy's longest window. */
+  readonly history: HistoryStore;
   readonly events: EventSink;
   readonly metrics: Metrics;
   /** The recent decisions and the live streams of them (GET /v1/events, replay). */
@@ -80,14 +84,20 @@ function applyOverrides(config: ProxyConfig, opts: ServeOptions, io: CommandIO):
 export interface StartOptions {
   /** Watch the policy file for changes (default true). */
   readonly watch?: boolean;
+  /** The session-history store (default: one in memory, bounded by `limits.max_history_calls`). */
+  readonly history?: HistoryStore;
 }
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
   const store = new PolicyStore(config.policy);
+  const memory = options.history ? null : new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls });
+  const history: HistoryStore = options.history ?? (memory as MemoryHistoryStore);
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;
+      // Before any call can be decided under the new generation: history kept for its longest window.
+      history.setRetention(g.policy.maxAfterSeconds);
       metrics.reloads.inc({ result: result.changed ? 'loaded' : 'unchanged', trigger });
       metrics.generation.set(g.generation);
       metrics.policyError.set(0);
@@ -117,13 +127,16 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   }
   const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
-  const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
+  const sweeper = setInterval(() => {
+    registry.sweep();
+    memory?.sweep();
+  }, 10_000).unref();
   const discovered = new DiscoveredStore();
   const feed = new DecisionFeed();
   events.tapDecisions(feed);
   metrics.watchFeed(feed);
   let adminAddress: { address: string; port: number } | null = null;
-  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
+  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, history, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
   events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
 
@@ -139,6 +152,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     store,
     registry,
     discovered,
+    history,
     events,
     metrics,
     feed,

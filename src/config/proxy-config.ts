@@ -61,6 +61,8 @@ export interface ProxyConfig {
     readonly maxConnections: number;
     /** Most open registered calls in all (src/attribution/registry.ts). */
     readonly maxRegisteredCalls: number;
+    /** Most session-history calls kept in all (src/state/history.ts; the memory bound). */
+    readonly maxHistoryCalls: number;
   };
   readonly shutdownGraceMs: number;
   readonly log: { readonly level: 'trace' | 'debug' | 'info' | 'warn' | 'error' };
@@ -83,6 +85,7 @@ export const DEFAULTS = {
   maxTunnelsPerClient: 512,
   maxConnections: 10_000,
   maxRegisteredCalls: 100_000,
+  maxHistoryCalls: 1_000_000,
   shutdownGraceMs: 10_000,
 } as const;
 
@@ -250,7 +253,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
     if (users.length === 0) src.error(at, 'attribution.trust: registered needs auth.users (client identities the server cannot choose); none are configured');
   }
 
-  const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections', 'max_registered_calls']);
+  const limits = section('limits', ['max_header_bytes', 'header_timeout_ms', 'connect_timeout_ms', 'tunnel_idle_timeout_ms', 'max_tunnels_per_client', 'max_connections', 'max_registered_calls', 'max_history_calls']);
   const logSection = section('log', ['level']);
   const levelPair = logSection.get('level');
   const level = (levelPair && src.oneOf(levelPair, 'log.level', ['trace', 'debug', 'info', 'warn', 'error'] as const)) ?? 'info';
@@ -283,6 +286,7 @@ export function parseProxyConfig(file: string, text: string): ConfigResult {
       maxTunnelsPerClient: int(limits, 'max_tunnels_per_client', 'limits.max_tunnels_per_client', DEFAULTS.maxTunnelsPerClient, 1, 1_000_000),
       maxConnections: int(limits, 'max_connections', 'limits.max_connections', DEFAULTS.maxConnections, 1, 1_000_000),
       maxRegisteredCalls: int(limits, 'max_registered_calls', 'limits.max_registered_calls', DEFAULTS.maxRegisteredCalls, 1, 10_000_000),
+      maxHistoryCalls: int(limits, 'max_history_calls', 'limits.max_history_calls', DEFAULTS.maxHistoryCalls, 1_024, 100_000_000),
     },
     shutdownGraceMs: int(top, 'shutdown_grace_ms', 'shutdown_grace_ms', DEFAULTS.shutdownGraceMs, 0, 600_000),
     log: { level },

@@ -8,7 +8,7 @@
  */
 import pino from 'pino';
 import type { DestinationStream, Logger } from 'pino';
-import type { Decision, RuleRef } from '../policy/types.js';
+import type { AfterMatch, Decision, RuleRef } from '../policy/types.js';
 import { BatchedDestination, createEventDestination } from './event-destination.js';
 
 export type EndReason = 'client_closed' | 'upstream_closed' | 'idle_timeout' | 'error' | 'shutdown';
@@ -25,6 +25,8 @@ export interface DecisionEvent {
   readonly port: number;
   readonly method: string;
   readonly pinned_address: string | null;
+  /** The first 12 hex digits of the deciding policy's sha256 (which version decided, across a fleet). */
+  readonly policy_digest: string;
   /** Extra words for refusals the policy did not decide (unattributed). */
   readonly detail?: string;
 }
@@ -87,7 +89,8 @@ export function createLogger(level: string, destination: DestinationStream = cre
 function decisionMessage(e: DecisionEvent): string {
   const d = e.decision;
   const where = `${e.host}:${e.port}`;
-  const by = d.rule ? `rule ${d.rule.id}` : d.reason === 'default' ? 'the default verdict' : d.reason;
+  const after = d.after ? ` after ${d.after.tool ?? 'an unattributed call'} ${d.after.seconds_ago} s ago` : '';
+  const by = d.rule ? `rule ${d.rule.id}${after}` : d.reason === 'default' ? 'the default verdict' : d.reason;
   if (d.shadow) return `[shadow] would deny ${where} (${by})`;
   if (!d.dispatched) return `deny ${where} (${by})`;
   return `${d.verdict} ${where} (${by})`;
@@ -97,6 +100,11 @@ const str = (v: string | null): string => (v === null ? 'null' : JSON.stringify(
 
 function ruleJson(rule: RuleRef | null): string {
   return rule === null ? 'null' : `{"id":${JSON.stringify(rule.id)},"label":${str(rule.label)},"priority":${rule.priority}}`;
+}
+
+function afterJson(a: AfterMatch | null): string {
+  if (a === null) return 'null';
+  return `{"call_id":${str(a.call_id)},"tool":${str(a.tool)},"server":${str(a.server)},"session_id":${str(a.session_id)},"host":${str(a.host)},"seconds_ago":${a.seconds_ago}}`;
 }
 
 function addressesJson(addresses: readonly string[]): string {
@@ -137,7 +145,8 @@ export function decisionLine(e: DecisionEvent): string {
     `,"verdict":"${d.verdict}","dispatched":${d.dispatched},"shadow":${d.shadow},"reason":"${d.reason}","rule":${ruleJson(d.rule)}` +
     `,"tool":${str(e.tool)},"call_id":${str(e.call_id)},"session_id":${str(e.session_id)},"server":${JSON.stringify(e.server)}` +
     `,"host":${JSON.stringify(e.host)},"port":${e.port},"method":${JSON.stringify(e.method)},"addresses":${addressesJson(d.addresses)}` +
-    `,"pinned_address":${str(e.pinned_address)},"address_class":${str(d.address_class ?? null)}` +
+    `,"pinned_address":${str(e.pinned_address)},"address_class":${str(d.address_class ?? null)},"after":${afterJson(d.after)}` +
+    `,"policy_digest":${JSON.stringify(e.policy_digest)}` +
     `${e.detail ? `,"detail":${JSON.stringify(e.detail)}` : ''},"msg":${JSON.stringify(decisionMessage(e))}}\n`
   );
 }

@@ -16,6 +16,8 @@ export interface PolicyGeneration {
   readonly policy: CompiledPolicy;
   readonly loadedAt: string;
   readonly sha256: string;
+  /** The first 12 hex digits of `sha256`: `policy_digest` in every decision event. */
+  readonly digest: string;
   readonly source: string;
   readonly egressRules: number;
   readonly skippedRules: number;
@@ -89,6 +91,7 @@ export class PolicyStore {
       policy: compilePolicy(loaded.spec),
       loadedAt: new Date().toISOString(),
       sha256,
+      digest: sha256.slice(0, 12),
       source: this.source,
       egressRules: loaded.egressRules,
       skippedRules: loaded.skippedRules,

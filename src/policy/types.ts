@@ -76,7 +76,7 @@ export interface RuleRef {
 }
 
 /** Why a decision refused or allowed: `rule`/`default` when the policy decided. */
-export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed';
+export type DecisionReason = 'rule' | 'default' | 'ssrf_baseline' | 'unattributed' | 'state_unavailable';
 
 export interface NotMatched {
   readonly rule: string;

@@ -25,8 +25,11 @@ import type { Decision, HistoryCall } from '../policy/types.js';
 import { decideCall } from '../decide/decide-call.js';
 import type { DiscoveredStore } from '../state/discovered.js';
 import type { EndReason, EventSink } from '../events/events.js';
-import type { PolicyStore } from '../live/policy-store.js';
+import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
+import type { HistoryStore } from '../state/types.js';
 import { failure, refusal } from './answers.js';
+import { readHistories, recordDecided } from './call-history.js';
+import type { Histories } from './call-history.js';
 import type { Answer, CallLabel } from './answers.js';
 
 /** Observes every finished decision and closed call (metrics). */
@@ -45,6 +48,8 @@ export interface AdmissionOptions {
   readonly registry: CallRegistry;
   readonly events: EventSink;
   readonly discovered: DiscoveredStore;
+  /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
+  readonly history: HistoryStore;
   /** The baseline's classification, with this process's own listeners as `self` (net/self.ts). */
   readonly classify: (ip: IpAddress, port: number) => AddressClass | null;
   readonly observer?: ProxyObserver | undefined;
@@ -57,7 +62,11 @@ export interface Admitted {
   /** What `max_tunnels_per_client` counts by (identity.ts): the user, or without users the source address. */
   readonly limitKey: string;
   readonly call: Attribution;
+  /** Every call the connection is attributed to (usually one): each records the call in its history. */
+  readonly calls: readonly Attribution[];
   readonly generation: number;
+  /** The deciding policy's `policy_digest`. */
+  readonly digest: string;
   readonly decision: Decision;
   readonly candidates: readonly IpAddress[];
   readonly target: Target;
@@ -71,7 +80,7 @@ export interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
-/** Until the session-history store feeds decisions: one shared empty history, not an array per call. */
+/** The history of every call when the policy has no sequence clause: one shared empty array, not one per call. */
 const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 
 export class Admission {
@@ -90,6 +99,10 @@ export class Admission {
 
   get events(): EventSink {
     return this.options.events;
+  }
+
+  get history(): HistoryStore {
+    return this.options.history;
   }
 
   get observer(): ProxyObserver | undefined {
@@ -146,14 +159,24 @@ export class Admission {
         uncovered: false,
       };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
+      const admitted: Admitted = { connId, client, limitKey, call, calls: [call], generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
-    // History: none passed yet (the session-history store feeds it); a sequence rule then never matches.
+    // History only when a rule has a sequence clause (call-history.ts); otherwise one shared empty one.
     const now = Date.now();
-    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: NO_HISTORY }));
+    let histories: Histories | null = null;
+    if (generation.policy.hasSequenceRules) {
+      let read = readHistories(this.options.history, attribution.calls, client, now);
+      if (read instanceof Promise) read = await read;
+      if (read === null) return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
+      histories = read;
+    }
+    const contexts = attribution.calls.map((c, i) => {
+      const history = histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY;
+      return { tool: c.tool, server: client, port: target.port, callId: c.callId, now, history };
+    });
     const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.options.classify });
     const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
@@ -168,7 +191,9 @@ export class Admission {
       client,
       limitKey,
       call,
+      calls: attribution.calls,
       generation: generation.generation,
+      digest: generation.digest,
       decision: outcome.decision,
       candidates: outcome.candidates,
       target,
@@ -180,6 +205,27 @@ export class Admission {
       return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
     }
     return { ok: true, admitted };
+  }
+
+  /** Fail closed: the history a sequence clause needs cannot be read (call-history.ts); no decision is made. */
+  private stateUnavailable(
+    connId: string,
+    client: string,
+    limitKey: string,
+    calls: readonly Attribution[],
+    generation: PolicyGeneration,
+    target: Target,
+    method: string,
+  ): Answer {
+    const call = calls[0] as Attribution;
+    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${client}`;
+    const message =
+      `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
+      "the policy's longest window, or the state store is unavailable); refused until it can";
+    const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'state_unavailable', rule: null, after: null, addresses: [], trace: [], uncovered: false };
+    const admitted: Admitted = { connId, client, limitKey, call, calls, generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+    this.logDecision(admitted, null, message);
+    return failure('state_unavailable', message, this.labelFor(target, call));
   }
 
   private recordDiscovered(a: Admitted): void {
@@ -238,8 +284,14 @@ export class Admission {
       port: a.target.port,
       method: a.method,
       pinned_address: pinned,
+      policy_digest: a.digest,
       ...(detail ? { detail } : {}),
     };
+    // Session history: every decided call, with the address dialled (none when refused or the dial failed).
+    if (this.options.history.retentionSeconds > 0) {
+      const address = pinned === null ? null : (a.candidates.find((c) => c.text === pinned) ?? null);
+      recordDecided(this.options.history, a.calls, a.client, a.target.host.host, address);
+    }
     this.options.observer?.decision?.(a.decision, a.method);
     if (deferred) return this.options.events.deferredDecision(event);
     this.options.events.decision(event);

@@ -21,7 +21,9 @@ export type ErrorCode =
   | 'request_timeout'
   | 'too_many_tunnels'
   | 'overloaded'
-  | 'internal_error';
+  | 'internal_error'
+  | 'state_unavailable'
+  | 'announce_not_trusted';
 
 export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   bad_request: 400,
@@ -34,6 +36,8 @@ export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   too_many_tunnels: 429,
   overloaded: 503,
   internal_error: 500,
+  state_unavailable: 503,
+  announce_not_trusted: 403,
 };
 
 export interface CallLabel {
@@ -73,6 +77,8 @@ export function refusal(decision: Decision, call: CallLabel, denyStatus: number,
   switch (decision.reason) {
     case 'rule':
       message = `egress to ${where} refused by ${describeRule(decision.rule as RuleRef)}`;
+      // A sequence rule: which kind of earlier call it followed (its tool and when, not its id or server).
+      if (decision.after) message += ` after an earlier ${decision.after.tool ?? 'unattributed'} call ${decision.after.seconds_ago} s ago`;
       break;
     case 'default':
       message = `egress to ${where} refused: no rule allows it and the default verdict is deny`;

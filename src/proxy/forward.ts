@@ -14,6 +14,7 @@ import type { ProxyConfig } from '../config/proxy-config.js';
 import { parseAbsoluteUrl, parseAuthority, sameAuthority } from '../net/destination.js';
 import type { PinnedPool, UpstreamConnection } from '../net/pinned-pool.js';
 import type { EndReason } from '../events/events.js';
+import { answerAnnouncement, isAnnounceTarget } from './announce.js';
 import { failure, sendAnswer } from './answers.js';
 import type { Answer } from './answers.js';
 import type { ActiveCall, Admission, Admitted, AdmissionResult } from './admission.js';
@@ -40,6 +41,12 @@ export class PlainHttpPath {
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const admission = this.admission;
     const method = req.method ?? 'GET';
+    // Origin form to the proxy itself: an announcement (announce.ts), not a call to forward.
+    if (isAnnounceTarget(req.url ?? '')) {
+      const status = await answerAnnouncement(req, res, { config: admission.config, history: admission.history });
+      if (status !== 204) admission.observer?.failure?.(status === 400 ? 'bad_request' : status === 407 ? 'proxy_auth_required' : 'announce_not_trusted');
+      return;
+    }
     const url = parseAbsoluteUrl(req.url ?? '');
     if ('error' in url) {
       sendAnswer(res, admission.badRequest(admission.nextConnId(), url.error, null, method), true);

@@ -25,6 +25,7 @@ import { PinnedPool } from '../net/pinned-pool.js';
 import type { NameResolver } from '../net/resolve.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
 import type { DiscoveredStore } from '../state/discovered.js';
+import type { HistoryStore } from '../state/types.js';
 import type { EventSink } from '../events/events.js';
 import type { PolicyStore } from '../live/policy-store.js';
 import { destroyWhenFlushed, failure, sendRawAnswer } from './answers.js';
@@ -46,6 +47,8 @@ export interface ProxyServerOptions {
   readonly registry: CallRegistry;
   readonly events: EventSink;
   readonly discovered: DiscoveredStore;
+  /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
+  readonly history: HistoryStore;
   /** Other sockets of this process the proxy must never dial (the admin listener). */
   readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
   /** Observes every finished decision and closed call (metrics). */

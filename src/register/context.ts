@@ -16,6 +16,9 @@ export const toolCalls = new AsyncLocalStorage<ToolCallContext>();
 /** The `params._meta` key a gateway uses to hand the proxy-registered call id to the server. */
 export const CALL_ID_META_KEY = 'mcp-egress-proxy/call_id';
 
+/** The `params._meta` key a gateway uses to hand the agent's session id to the server. */
+export const SESSION_ID_META_KEY = 'mcp-egress-proxy/session_id';
+
 /** A stand-in session id for this server process (stdio has no MCP session id). */
 export const processSessionId = randomBytes(16).toString('hex');
 

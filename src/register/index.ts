@@ -9,7 +9,8 @@
  * agents the program builds itself (agent-prototypes.ts).
  *
  * Attribution: while a tool call runs (stdio.ts, or runAsToolCall), connections carry
- * x-mcp-tool / x-mcp-call-id / x-mcp-session-id. Each call gets its own proxy connections
+ * x-mcp-tool / x-mcp-call-id / x-mcp-session-id, and each stdio tool call is announced to the
+ * proxy before it runs (announce.ts), so it is session history even if it never egresses. Each call gets its own proxy connections
  * (agents per call for fetch, closed when the call ends; no keep-alive on the global agents;
  * pools keyed per call elsewhere), so two calls in flight are never attributed to each other.
  * Plain HTTP goes to the proxy in absolute form, HTTPS through the preload's own CONNECT
@@ -27,6 +28,7 @@
 import { ChildProcess } from 'node:child_process';
 import { basename } from 'node:path';
 import { routeAgentsBuiltByTheProgram } from './agent-prototypes.js';
+import { announceCall } from './announce.js';
 import { attributionHeaders, toolCalls } from './context.js';
 import { installGlobalAgents } from './node-agents.js';
 import { EX_CONFIG, hideProxyVariables, readProxySettings, redactProxyUrl } from './proxy-env.js';
@@ -34,7 +36,7 @@ import { installStdioHooks } from './stdio.js';
 import { AttributingDispatcher, nameRefusalsInFetchErrors } from './undici-routing.js';
 import { setGlobalDispatcher } from 'undici';
 
-export { CALL_ID_META_KEY, runAsToolCall, toolCalls } from './context.js';
+export { CALL_ID_META_KEY, runAsToolCall, SESSION_ID_META_KEY, toolCalls } from './context.js';
 export type { ToolCallContext } from './context.js';
 export { EgressRefusedError } from './refusal.js';
 
@@ -97,7 +99,21 @@ function install(): void {
     },
     () => toolCalls.getStore()?.callId ?? null,
   );
-  installStdioHooks({ onCallEnd: (ctx) => dispatcher.endCall(ctx.callId) });
+  // Every stdio tools/call is announced before it runs (session history for sequence rules);
+  // under trust: registered the proxy refuses announcements, and the gateway's registrations count.
+  let announcing = true;
+  installStdioHooks({
+    onCallEnd: (ctx) => dispatcher.endCall(ctx.callId),
+    announce: (ctx) => {
+      if (!announcing) return null;
+      return announceCall(settings.http, ctx).then((result) => {
+        if (result === 'not_trusted') {
+          announcing = false;
+          process.stderr.write(`${PREFIX}: the proxy takes no announcements (attribution.trust: registered); calls are history through the gateway's registrations\n`);
+        }
+      });
+    },
+  });
   process.stderr.write(`${PREFIX}: fetch, http and https routed through ${redactProxyUrl(settings.https)} (https) and ${redactProxyUrl(settings.http)} (http)${settings.noProxy ? `, except NO_PROXY=${settings.noProxy}` : ''}; tool calls on stdio are attributed\n`);
 }
 

@@ -4,8 +4,13 @@
  * `process.stdin` through a 'data' listener; each listener is wrapped so that a `tools/call`
  * line is delivered inside its own AsyncLocalStorage context, which every promise the tool's
  * handler starts inherits. The response with the same JSON-RPC id on stdout ends the call.
+ *
+ * Announcing (`announce`): a `tools/call` line is held until the proxy has recorded the call
+ * (input after it waits behind it, in order), so the call is history before the tool runs and
+ * before any later call can egress. If the announcement fails the call is not run: its answer
+ * is a JSON-RPC error naming why (fail closed: an unrecorded read would let a later fetch out).
  */
-import { CALL_ID_META_KEY, mintCallId, processSessionId, toolCalls } from './context.js';
+import { CALL_ID_META_KEY, mintCallId, processSessionId, SESSION_ID_META_KEY, toolCalls } from './context.js';
 import type { ToolCallContext } from './context.js';
 
 /** A tools/call line longer than this is delivered but not attributed. */
@@ -16,7 +21,15 @@ type DataListener = (chunk: Buffer | string) => void;
 export interface StdioHooks {
   /** Called when a call's response has been written. */
   onCallEnd(ctx: ToolCallContext): void;
+  /** Records the call before it runs; null: nothing to wait for. A rejection refuses the call. */
+  announce?(ctx: ToolCallContext): Promise<void> | null;
 }
+
+/** A header value the proxy accepts as an id (attribute.ts): 1 to 256 visible ASCII characters. */
+const HEADER_ID = /^[\x21-\x7e]{1,256}$/;
+
+/** The JSON-RPC error a call gets when it could not be announced. */
+const ANNOUNCE_FAILED = -32001;
 
 function parseToolCall(line: string): { id: string | number; ctx: ToolCallContext } | null {
   if (!line.includes('"tools/call"')) return null;
@@ -28,9 +41,13 @@ function parseToolCall(line: string): { id: string | number; ctx: ToolCallContex
   }
   if (message.method !== 'tools/call' || (typeof message.id !== 'string' && typeof message.id !== 'number')) return null;
   const tool = typeof message.params?.name === 'string' ? message.params.name : 'unknown';
-  const fromGateway = message.params?._meta?.[CALL_ID_META_KEY];
+  const meta = message.params?._meta;
+  const fromGateway = meta?.[CALL_ID_META_KEY];
   const callId = typeof fromGateway === 'string' && fromGateway.length > 0 ? fromGateway : mintCallId();
-  return { id: message.id, ctx: { tool, callId, sessionId: processSessionId } };
+  // A gateway's agent session (the same across all of an agent's servers), else this process's.
+  const session = meta?.[SESSION_ID_META_KEY];
+  const sessionId = typeof session === 'string' && HEADER_ID.test(session) ? session : processSessionId;
+  return { id: message.id, ctx: { tool, callId, sessionId } };
 }
 
 export function installStdioHooks(hooks: StdioHooks): void {
@@ -38,16 +55,23 @@ export function installStdioHooks(hooks: StdioHooks): void {
   const wrappers = new WeakMap<DataListener, DataListener>();
   const stdin = process.stdin;
 
-  // Bytes are delivered as they arrive, unchanged and never held back (a string stays a string,
-  // a Buffer a Buffer); only a copy of the current line is kept, to recognise a tools/call when
-  // its newline arrives, and the segment that completes it is delivered inside the call's context
-  // (that is when the SDK parses and dispatches the message).
+  const stdout = process.stdout;
+  const originalWrite = stdout.write.bind(stdout) as (...args: unknown[]) => boolean;
+
+  // Bytes are delivered as they arrive, unchanged (a string stays a string, a Buffer a Buffer);
+  // only a copy of the current line is kept, to recognise a tools/call when its newline arrives,
+  // and the segment that completes it is delivered inside the call's context (that is when the
+  // SDK parses and dispatches the message). While a call's announcement is in flight, that
+  // segment and everything after it wait, in order.
   const wrap = (listener: DataListener): DataListener => {
     let line: Buffer[] = [];
     let lineBytes = 0;
     let oversized = false; // a line past MAX_LINE_BYTES is not recognised (memory stays bounded)
-    const wrapper: DataListener = (chunk) => {
+    let waiting = false;
+    let held: Array<Buffer | string> = [];
+    const feed = (chunk: Buffer | string): void => {
       const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+      const as = (b: Buffer) => (typeof chunk === 'string' ? b.toString('utf8') : b);
       let start = 0;
       let newline: number;
       while ((newline = bytes.indexOf(0x0a, start)) !== -1) {
@@ -56,12 +80,36 @@ export function installStdioHooks(hooks: StdioHooks): void {
         line = [];
         lineBytes = 0;
         oversized = false;
-        const deliver = () => listener(typeof chunk === 'string' ? segment.toString('utf8') : segment);
-        if (call) {
+        start = newline + 1;
+        const deliver = () => listener(as(segment));
+        if (!call) {
+          deliver();
+          continue;
+        }
+        const announced = hooks.announce?.(call.ctx) ?? null;
+        if (announced === null) {
           open.set(call.id, call.ctx);
           toolCalls.run(call.ctx, deliver);
-        } else deliver();
-        start = newline + 1;
+          continue;
+        }
+        waiting = true;
+        if (start < bytes.length) held.unshift(as(Buffer.from(bytes.subarray(start))));
+        announced.then(
+          () => {
+            open.set(call.id, call.ctx);
+            toolCalls.run(call.ctx, deliver);
+          },
+          (err: unknown) => {
+            const message = `mcp-egress-proxy: the call was not run: it could not be recorded for the egress proxy's sequence rules (${(err as Error)?.message ?? String(err)})`;
+            originalWrite(`${JSON.stringify({ jsonrpc: '2.0', id: call.id, error: { code: ANNOUNCE_FAILED, message } })}\n`);
+          },
+        ).finally(() => {
+          waiting = false;
+          const queued = held;
+          held = [];
+          for (const c of queued) wrapper(c);
+        });
+        return;
       }
       if (start < bytes.length) {
         const rest = bytes.subarray(start);
@@ -70,8 +118,12 @@ export function installStdioHooks(hooks: StdioHooks): void {
           oversized = true;
           line = [];
         } else if (!oversized) line.push(Buffer.from(rest));
-        listener(typeof chunk === 'string' ? rest.toString('utf8') : rest);
+        listener(as(rest));
       }
+    };
+    const wrapper: DataListener = (chunk) => {
+      if (waiting) held.push(chunk);
+      else feed(chunk);
     };
     wrappers.set(listener, wrapper);
     return wrapper;
@@ -88,8 +140,6 @@ export function installStdioHooks(hooks: StdioHooks): void {
   stdin.off = off as typeof stdin.off;
 
   // Responses: a line on stdout whose id is an open call ends that call.
-  const stdout = process.stdout;
-  const originalWrite = stdout.write.bind(stdout) as (...args: unknown[]) => boolean;
   stdout.write = (chunk: unknown, ...rest: unknown[]) => {
     const result = originalWrite(chunk, ...rest);
     if (open.size > 0) {

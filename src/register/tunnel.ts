@@ -22,13 +22,13 @@ function authority(host: string, port: number): string {
   return `${net.isIPv6(bare) ? `[${bare}]` : bare}:${port}`;
 }
 
-function proxyAuthorization(proxy: URL): Record<string, string> {
+export function proxyAuthorization(proxy: URL): Record<string, string> {
   if (!proxy.username && !proxy.password) return {};
   const credentials = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
   return { 'proxy-authorization': `Basic ${Buffer.from(credentials).toString('base64')}` };
 }
 
-function connectToProxy(proxy: URL): net.Socket {
+export function connectToProxy(proxy: URL): net.Socket {
   const host = proxy.hostname.replace(/^\[|\]$/g, '');
   const port = Number(proxy.port || (proxy.protocol === 'https:' ? 443 : 80));
   if (proxy.protocol === 'https:') return tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });

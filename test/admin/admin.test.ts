@@ -11,33 +11,13 @@ import { AdminServer } from '../../src/admin/server.js';
 import { isLoopbackHost as isLoopback } from '../../src/net/address.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { startTestProxy } from '../helpers/proxy.js';
-import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
+import { api } from '../helpers/admin.js';
 import { startUpstream } from '../helpers/upstream.js';
 
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 const VIEWER = 'viewer-token-0123456789';
 const DEVELOPER = 'developer-token-0123456789';
-
-async function api(proxy: TestProxy, method: string, path: string, options: { token?: string; body?: unknown; raw?: string; type?: string } = {}) {
-  const admin = proxy.running.admin?.server.address() as { port: number };
-  const headers: Record<string, string> = {};
-  if (options.token) headers.authorization = `Bearer ${options.token}`;
-  let body: string | undefined;
-  if (options.raw !== undefined || options.body !== undefined) {
-    headers['content-type'] = options.type ?? 'application/json';
-    body = options.raw ?? JSON.stringify(options.body);
-  }
-  const res = await fetch(`http://127.0.0.1:${admin.port}${path}`, { method, headers, body });
-  const text = await res.text();
-  let json: any;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = null;
-  }
-  return { status: res.status, text, json, headers: res.headers };
-}
 
 /** A request as sent, with any Host, Origin or target (fetch would fix them up). */
 function send(port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {

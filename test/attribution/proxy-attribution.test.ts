@@ -138,6 +138,22 @@ t.test('borrowed identities: under trust: registered a client gets only its own 
   t.equal(upstream.requests.length, 2);
 });
 
+t.test('under trust: registered the session comes only from the registration, never from the header', async (t) => {
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: registeredConfig });
+  const { registry } = proxy.running;
+  registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
+  registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-a', sessionId: 'agent-1' });
+  // A server writing a victim's session id would record its calls into that session's history.
+  for (const [callId, session] of [['a'.repeat(32), null], ['b'.repeat(32), 'agent-1']] as const) {
+    const r = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${callId}\r\nx-mcp-session-id: victim-session\r\n`));
+    t.equal(r.status, 200);
+    t.match(proxy.events('egress.decision').at(-1), { call_id: callId, session_id: session }, `registered with session ${session}: the header's is ignored`);
+  }
+  const none = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asB}x-mcp-session-id: victim-session\r\n`));
+  t.equal(none.status, 200);
+  t.match(proxy.events('egress.decision').at(-1), { server: 'team-b', call_id: null, session_id: null }, 'no call id: no session either');
+});
+
 /** Opens a CONNECT tunnel through the proxy on a raw socket; the answer's status line and the socket. */
 async function openTunnel(t: { teardown(fn: () => unknown): void }, port: number, request: string): Promise<{ status: string; socket: Socket }> {
   const socket = connect({ host: '127.0.0.1', port });

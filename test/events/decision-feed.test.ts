@@ -27,6 +27,7 @@ function event(n: number, verdict: 'allow' | 'deny' = 'deny', tool: string | nul
     port: 443,
     method: 'CONNECT',
     pinned_address: null,
+    policy_digest: '0123456789ab',
   };
 }
 const line = (n: number) => `{"event":"egress.decision","conn_id":"c-${n}","pad":"${'x'.repeat(80)}"}\n`;

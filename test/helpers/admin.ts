@@ -1,4 +1,4 @@
-/** Admin API requests against a test proxy's admin listener (tokens, JSON or raw bodies, extra headers). */
+/** Admin API requests against a test proxy's admin listener: `api` (token, JSON or raw body) and `adminApi` (also extra headers), tokens for tests. */
 import { createHash } from 'node:crypto';
 import type { TestProxy } from './proxy.js';
 
@@ -40,6 +40,27 @@ export async function adminApi(
   const res = await fetch(`http://127.0.0.1:${adminPort(proxy)}${path}`, { method, headers, body });
   const text = await res.text();
   let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = null;
+  }
+  return { status: res.status, text, json, headers: res.headers };
+}
+
+/** Calls a test proxy's admin API with fetch: status, text, parsed JSON (or null), headers. */
+export async function api(proxy: TestProxy, method: string, path: string, options: { token?: string; body?: unknown; raw?: string; type?: string } = {}) {
+  const admin = proxy.running.admin?.server.address() as { port: number };
+  const headers: Record<string, string> = {};
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  let body: string | undefined;
+  if (options.raw !== undefined || options.body !== undefined) {
+    headers['content-type'] = options.type ?? 'application/json';
+    body = options.raw ?? JSON.stringify(options.body);
+  }
+  const res = await fetch(`http://127.0.0.1:${admin.port}${path}`, { method, headers, body });
+  const text = await res.text();
+  let json: any;
   try {
     json = JSON.parse(text);
   } catch {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { startProxy } from '../../src/commands/serve.js';
-import type { Running } from '../../src/commands/serve.js';
+import type { Running, StartOptions } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
 import { BatchedDestination } from '../../src/events/event-destination.js';
 import { createEventSink, createLogger } from '../../src/events/events.js';
@@ -35,6 +35,8 @@ export interface TestProxyOptions {
   listen?: string;
   /** Exempt loopback from the baseline (default true: test upstreams live on 127.0.0.1). */
   exemptLoopback?: boolean;
+  /** Passed to startProxy (e.g. `history`: another session-history store). */
+  start?: StartOptions;
 }
 
 export async function startTestProxy(options: TestProxyOptions): Promise<TestProxy> {
@@ -75,7 +77,7 @@ export async function startTestProxy(options: TestProxyOptions): Promise<TestPro
   // Batched as in production, so the tests see lines when an operator would.
   const destination = new BatchedDestination(sink);
   const events = createEventSink(createLogger('debug', destination));
-  const running = await startProxy(parsed.config, events);
+  const running = await startProxy(parsed.config, events, options.start);
   if (!running) throw new Error(`policy rejected: ${JSON.stringify(lines)}`);
   const port = (running.proxy.address as { port: number }).port;
   return {

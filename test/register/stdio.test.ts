@@ -4,6 +4,7 @@
  * receives exactly the bytes that were sent.
  */
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import t from 'tap';
 import { startTestProxy } from '../helpers/proxy.js';
 import { startUpstream } from '../helpers/upstream.js';
@@ -51,4 +52,34 @@ t.test('a tools/call split across chunks, inside a multi-byte character, is attr
   const [decision] = await proxy.waitForCount('egress.decision', 1);
   t.equal(decision?.tool, 'fetch_url', 'the split call is attributed');
   t.match(decision?.call_id, /^[0-9a-f]{32}$/);
+});
+
+t.test('a tools/call the proxy does not record is not run: its answer is an error (fail closed)', async (t) => {
+  // A proxy that takes no announcements (an older one, or something else on that port).
+  const seen: string[] = [];
+  const stub = createServer((req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    res.writeHead(400, { 'content-type': 'application/json', 'x-egress-error': 'bad_request' }).end('{}');
+  });
+  await new Promise<void>((r) => stub.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(stub.address() as { port: number }).port}`;
+  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], { env: { ...process.env, HTTP_PROXY: url, HTTPS_PROXY: url, NO_PROXY: '' }, stdio: ['pipe', 'pipe', 'ignore'] });
+  t.teardown(() => {
+    server.kill();
+    stub.close();
+  });
+  let out = '';
+  server.stdout.setEncoding('utf8');
+  server.stdout.on('data', (c: string) => (out += c));
+  const line = (m: unknown) => `${JSON.stringify(m)}\n`;
+  server.stdin.write(line({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } }));
+  server.stdin.write(line({ jsonrpc: '2.0', method: 'notifications/initialized' }));
+  // The call and a ping in one chunk: the ping waits behind the held call, in order.
+  server.stdin.write(line({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'fetch_url', arguments: { url: 'http://127.0.0.1:9/x', delay_ms: 1 } } }) + line({ jsonrpc: '2.0', id: 3, method: 'ping' }));
+  for (let i = 0; i < 400 && !out.includes('"id":3'); i++) await new Promise((r) => setTimeout(r, 10));
+  const responses = out.trim().split('\n').map((l) => JSON.parse(l) as { id: number; error?: { code: number; message: string }; result?: unknown });
+  const call = responses.find((r) => r.id === 2);
+  t.match(call?.error, { code: -32001, message: /the call was not run: it could not be recorded .* refused the announcement \(400 bad_request\)/ });
+  t.ok(responses.some((r) => r.id === 3 && r.result !== undefined), 'input after the held call is delivered');
+  t.same(seen, ['POST /mcp-egress/v1/calls'], 'the tool never ran: no request but the announcement');
 });
