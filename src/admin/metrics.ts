@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Decision } from '../policy/types.js';
+import type { DecisionFeed } from '../events/decision-feed.js';
 import type { ProxyObserver } from '../proxy/admission.js';
 
 export class Metrics {
@@ -40,8 +41,30 @@ export class Metrics {
   stateQueued: () => number = () => 0;
   private readonly stateQueue: Gauge = new Gauge({ name: 'mcp_egress_state_writes_queued', help: 'Background state writes waiting for the state store', registers: [this.registry], collect: (): void => this.stateQueue.set(this.stateQueued()) });
 
+  private feed: DecisionFeed | null = null;
+  private readonly feedDropped: Counter<string> = new Counter({
+    name: 'egress_events_dropped_total',
+    help: 'Decisions not sent to a GET /v1/events stream whose client fell behind (its buffer was full)',
+    registers: [this.registry],
+    collect: (): void => {
+      this.feedDropped.reset();
+      this.feedDropped.inc(this.feed?.droppedTotal ?? 0);
+    },
+  });
+  private readonly feedStreams: Gauge = new Gauge({
+    name: 'egress_events_streams',
+    help: 'Open GET /v1/events streams',
+    registers: [this.registry],
+    collect: (): void => this.feedStreams.set(this.feed?.subscriberCount ?? 0),
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Reads the feed's drop count and stream count when scraped. */
+  watchFeed(feed: DecisionFeed): void {
+    this.feed = feed;
   }
 
   observer(): ProxyObserver {
