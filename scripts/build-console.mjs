@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * Builds the browser console (console/) into dist/console: one esbuild bundle of the TypeScript
- * (console/src/main.ts → app.js) and the two static files. Part of `npm run build`, so `npm start`,
+ * (console/src/main.ts → app.js) and the static files. Part of `npm run build`, so `npm start`,
  * `npm test` and `npm pack` always serve what the source says. Nothing is fetched at run time.
  */
 import { copyFileSync, mkdirSync } from 'node:fs';
@@ -20,4 +20,4 @@ await build({
   legalComments: 'none',
   logLevel: 'warning',
 });
-for (const file of ['index.html', 'console.css']) copyFileSync(new URL(`console/${file}`, root), new URL(file, out));
+for (const file of ['index.html', 'console.css', 'favicon.svg']) copyFileSync(new URL(`console/${file}`, root), new URL(file, out));

@@ -22,7 +22,8 @@ let ctx: Context | null = null;
 /** The operator chose the tokenless viewer in this tab. */
 const TOKENLESS_KEY = 'mcp-egress-proxy.tokenless';
 
-function show(): void {
+/** Shows the view named in the location's hash; `focus`: move the keyboard focus to it (a tab was followed). */
+function show(focus = false): void {
   if (!ctx) return;
   const name = location.hash.replace(/^#/, '') || 'events';
   const view = VIEWS[name] ?? events;
@@ -35,6 +36,7 @@ function show(): void {
   const root = h('section', { class: `view view-${name}`, 'aria-labelledby': 'view-title' }, h('h2', { id: 'view-title' }, view.title));
   clear(main, root);
   unmount = view.mount(root, ctx);
+  if (focus) main.focus();
 }
 
 function signOut(): void {
@@ -58,6 +60,8 @@ function signedIn(role: Role, tokenless: boolean): void {
     tokenless ? h('button', { type: 'button', onclick: () => signInForm(null, true) }, 'Use a token') : h('button', { type: 'button', onclick: signOut }, 'Sign out'),
   );
   show();
+  // Signed in: the keyboard starts at the views' tabs.
+  tabs.querySelector<HTMLElement>('a[aria-current=page]')?.focus();
 }
 
 function signInForm(problem: string | null, tokenlessWorks: boolean): void {
@@ -113,5 +117,5 @@ async function start(tokenless = false): Promise<void> {
   }
 }
 
-window.addEventListener('hashchange', show);
+window.addEventListener('hashchange', () => show(true));
 void start();

@@ -45,6 +45,7 @@ const ASSETS: Readonly<Record<string, { file: string; type: string }>> = {
   '/console/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/console/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
   '/console/console.css': { file: 'console.css', type: 'text/css; charset=utf-8' },
+  '/console/favicon.svg': { file: 'favicon.svg', type: 'image/svg+xml' },
 };
 
 /** The built console (`dist/console` of the package this module belongs to), from src/ (tests) or dist/src/. */

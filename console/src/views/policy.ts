@@ -104,7 +104,7 @@ export const policy: View = {
             h(
               'button',
               { type: 'button', 'data-action': 'default', onclick: () => void write('Default verdict changed', 'PATCH', '/v1/policy', { default_verdict: p.default_verdict === 'deny' ? 'allow' : 'deny' }) },
-              `Default verdict: ${p.default_verdict === 'deny' ? 'allow' : 'deny'}`,
+              `Set the default verdict to ${p.default_verdict === 'deny' ? 'allow' : 'deny'}`,
             ),
             h('button', { type: 'button', onclick: () => openForm(null), class: 'primary', 'data-action': 'add-rule' }, 'Add rule'),
             h('button', {
