@@ -5,6 +5,7 @@
  * but the admin listener and the CSP refuses nothing (no inline script or style).
  */
 import t from 'tap';
+import type { Test } from 'tap';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
 import type { ConsolePage, TestBrowser } from '../helpers/browser.js';
 import { missing } from '../helpers/requires.js';
@@ -29,7 +30,7 @@ rules:
 `;
 
 /** Every request the page made went to the admin listener, and nothing was refused by the CSP or thrown. */
-function clean(t: Tap.Test, p: ConsolePage, admin: string): void {
+function clean(t: Test, p: ConsolePage, admin: string): void {
   const elsewhere = p.requests.filter((u) => !u.startsWith(`${admin}/`) && !u.startsWith('blob:'));
   t.same(elsewhere, [], 'the page requested nothing but the admin listener');
   t.same(p.problems, [], 'no console errors (a CSP violation would be one)');

@@ -171,7 +171,7 @@ export const test: View = {
         (err) => clear(out, explain(err)),
       );
     });
-    const destination = h('input', { name: 'destination', required: true, placeholder: 'https://api.example.com/ or host:port', class: 'wide' });
+    const destination = h('input', { name: 'destination', required: true, placeholder: 'api.example.com:443, or a URL', class: 'wide' });
     const tool = h('input', { name: 'tool', placeholder: 'none: unattributed' });
     const server = h('input', { name: 'server', placeholder: 'client identity' });
     const session = h('input', { name: 'session_id', placeholder: 'live history of this session' });
