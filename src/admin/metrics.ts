@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Decision } from '../policy/types.js';
+import type { DecisionFeed } from '../events/decision-feed.js';
 import type { ProxyObserver } from '../proxy/server.js';
 
 export class Metrics {
@@ -33,8 +34,30 @@ export class Metrics {
   readonly policyError = new Gauge({ name: 'egress_policy_last_reload_failed', help: '1 while the last reload was rejected (the previous policy serves)', registers: [this.registry] });
   readonly registered = new Gauge({ name: 'egress_registered_calls', help: 'Open registered tool calls', registers: [this.registry] });
 
+  private feed: DecisionFeed | null = null;
+  private readonly feedDropped: Counter<string> = new Counter({
+    name: 'egress_events_dropped_total',
+    help: 'Decisions not sent to a GET /v1/events stream whose client fell behind (its buffer was full)',
+    registers: [this.registry],
+    collect: (): void => {
+      this.feedDropped.reset();
+      this.feedDropped.inc(this.feed?.droppedTotal ?? 0);
+    },
+  });
+  private readonly feedStreams: Gauge = new Gauge({
+    name: 'egress_events_streams',
+    help: 'Open GET /v1/events streams',
+    registers: [this.registry],
+    collect: (): void => this.feedStreams.set(this.feed?.subscriberCount ?? 0),
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Reads the feed's drop count and stream count when scraped. */
+  watchFeed(feed: DecisionFeed): void {
+    this.feed = feed;
   }
 
   observer(): ProxyObserver {

@@ -37,11 +37,17 @@ import type { EarlierCall } from '../decide/dry-run-history.js';
 import { ConsoleAssets, isConsolePath } from './console-assets.js';
 import { draftPolicy } from './draft.js';
 import { createHostCheck } from './host-check.js';
+import { EVENTS_QUERY_KEYS, serveEvents } from './events-route.js';
+import { handlePolicyRoute } from './policy-routes.js';
+import type { RouteContext } from './policy-routes.js';
+import { replayDraft } from './replay-route.js';
+import { createBaseline } from '../net/baseline.js';
+import { readJsonObject } from './http-body.js';
+import { badRequest, HttpError } from './http-error.js';
 import type { Metrics } from './metrics.js';
 
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
-const MAX_BODY = 256 * 1024;
 /** A refused registration's status: a clash, this client's cap, or the whole registry's. */
 const REFUSED_REGISTRATION_STATUS = { conflict: 409, client_limit: 429, registry_full: 503 } as const;
 const CALL_ID = /^[\x21-\x7e]{1,256}$/;
@@ -51,18 +57,7 @@ const MAX_DESTINATION = 2048;
 const MAX_RESOLVE_HOSTS = 64;
 const MAX_RESOLVE_ADDRESSES = 64;
 /** Query keys each route accepts; others (and repeated ones) are a 400. */
-const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'], '/v1/calls': ['client'] };
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly extra: Record<string, unknown> = {},
-  ) {
-    super(message);
-  }
-}
+const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'], '/v1/events': EVENTS_QUERY_KEYS, '/v1/calls': ['client'] };
 
 export interface AdminDeps {
   readonly config: ProxyConfig;
@@ -78,10 +73,6 @@ export interface AdminDeps {
 }
 
 export const isLoopback = isLoopbackHost;
-
-function badRequest(message: string): HttpError {
-  return new HttpError(400, 'bad_request', message);
-}
 
 /** An optional label field: absent/null, or a string of 1 to 256 characters without control characters. */
 function optionalLabel(b: Record<string, unknown>, key: string): string | null {
@@ -173,21 +164,33 @@ export class AdminServer {
 
   /** The caller's role: a viewer without a token when none are configured; 401 for a missing or wrong one. */
   private role(req: IncomingMessage): Role {
+    return this.caller(req).role;
+  }
+
+  /** The caller's role and token name (null for the tokenless viewer). */
+  private caller(req: IncomingMessage): { role: Role; name: string | null } {
     const header = req.headers.authorization;
-    if (header === undefined && this.tokenHashes.length === 0) return 'viewer';
+    if (header === undefined && this.tokenHashes.length === 0) return { role: 'viewer', name: null };
     const m = header ? /^Bearer ([\x21-\x7e]+)$/.exec(header) : null;
     if (!m) throw new HttpError(401, 'unauthorized', 'an admin token is required (Authorization: Bearer <token>)');
     const digest = sha256Hex(m[1] as string);
     let role: Role | null = null;
+    let name: string | null = null;
     // Compared against every token, so the time taken does not say which one matched.
-    for (const t of this.tokenHashes) if (digestsEqual(digest, t.hash) && (role === null || RANK[t.role] > RANK[role])) role = t.role;
+    for (const t of this.tokenHashes) {
+      if (digestsEqual(digest, t.hash) && (role === null || RANK[t.role] > RANK[role])) {
+        role = t.role;
+        name = t.name;
+      }
+    }
     if (!role) throw new HttpError(401, 'unauthorized', 'invalid admin token');
-    return role;
+    return { role, name };
   }
 
-  private require(req: IncomingMessage, needed: Role): void {
-    const role = this.role(req);
-    if (RANK[role] >= RANK[needed]) return;
+  /** Checks the caller's role (401/403 otherwise); returns its token name. */
+  private require(req: IncomingMessage, needed: Role): string | null {
+    const caller = this.caller(req);
+    if (RANK[caller.role] >= RANK[needed]) return caller.name;
     // No token at all (the tokenless viewer): the answer is "authenticate", not "forbidden".
     if (req.headers.authorization === undefined) {
       throw new HttpError(401, 'unauthorized', `this route needs a ${needed} token (Authorization: Bearer <token>); make one with \`mcp-egress-proxy token\` and list it in admin.tokens`);
@@ -195,36 +198,13 @@ export class AdminServer {
     throw new HttpError(403, 'forbidden', `this route needs the ${needed} role`);
   }
 
-  private async body(req: IncomingMessage): Promise<Record<string, unknown>> {
-    const type = req.headers['content-type'] ?? '';
-    if (!/^application\/json\b/i.test(type)) throw new HttpError(415, 'unsupported_media_type', 'send a JSON body (content-type: application/json)');
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > MAX_BODY) throw new HttpError(413, 'payload_too_large', `bodies are limited to ${MAX_BODY} bytes`);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    try {
-      for await (const chunk of req) {
-        size += (chunk as Buffer).length;
-        if (size > MAX_BODY) throw new HttpError(413, 'payload_too_large', `bodies are limited to ${MAX_BODY} bytes`);
-        chunks.push(chunk as Buffer);
-      }
-    } catch (err) {
-      if (err instanceof HttpError) throw err;
-      throw badRequest('the request body could not be read');
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-    } catch (err) {
-      throw badRequest(`invalid JSON: ${(err as Error).message.slice(0, 200)}`);
-    }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'bad_request', 'the body must be a JSON object');
-    return parsed as Record<string, unknown>;
+  private body(req: IncomingMessage): Promise<Record<string, unknown>> {
+    return readJsonObject(req);
   }
 
-  private send(res: ServerResponse, status: number, body: unknown, contentType = 'application/json'): void {
+  private send(res: ServerResponse, status: number, body: unknown, contentType = 'application/json', headers: Record<string, string> = {}): void {
     const text = contentType === 'application/json' ? JSON.stringify(body) : String(body);
-    res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.writeHead(status, { ...headers, 'content-type': contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
     res.end(text);
   }
 
@@ -253,6 +233,7 @@ export class AdminServer {
           this.require(req, 'viewer');
           const g = running.store.current;
           const spec = g.policy.spec;
+          res.setHeader('etag', `"${g.sha256}"`);
           return this.send(res, 200, {
             generation: g.generation,
             loaded_at: g.loadedAt,
@@ -319,6 +300,11 @@ export class AdminServer {
             calls: calls.map((c) => ({ call_id: c.callId, tool: c.tool, client: c.client, session_id: c.sessionId, registered_at: new Date(c.registeredAt).toISOString(), expires_at: new Date(c.expiresAt).toISOString() })),
           });
         }
+        case 'GET /v1/events':
+          return serveEvents(this.context(req, res, url.path), res, url.query, running.feed);
+        case 'POST /v1/test/replay':
+          this.require(req, 'developer');
+          return this.send(res, 200, await replayDraft(await this.body(req), running.store.current, running.feed, this.replayBaseline));
         case 'GET /v1/discovered': {
           this.require(req, 'viewer');
           const destinations = running.discovered.list();
@@ -328,6 +314,7 @@ export class AdminServer {
           return this.send(res, 200, { destinations });
         }
       }
+      if (await handlePolicyRoute(this.context(req, res, url.path), running.policyWriter)) return;
       if (req.method === 'DELETE' && url.path.startsWith('/v1/calls/')) {
         this.require(req, 'developer');
         let callId: string;
@@ -341,9 +328,9 @@ export class AdminServer {
         res.writeHead(204).end();
         return;
       }
-      const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered'];
+      const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered', '/v1/events', '/v1/test/replay', '/v1/rules'];
       const shown = url.path.slice(0, 200);
-      if (known.includes(url.path) || url.path.startsWith('/v1/calls/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
+      if (known.includes(url.path) || url.path.startsWith('/v1/calls/') || url.path.startsWith('/v1/rules/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
       throw new HttpError(404, 'not_found', `no route ${shown}`);
     } catch (err) {
       if (err instanceof HttpError) {
@@ -375,6 +362,22 @@ export class AdminServer {
    */
   private liveHistory(_sessionId: string): readonly HistoryCall[] {
     return [];
+  }
+
+  /** What a route module gets: the request, the role check with the caller's name, and the answer. */
+  private context(req: IncomingMessage, res: ServerResponse, path: string): RouteContext {
+    return {
+      req,
+      method: req.method ?? '',
+      path,
+      requireRole: (role) => this.require(req, role),
+      send: (status, body, headers) => this.send(res, status, body, 'application/json', headers),
+    };
+  }
+
+  /** Replay judges the recorded addresses by the live baseline (exemptions and the proxy's own listeners). */
+  private get replayBaseline() {
+    return createBaseline({ allowCidrs: this.deps.config.baseline.allowCidrs, isSelf: this.deps.isSelf });
   }
 
   private async test(b: Record<string, unknown>): Promise<unknown> {

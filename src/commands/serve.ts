@@ -16,6 +16,8 @@ import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
 import type { LoadResult } from '../live/policy-store.js';
 import { PolicyWatcher } from '../live/policy-watch.js';
+import { PolicyWriter } from '../live/policy-writer.js';
+import { DecisionFeed } from '../events/decision-feed.js';
 import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';
@@ -36,6 +38,10 @@ export interface Running {
   readonly discovered: DiscoveredStore;
   readonly events: EventSink;
   readonly metrics: Metrics;
+  /** The recent decisions and the live streams of them (GET /v1/events, replay). */
+  readonly feed: DecisionFeed;
+  /** Writes the policy file for the admin API's edit routes. */
+  readonly policyWriter: PolicyWriter;
   readonly admin: AdminServer | null;
   reload(trigger: string): Promise<boolean>;
   stop(): Promise<void>;
@@ -112,6 +118,9 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   const registry = new CallRegistry({ defaultTtlMs: config.attribution.defaultTtlMs, maxTotal: config.limits.maxRegisteredCalls });
   const sweeper = setInterval(() => registry.sweep(), 10_000).unref();
   const discovered = new DiscoveredStore();
+  const feed = new DecisionFeed();
+  events.tapDecisions(feed);
+  metrics.watchFeed(feed);
   let adminAddress: { address: string; port: number } | null = null;
   const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
@@ -120,6 +129,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   const reload = async (trigger: string) => logLoad(trigger, await store.load());
   const watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
   await watcher?.start();
+  const policyWriter = new PolicyWriter({ store, reload, events, expectDigest: (digest) => watcher?.expect(digest) });
 
   let admin: AdminServer | null = null;
   const running: Running = {
@@ -130,6 +140,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     discovered,
     events,
     metrics,
+    feed,
+    policyWriter,
     get admin() {
       return admin;
     },
@@ -137,6 +149,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     stop: async () => {
       clearInterval(sweeper);
       watcher?.stop();
+      events.tapDecisions(null);
+      feed.close();
       await Promise.all([proxy.close(config.shutdownGraceMs), admin?.close()]);
     },
   };

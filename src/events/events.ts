@@ -9,6 +9,7 @@
 import pino from 'pino';
 import type { DestinationStream, Logger } from 'pino';
 import type { Decision, RuleRef } from '../policy/types.js';
+import type { DecisionTap } from './decision-feed.js';
 import { BatchedDestination, createEventDestination } from './event-destination.js';
 
 export type EndReason = 'client_closed' | 'upstream_closed' | 'idle_timeout' | 'error' | 'shutdown';
@@ -53,6 +54,8 @@ export interface EventSink {
   info(fields: Record<string, unknown>, msg: string): void;
   warn(fields: Record<string, unknown>, msg: string): void;
   flush(): void;
+  /** Hands each decision line, as written, to `tap` as well (the console's feed); null stops it. */
+  tapDecisions(tap: DecisionTap | null): void;
 }
 
 export function createLogger(level: string, destination: DestinationStream = createEventDestination()): Logger {
@@ -144,12 +147,25 @@ export function createEventSink(logger: Logger): EventSink {
     stream.write(line);
     return 0;
   };
+  // The feed gets the line the log gets: a decision is formatted once, whoever reads it.
+  let tap: DecisionTap | null = null;
   return {
     decision(e) {
-      if (logger.isLevelEnabled('info')) stream.write(decisionLine(e));
+      const logged = logger.isLevelEnabled('info');
+      if (!logged && tap === null) return;
+      const line = decisionLine(e);
+      if (logged) stream.write(line);
+      tap?.decision(e, line);
     },
     deferredDecision(e) {
-      return logger.isLevelEnabled('info') ? defer(decisionLine(e)) : 0;
+      const logged = logger.isLevelEnabled('info');
+      if (!logged && tap === null) return 0;
+      const line = decisionLine(e);
+      tap?.decision(e, line);
+      return logged ? defer(line) : 0;
+    },
+    tapDecisions(next) {
+      tap = next;
     },
     ensureWritten(ticket) {
       batched?.ensureWritten(ticket);

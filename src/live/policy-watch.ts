@@ -80,8 +80,19 @@ export class PolicyWatcher {
     if (digest !== this.lastDigest) this.schedule('poll');
   }
 
+  /**
+   * The digest the file is about to have because this process writes it (the admin API's edits,
+   * which load it themselves): the events of that write then cause no second load.
+   */
+  expect(digest: string): void {
+    this.lastDigest = digest;
+  }
+
   private async fire(trigger: string): Promise<void> {
-    this.lastDigest = await this.digest();
+    const digest = await this.digest();
+    // Bytes already handed to a load (or written and loaded by us): nothing new to load.
+    if (digest !== null && digest === this.lastDigest) return;
+    this.lastDigest = digest;
     await this.options.reload(trigger);
   }
 }

@@ -364,7 +364,7 @@ rules:
 
   t.test('unknown routes and methods', async (t) => {
     t.equal((await api(proxy, 'GET', '/nope')).status, 404);
-    t.equal((await api(proxy, 'PUT', '/v1/policy', { token: DEVELOPER })).status, 405);
+    t.equal((await api(proxy, 'DELETE', '/v1/policy', { token: DEVELOPER })).status, 405);
   });
 });
 

@@ -1,0 +1,234 @@
+/**
+ * The live feed of decisions (`GET /v1/events`, server-sent events) and the recent decisions
+ * that a new stream starts with and that replay decides again.
+ *
+ * Threat and scope: the reader is a browser tab or a script, and may be slow, stalled, or the
+ * guarded server itself (a viewer on a tokenless loopback listener). Nothing it does may slow
+ * the data path or grow the proxy's memory. So the data path only stores the line the event
+ * sink already serialised (no second formatting) in a fixed ring; streams are served from a
+ * timer, each with a byte budget for what its socket has not taken yet: over budget, decisions
+ * are dropped for that stream and counted (a metric, and a `dropped` event on the stream once
+ * it drains), and a stream that stays over budget is closed. The number of streams is capped.
+ */
+import type { DecisionEvent } from './events.js';
+
+/** Decisions kept for new streams and replay (interface.md: the last 1,000). */
+export const FEED_CAPACITY = 1000;
+export const MAX_SUBSCRIBERS = 16;
+/** Bytes a stream may have waiting for its client before decisions are dropped for it. */
+export const SUBSCRIBER_BUDGET_BYTES = 1024 * 1024;
+const FLUSH_MS = 50;
+const HEARTBEAT_MS = 15_000;
+/** A stream over budget this long is closed (it frees its slot; the client reconnects when it can). */
+const STALLED_MS = 60_000;
+
+/** What the event sink hands over for each decision line it writes. */
+export interface DecisionTap {
+  decision(event: DecisionEvent, line: string): void;
+}
+
+export interface FeedEntry {
+  /** 1, 2, ... since start: the SSE `id`. */
+  readonly seq: number;
+  /** ms since the epoch, when the decision was logged. */
+  readonly at: number;
+  readonly event: DecisionEvent;
+  readonly line: string;
+}
+
+/** The writable side of a stream (an http.ServerResponse). */
+export interface FeedStream {
+  readonly writableLength: number;
+  write(chunk: string): unknown;
+  destroy(): void;
+}
+
+export interface FeedOptions {
+  readonly capacity?: number;
+  readonly maxSubscribers?: number;
+  readonly budgetBytes?: number;
+  readonly flushMs?: number;
+  readonly heartbeatMs?: number;
+  readonly stalledMs?: number;
+}
+
+interface Subscriber {
+  readonly stream: FeedStream;
+  readonly matches: (e: DecisionEvent) => boolean;
+  /** Dropped since the last `dropped` notice. */
+  dropped: number;
+  overSince: number | null;
+}
+
+function frame(seq: number, line: string): string {
+  // A line is one JSON object ending in a newline, with no raw newline inside (JSON escapes them).
+  return `id: ${seq}\nevent: decision\ndata: ${line.endsWith('\n') ? line.slice(0, -1) : line}\n\n`;
+}
+
+export class DecisionFeed implements DecisionTap {
+  private readonly capacity: number;
+  private readonly maxSubscribers: number;
+  private readonly budget: number;
+  private readonly flushMs: number;
+  private readonly heartbeatMs: number;
+  private readonly stalledMs: number;
+  // Parallel arrays, written in place: nothing is allocated per decision.
+  private readonly lines: string[];
+  private readonly events: DecisionEvent[];
+  private readonly ats: number[];
+  private count = 0;
+  /** seq of the first decision not yet sent to the streams. */
+  private sentUpTo = 0;
+  private readonly subscribers = new Set<Subscriber>();
+  private flushTimer: NodeJS.Timeout | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  /** Decisions dropped for slow streams since start (the metric). */
+  droppedTotal = 0;
+
+  constructor(options: FeedOptions = {}) {
+    this.capacity = options.capacity ?? FEED_CAPACITY;
+    this.maxSubscribers = options.maxSubscribers ?? MAX_SUBSCRIBERS;
+    this.budget = options.budgetBytes ?? SUBSCRIBER_BUDGET_BYTES;
+    this.flushMs = options.flushMs ?? FLUSH_MS;
+    this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
+    this.stalledMs = options.stalledMs ?? STALLED_MS;
+    this.lines = new Array<string>(this.capacity);
+    this.events = new Array<DecisionEvent>(this.capacity);
+    this.ats = new Array<number>(this.capacity).fill(0);
+  }
+
+  /** The data path: keeps the line; streams get it from the timer. */
+  decision(event: DecisionEvent, line: string): void {
+    const i = this.count % this.capacity;
+    this.lines[i] = line;
+    this.events[i] = event;
+    this.ats[i] = Date.now();
+    this.count++;
+    if (this.subscribers.size === 0) {
+      this.sentUpTo = this.count;
+      return;
+    }
+    // More unsent decisions than the ring holds: send now, before the oldest are overwritten.
+    if (this.count - this.sentUpTo >= this.capacity) this.flush();
+    else if (this.flushTimer === null) this.flushTimer = setTimeout(this.onFlushTimer, this.flushMs).unref();
+  }
+
+  get subscriberCount(): number {
+    return this.subscribers.size;
+  }
+
+  get limit(): number {
+    return this.maxSubscribers;
+  }
+
+  /** The recorded decisions, oldest first: at most `limit`, the most recent ones. */
+  recent(limit = this.capacity): FeedEntry[] {
+    const n = Math.min(limit, this.count, this.capacity);
+    const out: FeedEntry[] = [];
+    for (let seq = this.count - n + 1; seq <= this.count; seq++) {
+      const i = (seq - 1) % this.capacity;
+      out.push({ seq, at: this.ats[i] as number, event: this.events[i] as DecisionEvent, line: this.lines[i] as string });
+    }
+    return out;
+  }
+
+  /**
+   * Starts a stream: the recorded decisions that match (after `lastEventId` when given), then
+   * each new one. Null when the subscriber cap is reached. The returned function ends it.
+   */
+  subscribe(stream: FeedStream, matches: (e: DecisionEvent) => boolean, lastEventId: number | null = null): (() => void) | null {
+    if (this.subscribers.size >= this.maxSubscribers) return null;
+    // Anything recorded but not yet flushed goes out now, so the new stream neither misses nor repeats it.
+    this.flush();
+    const sub: Subscriber = { stream, matches, dropped: 0, overSince: null };
+    let backlog = `retry: 2000\n\n`;
+    for (const e of this.recent()) {
+      if (lastEventId !== null && e.seq <= lastEventId) continue;
+      if (!matches(e.event)) continue;
+      const f = frame(e.seq, e.line);
+      if (backlog.length + f.length > this.budget) {
+        sub.dropped++;
+        this.droppedTotal++;
+      } else backlog += f;
+    }
+    stream.write(backlog);
+    this.subscribers.add(sub);
+    if (this.heartbeat === null) this.heartbeat = setInterval(this.onHeartbeat, this.heartbeatMs).unref();
+    return () => this.unsubscribe(sub);
+  }
+
+  private unsubscribe(sub: Subscriber): void {
+    this.subscribers.delete(sub);
+    if (this.subscribers.size === 0 && this.heartbeat !== null) {
+      clearInterval(this.heartbeat);
+      this.heartbeat = null;
+    }
+  }
+
+  /** Ends every stream (shutdown). */
+  close(): void {
+    for (const sub of [...this.subscribers]) {
+      this.unsubscribe(sub);
+      sub.stream.destroy();
+    }
+    if (this.flushTimer !== null) clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+  }
+
+  private readonly onFlushTimer = (): void => {
+    this.flushTimer = null;
+    this.flush();
+  };
+
+  /** Sends each stream the decisions since the last flush that match it, within its budget. */
+  flush(): void {
+    const from = Math.max(this.sentUpTo + 1, this.count - this.capacity + 1);
+    const to = this.count;
+    this.sentUpTo = to;
+    if (from > to || this.subscribers.size === 0) return;
+    for (const sub of this.subscribers) {
+      let out = '';
+      let waiting = sub.stream.writableLength;
+      if (sub.dropped > 0 && waiting < this.budget / 2) {
+        out += `event: dropped\ndata: {"dropped":${sub.dropped}}\n\n`;
+        sub.dropped = 0;
+      }
+      for (let seq = from; seq <= to; seq++) {
+        const i = (seq - 1) % this.capacity;
+        if (!sub.matches(this.events[i] as DecisionEvent)) continue;
+        const f = frame(seq, this.lines[i] as string);
+        if (waiting + out.length + f.length > this.budget) {
+          sub.dropped++;
+          this.droppedTotal++;
+          continue;
+        }
+        out += f;
+      }
+      waiting += out.length;
+      if (out !== '') sub.stream.write(out);
+      if (waiting > this.budget / 2 && sub.dropped > 0) sub.overSince ??= Date.now();
+      else sub.overSince = null;
+    }
+  }
+
+  private readonly onHeartbeat = (): void => {
+    const now = Date.now();
+    for (const sub of [...this.subscribers]) {
+      const waiting = sub.stream.writableLength;
+      if (waiting < this.budget / 2) sub.overSince = null;
+      else if (sub.overSince !== null && now - sub.overSince > this.stalledMs) {
+        this.unsubscribe(sub);
+        sub.stream.destroy();
+        continue;
+      }
+      if (waiting >= this.budget) continue;
+      // A comment line keeps proxies and browsers from timing the stream out.
+      let out = ': heartbeat\n\n';
+      if (sub.dropped > 0 && waiting < this.budget / 2) {
+        out += `event: dropped\ndata: {"dropped":${sub.dropped}}\n\n`;
+        sub.dropped = 0;
+      }
+      sub.stream.write(out);
+    }
+  };
+}
