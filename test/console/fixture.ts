@@ -1,14 +1,13 @@
 /** A proxy with an admin listener, viewer and developer tokens, and a loopback upstream, for the console's browser tests. */
-import { createHash } from 'node:crypto';
+import { ADMIN_WITH_TOKENS, DEVELOPER_TOKEN, VIEWER_TOKEN } from '../helpers/admin.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 import type { TestUpstream } from '../helpers/upstream.js';
 
-export const VIEWER = 'console-viewer-token-0123456789abcdef';
-export const DEVELOPER = 'console-developer-token-0123456789abcdef';
-const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+export const VIEWER = VIEWER_TOKEN;
+export const DEVELOPER = DEVELOPER_TOKEN;
 
 export interface ConsoleFixture {
   readonly proxy: TestProxy;
@@ -24,9 +23,7 @@ export async function consoleFixture(t: { teardown(fn: () => Promise<void>): voi
   const tokens = options.tokens ?? true;
   const proxy = await startTestProxy({
     policy,
-    config: tokens
-      ? `admin:\n  listen: 127.0.0.1:0\n  tokens:\n    - {name: alice-viewer, sha256: ${sha(VIEWER)}, role: viewer}\n    - {name: bob-developer, sha256: ${sha(DEVELOPER)}, role: developer}`
-      : 'admin:\n  listen: 127.0.0.1:0',
+    config: tokens ? ADMIN_WITH_TOKENS : 'admin:\n  listen: 127.0.0.1:0',
   });
   t.teardown(async () => {
     await proxy.stop();

@@ -4,6 +4,7 @@
  * narrow window and the keyboard; and throughout, that the page loads nothing from anywhere
  * but the admin listener and the CSP refuses nothing (no inline script or style).
  */
+import { readFile } from 'node:fs/promises';
 import t from 'tap';
 import type { Test } from 'tap';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
@@ -68,11 +69,18 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     const statuses = await p.page.evaluate(async () => {
       const token = sessionStorage.getItem('mcp-egress-proxy.token');
       const h = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+      const policy = await (await fetch('/v1/policy', { headers: h })).json();
+      const write = { ...h, 'if-match': `"${policy.sha256}"` };
+      const add = await fetch('/v1/rules', { method: 'POST', headers: write, body: JSON.stringify({ id: 'sneaky', priority: 1, verdict: 'allow' }) });
+      const patch = await fetch('/v1/policy', { method: 'PATCH', headers: write, body: JSON.stringify({ shadow_mode: true }) });
+      const del = await fetch('/v1/rules/deny-upload', { method: 'DELETE', headers: write });
       const reload = await fetch('/v1/reload', { method: 'POST', headers: h });
       const test = await fetch('/v1/test', { method: 'POST', headers: h, body: JSON.stringify({ destination: 'x:1' }) });
-      return [reload.status, test.status];
+      return [add.status, patch.status, del.status, reload.status, test.status];
     });
-    t.same(statuses, [403, 403], 'the API refuses a viewer token (403)');
+    t.same(statuses, [403, 403, 403, 403, 403], 'the API refuses every write and dry run to a viewer token (403)');
+    t.equal(await readFile(f.proxy.policyFile, 'utf8'), POLICY, 'the file is untouched');
+    t.equal(f.proxy.running.store.current.generation, 1, 'no new generation');
     clean(t, p, f.admin);
   });
 

@@ -43,6 +43,8 @@ interface Decision {
 interface Verdicts {
   verdict: string;
   dispatched: boolean;
+  shadow?: boolean;
+  reason?: string;
   rule: RuleRef | null;
 }
 interface ReplayCall {
@@ -52,8 +54,14 @@ interface ReplayCall {
   server: string | null;
   host: string;
   port: number;
-  live: Verdicts;
-  draft: Verdicts;
+  /** null: could not be decided again without DNS (unresolved). */
+  live: Verdicts | null;
+  draft: Verdicts | null;
+}
+interface ReplayAnswer {
+  calls: ReplayCall[];
+  changed: string[];
+  unresolved?: string[];
 }
 
 /** `host=ip,ip` lines → the `resolve` object. */
@@ -127,9 +135,12 @@ function decisionView(d: Decision): HTMLElement {
   );
 }
 
-const verdictsText = (v: Verdicts): string => `${v.verdict}${v.dispatched ? '' : ' (refused)'}${v.verdict === 'deny' && v.dispatched ? ' (shadow)' : ''}${v.rule ? ` by ${v.rule.id}` : ''}`;
+function verdictsCell(v: Verdicts | null): HTMLElement {
+  if (v === null) return h('span', { class: 'muted' }, 'unresolved (needs DNS)');
+  return h('span', {}, verdictBadge(kindOf({ verdict: v.verdict, shadow: v.shadow ?? false, dispatched: v.dispatched })), ' ', v.rule ? h('code', { title: v.rule.label ?? '' }, v.rule.id) : h('span', { class: 'muted' }, v.reason ?? 'default'));
+}
 
-function replayView(answer: { calls: ReplayCall[]; changed: string[] }, showAll: boolean): HTMLElement {
+function replayView(answer: ReplayAnswer, showAll: boolean): HTMLElement {
   const changed = new Set(answer.changed);
   const shown = showAll ? answer.calls : answer.calls.filter((c) => changed.has(c.conn_id));
   const rows = shown.map((c) =>
@@ -140,14 +151,20 @@ function replayView(answer: { calls: ReplayCall[]; changed: string[] }, showAll:
       h('td', {}, c.tool ?? h('span', { class: 'muted' }, 'unattributed')),
       h('td', {}, c.server ?? ''),
       h('td', {}, h('code', {}, `${c.host}:${c.port}`)),
-      h('td', { class: 'live' }, verdictsText(c.live)),
-      h('td', { class: 'draft' }, verdictsText(c.draft)),
+      h('td', { class: 'live' }, verdictsCell(c.live)),
+      h('td', { class: 'draft' }, verdictsCell(c.draft)),
     ),
   );
   return h(
     'div',
     { class: 'replay-result' },
-    h('p', { class: 'replay-summary', 'data-changed': answer.changed.length, 'data-total': answer.calls.length }, h('strong', {}, `${answer.changed.length} of ${answer.calls.length}`), ' replayed calls would change verdict under the draft.'),
+    h(
+      'p',
+      { class: 'replay-summary', 'data-changed': answer.changed.length, 'data-total': answer.calls.length },
+      h('strong', {}, `${answer.changed.length} of ${answer.calls.length}`),
+      ' replayed calls would change verdict under the draft.',
+      answer.unresolved?.length ? ` ${answer.unresolved.length} could not be decided again without DNS.` : '',
+    ),
     rows.length ? table(['When', 'Tool', 'Server', 'Destination', 'Live', 'Draft'], rows, showAll ? 'Every replayed call (changed ones marked)' : 'Calls whose verdict would change') : notice('ok', 'No recorded call would change.'),
   );
 }
@@ -210,7 +227,7 @@ export const test: View = {
     const limit = h('input', { name: 'limit', type: 'number', min: 1, max: 1000, value: 1000 });
     const showAll = h('input', { type: 'checkbox', name: 'show_all' });
     const replayOut = h('div', { class: 'replay-out', 'aria-live': 'polite' });
-    let last: { calls: ReplayCall[]; changed: string[] } | null = null;
+    let last: ReplayAnswer | null = null;
     showAll.addEventListener('change', () => last && clear(replayOut, replayView(last, showAll.checked)));
     const replay = h(
       'form',
@@ -227,7 +244,7 @@ export const test: View = {
         return;
       }
       clear(replayOut, h('p', { class: 'muted' }, 'Replaying…'));
-      api<{ calls: ReplayCall[]; changed: string[] }>('POST', '/v1/test/replay', { json: { policy: draft.value, limit: Number(limit.value) } }).then(
+      api<ReplayAnswer>('POST', '/v1/test/replay', { json: { policy: draft.value, limit: Number(limit.value) } }).then(
         (answer) => {
           last = answer;
           clear(replayOut, replayView(answer, showAll.checked));
