@@ -107,6 +107,67 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     clean(t, p, f.admin);
   });
 
+  t.test('names chosen by the guarded server are shown as text, never run', async (t) => {
+    // The guarded server picks its tool names (and its user name without auth.users); a policy
+    // author picks labels. Markup in them must stay text: no script runs, nothing is fetched.
+    const hostile = `<img src=/console/x.png onerror="document.title='pwned'"><script>document.title='pwned'</script>*`;
+    const g = await consoleFixture(t, POLICY.replace('label: No uploads', `label: ${JSON.stringify(`<b onmouseover=alert(1)>No uploads</b>`)}`));
+    t.equal(await g.call(hostile), 403, 'refused and discovered under a hostile tool name');
+    const p = await browser.open(`${g.admin}/console/#events`);
+    t.teardown(() => p.context.close());
+    let dialogs = 0;
+    p.page.on('dialog', (d) => {
+      dialogs++;
+      void d.dismiss();
+    });
+    await signIn(p.page, DEVELOPER);
+    const row = p.page.locator('tr.decision').first();
+    await row.waitFor();
+    t.match(await row.textContent(), hostile, 'the tool name as text, in full');
+    await p.page.getByRole('link', { name: 'Discovered' }).click();
+    const tool = p.page.locator('[data-tool] summary code').first();
+    await tool.waitFor();
+    t.equal(await tool.textContent(), hostile);
+    await p.page.getByRole('button', { name: /Propose a rule/ }).click();
+    t.equal(await p.page.locator('form.rule-form input[name=tool_name_glob]').inputValue(), '', 'a name with * is not proposed as a glob');
+    t.match(await p.page.locator('form.rule-form').textContent(), /contains \* or \?/, 'and the page says why');
+    await p.page.getByRole('link', { name: 'Policy' }).click();
+    await p.page.locator('tr[data-rule-id=deny-upload]').hover();
+    t.match(await p.page.locator('tr[data-rule-id=deny-upload]').textContent(), /<b onmouseover=alert\(1\)>No uploads<\/b>/, 'a label as text');
+    t.equal(await p.page.locator('main img, main script, main b').count(), 0, 'no element made from a name');
+    t.equal(dialogs, 0, 'no script ran');
+    t.not(await p.page.title(), 'pwned');
+    t.notOk(p.requests.some((u) => u.includes('x.png')), 'nothing fetched because of a name');
+    clean(t, p, g.admin);
+  });
+
+  t.test('a dry run with history shows the sequence clause\'s earlier call', async (t) => {
+    const g = await consoleFixture(
+      t,
+      `${POLICY}  - id: no-fetch-after-read
+    priority: 1
+    label: No fetch right after a file read
+    verdict: deny
+    tool_name_glob: fetch
+    after: {tool_name_glob: "read_*", within_seconds: 600}
+`,
+    );
+    const p = await browser.open(`${g.admin}/console/#test`);
+    t.teardown(() => p.context.close());
+    await signIn(p.page, DEVELOPER);
+    await p.page.getByRole('link', { name: 'Test' }).click();
+    await p.page.getByLabel('Destination').fill('127.0.0.1:8080');
+    await p.page.getByLabel('Tool', { exact: true }).fill('fetch');
+    await p.page.getByLabel('History').fill('tool=read_file,seconds_ago=30,call_id=c-earlier');
+    await p.page.getByRole('button', { name: 'Run the test' }).click();
+    const card = p.page.locator('.decision-card');
+    await card.waitFor();
+    t.match(await card.textContent(), /Sequence clause matched the earlier call read_file \(c-earlier\), 30 s before/);
+    t.match(await card.locator('tbody tr').first().textContent(), /no-fetch-after-read.*after read_file, 30 s before/, 'in the trace too');
+    await screenshot(p.page, 'test-sequence');
+    clean(t, p, g.admin);
+  });
+
   t.test('the tokenless viewer (no tokens configured)', async (t) => {
     const g = await consoleFixture(t, POLICY, { tokens: false });
     const p = await browser.open(`${g.admin}/console/`);
