@@ -113,12 +113,14 @@ export const discovered: View = {
         note,
         onCancel: () => editor.replaceChildren(),
         onSubmit: async (body) => {
+          let switched = false;
           try {
             // The digest the proposal was made under: a policy changed meanwhile is a 412, shown as a conflict.
             let sha = (p as PolicyJson).sha256;
             if (!(p as PolicyJson).shadow_mode) {
               const answer = await api<{ sha256: string }>('PATCH', '/v1/policy', { json: { shadow_mode: true }, ifMatch: sha });
               sha = answer.sha256;
+              switched = true;
             }
             const answer = await api<{ generation: number; sha256: string }>('POST', '/v1/rules', { json: body, ifMatch: sha });
             editor.replaceChildren();
@@ -127,7 +129,7 @@ export const discovered: View = {
               notice('ok', `Rule ${String(body.id)} added in shadow mode: generation ${answer.generation} (sha256 ${answer.sha256.slice(0, 12)}). Watch Events for [shadow] would deny, then enforce in Policy.`, ' ', h('a', { href: '#policy' }, 'Open Policy')),
             );
           } catch (err) {
-            clear(message, explain(err, () => void propose(d)));
+            clear(message, switched ? notice('warn', 'The policy was switched to shadow mode, but the rule was not added:') : null, explain(err, () => void propose(d)));
           }
         },
       });
