@@ -35,13 +35,13 @@ interface Target {
   child: ChildProcess | null;
 }
 
-function startProxyProcess(kind: 'egress' | 'proxy-chain' | 'minimal', profileDir?: string): Promise<Target & { child: ChildProcess }> {
+function startProxyProcess(kind: 'egress' | 'egress-events' | 'proxy-chain' | 'minimal', profileDir?: string): Promise<Target & { child: ChildProcess; admin: number | null }> {
   return new Promise((resolve, reject) => {
     const child = fork(new URL('./proxy-process.js', import.meta.url), [kind], {
       execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : ['--expose-gc'],
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
-    child.once('message', (m: { port: number }) => resolve({ name: kind, port: m.port, child }));
+    child.once('message', (m: { port: number; admin?: number | null }) => resolve({ name: kind, port: m.port, child, admin: m.admin ?? null }));
     child.once('error', reject);
   });
 }
@@ -293,6 +293,33 @@ export function topFunctions(dir: string): string {
   ].join('\n');
 }
 
+/** A console tab's stream: GET /v1/events read as fast as it comes, counting decision frames. */
+async function readEvents(adminPort: number): Promise<{ stop(expected: number): string }> {
+  const socket = connect({ host: HOST, port: adminPort });
+  let frames = 0;
+  let dropped = 0;
+  let tail = '';
+  const mark = 'event: decision';
+  socket.on('data', (d: Buffer) => {
+    const chunk = d.toString('latin1');
+    const text = tail + chunk;
+    frames += text.split(mark).length - 1;
+    for (const m of chunk.matchAll(/"dropped":(\d+)/g)) dropped += Number(m[1]);
+    // Keep only what could be the start of a mark not yet counted.
+    const last = text.lastIndexOf(mark);
+    tail = text.slice(Math.max(last === -1 ? 0 : last + mark.length, text.length - (mark.length - 1)));
+  });
+  socket.on('error', () => {});
+  socket.write(`GET /v1/events HTTP/1.1\r\nHost: ${HOST}:${adminPort}\r\n\r\n`);
+  await new Promise((r) => setTimeout(r, 100));
+  return {
+    stop(expected) {
+      socket.destroy();
+      return `feed reader: ${frames} decision frames received of about ${expected} decisions, ${dropped} reported dropped`;
+    },
+  };
+}
+
 export async function runDatapathBench(): Promise<string> {
   const profile = process.argv.includes('--profile');
   const body = Buffer.from('{"ok":true}');
@@ -325,8 +352,14 @@ export async function runDatapathBench(): Promise<string> {
   const holdPort = (holdServer.address() as AddressInfo).port;
 
   const rounds = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
-  const kinds = ['direct', 'proxy-chain', 'minimal', 'egress'] as const;
-  type Kind = (typeof kinds)[number];
+  const allKinds = ['direct', 'proxy-chain', 'minimal', 'egress', 'egress-events'] as const;
+  type Kind = (typeof allKinds)[number];
+  // BENCH_KINDS=egress,egress-events runs only those (the feed's row against its baseline).
+  const only = process.env.BENCH_KINDS?.split(',');
+  const kinds = allKinds.filter((k) => !only || only.includes(k));
+  /** egress-events: S1/S2 only (the question is whether a connected feed reader costs the data path anything). */
+  const s1s2Only = (k: Kind) => k === 'egress-events';
+  const feedNotes: string[] = [];
   interface Round {
     rps: number;
     p99: number;
@@ -346,7 +379,8 @@ export async function runDatapathBench(): Promise<string> {
   for (let round = 0; round < rounds; round++) {
     const order = kinds.map((_, i) => kinds[(i + round) % kinds.length] as Kind);
     for (const kind of order) {
-      const target: Target = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind);
+      const target: Target & { admin?: number | null } = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind);
+      const reader = target.admin ? await readEvents(target.admin) : null;
       const port = target.port ?? upstreamPort;
       const proxied = kind !== 'direct';
       const pid = target.child?.pid;
@@ -363,14 +397,15 @@ export async function runDatapathBench(): Promise<string> {
       const setupCpu = ((cpu() - c0) * 1000) / r2.total;
       const own = process.cpuUsage(own0);
       const setupBenchCpu = (own.user + own.system) / r2.total;
-      const r3 = await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
-      const r4 = await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
+      const r3 = s1s2Only(kind) ? NaN : await bulk(port, bulkPort, proxied, 1, BULK_BYTES);
+      const r4 = s1s2Only(kind) ? NaN : await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
+      if (reader) feedNotes.push(reader.stop(r1.total + r2.total + S2_WARMUP));
       if (target.child) await stopProcess(target.child);
       byKind.get(kind)?.push({ rps: r1.rps, p99: r1.p99, rpsCpu, setups: r2.perSecond, setupP99: r2.p99, setupCpu, setupBenchCpu, single: r3, eight: r4 });
     }
   }
   const rss = new Map<Kind, number>();
-  for (const kind of kinds) if (kind !== 'direct') rss.set(kind, await s5(kind, holdPort));
+  for (const kind of kinds) if (kind !== 'direct' && !s1s2Only(kind)) rss.set(kind, await s5(kind as 'egress' | 'proxy-chain' | 'minimal', holdPort));
   if (profile) {
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
     const target = await startProxyProcess('egress', profileDir);
@@ -395,8 +430,8 @@ export async function runDatapathBench(): Promise<string> {
       med(kind, (r) => r.setupP99).toFixed(2),
       proxied ? med(kind, (r) => r.setupCpu).toFixed(0) : '-',
       med(kind, (r) => r.setupBenchCpu).toFixed(0),
-      med(kind, (r) => r.single).toFixed(0),
-      med(kind, (r) => r.eight).toFixed(0),
+      s1s2Only(kind) ? '-' : med(kind, (r) => r.single).toFixed(0),
+      s1s2Only(kind) ? '-' : med(kind, (r) => r.eight).toFixed(0),
       kib === undefined ? '-' : (kib / 1024).toFixed(1),
     ];
   });
@@ -408,7 +443,17 @@ export async function runDatapathBench(): Promise<string> {
     'Proxy CPU: user + system time of the proxy process per request or tunnel (kernel work on loopback included).',
     'Load CPU: the same for the bench process (load generator and upstream), which shares the cores with the proxy.',
     'S5: RSS growth per tunnel with 2,000 idle tunnels open, each reading taken after a full GC in a fresh proxy process.',
+    'egress-events: egress with one GET /v1/events stream connected and read throughout (a console tab); S1/S2 only.',
+    ...feedNotes.map((n) => `  ${n}`),
   ];
+  const ratioOf = (a: Kind, b: Kind, pick: (r: Round) => number) => {
+    const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get(a)?.[i] as Round) / pick(byKind.get(b)?.[i] as Round));
+    return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
+  };
+  if (kinds.includes('egress-events') && kinds.includes('egress')) {
+    out.push('', `egress-events / egress, median of the per-round ratios: S1 ${ratioOf('egress-events', 'egress', (r) => r.rps)}, S2 ${ratioOf('egress-events', 'egress', (r) => r.setups)} (target: within noise, about 1)`);
+  }
+  if (!kinds.includes('proxy-chain') || !kinds.includes('egress')) return [...out, profileText].join('\n');
   const ratio = (pick: (r: Round) => number) => {
     const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round));
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;

@@ -1,6 +1,7 @@
 /**
  * A proxy under benchmark, in its own process: `egress` (mcp-egress-proxy with a default-allow
- * policy, events written synchronously to a file) or `proxy-chain` (a bare proxy-chain Server).
+ * policy, events written synchronously to a file), `egress-events` (the same with its admin API
+ * on, for a GET /v1/events reader), or `proxy-chain` (a bare proxy-chain Server).
  * Reports its port over IPC; exits on SIGTERM.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -57,14 +58,17 @@ if (kind === 'minimal') {
   send(server.port);
   process.on('SIGTERM', () => void server.close(true).then(() => process.exit(0)));
 } else {
+  // `egress-events`: the same proxy with its admin API on, for a GET /v1/events reader (a console tab).
+  const withAdmin = kind === 'egress-events';
   const dir = mkdtempSync(join(tmpdir(), 'mep-bench-'));
   writeFileSync(join(dir, 'policy.yaml'), 'version: 1\ndefault_verdict: allow\nrules:\n  - {id: audit-bench, priority: 1, verdict: allow, tool_name_glob: bench}\n');
-  const text = 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nlimits: {max_tunnels_per_client: 100000, max_connections: 100000}\n';
+  const text = `listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: ${withAdmin ? '127.0.0.1:0' : '"off"'}}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nlimits: {max_tunnels_per_client: 100000, max_connections: 100000}\n`;
   const parsed = parseProxyConfig(join(dir, 'proxy.yaml'), text);
   if (!parsed.config) throw new Error('bench config invalid');
   const events = createEventSink(createLogger('info', new BatchedDestination(pino.destination({ dest: join(mkdtempSync(join(tmpdir(), 'mep-bench-log-')), 'events.log'), sync: true }))));
   const running = await startProxy(parsed.config, events);
   if (!running) throw new Error('bench policy invalid');
-  send(running.proxy.address?.port as number);
+  const admin = running.admin?.server.address() as AddressInfo | undefined;
+  process.send?.({ port: running.proxy.address?.port as number, admin: admin?.port ?? null });
   process.on('SIGTERM', () => void running.stop().then(() => process.exit(0)));
 }

@@ -6,16 +6,17 @@
  * guarded server itself (a viewer on a tokenless loopback listener). Nothing it does may slow
  * the data path or grow the proxy's memory. So the data path only stores the line the event
  * sink already serialised (no second formatting) in a fixed ring; streams are served from a
- * timer, each with a byte budget for what its socket has not taken yet: over budget, decisions
- * are dropped for that stream and counted (a metric, and a `dropped` event on the stream once
- * it drains), and a stream that stays over budget is closed. The number of streams is capped.
+ * timer in batches, each stream with a byte budget for what its socket has not taken yet: at or
+ * over budget, decisions are dropped for that stream and counted (a metric, and a `dropped`
+ * event on the stream once it drains), and a stream that stays over budget for a minute is
+ * closed. So a stream holds at most its budget plus one batch. The number of streams is capped.
  */
 import type { DecisionEvent } from './events.js';
 
 /** Decisions kept for new streams and replay (interface.md: the last 1,000). */
 export const FEED_CAPACITY = 1000;
 export const MAX_SUBSCRIBERS = 16;
-/** Bytes a stream may have waiting for its client before decisions are dropped for it. */
+/** Bytes a stream may have waiting for its client before decisions are dropped for it (plus one batch). */
 export const SUBSCRIBER_BUDGET_BYTES = 1024 * 1024;
 const FLUSH_MS = 50;
 const HEARTBEAT_MS = 15_000;
@@ -117,6 +118,13 @@ export class DecisionFeed implements DecisionTap {
     return this.subscribers.size;
   }
 
+  /** The most bytes any stream has waiting for its client (bounded by the budget). */
+  maxBacklog(): number {
+    let max = 0;
+    for (const sub of this.subscribers) max = Math.max(max, sub.stream.writableLength);
+    return max;
+  }
+
   get limit(): number {
     return this.maxSubscribers;
   }
@@ -180,34 +188,35 @@ export class DecisionFeed implements DecisionTap {
     this.flush();
   };
 
-  /** Sends each stream the decisions since the last flush that match it, within its budget. */
+  /**
+   * Sends each stream the decisions since the last flush that match it. A stream whose client
+   * has `budget` bytes or more not yet taken gets none of them (dropped and counted), so what
+   * waits for a client is at most the budget plus one batch (at most `capacity` decisions).
+   */
   flush(): void {
     const from = Math.max(this.sentUpTo + 1, this.count - this.capacity + 1);
     const to = this.count;
     this.sentUpTo = to;
     if (from > to || this.subscribers.size === 0) return;
     for (const sub of this.subscribers) {
+      const full = sub.stream.writableLength >= this.budget;
       let out = '';
-      let waiting = sub.stream.writableLength;
-      if (sub.dropped > 0 && waiting < this.budget / 2) {
+      if (!full && sub.dropped > 0) {
         out += `event: dropped\ndata: {"dropped":${sub.dropped}}\n\n`;
         sub.dropped = 0;
       }
+      let dropped = 0;
       for (let seq = from; seq <= to; seq++) {
         const i = (seq - 1) % this.capacity;
         if (!sub.matches(this.events[i] as DecisionEvent)) continue;
-        const f = frame(seq, this.lines[i] as string);
-        if (waiting + out.length + f.length > this.budget) {
-          sub.dropped++;
-          this.droppedTotal++;
-          continue;
-        }
-        out += f;
+        if (full) dropped++;
+        else out += frame(seq, this.lines[i] as string);
       }
-      waiting += out.length;
       if (out !== '') sub.stream.write(out);
-      if (waiting > this.budget / 2 && sub.dropped > 0) sub.overSince ??= Date.now();
-      else sub.overSince = null;
+      sub.dropped += dropped;
+      this.droppedTotal += dropped;
+      if (!full) sub.overSince = null;
+      else sub.overSince ??= Date.now();
     }
   }
 
@@ -215,7 +224,7 @@ export class DecisionFeed implements DecisionTap {
     const now = Date.now();
     for (const sub of [...this.subscribers]) {
       const waiting = sub.stream.writableLength;
-      if (waiting < this.budget / 2) sub.overSince = null;
+      if (waiting < this.budget) sub.overSince = null;
       else if (sub.overSince !== null && now - sub.overSince > this.stalledMs) {
         this.unsubscribe(sub);
         sub.stream.destroy();
@@ -224,7 +233,7 @@ export class DecisionFeed implements DecisionTap {
       if (waiting >= this.budget) continue;
       // A comment line keeps proxies and browsers from timing the stream out.
       let out = ': heartbeat\n\n';
-      if (sub.dropped > 0 && waiting < this.budget / 2) {
+      if (sub.dropped > 0) {
         out += `event: dropped\ndata: {"dropped":${sub.dropped}}\n\n`;
         sub.dropped = 0;
       }

@@ -213,11 +213,12 @@ function editRules(doc: Document, top: YAMLMap, text: string, edit: Exclude<Poli
     // The last rule of a file without a final newline: take the newline before it instead.
     if (to === text.length && !text.endsWith('\n') && from > 0) from -= 1;
     to = Math.max(to, from);
-    // The blank line that set the rule off from the next one goes with it (at the end of the
-    // file, the one before it): no double blank line, no blank line right under `rules:`.
+    // The blank line that set the rule off from the next one goes with it (for the last rule,
+    // the one before it): no double blank line, no blank line right under `rules:`.
     const blankAfter = /^\r?\n/.exec(text.slice(to));
-    if (blankAfter) to += blankAfter[0].length;
-    else if (to === text.length && /\n\r?\n$/.test(text.slice(0, from))) from = text.lastIndexOf('\n', from - 2) + 1;
+    if (blankAfter && index < rules.items.length - 1) to += blankAfter[0].length;
+    else if (index === rules.items.length - 1 && /\n\r?\n$/.test(text.slice(0, from))) from = text.lastIndexOf('\n', from - 2) + 1;
+    else if (blankAfter) to += blankAfter[0].length;
     return { ok: true, text: text.slice(0, from) + text.slice(to) };
   }
   const node = replacement(doc, item, edit.rule);

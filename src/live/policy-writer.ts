@@ -119,7 +119,8 @@ export class PolicyWriter {
     const next = Buffer.from(text, 'utf8');
     const nextSha = sha256Hex(next);
     if (nextSha === current) {
-      // Nothing to write; the answer is the serving generation when it is this file.
+      // Nothing to write; the file may not be loaded yet (the watcher's debounce): load it first.
+      if (this.deps.store.current.sha256 !== current) await this.deps.reload('api');
       const g = this.deps.store.current;
       return { ok: true, generation: g.generation, sha256: current, previousSha256: current, warnings, written: false };
     }

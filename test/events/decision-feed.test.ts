@@ -1,0 +1,156 @@
+/** The decision feed's ring, filters and bounds, with fake streams (no sockets): what a slow client can and cannot cost. */
+import t from 'tap';
+import { DecisionFeed } from '../../src/events/decision-feed.js';
+import type { FeedStream } from '../../src/events/decision-feed.js';
+import type { DecisionEvent } from '../../src/events/events.js';
+
+function event(n: number, verdict: 'allow' | 'deny' = 'deny', tool: string | null = 'fetch'): DecisionEvent {
+  return {
+    conn_id: `c-${n}`,
+    policy_generation: 1,
+    decision: { verdict, dispatched: verdict === 'allow', shadow: false, reason: 'default', rule: null, after: null, addresses: [], trace: [], uncovered: false },
+    tool,
+    call_id: null,
+    session_id: null,
+    server: '127.0.0.1',
+    host: `h${n}.example`,
+    port: 443,
+    method: 'CONNECT',
+    pinned_address: null,
+  };
+}
+const line = (n: number) => `{"event":"egress.decision","conn_id":"c-${n}","pad":"${'x'.repeat(80)}"}\n`;
+
+/** A stream whose client takes nothing (`stalled`) or everything at once. */
+class FakeStream implements FeedStream {
+  chunks: string[] = [];
+  taken = 0;
+  destroyed = false;
+  constructor(public stalled: boolean) {}
+  get writableLength(): number {
+    return this.stalled ? this.chunks.join('').length - this.taken : 0;
+  }
+  write(chunk: string): boolean {
+    this.chunks.push(chunk);
+    return true;
+  }
+  destroy(): void {
+    this.destroyed = true;
+  }
+  get text(): string {
+    return this.chunks.join('');
+  }
+  ids(): number[] {
+    return [...this.text.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]));
+  }
+}
+
+t.test('the ring keeps the last N decisions, oldest first', async (t) => {
+  const feed = new DecisionFeed({ capacity: 5 });
+  for (let i = 1; i <= 12; i++) feed.decision(event(i), line(i));
+  t.same(
+    feed.recent().map((e) => e.event.conn_id),
+    ['c-8', 'c-9', 'c-10', 'c-11', 'c-12'],
+  );
+  t.same(
+    feed.recent(2).map((e) => e.seq),
+    [11, 12],
+  );
+  t.equal(feed.recent()[0]?.line, line(8), 'the line as the log got it');
+});
+
+t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new decisions as SSE frames', async (t) => {
+  const feed = new DecisionFeed({ flushMs: 5 });
+  for (let i = 1; i <= 6; i++) feed.decision(event(i, i % 2 ? 'deny' : 'allow'), line(i));
+  const all = new FakeStream(false);
+  const denies = new FakeStream(false);
+  const resumed = new FakeStream(false);
+  const endAll = feed.subscribe(all, () => true);
+  feed.subscribe(denies, (e) => e.decision.verdict === 'deny');
+  feed.subscribe(resumed, () => true, 4);
+  t.same(all.ids(), [1, 2, 3, 4, 5, 6]);
+  t.same(denies.ids(), [1, 3, 5]);
+  t.same(resumed.ids(), [5, 6]);
+  t.match(all.text, /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"event":"egress.decision","conn_id":"c-1",/);
+  t.notMatch(all.text, /\n\n\n/, 'the line\'s own newline is not a second blank line');
+  feed.decision(event(7), line(7));
+  feed.decision(event(8, 'allow'), line(8));
+  await new Promise((r) => setTimeout(r, 30));
+  t.same(all.ids(), [1, 2, 3, 4, 5, 6, 7, 8]);
+  t.same(denies.ids(), [1, 3, 5, 7]);
+  endAll?.();
+  feed.decision(event(9), line(9));
+  await new Promise((r) => setTimeout(r, 30));
+  t.same(all.ids(), [1, 2, 3, 4, 5, 6, 7, 8], 'an ended stream gets nothing more');
+  feed.close();
+});
+
+t.test('a stalled client: its waiting bytes stay within the budget and one batch, the rest is dropped and counted, then it is closed', async (t) => {
+  const budget = 4096;
+  const batch = 50;
+  const feed = new DecisionFeed({ budgetBytes: budget, flushMs: 60_000, heartbeatMs: 10, stalledMs: 50 });
+  const stalled = new FakeStream(true);
+  const healthy = new FakeStream(false);
+  feed.subscribe(stalled, () => true);
+  feed.subscribe(healthy, () => true);
+  const batchBytes = batch * (line(1000).length + 30);
+  let most = 0;
+  for (let i = 1; i <= 500; i++) {
+    feed.decision(event(i), line(i));
+    if (i % batch === 0) {
+      feed.flush();
+      most = Math.max(most, feed.maxBacklog());
+    }
+  }
+  t.ok(most <= budget + batchBytes, `waiting at most ${most} <= ${budget} + one batch (${batchBytes})`);
+  const kept = stalled.ids().length;
+  t.ok(kept > 0 && kept < 500, `some kept (${kept}), the rest dropped`);
+  t.equal(feed.droppedTotal, 500 - kept, 'every dropped decision is counted');
+  t.equal(healthy.ids().length, 500, 'a healthy stream loses nothing to a stalled one');
+  // The client takes what was waiting: the next flush says how many it missed.
+  stalled.taken = stalled.text.length;
+  stalled.stalled = false;
+  feed.decision(event(501), line(501));
+  feed.flush();
+  t.match(stalled.text, new RegExp(`event: dropped\\ndata: \\{"dropped":${500 - kept}\\}\\n\\n`));
+  t.equal(stalled.ids().at(-1), 501);
+  // Stalled again and for longer than stalledMs: closed, its slot freed.
+  stalled.stalled = true;
+  stalled.taken = 0;
+  for (let i = 502; i <= 900; i++) feed.decision(event(i), line(i));
+  feed.flush();
+  feed.decision(event(901), line(901));
+  feed.flush();
+  await new Promise((r) => setTimeout(r, 120));
+  t.ok(stalled.destroyed, 'the stalled stream is closed');
+  t.equal(feed.subscriberCount, 1);
+  t.notOk(healthy.destroyed);
+  feed.close();
+  t.ok(healthy.destroyed, 'close() ends every stream');
+});
+
+t.test('the number of streams is capped', async (t) => {
+  const feed = new DecisionFeed({ maxSubscribers: 2 });
+  t.ok(feed.subscribe(new FakeStream(false), () => true));
+  const end = feed.subscribe(new FakeStream(false), () => true);
+  t.equal(feed.subscribe(new FakeStream(false), () => true), null);
+  end?.();
+  t.ok(feed.subscribe(new FakeStream(false), () => true), 'a slot frees when a stream ends');
+  feed.close();
+});
+
+t.test('heartbeats keep an idle stream open', async (t) => {
+  const feed = new DecisionFeed({ heartbeatMs: 10 });
+  const s = new FakeStream(false);
+  feed.subscribe(s, () => true);
+  await new Promise((r) => setTimeout(r, 35));
+  t.ok((s.text.match(/^: heartbeat$/gm) ?? []).length >= 2);
+  feed.close();
+});
+
+t.test('with no stream, a decision costs a slot in the ring and no timer', async (t) => {
+  const feed = new DecisionFeed();
+  for (let i = 0; i < 3000; i++) feed.decision(event(i), line(i));
+  t.equal(feed.recent().length, 1000);
+  t.equal((feed as unknown as { flushTimer: unknown }).flushTimer, null);
+});
