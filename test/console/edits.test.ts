@@ -13,8 +13,8 @@ import { adminApi } from '../helpers/admin.js';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
 import type { ConsolePage, TestBrowser } from '../helpers/browser.js';
 import { missing } from '../helpers/requires.js';
-import { consoleFixture, DEVELOPER } from './fixture.js';
-import type { ConsoleFixture } from './fixture.js';
+import { consoleFixture, DEVELOPER } from '../helpers/console-fixture.js';
+import type { ConsoleFixture } from '../helpers/console-fixture.js';
 
 const POLICY = `# Console edit fixture: comments and order must survive edits.
 version: 1

@@ -9,8 +9,8 @@ import type { Test } from 'tap';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
 import type { ConsolePage, TestBrowser } from '../helpers/browser.js';
 import { missing } from '../helpers/requires.js';
-import { consoleFixture, DEVELOPER } from './fixture.js';
-import type { ConsoleFixture } from './fixture.js';
+import { consoleFixture, DEVELOPER } from '../helpers/console-fixture.js';
+import type { ConsoleFixture } from '../helpers/console-fixture.js';
 
 const policy = (shadow: boolean) => `version: 1
 default_verdict: deny

@@ -10,7 +10,7 @@ import type { Test } from 'tap';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
 import type { ConsolePage, TestBrowser } from '../helpers/browser.js';
 import { missing } from '../helpers/requires.js';
-import { consoleFixture, DEVELOPER, VIEWER } from './fixture.js';
+import { consoleFixture, DEVELOPER, VIEWER } from '../helpers/console-fixture.js';
 
 const POLICY = `# the console's fixture policy
 version: 1

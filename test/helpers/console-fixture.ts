@@ -1,10 +1,10 @@
 /** A proxy with an admin listener, viewer and developer tokens, and a loopback upstream, for the console's browser tests. */
-import { ADMIN_WITH_TOKENS, DEVELOPER_TOKEN, VIEWER_TOKEN } from '../helpers/admin.js';
-import { startTestProxy } from '../helpers/proxy.js';
-import type { TestProxy } from '../helpers/proxy.js';
-import { getRequest, rawRequest } from '../helpers/raw.js';
-import { startUpstream } from '../helpers/upstream.js';
-import type { TestUpstream } from '../helpers/upstream.js';
+import { ADMIN_WITH_TOKENS, DEVELOPER_TOKEN, VIEWER_TOKEN } from './admin.js';
+import { startTestProxy } from './proxy.js';
+import type { TestProxy } from './proxy.js';
+import { getRequest, rawRequest } from './raw.js';
+import { startUpstream } from './upstream.js';
+import type { TestUpstream } from './upstream.js';
 
 export const VIEWER = VIEWER_TOKEN;
 export const DEVELOPER = DEVELOPER_TOKEN;
