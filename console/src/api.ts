@@ -100,11 +100,15 @@ export interface StreamHandlers {
 export function stream(path: string, handlers: StreamHandlers): () => void {
   const controller = new AbortController();
   let stopped = false;
+  /** The last event id seen: a reconnect asks only for what came after it (Last-Event-ID). */
+  const last = { id: '' };
   const run = async (): Promise<void> => {
     while (!stopped) {
       handlers.onState('connecting');
       try {
-        const res = await fetch(path, { headers: headers({}), credentials: 'omit', cache: 'no-store', signal: controller.signal });
+        const h = headers({});
+        if (last.id) h.set('last-event-id', last.id);
+        const res = await fetch(path, { headers: h, credentials: 'omit', cache: 'no-store', signal: controller.signal });
         if (res.status === 401 || res.status === 403 || res.status === 400 || res.status === 404) {
           let message = `HTTP ${res.status}`;
           try {
@@ -117,7 +121,7 @@ export function stream(path: string, handlers: StreamHandlers): () => void {
         }
         if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
         handlers.onState('open');
-        await readEvents(res.body, handlers);
+        await readEvents(res.body, handlers, last);
       } catch (err) {
         if (stopped) return;
         handlers.onState('closed', (err as Error).message);
@@ -132,7 +136,7 @@ export function stream(path: string, handlers: StreamHandlers): () => void {
   };
 }
 
-async function readEvents(body: ReadableStream<Uint8Array>, handlers: StreamHandlers): Promise<void> {
+async function readEvents(body: ReadableStream<Uint8Array>, handlers: StreamHandlers, last: { id: string }): Promise<void> {
   const reader = body.getReader();
   const decoder = new TextDecoder();
   let buffer = '';
@@ -156,6 +160,7 @@ async function readEvents(body: ReadableStream<Uint8Array>, handlers: StreamHand
         const key = colon === -1 ? line : line.slice(0, colon);
         const val = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '');
         if (key === 'event') name = val;
+        else if (key === 'id') last.id = val;
         else if (key === 'data') data.push(val);
       }
     }

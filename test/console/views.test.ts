@@ -4,7 +4,7 @@
  * narrow window and the keyboard; and throughout, that the page loads nothing from anywhere
  * but the admin listener and the CSP refuses nothing (no inline script or style).
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import t from 'tap';
 import type { Test } from 'tap';
 import { launchBrowser, screenshot, signIn } from '../helpers/browser.js';
@@ -165,6 +165,24 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     t.match(await card.textContent(), /Sequence clause matched the earlier call read_file \(c-earlier\), 30 s before/);
     t.match(await card.locator('tbody tr').first().textContent(), /no-fetch-after-read.*after read_file, 30 s before/, 'in the trace too');
     await screenshot(p.page, 'test-sequence');
+    clean(t, p, g.admin);
+  });
+
+  t.test('Policy shows the last rejected reload with its positions, while the previous generation serves', async (t) => {
+    const g = await consoleFixture(t, POLICY);
+    await writeFile(`${g.proxy.policyFile}.tmp`, POLICY.replace('    verdict: deny\n', '    verdict: maybe\n'));
+    await rename(`${g.proxy.policyFile}.tmp`, g.proxy.policyFile);
+    await g.proxy.waitFor((e) => e.event === 'policy.rejected');
+    const p = await browser.open(`${g.admin}/console/#policy`);
+    t.teardown(() => p.context.close());
+    await signIn(p.page, VIEWER);
+    await p.page.getByRole('link', { name: 'Policy' }).click();
+    const rejected = p.page.locator('.notice-error', { hasText: 'Last reload rejected' });
+    await rejected.waitFor();
+    t.match(await rejected.textContent(), /generation 1 keeps serving/);
+    t.match(await rejected.locator('.positions li').first().textContent(), /policy\.yaml:15:14: error: verdict must be one of/, 'FILE:LINE:COL of the bad verdict');
+    t.equal(await p.page.locator('tr[data-rule-id]').count(), 2, 'the serving rules still shown');
+    await screenshot(p.page, 'policy-rejected');
     clean(t, p, g.admin);
   });
 

@@ -88,8 +88,9 @@ function onData(name: string, data: string): void {
   }
   if (typeof parsed !== 'object' || parsed === null) return;
   const e = parsed as Record<string, unknown>;
-  if (name === 'dropped' || typeof e.dropped === 'number') {
-    feed.dropped = Number(e.dropped ?? feed.dropped);
+  if (name === 'dropped') {
+    // Each notice counts what was dropped since the previous one.
+    feed.dropped += Number(e.dropped) || 0;
   } else if (e.event === 'egress.decision' || (e.event === undefined && 'verdict' in e && 'conn_id' in e)) {
     accept(e as unknown as DecisionEvent);
   }
@@ -107,13 +108,6 @@ export function startFeed(): void {
   const qs = query.toString();
   feed.stop = stream(`/v1/events${qs ? `?${qs}` : ''}`, {
     onEvent: onData,
-    onComment: (text) => {
-      const m = /dropped\D*(\d+)/i.exec(text);
-      if (m) {
-        feed.dropped = Number(m[1]);
-        changed();
-      }
-    },
     onState: (state, detail) => {
       feed.state = state;
       feed.detail = detail ?? '';
@@ -180,12 +174,15 @@ function chart(now: number): HTMLElement {
     });
     return svg('g', { 'data-minute': r.m }, svg('title', {}, label), ...parts);
   });
+  // The time axis as HTML under the bars (SVG text would stretch with the chart's width).
+  const axis = h('div', { class: 'axis', 'aria-hidden': 'true' }, ...rows.map((r) => h('span', {}, r.m % 5 === 0 || r.m === last ? time(r.m * 60_000).slice(0, 5) : '')));
   const totals = Object.fromEntries(KINDS.map((k) => [k, rows.reduce((s, r) => s + r.c[k], 0)])) as Record<Kind, number>;
   return h(
     'figure',
     { class: 'chart' },
     h('figcaption', {}, `Decisions per minute, last ${MINUTES} minutes (tallest bar: ${max})`),
     svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'decisions per minute by verdict', preserveAspectRatio: 'none' }, ...bars),
+    axis,
     h(
       'table',
       { class: 'chart-totals' },
