@@ -202,6 +202,28 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
     t.same(p.problems, []);
   });
 
+  t.test('a developer edits a rule: its id stays, the other rules and comments are kept, the next request follows it', async (t) => {
+    const f = await consoleFixture(t, POLICY);
+    const p = await open(f, browser, t, 'Policy');
+    await p.page.getByRole('button', { name: 'Edit rule deny-upload' }).click();
+    const form = p.page.locator('form.rule-form');
+    t.equal(await form.locator('input[name=id]').getAttribute('readonly'), '', 'the id cannot change');
+    t.equal(await form.locator('input[name=label]').inputValue(), 'No uploads', 'the form starts from the rule');
+    await form.locator('input[name=label]').fill('Uploads audited');
+    await form.locator('select[name=verdict]').selectOption('audit');
+    await form.getByRole('button', { name: 'Save rule' }).click();
+    await p.page.locator('.notice-ok', { hasText: 'Rule deny-upload saved' }).waitFor();
+    const written = await readFile(f.proxy.policyFile, 'utf8');
+    const before = POLICY.split('\n');
+    const kept = written.split('\n');
+    for (const line of before.slice(0, before.indexOf('  - id: deny-upload'))) t.ok(kept.includes(line), `kept: ${line || '(blank)'}`);
+    const rule = parsePolicy('p.yaml', written).spec?.rules.find((r) => r.id === 'deny-upload');
+    t.same([rule?.label, rule?.verdict, rule?.toolGlob, rule?.priority], ['Uploads audited', 'audit', 'upload', 20], 'the rule as edited');
+    t.equal(await f.call('upload'), 200, 'audited: dispatched');
+    t.equal((await lastDecision(f)).verdict, 'audit');
+    t.same(p.problems, []);
+  });
+
   t.test('a rule is deleted after confirming; cancelling keeps it', async (t) => {
     const f = await consoleFixture(t, POLICY);
     const p = await open(f, browser, t, 'Policy');
