@@ -64,7 +64,12 @@ export async function api<T = Record<string, unknown>>(method: string, path: str
   }
   if (!res.ok) {
     const error = (body.error ?? {}) as Record<string, unknown>;
-    throw new ApiError(res.status, String(error.code ?? `http_${res.status}`), String(error.message ?? (text.slice(0, 200) || res.statusText)), body);
+    throw new ApiError(
+      res.status,
+      String(error.code ?? `http_${res.status}`),
+      String(error.message ?? (text.slice(0, 200) || res.statusText)),
+      body,
+    );
   }
   return body as T;
 }

@@ -72,6 +72,12 @@ export function table(headers: string[], rows: HTMLTableRowElement[], caption?: 
   return h(
     'div',
     { class: 'table-wrap' },
-    h('table', {}, caption ? h('caption', {}, caption) : null, h('thead', {}, h('tr', {}, ...headers.map((t) => h('th', { scope: 'col' }, t)))), h('tbody', {}, ...rows)),
+    h(
+      'table',
+      {},
+      caption ? h('caption', {}, caption) : null,
+      h('thead', {}, h('tr', {}, ...headers.map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, ...rows),
+    ),
   );
 }

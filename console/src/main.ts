@@ -57,7 +57,9 @@ function signedIn(role: Role, tokenless: boolean): void {
   clear(
     who,
     h('span', { class: `role role-${role}`, 'data-role': role }, tokenless ? 'viewer (no token)' : role),
-    tokenless ? h('button', { type: 'button', onclick: () => signInForm(null, true) }, 'Use a token') : h('button', { type: 'button', onclick: signOut }, 'Sign out'),
+    tokenless
+      ? h('button', { type: 'button', onclick: () => signInForm(null, true) }, 'Use a token')
+      : h('button', { type: 'button', onclick: signOut }, 'Sign out'),
   );
   show();
   // Signed in: the keyboard starts at the views' tabs.
@@ -72,10 +74,21 @@ function signInForm(problem: string | null, tokenlessWorks: boolean): void {
     'form',
     { class: 'signin', 'aria-labelledby': 'signin-title' },
     h('h2', { id: 'signin-title' }, 'Sign in'),
-    h('p', {}, 'Paste an admin token (made by ', h('code', {}, 'mcp-egress-proxy token'), '). It stays in this tab only and is sent as a Bearer header.'),
+    h(
+      'p',
+      {},
+      'Paste an admin token (made by ',
+      h('code', {}, 'mcp-egress-proxy token'),
+      '). It stays in this tab only and is sent as a Bearer header.',
+    ),
     problem ? notice('error', problem) : null,
     field('Admin token', input),
-    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Sign in'), tokenlessWorks ? h('button', { type: 'button', onclick: () => void start(true) }, 'Continue without a token (viewer)') : null),
+    h(
+      'div',
+      { class: 'actions' },
+      h('button', { type: 'submit', class: 'primary' }, 'Sign in'),
+      tokenlessWorks ? h('button', { type: 'button', onclick: () => void start(true) }, 'Continue without a token (viewer)') : null,
+    ),
   );
   form.addEventListener('submit', (e) => {
     e.preventDefault();
@@ -113,7 +126,11 @@ async function start(tokenless = false): Promise<void> {
     }
     signInForm(null, anonymousWorks);
   } catch (err) {
-    clear(main, notice('error', `The admin API did not answer: ${(err as Error).message}`), h('button', { type: 'button', onclick: () => void start(tokenless) }, 'Try again'));
+    clear(
+      main,
+      notice('error', `The admin API did not answer: ${(err as Error).message}`),
+      h('button', { type: 'button', onclick: () => void start(tokenless) }, 'Try again'),
+    );
   }
 }
 

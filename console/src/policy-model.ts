@@ -50,7 +50,13 @@ const list = (items: readonly string[]): string => `[${items.map(q).join(', ')}]
  * strings are valid YAML scalars, so every name is quoted and none can add a key or a line.
  */
 export function policyYaml(p: PolicyJson): string {
-  const out = ['version: 1', `default_verdict: ${p.default_verdict}`, `shadow_mode: ${p.shadow_mode}`, `observe_mode: ${p.observe_mode}`, p.rules.length ? 'rules:' : 'rules: []'];
+  const out = [
+    'version: 1',
+    `default_verdict: ${p.default_verdict}`,
+    `shadow_mode: ${p.shadow_mode}`,
+    `observe_mode: ${p.observe_mode}`,
+    p.rules.length ? 'rules:' : 'rules: []',
+  ];
   for (const r of p.rules) {
     out.push(`  - id: ${q(r.id)}`, `    priority: ${r.priority}`);
     if (r.label !== null) out.push(`    label: ${q(r.label)}`);

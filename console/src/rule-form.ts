@@ -32,7 +32,11 @@ export function ruleForm(o: RuleFormOptions): HTMLFormElement {
   const id = h('input', { name: 'id', required: true, value: r.id ?? '', readonly: o.editing, spellcheck: 'false' });
   const priority = h('input', { name: 'priority', type: 'number', required: true, step: '1', value: r.priority ?? 100 });
   const label = h('input', { name: 'label', value: r.label ?? '', class: 'wide' });
-  const verdict = h('select', { name: 'verdict' }, ...['allow', 'deny', 'audit', 'pending_approval', 'cap_cost'].map((v) => h('option', { value: v }, v)));
+  const verdict = h(
+    'select',
+    { name: 'verdict' },
+    ...['allow', 'deny', 'audit', 'pending_approval', 'cap_cost'].map((v) => h('option', { value: v }, v)),
+  );
   verdict.value = r.verdict ?? 'allow';
   const stage = h('select', { name: 'stage' }, ...['egress', 'inbound', 'mcp'].map((v) => h('option', { value: v }, v)));
   stage.value = r.stage ?? 'egress';
@@ -48,7 +52,15 @@ export function ruleForm(o: RuleFormOptions): HTMLFormElement {
   const afterServer = h('input', { name: 'after_server_glob', value: r.after?.server_glob ?? '*' });
   const afterHosts = h('input', { name: 'after_hosts', value: (r.after?.hosts ?? []).join(', '), placeholder: 'any call' });
   const within = h('input', { name: 'after_within_seconds', type: 'number', min: 1, max: 86400, value: r.after?.within_seconds ?? 600 });
-  const afterBox = h('fieldset', { class: 'after-box' }, h('legend', {}, 'Sequence clause (after)'), field('Earlier tool glob', afterTool), field('Earlier server glob', afterServer), field('Earlier hosts', afterHosts, 'comma separated; empty: any call'), field('Within seconds', within));
+  const afterBox = h(
+    'fieldset',
+    { class: 'after-box' },
+    h('legend', {}, 'Sequence clause (after)'),
+    field('Earlier tool glob', afterTool),
+    field('Earlier server glob', afterServer),
+    field('Earlier hosts', afterHosts, 'comma separated; empty: any call'),
+    field('Within seconds', within),
+  );
   afterBox.hidden = !hasAfter.checked;
   hasAfter.addEventListener('change', () => (afterBox.hidden = !hasAfter.checked));
   const problem = h('div', { class: 'form-problem', 'aria-live': 'assertive' });
@@ -80,10 +92,28 @@ export function ruleForm(o: RuleFormOptions): HTMLFormElement {
   const form = h(
     'form',
     { class: 'rule-form', 'aria-label': o.editing ? `Edit rule ${r.id ?? ''}` : 'New rule' },
-    h('div', { class: 'grid' }, field('Id', id), field('Priority', priority, 'lower first'), field('Verdict', verdict), field('Stage', stage)),
+    h(
+      'div',
+      { class: 'grid' },
+      field('Id', id),
+      field('Priority', priority, 'lower first'),
+      field('Verdict', verdict),
+      field('Stage', stage),
+    ),
     field('Label', label),
-    h('div', { class: 'grid' }, field('Tool glob', toolGlob), field('Server glob', serverGlob), field('Ports', ports, 'comma separated; empty: all')),
-    h('div', { class: 'grid' }, field('Allow list', allow, 'hosts, *.suffixes, IPs, CIDRs'), field('Deny list', deny, 'on allow rules: exemptions')),
+    h(
+      'div',
+      { class: 'grid' },
+      field('Tool glob', toolGlob),
+      field('Server glob', serverGlob),
+      field('Ports', ports, 'comma separated; empty: all'),
+    ),
+    h(
+      'div',
+      { class: 'grid' },
+      field('Allow list', allow, 'hosts, *.suffixes, IPs, CIDRs'),
+      field('Deny list', deny, 'on allow rules: exemptions'),
+    ),
     h('label', { class: 'check' }, hasAfter, ' Only after an earlier call (sequence clause)'),
     afterBox,
     o.note ?? null,

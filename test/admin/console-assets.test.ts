@@ -29,12 +29,15 @@ interface Answer {
 /** A request exactly as written (target, Host, Origin): no client normalises `..` or `\` here. */
 function send(port: number, method: string, path: string, headers: Record<string, string> = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...headers }, setHost: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
+    const req = request(
+      { host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...headers }, setHost: false },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -58,7 +61,11 @@ t.test('console files', async (t) => {
   };
 
   t.test('the CSP says what the brief asks', async (t) => {
-    const directives = new Map(CONSOLE_CSP.split(';').map((d) => d.trim().split(/\s+/)).map(([k, ...v]) => [k, v.join(' ')]));
+    const directives = new Map(
+      CONSOLE_CSP.split(';')
+        .map((d) => d.trim().split(/\s+/))
+        .map(([k, ...v]) => [k, v.join(' ')]),
+    );
     t.equal(directives.get('default-src'), "'none'");
     t.equal(directives.get('script-src'), "'self'");
     t.equal(directives.get('style-src'), "'self'");
@@ -167,7 +174,7 @@ t.test('a package without its built console answers 503, not a crash', async (t)
   t.equal(a.headers['content-security-policy'], CONSOLE_CSP);
 });
 
-t.test('GET /v1/calls?client=: one client\'s open registrations (viewer)', async (t) => {
+t.test("GET /v1/calls?client=: one client's open registrations (viewer)", async (t) => {
   const proxy = await startTestProxyFor(t, { policy: POLICY, config: CONFIG });
   const port = (proxy.running.admin?.server.address() as { port: number }).port;
   const get = (path: string, token?: string) => send(port, 'GET', path, token ? { authorization: `Bearer ${token}` } : {});
@@ -178,8 +185,16 @@ t.test('GET /v1/calls?client=: one client\'s open registrations (viewer)', async
   t.equal(a.status, 200);
   const body = JSON.parse(a.body);
   t.equal(body.client, '10.0.0.7');
-  t.same(body.calls.map((c: { call_id: string; tool: string; session_id: string }) => [c.call_id, c.tool, c.session_id]), [['c-1', 'fetch', 's-1']], 'only that client\'s');
-  t.equal(JSON.parse((await get('/v1/calls?client=%3A%3Affff%3A10.0.0.7', VIEWER)).body).calls.length, 1, 'an IP client canonicalised as the data path does');
+  t.same(
+    body.calls.map((c: { call_id: string; tool: string; session_id: string }) => [c.call_id, c.tool, c.session_id]),
+    [['c-1', 'fetch', 's-1']],
+    "only that client's",
+  );
+  t.equal(
+    JSON.parse((await get('/v1/calls?client=%3A%3Affff%3A10.0.0.7', VIEWER)).body).calls.length,
+    1,
+    'an IP client canonicalised as the data path does',
+  );
   t.same(JSON.parse((await get('/v1/calls?client=nobody', DEVELOPER)).body).calls, [], 'none');
   for (const bad of ['/v1/calls', '/v1/calls?client=', '/v1/calls?client=a&client=b', '/v1/calls?client=a&x=1', '/v1/calls?client=%01']) {
     t.equal((await get(bad, VIEWER)).status, 400, `${bad}: 400`);

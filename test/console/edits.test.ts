@@ -98,7 +98,10 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
     t.ok(added.length > 0 && added.length <= 8, `only the rule's lines were added (${added.length})`);
     t.match(added.join('\n'), /allow-upload-local/);
     t.notMatch(added.join('\n'), /allow-fetch|deny-upload|default_verdict|observe_mode/, 'nothing else');
-    t.same(parsePolicy('p.yaml', written).spec?.rules.map((r) => r.id), ['allow-fetch', 'deny-upload', 'allow-upload-local']);
+    t.same(
+      parsePolicy('p.yaml', written).spec?.rules.map((r) => r.id),
+      ['allow-fetch', 'deny-upload', 'allow-upload-local'],
+    );
 
     t.equal(await f.call('upload'), 200, 'the next request is allowed');
     const e = await lastDecision(f);
@@ -138,15 +141,25 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
     const p = await open(f, browser, t, 'Discovered');
     const destination = p.page.locator(`[data-tool=crawler] [data-destination="127.0.0.1:${f.upstream.port}"]`);
     await destination.waitFor();
-    t.equal(await p.page.locator('[data-server="127.0.0.1"] > details > summary strong').textContent(), '127.0.0.1', 'server → tool → host:port');
+    t.equal(
+      await p.page.locator('[data-server="127.0.0.1"] > details > summary strong').textContent(),
+      '127.0.0.1',
+      'server → tool → host:port',
+    );
     await screenshot(p.page, 'discovered');
 
-    const [download] = await Promise.all([p.page.waitForEvent('download'), p.page.getByRole('button', { name: 'Download the draft allow-list' }).click()]);
+    const [download] = await Promise.all([
+      p.page.waitForEvent('download'),
+      p.page.getByRole('button', { name: 'Download the draft allow-list' }).click(),
+    ]);
     t.equal(download.suggestedFilename(), 'draft-policy.yaml');
     const draft = await readFile(await download.path(), 'utf8');
     const parsed = parsePolicy('draft-policy.yaml', draft);
     t.ok(parsed.spec, 'the downloaded draft passes check');
-    t.ok(parsed.spec?.rules.some((r) => r.toolGlob === 'crawler'), 'and allows what was seen');
+    t.ok(
+      parsed.spec?.rules.some((r) => r.toolGlob === 'crawler'),
+      'and allows what was seen',
+    );
 
     await destination.getByRole('button', { name: /Propose a rule/ }).click();
     const form = p.page.locator('form.rule-form');
@@ -182,7 +195,9 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
     const p = await open(f, browser, t, 'Test');
     await p.page.getByRole('button', { name: 'Start from the live policy' }).click();
     const draftBox = p.page.locator('textarea[name=draft]');
-    await p.page.waitForFunction(() => (document.querySelector('textarea[name=draft]') as HTMLTextAreaElement).value.includes('allow-fetch'));
+    await p.page.waitForFunction(() =>
+      (document.querySelector('textarea[name=draft]') as HTMLTextAreaElement).value.includes('allow-fetch'),
+    );
     // The draft: fetch refused from now on; everything else as it is.
     const live = await draftBox.inputValue();
     const draft = live.replace(/(id: "allow-fetch"[\s\S]*?verdict: )allow/, '$1deny');
@@ -193,9 +208,15 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
     await summary.waitFor();
     t.equal(await summary.getAttribute('data-total'), '5', 'every recorded call replayed');
     t.equal(await summary.getAttribute('data-changed'), '2');
-    const listed = await p.page.locator('.replay-result tr[data-conn-id]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-conn-id')));
+    const listed = await p.page
+      .locator('.replay-result tr[data-conn-id]')
+      .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-conn-id')));
     t.same(listed.sort(), [...fetches].sort(), 'exactly the two fetch calls');
-    t.match(await p.page.locator(`.replay-result tr[data-conn-id="${fetches[0]}"]`).textContent(), /allowed allow-fetch.*refused default/, 'live: allowed by allow-fetch; draft: refused by the default (on a deny rule the allow list only exempts)');
+    t.match(
+      await p.page.locator(`.replay-result tr[data-conn-id="${fetches[0]}"]`).textContent(),
+      /allowed allow-fetch.*refused default/,
+      'live: allowed by allow-fetch; draft: refused by the default (on a deny rule the allow list only exempts)',
+    );
     await screenshot(p.page, 'test-replay');
     const api = await adminApi(f.proxy, 'POST', '/v1/test/replay', { token: DEVELOPER, body: { policy: draft } });
     t.same([...api.json.changed].sort(), [...fetches].sort(), 'what the API says');

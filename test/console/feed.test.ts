@@ -32,7 +32,8 @@ async function live(f: ConsoleFixture, browser: TestBrowser, t: Test): Promise<C
 /** The chart's totals as the page shows them. */
 async function totals(p: ConsolePage): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
-  for (const kind of ['allow', 'audit', 'shadow', 'deny']) out[kind] = Number(await p.page.locator(`.chart-totals td[data-kind=${kind}]`).textContent());
+  for (const kind of ['allow', 'audit', 'shadow', 'deny'])
+    out[kind] = Number(await p.page.locator(`.chart-totals td[data-kind=${kind}]`).textContent());
   return out;
 }
 
@@ -74,7 +75,11 @@ t.test('the live feed in Chromium', { skip: missing('chromium') }, async (t) => 
     await p.page.getByRole('button', { name: 'Apply filters' }).click();
     await p.page.locator('.feed-status', { hasText: 'Live' }).waitFor();
     await p.page.locator('tr.decision').nth(2).waitFor();
-    t.same(await p.page.locator('tr.decision').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-kind'))), ['deny', 'deny', 'deny'], 'the verdict filter: refusals only');
+    t.same(
+      await p.page.locator('tr.decision').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-kind'))),
+      ['deny', 'deny', 'deny'],
+      'the verdict filter: refusals only',
+    );
     t.same(p.problems, []);
   });
 

@@ -71,7 +71,11 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
       const h = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
       const policy = await (await fetch('/v1/policy', { headers: h })).json();
       const write = { ...h, 'if-match': `"${policy.sha256}"` };
-      const add = await fetch('/v1/rules', { method: 'POST', headers: write, body: JSON.stringify({ id: 'sneaky', priority: 1, verdict: 'allow' }) });
+      const add = await fetch('/v1/rules', {
+        method: 'POST',
+        headers: write,
+        body: JSON.stringify({ id: 'sneaky', priority: 1, verdict: 'allow' }),
+      });
       const patch = await fetch('/v1/policy', { method: 'PATCH', headers: write, body: JSON.stringify({ shadow_mode: true }) });
       const del = await fetch('/v1/rules/deny-upload', { method: 'DELETE', headers: write });
       const reload = await fetch('/v1/reload', { method: 'POST', headers: h });
@@ -99,10 +103,18 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     t.equal(await card.getAttribute('data-kind'), 'deny', 'refused');
     t.match(await card.locator('.decision-line').textContent(), /reason default · rule none/);
     t.equal(await card.locator('tbody tr').count(), 2, 'one trace row per candidate address');
-    t.match(await card.locator('tr[data-address="10.1.2.3"]').textContent(), /ssrf_baseline \(private\)/, 'the private address refused by the baseline, with its class');
+    t.match(
+      await card.locator('tr[data-address="10.1.2.3"]').textContent(),
+      /ssrf_baseline \(private\)/,
+      'the private address refused by the baseline, with its class',
+    );
     const publicRow = await card.locator('tr[data-address="93.184.216.34"]').textContent();
     t.match(publicRow, /default/, 'the public one by the default verdict');
-    t.match(publicRow, /allow-fetch: api\.example\.test \(93\.184\.216\.34\) is not on the allow list/, 'with why the rules before it did not match');
+    t.match(
+      publicRow,
+      /allow-fetch: api\.example\.test \(93\.184\.216\.34\) is not on the allow list/,
+      'with why the rules before it did not match',
+    );
     await screenshot(p.page, 'test-trace');
     clean(t, p, f.admin);
   });
@@ -111,7 +123,10 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     // The guarded server picks its tool names (and its user name without auth.users); a policy
     // author picks labels. Markup in them must stay text: no script runs, nothing is fetched.
     const hostile = `<img src=/console/x.png onerror="document.title='pwned'"><script>document.title='pwned'</script>*`;
-    const g = await consoleFixture(t, POLICY.replace('label: No uploads', `label: ${JSON.stringify(`<b onmouseover=alert(1)>No uploads</b>`)}`));
+    const g = await consoleFixture(
+      t,
+      POLICY.replace('label: No uploads', `label: ${JSON.stringify(`<b onmouseover=alert(1)>No uploads</b>`)}`),
+    );
     t.equal(await g.call(hostile), 403, 'refused and discovered under a hostile tool name');
     const p = await browser.open(`${g.admin}/console/#events`);
     t.teardown(() => p.context.close());
@@ -133,15 +148,22 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     t.match(await p.page.locator('form.rule-form').textContent(), /contains \* or \?/, 'and the page says why');
     await p.page.getByRole('link', { name: 'Policy' }).click();
     await p.page.locator('tr[data-rule-id=deny-upload]').hover();
-    t.match(await p.page.locator('tr[data-rule-id=deny-upload]').textContent(), /<b onmouseover=alert\(1\)>No uploads<\/b>/, 'a label as text');
+    t.match(
+      await p.page.locator('tr[data-rule-id=deny-upload]').textContent(),
+      /<b onmouseover=alert\(1\)>No uploads<\/b>/,
+      'a label as text',
+    );
     t.equal(await p.page.locator('main img, main script, main b').count(), 0, 'no element made from a name');
     t.equal(dialogs, 0, 'no script ran');
     t.not(await p.page.title(), 'pwned');
-    t.notOk(p.requests.some((u) => u.includes('x.png')), 'nothing fetched because of a name');
+    t.notOk(
+      p.requests.some((u) => u.includes('x.png')),
+      'nothing fetched because of a name',
+    );
     clean(t, p, g.admin);
   });
 
-  t.test('a dry run with history shows the sequence clause\'s earlier call', async (t) => {
+  t.test("a dry run with history shows the sequence clause's earlier call", async (t) => {
     const g = await consoleFixture(
       t,
       `${POLICY}  - id: no-fetch-after-read
@@ -180,7 +202,11 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     const rejected = p.page.locator('.notice-error', { hasText: 'Last reload rejected' });
     await rejected.waitFor();
     t.match(await rejected.textContent(), /generation 1 keeps serving/);
-    t.match(await rejected.locator('.positions li').first().textContent(), /policy\.yaml:15:14: error: verdict must be one of/, 'FILE:LINE:COL of the bad verdict');
+    t.match(
+      await rejected.locator('.positions li').first().textContent(),
+      /policy\.yaml:15:14: error: verdict must be one of/,
+      'FILE:LINE:COL of the bad verdict',
+    );
     t.equal(await p.page.locator('tr[data-rule-id]').count(), 2, 'the serving rules still shown');
     await screenshot(p.page, 'policy-rejected');
     clean(t, p, g.admin);
@@ -198,7 +224,7 @@ t.test('the console in Chromium', { skip: missing('chromium') }, async (t) => {
     clean(t, p, g.admin);
   });
 
-  t.test('Calls: a client\'s open registrations, registered and ended by a developer', async (t) => {
+  t.test("Calls: a client's open registrations, registered and ended by a developer", async (t) => {
     const p = await browser.open(`${f.admin}/console/#calls`);
     t.teardown(() => p.context.close());
     await signIn(p.page, DEVELOPER);

@@ -53,14 +53,22 @@ export async function launchBrowser(): Promise<TestBrowser> {
   return {
     browser,
     async open(url, options = {}) {
-      const context = await browser.newContext({ viewport: { width: options.width ?? 1280, height: options.height ?? 800 }, acceptDownloads: true, serviceWorkers: 'block' });
+      const context = await browser.newContext({
+        viewport: { width: options.width ?? 1280, height: options.height ?? 800 },
+        acceptDownloads: true,
+        serviceWorkers: 'block',
+      });
       const page = await context.newPage();
       page.setDefaultTimeout(5000);
       const requests: string[] = [];
       const problems: string[] = [];
       page.on('request', (r) => requests.push(r.url()));
       page.on('console', (m) => {
-        if ((m.type() === 'error' || m.type() === 'warning') && !m.text().startsWith('Failed to load resource: the server responded with a status of 4')) problems.push(m.text());
+        if (
+          (m.type() === 'error' || m.type() === 'warning') &&
+          !m.text().startsWith('Failed to load resource: the server responded with a status of 4')
+        )
+          problems.push(m.text());
       });
       page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
       await page.goto(url);

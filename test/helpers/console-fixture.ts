@@ -18,7 +18,11 @@ export interface ConsoleFixture {
   call(tool: string | null, path?: string): Promise<number>;
 }
 
-export async function consoleFixture(t: { teardown(fn: () => Promise<void>): void }, policy: string, options: { tokens?: boolean } = {}): Promise<ConsoleFixture> {
+export async function consoleFixture(
+  t: { teardown(fn: () => Promise<void>): void },
+  policy: string,
+  options: { tokens?: boolean } = {},
+): Promise<ConsoleFixture> {
   const upstream = await startUpstream();
   const tokens = options.tokens ?? true;
   const proxy = await startTestProxy({

@@ -52,18 +52,44 @@ export const calls: View = {
             h('td', {}, dateTime(c.registered_at)),
             h('td', {}, dateTime(c.expires_at)),
             dev
-              ? h('td', {}, h('button', { type: 'button', class: 'danger', 'aria-label': `End call ${c.call_id}`, onclick: () => void api('DELETE', `/v1/calls/${encodeURIComponent(c.call_id)}`).then(showOpen, (err) => clear(openOut, explain(err))) }, 'End'))
+              ? h(
+                  'td',
+                  {},
+                  h(
+                    'button',
+                    {
+                      type: 'button',
+                      class: 'danger',
+                      'aria-label': `End call ${c.call_id}`,
+                      onclick: () =>
+                        void api('DELETE', `/v1/calls/${encodeURIComponent(c.call_id)}`).then(showOpen, (err) =>
+                          clear(openOut, explain(err)),
+                        ),
+                    },
+                    'End',
+                  ),
+                )
               : null,
           ),
         );
         const headers = ['Call id', 'Tool', 'Session', 'Registered', 'Expires'];
         if (dev) headers.push('');
-        clear(openOut, rows.length ? table(headers, rows, `Open registrations of ${client.value.trim()}`) : notice('info', `No open registration for ${client.value.trim()}.`));
+        clear(
+          openOut,
+          rows.length
+            ? table(headers, rows, `Open registrations of ${client.value.trim()}`)
+            : notice('info', `No open registration for ${client.value.trim()}.`),
+        );
       } catch (err) {
         clear(openOut, explain(err));
       }
     };
-    const openForm = h('form', { class: 'inline-form', 'aria-label': 'Open registrations' }, field('Client', client), h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show open calls')));
+    const openForm = h(
+      'form',
+      { class: 'inline-form', 'aria-label': 'Open registrations' },
+      field('Client', client),
+      h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show open calls')),
+    );
     openForm.addEventListener('submit', (e) => {
       e.preventDefault();
       void showOpen();
@@ -74,20 +100,42 @@ export const calls: View = {
       const tool = h('input', { name: 'tool', required: true });
       const session = h('input', { name: 'session_id' });
       const ttl = h('input', { name: 'ttl_ms', type: 'number', min: 1, value: 60000 });
-      const form = h('form', { class: 'inline-form', 'aria-label': 'Register a call' }, h('h3', {}, 'Register a call for this client'), h('div', { class: 'grid' }, field('Tool', tool), field('Session', session), field('TTL (ms)', ttl)), h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Register')));
+      const form = h(
+        'form',
+        { class: 'inline-form', 'aria-label': 'Register a call' },
+        h('h3', {}, 'Register a call for this client'),
+        h('div', { class: 'grid' }, field('Tool', tool), field('Session', session), field('TTL (ms)', ttl)),
+        h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Register')),
+      );
       form.addEventListener('submit', (e) => {
         e.preventDefault();
-        const body: Record<string, unknown> = { call_id: randomId(), tool: tool.value.trim(), client: client.value.trim(), ttl_ms: Number(ttl.value) };
+        const body: Record<string, unknown> = {
+          call_id: randomId(),
+          tool: tool.value.trim(),
+          client: client.value.trim(),
+          ttl_ms: Number(ttl.value),
+        };
         if (session.value.trim()) body.session_id = session.value.trim();
         api('POST', '/v1/calls', { json: body }).then(showOpen, (err) => clear(openOut, explain(err)));
       });
       register = form;
     }
 
-    const key = h('select', { name: 'key' }, h('option', { value: 'session' }, 'session'), h('option', { value: 'server' }, 'server (calls with no session)'));
+    const key = h(
+      'select',
+      { name: 'key' },
+      h('option', { value: 'session' }, 'session'),
+      h('option', { value: 'server' }, 'server (calls with no session)'),
+    );
     const id = h('input', { name: 'history_id', required: true });
     const historyOut = h('div', { class: 'history-out', 'aria-live': 'polite' });
-    const historyForm = h('form', { class: 'inline-form', 'aria-labelledby': 'history-title' }, h('h3', { id: 'history-title' }, 'Session history'), h('div', { class: 'grid' }, field('By', key), field('Id', id)), h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show history')));
+    const historyForm = h(
+      'form',
+      { class: 'inline-form', 'aria-labelledby': 'history-title' },
+      h('h3', { id: 'history-title' }, 'Session history'),
+      h('div', { class: 'grid' }, field('By', key), field('Id', id)),
+      h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Show history')),
+    );
     historyForm.addEventListener('submit', (e) => {
       e.preventDefault();
       api<{ key: string; calls: HistoryCall[] }>('GET', `/v1/history?${key.value}=${encodeURIComponent(id.value.trim())}`).then(
@@ -105,7 +153,12 @@ export const calls: View = {
               h('td', {}, c.dispatched === null ? '' : c.dispatched ? 'dispatched' : 'refused'),
             ),
           );
-          clear(historyOut, rows.length ? table(['When', 'Tool', 'Call id', 'Server', 'Host', 'Address', 'Outcome'], rows, `History of ${answer.key}, newest first`) : notice('info', 'No recorded call for that key.'));
+          clear(
+            historyOut,
+            rows.length
+              ? table(['When', 'Tool', 'Call id', 'Server', 'Host', 'Address', 'Outcome'], rows, `History of ${answer.key}, newest first`)
+              : notice('info', 'No recorded call for that key.'),
+          );
         },
         (err) => clear(historyOut, explain(err)),
       );

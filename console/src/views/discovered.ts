@@ -54,7 +54,10 @@ export function proposedRule(d: Destination, p: PolicyJson | null): Partial<Rule
 
 function group(destinations: Destination[]): Map<string, Map<string, Destination[]>> {
   const tree = new Map<string, Map<string, Destination[]>>();
-  const sorted = [...destinations].sort((a, b) => a.server.localeCompare(b.server) || (a.tool ?? '').localeCompare(b.tool ?? '') || a.host.localeCompare(b.host) || a.port - b.port);
+  const sorted = [...destinations].sort(
+    (a, b) =>
+      a.server.localeCompare(b.server) || (a.tool ?? '').localeCompare(b.tool ?? '') || a.host.localeCompare(b.host) || a.port - b.port,
+  );
   for (const d of sorted) {
     const tools = tree.get(d.server) ?? new Map<string, Destination[]>();
     const key = d.tool ?? '';
@@ -83,7 +86,15 @@ export const discovered: View = {
         a.click();
         a.remove();
         setTimeout(() => URL.revokeObjectURL(url), 10_000);
-        clear(draftBox, h('details', {}, h('summary', {}, 'The draft allow-list (also downloaded as draft-policy.yaml)'), h('pre', { class: 'yaml' }, text)));
+        clear(
+          draftBox,
+          h(
+            'details',
+            {},
+            h('summary', {}, 'The draft allow-list (also downloaded as draft-policy.yaml)'),
+            h('pre', { class: 'yaml' }, text),
+          ),
+        );
       } catch (err) {
         clear(message, explain(err));
       }
@@ -101,10 +112,19 @@ export const discovered: View = {
       const note = h(
         'div',
         {},
-        unsafe ? notice('warn', 'This tool or server name contains * or ?, which would act as a glob and allow more than was seen: write the glob yourself.') : null,
+        unsafe
+          ? notice(
+              'warn',
+              'This tool or server name contains * or ?, which would act as a glob and allow more than was seen: write the glob yourself.',
+            )
+          : null,
         p.shadow_mode
           ? notice('info', 'The policy is already in shadow mode: only the rule is added.')
-          : notice('warn', h('strong', {}, 'Shadow first: '), 'the policy enforces now. Adding turns shadow_mode on first (policy-wide: every deny is then logged as [shadow] would deny instead of refused, the SSRF baseline excepted), then adds this rule. Enforce again in Policy once the Events view shows nothing unexpected.'),
+          : notice(
+              'warn',
+              h('strong', {}, 'Shadow first: '),
+              'the policy enforces now. Adding turns shadow_mode on first (policy-wide: every deny is then logged as [shadow] would deny instead of refused, the SSRF baseline excepted), then adds this rule. Enforce again in Policy once the Events view shows nothing unexpected.',
+            ),
       );
       const form = ruleForm({
         initial: proposedRule(d, p),
@@ -126,10 +146,19 @@ export const discovered: View = {
             editor.replaceChildren();
             clear(
               message,
-              notice('ok', `Rule ${String(body.id)} added in shadow mode: generation ${answer.generation} (sha256 ${answer.sha256.slice(0, 12)}). Watch Events for [shadow] would deny, then enforce in Policy.`, ' ', h('a', { href: '#policy' }, 'Open Policy')),
+              notice(
+                'ok',
+                `Rule ${String(body.id)} added in shadow mode: generation ${answer.generation} (sha256 ${answer.sha256.slice(0, 12)}). Watch Events for [shadow] would deny, then enforce in Policy.`,
+                ' ',
+                h('a', { href: '#policy' }, 'Open Policy'),
+              ),
             );
           } catch (err) {
-            clear(message, switched ? notice('warn', 'The policy was switched to shadow mode, but the rule was not added:') : null, explain(err, () => void propose(d)));
+            clear(
+              message,
+              switched ? notice('warn', 'The policy was switched to shadow mode, but the rule was not added:') : null,
+              explain(err, () => void propose(d)),
+            );
           }
         },
       });
@@ -157,7 +186,12 @@ export const discovered: View = {
                   h(
                     'details',
                     { open: true },
-                    h('summary', {}, tool ? h('code', {}, tool) : h('span', { class: 'muted' }, 'unattributed'), h('small', { class: 'muted' }, ` ${dests.length} destination(s)`)),
+                    h(
+                      'summary',
+                      {},
+                      tool ? h('code', {}, tool) : h('span', { class: 'muted' }, 'unattributed'),
+                      h('small', { class: 'muted' }, ` ${dests.length} destination(s)`),
+                    ),
                     h(
                       'ul',
                       { class: 'destinations' },
@@ -167,7 +201,18 @@ export const discovered: View = {
                           { 'data-destination': `${d.host}:${d.port}` },
                           h('code', {}, `${d.host}:${d.port}`),
                           h('small', { class: 'muted' }, ` ${d.count}× · first ${dateTime(d.first_seen)} · last ${dateTime(d.last_seen)} `),
-                          dev ? h('button', { type: 'button', class: 'small', onclick: () => void propose(d), 'aria-label': `Propose a rule for ${d.host}:${d.port} from ${tool || 'unattributed'} on ${server}` }, 'Propose rule') : null,
+                          dev
+                            ? h(
+                                'button',
+                                {
+                                  type: 'button',
+                                  class: 'small',
+                                  onclick: () => void propose(d),
+                                  'aria-label': `Propose a rule for ${d.host}:${d.port} from ${tool || 'unattributed'} on ${server}`,
+                                },
+                                'Propose rule',
+                              )
+                            : null,
                         ),
                       ),
                     ),
@@ -180,7 +225,12 @@ export const discovered: View = {
       );
       clear(
         treeBox,
-        h('div', { class: 'actions' }, h('button', { type: 'button', onclick: () => void load() }, 'Refresh'), h('button', { type: 'button', onclick: () => void download(), 'data-action': 'download' }, 'Download the draft allow-list')),
+        h(
+          'div',
+          { class: 'actions' },
+          h('button', { type: 'button', onclick: () => void load() }, 'Refresh'),
+          h('button', { type: 'button', onclick: () => void download(), 'data-action': 'download' }, 'Download the draft allow-list'),
+        ),
         destinations.length === 0
           ? notice('info', 'Nothing discovered yet. Observe mode (Policy) records every call no rule covers.')
           : h('ul', { class: 'tree', 'aria-label': 'server, tool, destination' }, ...servers),

@@ -131,7 +131,11 @@ function afterCell(e: DecisionEvent): HTMLElement | string {
   const a = e.after;
   if (!a) return '';
   const what = [a.tool ?? '(no tool)', a.host ? `→ ${a.host}` : '', a.server ? `on ${a.server}` : ''].filter(Boolean).join(' ');
-  return h('span', { class: 'after', title: a.call_id ? `earlier call ${a.call_id}` : 'earlier call' }, `after ${what}, ${a.seconds_ago} s before`);
+  return h(
+    'span',
+    { class: 'after', title: a.call_id ? `earlier call ${a.call_id}` : 'earlier call' },
+    `after ${what}, ${a.seconds_ago} s before`,
+  );
 }
 
 export function verdictBadge(kind: Kind): HTMLElement {
@@ -170,18 +174,32 @@ function chart(now: number): HTMLElement {
     const parts = KINDS.filter((k) => r.c[k] > 0).map((k) => {
       const hgt = (r.c[k] / max) * (H - 10);
       y -= hgt;
-      return svg('rect', { class: `bar bar-${k}`, x: (i * bw + 2).toFixed(1), y: y.toFixed(1), width: (bw - 4).toFixed(1), height: hgt.toFixed(1) });
+      return svg('rect', {
+        class: `bar bar-${k}`,
+        x: (i * bw + 2).toFixed(1),
+        y: y.toFixed(1),
+        width: (bw - 4).toFixed(1),
+        height: hgt.toFixed(1),
+      });
     });
     return svg('g', { 'data-minute': r.m }, svg('title', {}, label), ...parts);
   });
   // The time axis as HTML under the bars (SVG text would stretch with the chart's width).
-  const axis = h('div', { class: 'axis', 'aria-hidden': 'true' }, ...rows.map((r) => h('span', {}, r.m % 5 === 0 || r.m === last ? time(r.m * 60_000).slice(0, 5) : '')));
+  const axis = h(
+    'div',
+    { class: 'axis', 'aria-hidden': 'true' },
+    ...rows.map((r) => h('span', {}, r.m % 5 === 0 || r.m === last ? time(r.m * 60_000).slice(0, 5) : '')),
+  );
   const totals = Object.fromEntries(KINDS.map((k) => [k, rows.reduce((s, r) => s + r.c[k], 0)])) as Record<Kind, number>;
   return h(
     'figure',
     { class: 'chart' },
     h('figcaption', {}, `Decisions per minute, last ${MINUTES} minutes (tallest bar: ${max})`),
-    svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'decisions per minute by verdict', preserveAspectRatio: 'none' }, ...bars),
+    svg(
+      'svg',
+      { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'decisions per minute by verdict', preserveAspectRatio: 'none' },
+      ...bars,
+    ),
     axis,
     h(
       'table',
@@ -197,7 +215,14 @@ export const events: View = {
   title: 'Events',
   mount(root: HTMLElement, _ctx: Context) {
     const inputs = {
-      verdict: h('select', { name: 'verdict' }, h('option', { value: '' }, 'any'), h('option', { value: 'allow' }, 'allow'), h('option', { value: 'audit' }, 'audit'), h('option', { value: 'deny' }, 'deny (refused and would deny)')),
+      verdict: h(
+        'select',
+        { name: 'verdict' },
+        h('option', { value: '' }, 'any'),
+        h('option', { value: 'allow' }, 'allow'),
+        h('option', { value: 'audit' }, 'audit'),
+        h('option', { value: 'deny' }, 'deny (refused and would deny)'),
+      ),
       tool: h('input', { name: 'tool', placeholder: 'any' }),
       server: h('input', { name: 'server', placeholder: 'any' }),
       host: h('input', { name: 'host', placeholder: 'any' }),
@@ -224,7 +249,13 @@ export const events: View = {
       clear(
         status,
         h('span', { class: `dot dot-${feed.state}` }),
-        feed.state === 'open' ? 'Live' : feed.state === 'refused' ? `Feed refused: ${feed.detail}` : feed.state === 'connecting' ? 'Connecting…' : `Disconnected${feed.detail ? ` (${feed.detail})` : ''}; retrying`,
+        feed.state === 'open'
+          ? 'Live'
+          : feed.state === 'refused'
+            ? `Feed refused: ${feed.detail}`
+            : feed.state === 'connecting'
+              ? 'Connecting…'
+              : `Disconnected${feed.detail ? ` (${feed.detail})` : ''}; retrying`,
         ` · ${feed.decisions.length} decisions held`,
         feed.dropped > 0 ? h('strong', { class: 'warn' }, ` · ${feed.dropped} dropped by the proxy (this tab fell behind)`) : null,
       );
@@ -232,7 +263,11 @@ export const events: View = {
       const shown = feed.decisions.slice(-200).reverse();
       clear(
         list,
-        table(['Time (UTC)', 'Verdict', 'Destination', 'Tool', 'Server', 'Rule', 'Reason', 'Sequence'], shown.map(row), `Newest first (${shown.length} of ${feed.decisions.length})`),
+        table(
+          ['Time (UTC)', 'Verdict', 'Destination', 'Tool', 'Server', 'Rule', 'Reason', 'Sequence'],
+          shown.map(row),
+          `Newest first (${shown.length} of ${feed.decisions.length})`,
+        ),
       );
     };
     feed.onChange = render;

@@ -67,12 +67,18 @@ export const policy: View = {
       if (!current) return false;
       try {
         const answer = await api<WriteAnswer>(method, path, { json, ifMatch: current.sha256 });
-        clear(message, notice('ok', `${what}: generation ${answer.generation ?? '?'} loaded (sha256 ${String(answer.sha256 ?? '').slice(0, 12)}).`));
+        clear(
+          message,
+          notice('ok', `${what}: generation ${answer.generation ?? '?'} loaded (sha256 ${String(answer.sha256 ?? '').slice(0, 12)}).`),
+        );
         editor.replaceChildren();
         await reload(true);
         return true;
       } catch (err) {
-        clear(message, explain(err, () => void reload()));
+        clear(
+          message,
+          explain(err, () => void reload()),
+        );
         message.querySelector<HTMLElement>('[role=alert]')?.focus();
         return false;
       }
@@ -99,22 +105,51 @@ export const policy: View = {
         ? h(
             'div',
             { class: 'modes actions', role: 'group', 'aria-label': 'Modes' },
-            h('button', { type: 'button', 'data-action': 'shadow', onclick: () => void write(`Shadow mode ${p.shadow_mode ? 'off' : 'on'}`, 'PATCH', '/v1/policy', { shadow_mode: !p.shadow_mode }) }, p.shadow_mode ? 'Enforce (shadow mode off)' : 'Shadow mode on'),
-            h('button', { type: 'button', 'data-action': 'observe', onclick: () => void write(`Observe mode ${p.observe_mode ? 'off' : 'on'}`, 'PATCH', '/v1/policy', { observe_mode: !p.observe_mode }) }, p.observe_mode ? 'Observe mode off' : 'Observe mode on'),
             h(
               'button',
-              { type: 'button', 'data-action': 'default', onclick: () => void write('Default verdict changed', 'PATCH', '/v1/policy', { default_verdict: p.default_verdict === 'deny' ? 'allow' : 'deny' }) },
+              {
+                type: 'button',
+                'data-action': 'shadow',
+                onclick: () =>
+                  void write(`Shadow mode ${p.shadow_mode ? 'off' : 'on'}`, 'PATCH', '/v1/policy', { shadow_mode: !p.shadow_mode }),
+              },
+              p.shadow_mode ? 'Enforce (shadow mode off)' : 'Shadow mode on',
+            ),
+            h(
+              'button',
+              {
+                type: 'button',
+                'data-action': 'observe',
+                onclick: () =>
+                  void write(`Observe mode ${p.observe_mode ? 'off' : 'on'}`, 'PATCH', '/v1/policy', { observe_mode: !p.observe_mode }),
+              },
+              p.observe_mode ? 'Observe mode off' : 'Observe mode on',
+            ),
+            h(
+              'button',
+              {
+                type: 'button',
+                'data-action': 'default',
+                onclick: () =>
+                  void write('Default verdict changed', 'PATCH', '/v1/policy', {
+                    default_verdict: p.default_verdict === 'deny' ? 'allow' : 'deny',
+                  }),
+              },
               `Set the default verdict to ${p.default_verdict === 'deny' ? 'allow' : 'deny'}`,
             ),
             h('button', { type: 'button', onclick: () => openForm(null), class: 'primary', 'data-action': 'add-rule' }, 'Add rule'),
-            h('button', {
-              type: 'button',
-              onclick: () =>
-                void api('POST', '/v1/reload').then(
-                  () => reload(),
-                  (err) => clear(message, explain(err)),
-                ),
-            }, 'Reload from file'),
+            h(
+              'button',
+              {
+                type: 'button',
+                onclick: () =>
+                  void api('POST', '/v1/reload').then(
+                    () => reload(),
+                    (err) => clear(message, explain(err)),
+                  ),
+              },
+              'Reload from file',
+            ),
           )
         : h('p', { class: 'muted' }, 'Viewer: read only. Changing the policy needs a developer token.');
       clear(
@@ -133,13 +168,19 @@ export const policy: View = {
           h('dt', {}, 'Default verdict'),
           h('dd', { 'data-fact': 'default_verdict' }, p.default_verdict),
           h('dt', {}, 'Shadow mode'),
-          h('dd', { 'data-fact': 'shadow_mode' }, p.shadow_mode ? 'on: refusals are logged as [shadow] would deny, not enforced' : 'off (enforcing)'),
+          h(
+            'dd',
+            { 'data-fact': 'shadow_mode' },
+            p.shadow_mode ? 'on: refusals are logged as [shadow] would deny, not enforced' : 'off (enforcing)',
+          ),
           h('dt', {}, 'Observe mode'),
           h('dd', { 'data-fact': 'observe_mode' }, p.observe_mode ? 'on' : 'off'),
           h('dt', {}, 'Rules'),
           h('dd', {}, `${p.egress_rules} egress rules evaluated, ${p.skipped_rules} skipped`),
         ),
-        p.warnings.length ? notice('warn', h('ul', {}, ...p.warnings.map((w) => h('li', {}, typeof w === 'string' ? w : JSON.stringify(w))))) : null,
+        p.warnings.length
+          ? notice('warn', h('ul', {}, ...p.warnings.map((w) => h('li', {}, typeof w === 'string' ? w : JSON.stringify(w)))))
+          : null,
         p.last_error
           ? notice(
               'error',
@@ -160,7 +201,11 @@ export const policy: View = {
           h('td', {}, r.priority),
           h('td', {}, h('code', {}, r.id)),
           h('td', {}, r.label ?? '', skip ? h('small', { class: 'muted' }, ` (skipped: ${skip})`) : null),
-          h('td', {}, h('span', { class: `badge badge-${r.verdict === 'deny' ? 'deny' : r.verdict === 'audit' ? 'audit' : 'allow'}` }, r.verdict)),
+          h(
+            'td',
+            {},
+            h('span', { class: `badge badge-${r.verdict === 'deny' ? 'deny' : r.verdict === 'audit' ? 'audit' : 'allow'}` }, r.verdict),
+          ),
           h('td', {}, h('code', {}, r.tool_name_glob)),
           h('td', {}, h('code', {}, r.server_glob)),
           h('td', {}, r.ports ? r.ports.join(', ') : 'all'),
@@ -171,19 +216,27 @@ export const policy: View = {
                 'td',
                 { class: 'row-actions' },
                 h('button', { type: 'button', onclick: () => openForm(r), 'aria-label': `Edit rule ${r.id}` }, 'Edit'),
-                h('button', {
-                  type: 'button',
-                  class: 'danger',
-                  'aria-label': `Delete rule ${r.id}`,
-                  onclick: () => {
-                    if (confirm(`Delete rule ${r.id}? The file is rewritten and a new generation loaded.`)) void write(`Rule ${r.id} deleted`, 'DELETE', `/v1/rules/${encodeURIComponent(r.id)}`, undefined);
+                h(
+                  'button',
+                  {
+                    type: 'button',
+                    class: 'danger',
+                    'aria-label': `Delete rule ${r.id}`,
+                    onclick: () => {
+                      if (confirm(`Delete rule ${r.id}? The file is rewritten and a new generation loaded.`))
+                        void write(`Rule ${r.id} deleted`, 'DELETE', `/v1/rules/${encodeURIComponent(r.id)}`, undefined);
+                    },
                   },
-                }, 'Delete'),
+                  'Delete',
+                ),
               )
             : null,
         );
       });
-      clear(rulesBox, table(headers, rows, `Rules in evaluation order (lowest priority first; ties in file order); default: ${p.default_verdict}`));
+      clear(
+        rulesBox,
+        table(headers, rows, `Rules in evaluation order (lowest priority first; ties in file order); default: ${p.default_verdict}`),
+      );
     };
 
     void reload();
@@ -193,7 +246,9 @@ export const policy: View = {
 /** A priority for a new rule: just before the first catch-all deny (no list, any tool, any server), else after the last rule. */
 export function nextPriority(p: PolicyJson | null): number {
   if (!p || p.rules.length === 0) return 100;
-  const catchAll = evaluationOrder(p.rules).find((r) => skipped(r) === null && r.verdict === 'deny' && !r.egress && r.tool_name_glob === '*' && r.server_glob === '*' && !r.after);
+  const catchAll = evaluationOrder(p.rules).find(
+    (r) => skipped(r) === null && r.verdict === 'deny' && !r.egress && r.tool_name_glob === '*' && r.server_glob === '*' && !r.after,
+  );
   if (catchAll) return catchAll.priority - 1;
   return Math.max(...p.rules.map((r) => r.priority)) + 10;
 }

@@ -67,10 +67,17 @@ interface ReplayAnswer {
 /** `host=ip,ip` lines → the `resolve` object. */
 export function parseResolve(text: string): Record<string, string[]> {
   const out: Record<string, string[]> = {};
-  for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
+  for (const line of text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)) {
     const eq = line.indexOf('=');
     if (eq < 1) throw new Error(`resolve: '${line}' is not HOST=IP[,IP...]`);
-    out[line.slice(0, eq).trim()] = line.slice(eq + 1).split(',').map((s) => s.trim()).filter(Boolean);
+    out[line.slice(0, eq).trim()] = line
+      .slice(eq + 1)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   }
   return out;
 }
@@ -98,7 +105,8 @@ export function parseHistory(text: string): Array<Record<string, unknown>> {
     });
 }
 
-const ruleText = (r: RuleRef | null): HTMLElement => (r ? h('code', { title: r.label ?? '' }, r.id) : h('span', { class: 'muted' }, 'none'));
+const ruleText = (r: RuleRef | null): HTMLElement =>
+  r ? h('code', { title: r.label ?? '' }, r.id) : h('span', { class: 'muted' }, 'none');
 
 function decisionView(d: Decision): HTMLElement {
   const kind = kindOf(d);
@@ -110,8 +118,18 @@ function decisionView(d: Decision): HTMLElement {
       h('td', {}, verdictBadge(kindOf(t))),
       h('td', {}, t.decided_by, t.address_class ? ` (${t.address_class})` : ''),
       h('td', {}, ruleText(t.rule)),
-      h('td', {}, t.after ? `after ${t.after.tool ?? '(no tool)'}${t.after.host ? ` → ${t.after.host}` : ''}, ${t.after.seconds_ago} s before` : ''),
-      h('td', {}, t.not_matched?.length ? h('ul', { class: 'not-matched' }, ...t.not_matched.map((n) => h('li', {}, h('code', {}, n.rule), `: ${n.why}`))) : ''),
+      h(
+        'td',
+        {},
+        t.after ? `after ${t.after.tool ?? '(no tool)'}${t.after.host ? ` → ${t.after.host}` : ''}, ${t.after.seconds_ago} s before` : '',
+      ),
+      h(
+        'td',
+        {},
+        t.not_matched?.length
+          ? h('ul', { class: 'not-matched' }, ...t.not_matched.map((n) => h('li', {}, h('code', {}, n.rule), `: ${n.why}`)))
+          : '',
+      ),
     ),
   );
   return h(
@@ -129,15 +147,36 @@ function decisionView(d: Decision): HTMLElement {
       d.rule?.label ? ` (${d.rule.label})` : '',
       d.address_class ? ` · address class ${d.address_class}` : '',
     ),
-    d.after ? h('p', {}, `Sequence clause matched the earlier call ${d.after.tool ?? '(no tool)'}${d.after.call_id ? ` (${d.after.call_id})` : ''}, ${d.after.seconds_ago} s before.`) : null,
-    h('p', {}, 'Candidate addresses: ', d.addresses.length ? h('code', {}, d.addresses.join(', ')) : h('span', { class: 'muted' }, 'none (decided by name)')),
-    table(['Address', 'Verdict', 'Decided by', 'Rule', 'Sequence', 'Rules before it, and why they did not match'], trace, 'Trace, per candidate address'),
+    d.after
+      ? h(
+          'p',
+          {},
+          `Sequence clause matched the earlier call ${d.after.tool ?? '(no tool)'}${d.after.call_id ? ` (${d.after.call_id})` : ''}, ${d.after.seconds_ago} s before.`,
+        )
+      : null,
+    h(
+      'p',
+      {},
+      'Candidate addresses: ',
+      d.addresses.length ? h('code', {}, d.addresses.join(', ')) : h('span', { class: 'muted' }, 'none (decided by name)'),
+    ),
+    table(
+      ['Address', 'Verdict', 'Decided by', 'Rule', 'Sequence', 'Rules before it, and why they did not match'],
+      trace,
+      'Trace, per candidate address',
+    ),
   );
 }
 
 function verdictsCell(v: Verdicts | null): HTMLElement {
   if (v === null) return h('span', { class: 'muted' }, 'unresolved (needs DNS)');
-  return h('span', {}, verdictBadge(kindOf({ verdict: v.verdict, shadow: v.shadow ?? false, dispatched: v.dispatched })), ' ', v.rule ? h('code', { title: v.rule.label ?? '' }, v.rule.id) : h('span', { class: 'muted' }, v.reason ?? 'default'));
+  return h(
+    'span',
+    {},
+    verdictBadge(kindOf({ verdict: v.verdict, shadow: v.shadow ?? false, dispatched: v.dispatched })),
+    ' ',
+    v.rule ? h('code', { title: v.rule.label ?? '' }, v.rule.id) : h('span', { class: 'muted' }, v.reason ?? 'default'),
+  );
 }
 
 function replayView(answer: ReplayAnswer, showAll: boolean): HTMLElement {
@@ -165,7 +204,13 @@ function replayView(answer: ReplayAnswer, showAll: boolean): HTMLElement {
       ' replayed calls would change verdict under the draft.',
       answer.unresolved?.length ? ` ${answer.unresolved.length} could not be decided again without DNS.` : '',
     ),
-    rows.length ? table(['When', 'Tool', 'Server', 'Destination', 'Live', 'Draft'], rows, showAll ? 'Every replayed call (changed ones marked)' : 'Calls whose verdict would change') : notice('ok', 'No recorded call would change.'),
+    rows.length
+      ? table(
+          ['When', 'Tool', 'Server', 'Destination', 'Live', 'Draft'],
+          rows,
+          showAll ? 'Every replayed call (changed ones marked)' : 'Calls whose verdict would change',
+        )
+      : notice('ok', 'No recorded call would change.'),
   );
 }
 
@@ -173,7 +218,12 @@ export const test: View = {
   title: 'Test',
   mount(root: HTMLElement, ctx: Context) {
     if (!isDeveloper(ctx)) {
-      root.append(notice('info', 'Test and Replay need a developer token: a dry run makes the proxy resolve names, so the API refuses it to viewers.'));
+      root.append(
+        notice(
+          'info',
+          'Test and Replay need a developer token: a dry run makes the proxy resolve names, so the API refuses it to viewers.',
+        ),
+      );
       return;
     }
     const useDraft = h('input', { type: 'checkbox', name: 'use_draft' });
@@ -198,9 +248,27 @@ export const test: View = {
     const form = h(
       'form',
       { class: 'test-form', 'aria-label': 'Dry run' },
-      h('fieldset', {}, h('legend', {}, 'Policy'), h('label', { class: 'check' }, useDraft, ' Use the draft below (otherwise the live policy)'), field('Draft policy (YAML)', draft), h('div', { class: 'actions' }, fromLive)),
-      h('fieldset', {}, h('legend', {}, 'The call'), field('Destination', destination), h('div', { class: 'grid' }, field('Tool', tool), field('Server', server), field('Session', session))),
-      h('div', { class: 'grid' }, field('Resolve', resolve, 'HOST=IP[,IP...] per line; others are resolved by the proxy'), field('History', history, 'tool=T,seconds_ago=N[,server=S][,host=H][,address=IP][,refused] per line')),
+      h(
+        'fieldset',
+        {},
+        h('legend', {}, 'Policy'),
+        h('label', { class: 'check' }, useDraft, ' Use the draft below (otherwise the live policy)'),
+        field('Draft policy (YAML)', draft),
+        h('div', { class: 'actions' }, fromLive),
+      ),
+      h(
+        'fieldset',
+        {},
+        h('legend', {}, 'The call'),
+        field('Destination', destination),
+        h('div', { class: 'grid' }, field('Tool', tool), field('Server', server), field('Session', session)),
+      ),
+      h(
+        'div',
+        { class: 'grid' },
+        field('Resolve', resolve, 'HOST=IP[,IP...] per line; others are resolved by the proxy'),
+        field('History', history, 'tool=T,seconds_ago=N[,server=S][,host=H][,address=IP][,refused] per line'),
+      ),
       h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Run the test')),
     );
     form.addEventListener('submit', (e) => {
@@ -233,7 +301,11 @@ export const test: View = {
       'form',
       { class: 'replay-form', 'aria-labelledby': 'replay-title' },
       h('h3', { id: 'replay-title' }, 'Replay the draft against recent decisions'),
-      h('p', { class: 'muted' }, 'Each recorded decision is decided again under the draft above, with the addresses and history it had: no DNS, no traffic.'),
+      h(
+        'p',
+        { class: 'muted' },
+        'Each recorded decision is decided again under the draft above, with the addresses and history it had: no DNS, no traffic.',
+      ),
       h('div', { class: 'grid' }, field('Last N decisions', limit), h('label', { class: 'check' }, showAll, ' Show every replayed call')),
       h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Replay')),
     );
