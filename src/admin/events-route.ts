@@ -53,7 +53,7 @@ export function feedMatcher(f: FeedFilter): (e: DecisionEvent) => boolean {
     (f.host === null || e.host === f.host);
 }
 
-export function serveEvents(ctx: RouteContext, res: ServerResponse, query: URLSearchParams, feed: DecisionFeed): void {
+export function serveEvents(ctx: RouteContext, res: ServerResponse, query: URLSearchParams, feed: Pick<DecisionFeed, 'subscribe' | 'subscriberCount' | 'limit'>): void {
   ctx.requireRole('viewer');
   const filter = parseFeedFilter(query);
   const lastId = ctx.req.headers['last-event-id'];

@@ -14,8 +14,8 @@
  * when present, must name the same authority as `Host` (scheme http or https), else 403; no
  * `Origin` (curl, scripts, probes) is fine. Scope: headers only; who may do what is roles'.
  */
-import { canonicalHost } from '../net/address.js';
-import { interfaceAddresses, isLoopbackIp, isUnspecifiedAddress } from '../net/self.js';
+import { canonicalHost, isLoopbackIp } from '../net/address.js';
+import { interfaceAddresses, isUnspecifiedAddress } from '../net/self.js';
 import type { Listener } from '../net/self.js';
 
 export interface HostCheckOptions {

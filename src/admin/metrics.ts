@@ -6,7 +6,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Decision } from '../policy/types.js';
 import type { DecisionFeed } from '../events/decision-feed.js';
-import type { ProxyObserver } from '../proxy/server.js';
+import type { ProxyObserver } from '../proxy/admission.js';
 
 export class Metrics {
   readonly registry = new Registry();

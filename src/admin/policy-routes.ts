@@ -68,7 +68,7 @@ function answer(ctx: RouteContext, outcome: WriteOutcome, ruleId: string | null)
 }
 
 /** Handles the edit routes; false when `ctx` is not one of them. */
-export async function handlePolicyRoute(ctx: RouteContext, writer: PolicyWriter): Promise<boolean> {
+export async function handlePolicyRoute(ctx: RouteContext, writer: Pick<PolicyWriter, 'write'>): Promise<boolean> {
   const { method, path, req } = ctx;
   const isRules = path === '/v1/rules';
   const isRule = path.startsWith('/v1/rules/');

@@ -13,7 +13,7 @@ import type { PolicyGeneration } from '../live/policy-store.js';
 import { replay } from '../decide/replay.js';
 import { badRequest, HttpError } from './http-error.js';
 
-export async function replayDraft(body: Record<string, unknown>, serving: PolicyGeneration, feed: DecisionFeed, classify: Classify): Promise<unknown> {
+export async function replayDraft(body: Record<string, unknown>, serving: PolicyGeneration, feed: Pick<DecisionFeed, 'recent'>, classify: Classify): Promise<unknown> {
   for (const key of Object.keys(body)) if (key !== 'policy' && key !== 'limit') throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: policy, limit)`);
   if (typeof body.policy !== 'string') throw badRequest('policy is required (the draft as YAML text)');
   const limit = body.limit ?? FEED_CAPACITY;

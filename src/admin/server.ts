@@ -18,12 +18,10 @@
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { isLoopbackHost } from '../config/proxy-config.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { formatDiagnostic } from '../config/yaml.js';
-import type { Running } from '../commands/serve.js';
-import { canonicalHost } from '../net/address.js';
+import { canonicalHost, isLoopbackHost } from '../net/address.js';
 import type { IpAddress } from '../net/address.js';
 import { canonicalListeners } from '../net/self.js';
 import type { Listener } from '../net/self.js';
@@ -45,6 +43,7 @@ import { createBaseline } from '../net/baseline.js';
 import { readJsonObject } from './http-body.js';
 import { badRequest, HttpError } from './http-error.js';
 import type { Metrics } from './metrics.js';
+import type { AdminRuntime } from './runtime.js';
 
 type Role = 'viewer' | 'developer';
 const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
@@ -61,7 +60,7 @@ const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['form
 
 export interface AdminDeps {
   readonly config: ProxyConfig;
-  readonly running: Running;
+  readonly running: AdminRuntime;
   readonly metrics: Metrics;
   readonly resolver: NameResolver;
   /** Whether `ip:port` is one of the proxy's own listeners, for dry runs (src/net/self.ts). */
@@ -71,8 +70,6 @@ export interface AdminDeps {
   /** The built console's directory (default: the package's dist/console). */
   readonly consoleDir?: string;
 }
-
-export const isLoopback = isLoopbackHost;
 
 /** An optional label field: absent/null, or a string of 1 to 256 characters without control characters. */
 function optionalLabel(b: Record<string, unknown>, key: string): string | null {
@@ -143,7 +140,7 @@ export class AdminServer {
   }
 
   async listen(host: string, port: number): Promise<{ address: string; port: number }> {
-    if (this.tokenHashes.length === 0 && !isLoopback(host)) {
+    if (this.tokenHashes.length === 0 && !isLoopbackHost(host)) {
       throw new Error(`admin API: no admin.tokens configured, so it may only listen on a loopback address, not ${host}`);
     }
     await new Promise<void>((resolve, reject) => {
@@ -210,6 +207,12 @@ export class AdminServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
+      // node:http keeps the first of several Host (and Origin) headers: a second one could name
+      // anything and pass unseen. More than one of either is a malformed request (RFC 9112 §3.2).
+      const hosts = req.headersDistinct.host;
+      if (hosts !== undefined && hosts.length > 1) throw badRequest(`${hosts.length} Host headers; send exactly one`);
+      const origins = req.headersDistinct.origin;
+      if (origins !== undefined && origins.length > 1) throw badRequest(`${origins.length} Origin headers; send at most one`);
       const hostVerdict = this.hostCheck(req.headers.host, req.headers.origin);
       if (!hostVerdict.ok) throw new HttpError(hostVerdict.status, hostVerdict.code, hostVerdict.message);
       const url = parseTarget(req.url);

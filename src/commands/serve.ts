@@ -4,7 +4,8 @@
  * means no listener at all.
  */
 import { CallRegistry } from '../state/registry.js';
-import { isLoopbackHost, loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
+import { isLoopbackHost } from '../net/address.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';

@@ -7,9 +7,8 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
 import type { Node, Pair } from 'yaml';
 import { isScalar } from 'yaml';
-import { canonicalHost, parseCidr, parseIpLiteral } from '../net/address.js';
+import { canonicalHost, isLoopbackHost, parseCidr, parseIpLiteral } from '../net/address.js';
 import type { Cidr } from '../net/address.js';
-import { isLoopbackIp } from '../net/self.js';
 import { YamlSource } from './yaml.js';
 import type { Diagnostic } from './yaml.js';
 
@@ -102,11 +101,6 @@ export function parseListen(text: string): ListenAddress | { error: string } {
   const port = Number(m[3]);
   if (port > 65535) return { error: `port ${port} is above 65535` };
   return { host: ip.text, port };
-}
-
-export function isLoopbackHost(host: string): boolean {
-  const h = canonicalHost(host);
-  return h.kind === 'ip' && isLoopbackIp(h.ip);
 }
 
 /** An `admin.allowed_hosts` entry: one DNS name or IP literal, no port, no wildcard. */

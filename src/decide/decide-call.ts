@@ -43,7 +43,7 @@ export async function decideCall(
   const { host } = target;
   if (host.kind === 'ip') {
     const decisions = contexts.map((ctx) => decide(policy, ctx, { name: null }, [host.ip], options));
-    return { kind: 'decided', decision: combineDecisions(decisions), index: decisions.indexOf(mostSevere(decisions)), candidates: [host.ip], dnsMs: null };
+    return { kind: 'decided', ...combine(decisions), candidates: [host.ip], dnsMs: null };
   }
   const dest = lookupName(policy, host.host) as DestinationHost & { readonly name: string };
   const byName = contexts.map((ctx) => decideByName(policy, ctx, dest, options));
@@ -60,5 +60,11 @@ export async function decideCall(
     throw err;
   }
   const decisions = contexts.map((ctx) => decide(policy, ctx, dest, addresses, options));
-  return { kind: 'decided', decision: combineDecisions(decisions), index: decisions.indexOf(mostSevere(decisions)), candidates: addresses, dnsMs };
+  return { kind: 'decided', ...combine(decisions), candidates: addresses, dnsMs };
+}
+
+/** The decision for the call, and which context it speaks for (one context, the common case: that one). */
+function combine(decisions: readonly Decision[]): { readonly decision: Decision; readonly index: number } {
+  if (decisions.length === 1) return { decision: decisions[0] as Decision, index: 0 };
+  return { decision: combineDecisions(decisions), index: decisions.indexOf(mostSevere(decisions)) };
 }

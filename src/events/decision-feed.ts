@@ -148,6 +148,8 @@ export class DecisionFeed implements DecisionTap {
     if (this.subscribers.size >= this.maxSubscribers) return null;
     // Anything recorded but not yet flushed goes out now, so the new stream neither misses nor repeats it.
     this.flush();
+    // An id from before a restart (ids start again at 1) means nothing here: start full.
+    if (lastEventId !== null && lastEventId > this.count) lastEventId = null;
     const sub: Subscriber = { stream, matches, dropped: 0, overSince: null };
     let backlog = `retry: 2000\n\n`;
     for (const e of this.recent()) {

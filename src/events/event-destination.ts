@@ -8,8 +8,7 @@
  * `DEFER_MS` later. So a client never hears of a call before its decision line is written, and
  * a busy proxy writes one batch for many calls.
  *
- * Why not pino's destinations: a synchronous one costs a write(2) per line, two per call, which
- * was a sixth of the proxy's CPU on keep-alive HTTP; an asynchronous one holds lines for as
+ * Why not pino's destinations: a synchronous one costs a write(2) per line, two per call; an asynchronous one holds lines for as
  * long as the disk or pipe is slow and loses them all on an unhandled signal. Why not a flush at
  * the end of each event-loop turn (setImmediate): on new-connection-per-call traffic there is
  * about one call per turn, so it batched nothing and cost about 25 µs of a CONNECT's 500 (measured

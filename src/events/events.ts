@@ -58,8 +58,14 @@ export interface EventSink {
   tapDecisions(tap: DecisionTap | null): void;
 }
 
+/**
+ * Each logger's destination, as createLogger made it: the event sink writes its pre-rendered
+ * lines there directly (pino has no public accessor for a logger's stream).
+ */
+const destinations = new WeakMap<Logger, DestinationStream>();
+
 export function createLogger(level: string, destination: DestinationStream = createEventDestination()): Logger {
-  return pino(
+  const logger = pino(
     {
       level,
       base: { pid: process.pid },
@@ -70,6 +76,8 @@ export function createLogger(level: string, destination: DestinationStream = cre
     },
     destination,
   );
+  destinations.set(logger, destination);
+  return logger;
 }
 
 function decisionMessage(e: DecisionEvent): string {
@@ -139,7 +147,8 @@ export function closedLine(e: ClosedEvent): string {
 }
 
 export function createEventSink(logger: Logger): EventSink {
-  const stream = (logger as unknown as Record<symbol, DestinationStream>)[pino.symbols.streamSym] as DestinationStream;
+  const stream = destinations.get(logger);
+  if (stream === undefined) throw new Error('createEventSink needs a logger made by createLogger');
   // Without a batching destination (tests may pass any stream) every line is written at once.
   const batched = stream instanceof BatchedDestination ? stream : null;
   const defer = (line: string): number => {

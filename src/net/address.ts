@@ -206,6 +206,17 @@ export function canonicalHost(raw: string): HostResult {
 }
 
 /** The canonical form a host takes in an `IP` context (for messages and logs). */
+/** The one loopback check: 127.0.0.0/8 and ::1 (the baseline's `loopback` class covers the same ranges). */
+export function isLoopbackIp(ip: IpAddress): boolean {
+  return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
+}
+
+/** A host as written (a listen address) that is a loopback IP literal; `localhost` is a name, not one. */
+export function isLoopbackHost(host: string): boolean {
+  const h = canonicalHost(host);
+  return h.kind === 'ip' && isLoopbackIp(h.ip);
+}
+
 export function formatHostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

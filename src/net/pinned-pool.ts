@@ -9,7 +9,7 @@
  * resolves a name: the Client's `connect` hands over the socket already dialled, once.
  *
  * Scope: choosing and recycling connections. Framing, timeouts and the answer are the caller's
- * (ProxyServer.forward in proxy/server.ts). undici rather than http.Agent + http.request: the
+ * (proxy/forward.ts). undici rather than http.Agent + http.request: the
  * same forwarder is about 1.5x faster with undici's client (README, "Why the core is not
  * proxy-chain").
  */

@@ -9,7 +9,7 @@
  * addresses come from `os.networkInterfaces()` unless another source is given.
  */
 import { networkInterfaces } from 'node:os';
-import { canonicalHost } from './address.js';
+import { canonicalHost, isLoopbackIp } from './address.js';
 import type { IpAddress } from './address.js';
 
 export interface Listener {
@@ -19,10 +19,6 @@ export interface Listener {
 
 const UNSPECIFIED = new Set(['0.0.0.0', '::']);
 const INTERFACE_CACHE_MS = 5_000;
-
-export function isLoopbackIp(ip: IpAddress): boolean {
-  return ip.family === 4 ? ip.v4 >>> 24 === 127 : ip.text === '::1';
-}
 
 export function isUnspecifiedAddress(address: string): boolean {
   return UNSPECIFIED.has(address);
@@ -77,4 +73,30 @@ export function createSelfCheck(options: SelfCheckOptions): (ip: IpAddress, port
     }
     return false;
   };
+}
+
+/**
+ * This process's own listeners, canonical: the proxy's address (`own`, null until it listens)
+ * and `others` (the admin API). Read once after listen (server.address() is a syscall) and
+ * kept until `refresh` (another listener started).
+ */
+export class OwnListeners {
+  private cache: ReadonlyArray<Listener> | null = null;
+
+  constructor(
+    private readonly own: () => Listener | null,
+    private readonly others: () => ReadonlyArray<Listener> = () => [],
+  ) {}
+
+  readonly list = (): ReadonlyArray<Listener> => {
+    if (this.cache) return this.cache;
+    const own = this.own();
+    const listeners = canonicalListeners([...(own ? [own] : []), ...this.others()]);
+    if (own) this.cache = listeners;
+    return listeners;
+  };
+
+  refresh(): void {
+    this.cache = null;
+  }
 }

@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'request_header_too_large'
   | 'request_timeout'
   | 'too_many_tunnels'
-  | 'overloaded';
+  | 'overloaded'
+  | 'internal_error';
 
 export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   bad_request: 400,
@@ -32,6 +33,7 @@ export const STATUS: Record<Exclude<ErrorCode, 'firewall_blocked'>, number> = {
   request_timeout: 408,
   too_many_tunnels: 429,
   overloaded: 503,
+  internal_error: 500,
 };
 
 export interface CallLabel {

@@ -2,10 +2,10 @@
  * The head of a `CONNECT` request, read straight off the client's socket.
  *
  * Why by hand: a CONNECT through `node:http` builds a parser, an IncomingMessage and its
- * stream state for a request that has no body and ends the HTTP conversation; that was a
- * sixth of the proxy's CPU per tunnel (README, "Performance"). This reader is for
+ * stream state for a request that has no body and ends the HTTP conversation, on every
+ * tunnel (S2 in `npm run bench -- datapath` measures the set-up). This reader is for
  * connections that open with `CONNECT ` only: everything else, and every later request on a
- * kept-alive connection, goes to `node:http` (front.ts).
+ * kept-alive connection, goes to `node:http` (connection-start.ts).
  *
  * Threat: a head this reader accepts and llhttp would read differently (another target,
  * another header value, a header llhttp would not see) lets a client say one thing to the

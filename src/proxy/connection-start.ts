@@ -44,6 +44,24 @@ export function clearHeadDeadline(socket: Duplex): void {
   }
 }
 
+/**
+ * A kept-alive connection's next head must be complete within `ms` of the previous answer's end
+ * (node:http's own header timer starts only at the head's first byte and is checked once a
+ * period, so a trickled second head could hold the connection well past the limit). Cleared by
+ * `clearHeadDeadline` when the head is complete; `expired` is told whether anything was sent
+ * since (nothing: an idle connection, closed quietly; something: an unfinished head, 408).
+ */
+export function armHeadDeadline(socket: Socket, ms: number, expired: (socket: Socket, sentSomething: boolean) => void): void {
+  clearHeadDeadline(socket);
+  const readBefore = socket.bytesRead;
+  const timer = setTimeout(() => {
+    (socket as StartingSocket)[HEAD_DEADLINE] = undefined;
+    if (!socket.destroyed) expired(socket, socket.bytesRead > readBefore);
+  }, ms);
+  timer.unref();
+  (socket as StartingSocket)[HEAD_DEADLINE] = timer;
+}
+
 export function readConnectionStart(socket: Socket, limits: ConnectionStartLimits, handlers: ConnectionStartHandlers): void {
   let buffered: Buffer | null = null;
   let connect = false;

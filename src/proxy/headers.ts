@@ -6,7 +6,7 @@
  * answered by the proxy's own server (it sends the `100`) and so is not passed on. From
  * responses, `x-egress-*` is dropped so that an upstream cannot forge a proxy refusal.
  */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 /** Names listed in Connection header values, lower-cased. */
 function connectionListed(raw: readonly string[]): Set<string> {
@@ -32,7 +32,7 @@ export function forwardRequestHeaders(raw: readonly string[], drop: ReadonlySet<
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'expect' || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || lower === 'host' || lower === 'expect' || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;
@@ -45,7 +45,7 @@ export function forwardResponseHeaders(raw: readonly string[]): string[] {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if ((HOP_BY_HOP.has(lower) && lower !== 'host') || lower.startsWith('proxy-') || lower.startsWith('x-egress-') || listed.has(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || lower.startsWith('proxy-') || lower.startsWith('x-egress-') || listed.has(lower)) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;

@@ -7,7 +7,8 @@ import { request } from 'node:http';
 import { promisify } from 'node:util';
 import { connect } from 'node:net';
 import t from 'tap';
-import { AdminServer, isLoopback } from '../../src/admin/server.js';
+import { AdminServer } from '../../src/admin/server.js';
+import { isLoopbackHost as isLoopback } from '../../src/net/address.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
@@ -300,6 +301,17 @@ rules:
     t.match(refused, { status: 421, method: 'POST', host: `evil.example:${port}`, remote: '127.0.0.1' }, 'refusals are logged');
     t.ok(proxy.events('admin.refused').some((e) => e.code === 'forbidden_origin' && e.origin === 'http://evil.example'));
     t.notMatch(JSON.stringify(proxy.events()), new RegExp(DEVELOPER), 'never the token');
+    // Red-team F3: node:http keeps the first Host; a second (or a second Origin) must not ride along unseen.
+    for (const [name, extra] of [
+      ['own Host then a rebinding one', `Host: 127.0.0.1:${port}\r\nHost: evil.example:${port}\r\n`],
+      ['a rebinding Host then its own', `Host: evil.example:${port}\r\nHost: 127.0.0.1:${port}\r\n`],
+      ['own Host twice', `Host: 127.0.0.1:${port}\r\nHost: 127.0.0.1:${port}\r\n`],
+      ['two Origins', `Host: 127.0.0.1:${port}\r\nOrigin: http://127.0.0.1:${port}\r\nOrigin: http://evil.example\r\n`],
+    ]) {
+      const raw = await rawRequest(port, `GET /v1/policy HTTP/1.1\r\n${extra}Authorization: Bearer ${DEVELOPER}\r\nConnection: close\r\n\r\n`);
+      t.equal(raw.status, 400, `${name}: 400`);
+      t.equal(JSON.parse(raw.body).error.code, 'bad_request', `${name}: bad_request`);
+    }
     const own = await send(port, 'POST', '/v1/calls', { ...auth, origin: `http://127.0.0.1:${port}` }, register);
     t.equal(own.status, 201, 'its own origin (the console) may write');
     t.equal((await send(port, 'DELETE', `/v1/calls/${'r'.repeat(32)}`, auth)).status, 204);

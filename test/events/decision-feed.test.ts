@@ -68,9 +68,12 @@ t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new d
   const endAll = feed.subscribe(all, () => true);
   feed.subscribe(denies, (e) => e.decision.verdict === 'deny');
   feed.subscribe(resumed, () => true, 4);
+  const afterRestart = new FakeStream(false);
+  feed.subscribe(afterRestart, () => true, 99);
   t.same(all.ids(), [1, 2, 3, 4, 5, 6]);
   t.same(denies.ids(), [1, 3, 5]);
   t.same(resumed.ids(), [5, 6]);
+  t.same(afterRestart.ids(), [1, 2, 3, 4, 5, 6], 'an id this process never gave (a restart) starts full');
   t.match(all.text, /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"event":"egress.decision","conn_id":"c-1",/);
   t.notMatch(all.text, /\n\n\n/, 'the line\'s own newline is not a second blank line');
   feed.decision(event(7), line(7));
@@ -153,4 +156,26 @@ t.test('with no stream, a decision costs a slot in the ring and no timer', async
   for (let i = 0; i < 3000; i++) feed.decision(event(i), line(i));
   t.equal(feed.recent().length, 1000);
   t.equal((feed as unknown as { flushTimer: unknown }).flushTimer, null);
+});
+
+t.test('the event sink hands the feed the very line it writes, also when the log level hides decisions', async (t) => {
+  const { createEventSink, createLogger, decisionLine } = await import('../../src/events/events.js');
+  for (const level of ['info', 'warn']) {
+    const written: string[] = [];
+    const sink = createEventSink(createLogger(level, { write: (s: string) => void written.push(s) }));
+    const feed = new DecisionFeed();
+    sink.tapDecisions(feed);
+    sink.decision(event(1));
+    sink.deferredDecision(event(2));
+    sink.flush();
+    const fed = feed.recent().map((e) => e.line);
+    t.equal(fed.length, 2, `${level}: both decisions fed`);
+    const untimed = (l: string) => l.replace(/"time":"[^"]+"/, '');
+    t.same(fed.map(untimed), [decisionLine(event(1)), decisionLine(event(2))].map(untimed), `${level}: the decision lines`);
+    if (level === 'info') t.same(written.join('').split('\n').filter(Boolean), fed.map((l) => l.trimEnd()), 'info: the log got the same lines');
+    else t.equal(written.length, 0, 'warn: the log got none');
+    sink.tapDecisions(null);
+    sink.decision(event(3));
+    t.equal(feed.recent().length, 2, `${level}: untapped, the feed gets nothing more`);
+  }
 });

@@ -126,7 +126,7 @@ t.test('the sink defers only deferred decisions and closed lines', async (t) => 
 
 t.test('pending lines are written when the process exits', async (t) => {
   // The built module (npm test builds first): a child process cannot load TypeScript by itself.
-  const built = new URL('../../dist/src/proxy/event-destination.js', import.meta.url).pathname;
+  const built = new URL('../../dist/src/events/event-destination.js', import.meta.url).pathname;
   const script = `import { BatchedDestination } from ${JSON.stringify(built)};
     const d = new BatchedDestination({ write: (s) => process.stdout.write(s) });
     d.defer('deferred-1\\n'); d.defer('deferred-2\\n'); process.exit(3);`;

@@ -152,8 +152,17 @@ print(json.dumps([r.status_code, r.json()["url"], s.status_code, s.json()["url"]
   });
 
   t.test('every dispatched call has one decision and one closed event', async (t) => {
-    const decisions = proxy.events('egress.decision').filter((d: Event) => d.dispatched);
-    const closedIds = new Set(proxy.events('egress.closed').map((c) => c.conn_id));
-    for (const d of decisions) t.ok(closedIds.has(d.conn_id), `closed ${d.conn_id}`);
+    const count = (events: Event[]) => {
+      const n = new Map<unknown, number>();
+      for (const e of events) n.set(e.conn_id, (n.get(e.conn_id) ?? 0) + 1);
+      return n;
+    };
+    const decisions = count(proxy.events('egress.decision').filter((d: Event) => d.dispatched));
+    const closed = count(proxy.events('egress.closed'));
+    t.ok(decisions.size > 0, `the clients above made dispatched calls (${decisions.size})`);
+    for (const [connId, n] of decisions) {
+      t.equal(n, 1, `one decision for ${String(connId)}`);
+      t.equal(closed.get(connId), 1, `one closed event for ${String(connId)}`);
+    }
   });
 });

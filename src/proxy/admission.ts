@@ -1,0 +1,280 @@
+/**
+ * Admission: whether a call may go out, and the accounting of the calls that did. Every call
+ * (each CONNECT, each plain-HTTP request on a kept-alive connection) is admitted the same way:
+ * client identity, attribution, one policy generation, one decision (no DNS for a name refused
+ * by name; one resolution otherwise). Then the per-client tunnel cap, and from there the open
+ * calls (drained on shutdown) and the events every call ends with: its decision line and its
+ * closed line, each under the call's own `conn_id`.
+ *
+ * Threat: the guarded server chooses every header and every destination. Scope: a refusal here
+ * is decided before anything is dialled or forwarded; the answer goes back through the caller
+ * (connect.ts, forward.ts), which owns the socket.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ProxyConfig } from '../config/proxy-config.js';
+import { attribute } from '../attribution/attribute.js';
+import type { Attribution } from '../attribution/attribute.js';
+import { identify } from '../attribution/identity.js';
+import type { CallRegistry } from '../state/registry.js';
+import type { IpAddress } from '../net/address.js';
+import type { Target } from '../net/destination.js';
+import { DialError } from '../net/pinned-dial.js';
+import type { NameResolver } from '../net/resolve.js';
+import type { Decision, HistoryCall } from '../policy/types.js';
+import { decideCall } from '../decide/decide-call.js';
+import type { DiscoveredStore } from '../state/discovered.js';
+import type { EndReason, EventSink } from '../events/events.js';
+import type { PolicyStore } from '../live/policy-store.js';
+import { failure, refusal } from './answers.js';
+import type { Answer, CallLabel } from './answers.js';
+
+/** Observes every finished decision and closed call (metrics). */
+export interface ProxyObserver {
+  decision?(decision: Decision, method: string): void;
+  closed?(bytesUp: number, bytesDown: number, end: EndReason, tunnel: boolean): void;
+  dns?(durationMs: number): void;
+  failure?(code: string): void;
+  tunnels?(open: number): void;
+}
+
+export interface AdmissionOptions {
+  readonly config: ProxyConfig;
+  readonly store: PolicyStore;
+  readonly resolver: NameResolver;
+  readonly registry: CallRegistry;
+  readonly events: EventSink;
+  readonly discovered: DiscoveredStore;
+  /** The baseline's classification, with this process's own listeners as `self` (net/self.ts). */
+  readonly classify: (ip: IpAddress, port: number) => string | null;
+  readonly observer?: ProxyObserver | undefined;
+}
+
+/** A call that was admitted: who, under which policy generation, and what was decided. */
+export interface Admitted {
+  readonly connId: string;
+  readonly client: string;
+  /** What `max_tunnels_per_client` counts by (identity.ts): the user, or without users the source address. */
+  readonly limitKey: string;
+  readonly call: Attribution;
+  readonly generation: number;
+  readonly decision: Decision;
+  readonly candidates: readonly IpAddress[];
+  readonly target: Target;
+  readonly method: string;
+}
+
+export type AdmissionResult = { readonly ok: true; readonly admitted: Admitted } | { readonly ok: false; readonly answer: Answer };
+
+/** An open call, as shutdown sees it. */
+export interface ActiveCall {
+  abort(reason: EndReason): void;
+}
+
+/** Until the session-history store feeds decisions: one shared empty history, not an array per call. */
+const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
+
+export class Admission {
+  /** Open calls (tunnels and forwarded requests): what shutdown waits for, then aborts. */
+  readonly active = new Set<ActiveCall>();
+  private readonly tunnelsByClient = new Map<string, number>();
+  private openTunnels = 0;
+  private readonly connPrefix = randomBytes(4).toString('hex');
+  private connCounter = 0;
+
+  constructor(private readonly options: AdmissionOptions) {}
+
+  get config(): ProxyConfig {
+    return this.options.config;
+  }
+
+  get events(): EventSink {
+    return this.options.events;
+  }
+
+  get observer(): ProxyObserver | undefined {
+    return this.options.observer;
+  }
+
+  nextConnId(): string {
+    return `${this.connPrefix}-${(++this.connCounter).toString(36)}`;
+  }
+
+  labelFor(target: Target | null, call?: Attribution): CallLabel {
+    return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
+  }
+
+  async admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): Promise<AdmissionResult> {
+    const { config, events } = this.options;
+    const connId = this.nextConnId();
+    // A scan of the raw list: cheaper than building req.headersDistinct for a few names.
+    const headerValues = (name: string) => {
+      let values: string[] | undefined;
+      for (let i = 0; i < raw.length; i += 2) {
+        const key = raw[i] as string;
+        if (key.length === name.length && key.toLowerCase() === name) (values ??= []).push(raw[i + 1] as string);
+      }
+      return values;
+    };
+    // The first Proxy-Authorization counts, as in node:http's req.headers (later ones are dropped).
+    const identity = identify(headerValues('proxy-authorization')?.[0], remoteAddress, config.auth.users);
+    if (!identity.ok) {
+      events.error({ conn_id: connId, code: 'proxy_auth_required', host: target.host.host, port: target.port, method }, identity.reason);
+      this.options.observer?.failure?.('proxy_auth_required');
+      return {
+        ok: false,
+        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target), { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' }),
+      };
+    }
+    const client = identity.client;
+    const limitKey = identity.limitKey;
+    const headerNames = { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader };
+    const attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
+    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
+
+    const generation = this.options.store.current;
+    if (attribution.kind === 'unattributed') {
+      const decision: Decision = {
+        verdict: 'deny',
+        dispatched: false,
+        shadow: false,
+        reason: 'unattributed',
+        rule: null,
+        after: null,
+        addresses: [],
+        trace: [],
+        uncovered: false,
+      };
+      const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
+      const admitted: Admitted = { connId, client, limitKey, call, generation: generation.generation, decision, candidates: [], target, method };
+      this.logDecision(admitted, null, attribution.reason);
+      return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
+    }
+
+    // History: none passed yet (the session-history store feeds it); a sequence rule then never matches.
+    const now = Date.now();
+    const contexts = attribution.calls.map((c) => ({ tool: c.tool, server: client, port: target.port, callId: c.callId, now, history: NO_HISTORY }));
+    const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.options.classify });
+    const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
+    if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
+    if (outcome.kind === 'dns_error') {
+      const fields = { conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client };
+      events.error({ ...fields, tool: call.tool, call_id: call.callId }, outcome.error.message);
+      this.options.observer?.failure?.('dns_error');
+      return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
+    }
+    const admitted: Admitted = {
+      connId,
+      client,
+      limitKey,
+      call,
+      generation: generation.generation,
+      decision: outcome.decision,
+      candidates: outcome.candidates,
+      target,
+      method,
+    };
+    if (outcome.decision.uncovered) this.recordDiscovered(admitted);
+    if (!outcome.decision.dispatched) {
+      this.logDecision(admitted, null);
+      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
+    }
+    return { ok: true, admitted };
+  }
+
+  private recordDiscovered(a: Admitted): void {
+    const entry = this.options.discovered.record(a.client, a.call.tool, a.target.host.host, a.target.port);
+    if (entry) {
+      const { server, tool, host, port, first_seen } = entry;
+      this.options.events.discovered({ server, tool, host, port, first_seen, conn_id: a.connId });
+    }
+  }
+
+  // ---- the per-client tunnel cap (max_tunnels_per_client) ----
+
+  /** Takes a tunnel slot for the admitted call, or returns the `too_many_tunnels` answer. */
+  takeTunnel(a: Admitted): Answer | null {
+    const { config, events, observer } = this.options;
+    const perClient = this.tunnelsByClient.get(a.limitKey) ?? 0;
+    if (perClient >= config.limits.maxTunnelsPerClient) {
+      events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, limit_key: a.limitKey, open: perClient }, 'tunnel limit reached');
+      observer?.failure?.('too_many_tunnels');
+      const who = config.auth.users.length > 0 ? `client ${a.limitKey}` : `source address ${a.limitKey}`;
+      const message = `${who} has ${perClient} open tunnels (limit ${config.limits.maxTunnelsPerClient})`;
+      return failure('too_many_tunnels', message, this.labelFor(a.target, a.call), { 'retry-after': '1' });
+    }
+    this.adjustTunnels(a.limitKey, +1);
+    return null;
+  }
+
+  releaseTunnel(limitKey: string): void {
+    this.adjustTunnels(limitKey, -1);
+  }
+
+  private adjustTunnels(limitKey: string, delta: number): void {
+    const n = (this.tunnelsByClient.get(limitKey) ?? 0) + delta;
+    if (n <= 0) this.tunnelsByClient.delete(limitKey);
+    else this.tunnelsByClient.set(limitKey, n);
+    this.openTunnels += delta;
+    this.options.observer?.tunnels?.(this.openTunnels);
+  }
+
+  // ---- the events a call ends with ----
+
+  /**
+   * Writes the decision line now, or with `deferred` adds it to the pending batch and returns
+   * the ticket to pass to `ensureWritten` before the client hears of the call.
+   */
+  logDecision(a: Admitted, pinned: string | null, detail?: string, deferred = false): number {
+    const event = {
+      conn_id: a.connId,
+      policy_generation: a.generation,
+      decision: a.decision,
+      tool: a.call.tool,
+      call_id: a.call.callId,
+      session_id: a.call.sessionId,
+      server: a.client,
+      host: a.target.host.host,
+      port: a.target.port,
+      method: a.method,
+      pinned_address: pinned,
+      ...(detail ? { detail } : {}),
+    };
+    this.options.observer?.decision?.(a.decision, a.method);
+    if (deferred) return this.options.events.deferredDecision(event);
+    this.options.events.decision(event);
+    return 0;
+  }
+
+  closedEvent(connId: string, up: number, down: number, started: number, end: EndReason, tunnel: boolean): void {
+    const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+    this.options.events.closed({ conn_id: connId, bytes_up: up, bytes_down: down, duration_ms: durationMs, end });
+    this.options.observer?.closed?.(up, down, end, tunnel);
+  }
+
+  badRequest(connId: string, message: string, target: Target | null, method: string): Answer {
+    this.options.events.error({ conn_id: connId, code: 'bad_request', method, host: target?.host.host ?? null, port: target?.port ?? null }, message);
+    this.options.observer?.failure?.('bad_request');
+    return failure('bad_request', message, this.labelFor(target));
+  }
+
+  dialFailure(a: Admitted, err: unknown): Answer {
+    const timeout = err instanceof DialError && err.kind === 'timeout';
+    const code = timeout ? 'upstream_timeout' : 'upstream_unreachable';
+    const where = `${a.target.host.host}:${a.target.port}`;
+    const message = timeout ? `connecting to ${where} timed out` : `could not connect to ${where}`;
+    const attempts = err instanceof DialError ? err.attempts : String(err);
+    this.options.events.error({ conn_id: a.connId, code, host: a.target.host.host, port: a.target.port, attempts }, message);
+    this.options.observer?.failure?.(code);
+    return failure(code, message, this.labelFor(a.target, a.call));
+  }
+
+  /**
+   * A bug of ours while handling a call: logged with its stack, answered 500 `internal_error`
+   * (the client's request was not at fault, so not `bad_request`). Nothing was forwarded.
+   */
+  internalError(err: unknown, target: Target | null): Answer {
+    this.options.events.error({ event: 'proxy.internal_error', err: String((err as Error)?.stack ?? err) }, 'internal error');
+    this.options.observer?.failure?.('internal_error');
+    return failure('internal_error', 'the proxy could not handle this request', this.labelFor(target));
+  }
+}
