@@ -83,6 +83,26 @@ t.test('the live feed in Chromium', { skip: missing('chromium') }, async (t) => 
     t.same(p.problems, []);
   });
 
+  t.test("a sequence clause's refusal shows the earlier call it matched", async (t) => {
+    // The data path records history for sequence clauses in another branch (h/history); until
+    // then this decision line is a real one, re-issued with an \`after\` as the sink would write it.
+    const f = await consoleFixture(t, policy(false));
+    t.equal(await f.call('upload'), 403);
+    await f.proxy.waitForCount('egress.decision', 1);
+    const [real] = f.proxy.running.feed.recent(1);
+    if (!real) throw new Error('no recorded decision');
+    const after = { call_id: 'c-read', tool: 'read_file', server: '127.0.0.1', session_id: 's-1', host: null, seconds_ago: 12.5 };
+    const line = JSON.stringify({ ...JSON.parse(real.line), conn_id: 'seq-1', after });
+    f.proxy.running.feed.decision({ ...real.event, conn_id: 'seq-1' }, line);
+    const p = await live(f, browser, t);
+    const row = p.page.locator('tr.decision[data-conn-id=seq-1]');
+    await row.waitFor();
+    t.match(await row.locator('.after').textContent(), 'after read_file on 127.0.0.1, 12.5 s before', 'the earlier call, at a glance');
+    t.equal(await row.locator('.after').getAttribute('title'), 'earlier call c-read');
+    t.equal(await p.page.locator('tr.decision').first().locator('.after').count(), 1);
+    t.same(p.problems, []);
+  });
+
   t.test('shadow mode: a refusal is dispatched and marked [shadow] would deny', async (t) => {
     const f = await consoleFixture(t, policy(true));
     const p = await live(f, browser, t);
