@@ -405,7 +405,7 @@ export async function runDatapathBench(): Promise<string> {
     }
   }
   const rss = new Map<Kind, number>();
-  for (const kind of kinds) if (kind !== 'direct' && !s1s2Only(kind)) rss.set(kind, await s5(kind as 'egress' | 'proxy-chain' | 'minimal', holdPort));
+  for (const kind of kinds) if (kind !== 'direct' && !s1s2Only(kind)) rss.set(kind, await s5(kind, holdPort));
   if (profile) {
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
     const target = await startProxyProcess('egress', profileDir);

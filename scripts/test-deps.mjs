@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// @ts-check
 /**
  * The first step of `npm test`: make sure the system has what the tests need (scripts/test-deps.json,
  * the one list to extend). As root with apt-get it installs the missing Debian packages; otherwise,
@@ -12,9 +13,12 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
 const listFile = process.env.MCP_EGRESS_TEST_DEPS ?? new URL('./test-deps.json', import.meta.url);
-const { dependencies } = JSON.parse(readFileSync(listFile, 'utf8'));
+/** @typedef {{ name: string, probe: [string, ...string[]], debian: string, required?: boolean, neededBy: string }} Dependency */
+/** @type {unknown} */
+const list = JSON.parse(readFileSync(listFile, 'utf8'));
+const { dependencies } = /** @type {{ dependencies: Dependency[] }} */ (list);
 
-const present = (dep) => spawnSync(dep.probe[0], dep.probe.slice(1), { stdio: 'ignore' }).status === 0;
+const present = (/** @type {Dependency} */ dep) => spawnSync(dep.probe[0], dep.probe.slice(1), { stdio: 'ignore' }).status === 0;
 const canInstall = () =>
   process.env.MCP_EGRESS_TEST_NO_INSTALL !== '1' && process.getuid?.() === 0 && spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0;
 
@@ -22,7 +26,7 @@ let missing = dependencies.filter((d) => !present(d));
 if (missing.length > 0 && canInstall()) {
   const packages = [...new Set(missing.map((d) => d.debian))];
   process.stderr.write(`test-deps: installing ${packages.join(' ')} (needed by the tests)\n`);
-  const apt = (args) => spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=300', ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0;
+  const apt = (/** @type {string[]} */ args) => spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=300', ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0;
   const ok = apt(['update', '-qq']) && apt(['install', '-y', '-qq', '--no-install-recommends', ...packages]);
   if (!ok) process.stderr.write(`test-deps: apt-get install ${packages.join(' ')} failed\n`);
   missing = dependencies.filter((d) => !present(d));

@@ -6,6 +6,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import { canonicalHost } from '../net/address.js';
+import { LABEL } from '../decide/dry-run-history.js';
 import type { DecisionFeed } from '../events/decision-feed.js';
 import type { DecisionEvent } from '../events/events.js';
 import { badRequest, HttpError } from './http-error.js';
@@ -13,7 +14,6 @@ import type { RouteContext } from './policy-routes.js';
 
 export const EVENTS_QUERY_KEYS = ['verdict', 'tool', 'server', 'host'] as const;
 const VERDICTS = ['allow', 'deny', 'audit'];
-const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
 
 export interface FeedFilter {
   readonly verdicts: ReadonlySet<string> | null;
@@ -34,7 +34,8 @@ export function parseFeedFilter(query: URLSearchParams): FeedFilter {
   const verdict = query.get('verdict');
   if (verdict !== null) {
     verdicts = new Set(verdict.split(','));
-    for (const v of verdicts) if (!VERDICTS.includes(v)) throw badRequest(`verdict must be a comma-separated list of ${VERDICTS.join(', ')}`);
+    for (const v of verdicts)
+      if (!VERDICTS.includes(v)) throw badRequest(`verdict must be a comma-separated list of ${VERDICTS.join(', ')}`);
   }
   let host = label('host');
   if (host !== null) {
@@ -53,7 +54,12 @@ export function feedMatcher(f: FeedFilter): (e: DecisionEvent) => boolean {
     (f.host === null || e.host === f.host);
 }
 
-export function serveEvents(ctx: RouteContext, res: ServerResponse, query: URLSearchParams, feed: Pick<DecisionFeed, 'subscribe' | 'subscriberCount' | 'limit'>): void {
+export function serveEvents(
+  ctx: RouteContext,
+  res: ServerResponse,
+  query: URLSearchParams,
+  feed: Pick<DecisionFeed, 'subscribe' | 'subscriberCount' | 'limit'>,
+): void {
   ctx.requireRole('viewer');
   const filter = parseFeedFilter(query);
   const lastId = ctx.req.headers['last-event-id'];

@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { applyPolicyEdit } from '../live/policy-edit.js';
-import type { PolicyEdit, PolicySettings } from '../live/policy-edit.js';
+import type { PolicyEdit } from '../live/policy-edit.js';
 import type { PolicyWriter, Produce, WriteOutcome } from '../live/policy-writer.js';
 import { readJsonObject, readText } from './http-body.js';
 import { badRequest, HttpError } from './http-error.js';
@@ -31,7 +31,11 @@ const YAML_TYPE = /^(application|text)\/(x-)?yaml\b/i;
 /** The sha256 an `If-Match` header names; 428 without one, 400 for anything but one quoted digest. */
 export function ifMatchDigest(header: string | undefined): string {
   if (header === undefined) {
-    throw new HttpError(428, 'precondition_required', 'a policy write needs If-Match: "<sha256>" (the sha256 and ETag of GET /v1/policy), so that it cannot overwrite a change it has not seen');
+    throw new HttpError(
+      428,
+      'precondition_required',
+      'a policy write needs If-Match: "<sha256>" (the sha256 and ETag of GET /v1/policy), so that it cannot overwrite a change it has not seen',
+    );
   }
   const m = IF_MATCH.exec(header.trim());
   if (!m) throw badRequest('If-Match must be one quoted sha256 (hex), as GET /v1/policy gives it in ETag; * and lists are not accepted');
@@ -62,7 +66,15 @@ function answer(ctx: RouteContext, outcome: WriteOutcome, ruleId: string | null)
   if (!outcome.ok) throw new HttpError(outcome.status, outcome.code, outcome.message, { ...(outcome.extra ?? {}) });
   ctx.send(
     200,
-    { ok: true, generation: outcome.generation, sha256: outcome.sha256, previous_sha256: outcome.previousSha256, rule_id: ruleId, written: outcome.written, warnings: outcome.warnings },
+    {
+      ok: true,
+      generation: outcome.generation,
+      sha256: outcome.sha256,
+      previous_sha256: outcome.previousSha256,
+      rule_id: ruleId,
+      written: outcome.written,
+      warnings: outcome.warnings,
+    },
     { etag: `"${outcome.sha256}"` },
   );
 }
@@ -91,11 +103,14 @@ export async function handlePolicyRoute(ctx: RouteContext, writer: Pick<PolicyWr
   let id: string | null = ruleId;
   if (isPolicy) {
     const allowed = ['default_verdict', 'shadow_mode', 'observe_mode'];
-    for (const key of Object.keys(body)) if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
+    for (const key of Object.keys(body))
+      if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
     if (Object.keys(body).length === 0) throw badRequest(`nothing to change: give one or more of ${allowed.join(', ')}`);
-    if (body.default_verdict !== undefined && typeof body.default_verdict !== 'string') throw badRequest("default_verdict must be 'allow' or 'deny'");
-    for (const key of ['shadow_mode', 'observe_mode']) if (body[key] !== undefined && typeof body[key] !== 'boolean') throw badRequest(`${key} must be true or false`);
-    edit = { kind: 'settings', settings: body as PolicySettings };
+    if (body.default_verdict !== undefined && typeof body.default_verdict !== 'string')
+      throw badRequest("default_verdict must be 'allow' or 'deny'");
+    for (const key of ['shadow_mode', 'observe_mode'])
+      if (body[key] !== undefined && typeof body[key] !== 'boolean') throw badRequest(`${key} must be true or false`);
+    edit = { kind: 'settings', settings: body };
   } else if (method === 'POST') {
     if (typeof body.id !== 'string' || !RULE_ID.test(body.id)) throw badRequest('id is required: 1 to 200 visible ASCII characters');
     id = body.id;
@@ -109,4 +124,3 @@ export async function handlePolicyRoute(ctx: RouteContext, writer: Pick<PolicyWr
   answer(ctx, await writer.write({ ifMatch, who, route, ruleId: id, produce: editProducer(edit) }), id);
   return true;
 }
-

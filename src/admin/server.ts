@@ -30,7 +30,7 @@ import { compilePolicy } from '../policy/compile.js';
 import { parsePolicy } from '../policy/schema.js';
 import type { Entry, HistoryCall, RuleSpec } from '../policy/types.js';
 import { dryRun } from '../decide/dry-run.js';
-import { earlierFromJson, historyOf, MAX_EARLIER } from '../decide/dry-run-history.js';
+import { earlierFromJson, historyOf, LABEL, MAX_EARLIER } from '../decide/dry-run-history.js';
 import type { EarlierCall } from '../decide/dry-run-history.js';
 import { ConsoleAssets, isConsolePath } from './console-assets.js';
 import { draftPolicy } from './draft.js';
@@ -50,8 +50,6 @@ const RANK: Record<Role, number> = { viewer: 1, developer: 2 };
 /** A refused registration's status: a clash, this client's cap, or the whole registry's. */
 const REFUSED_REGISTRATION_STATUS = { conflict: 409, client_limit: 429, registry_full: 503 } as const;
 const CALL_ID = /^[\x21-\x7e]{1,256}$/;
-/** A label (tool, client, session, server): 1 to 256 characters, no control characters. */
-const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
 const MAX_DESTINATION = 2048;
 const MAX_RESOLVE_HOSTS = 64;
 const MAX_RESOLVE_ADDRESSES = 64;
@@ -286,7 +284,7 @@ export class AdminServer {
             tool,
             client: canonicalClient.kind === 'ip' ? canonicalClient.host : client,
             sessionId,
-            ttlMs: b.ttl_ms as number | undefined,
+            ttlMs: b.ttl_ms,
           });
           if ('error' in registered) throw new HttpError(REFUSED_REGISTRATION_STATUS[registered.code], registered.code, registered.error);
           return this.send(res, 201, { call_id: registered.callId, tool: registered.tool, client: registered.client, session_id: registered.sessionId, expires_at: new Date(registered.expiresAt).toISOString() });
@@ -297,7 +295,7 @@ export class AdminServer {
           const client = url.query.get('client');
           if (client === null || !LABEL.test(client)) throw badRequest('client is required (?client=USER or a source IP)');
           const canonical = canonicalHost(client);
-          const calls = await running.registry.open(canonical.kind === 'ip' ? canonical.host : client);
+          const calls = running.registry.open(canonical.kind === 'ip' ? canonical.host : client);
           return this.send(res, 200, {
             client,
             calls: calls.map((c) => ({ call_id: c.callId, tool: c.tool, client: c.client, session_id: c.sessionId, registered_at: new Date(c.registeredAt).toISOString(), expires_at: new Date(c.expiresAt).toISOString() })),
@@ -413,7 +411,7 @@ export class AdminServer {
         const shown = host.slice(0, 64);
         if (!Array.isArray(ips) || !ips.every((i) => typeof i === 'string')) throw badRequest(`resolve.${shown} must be a list of IP strings`);
         if (ips.length > MAX_RESOLVE_ADDRESSES) throw badRequest(`resolve.${shown} may list at most ${MAX_RESOLVE_ADDRESSES} addresses`);
-        return [host, ips as string[]];
+        return [host, ips];
       });
     }
     let policy = running.store.current.policy;
@@ -425,7 +423,7 @@ export class AdminServer {
     // An explicit history is exactly what the decision sees; without one, a session's live history.
     const now = Date.now();
     const history = earlier !== null ? historyOf(earlier, { now, sessionId, server }) : sessionId !== null ? this.liveHistory(sessionId) : [];
-    const input = { destination: b.destination, tool, server, resolve, callId: callId as string | null, now, history };
+    const input = { destination: b.destination, tool, server, resolve, callId: callId, now, history };
     const result = await dryRun(policy, input, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
     if (result.kind === 'invalid') throw badRequest(result.error);
     if (result.kind === 'dns_error') return { error: result.error };

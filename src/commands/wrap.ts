@@ -38,7 +38,8 @@ interface WrapOptions {
   command: string[];
 }
 
-function parseArgs(args: readonly string[]): WrapOptions | string | 'help' {
+/** The options, `help` for -h/--help, or why the arguments are wrong. */
+function parseArgs(args: readonly string[]): WrapOptions | { readonly help: true } | { readonly error: string } {
   const options: WrapOptions = { proxy: undefined, user: undefined, noProxy: '', command: [] };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
@@ -46,20 +47,20 @@ function parseArgs(args: readonly string[]): WrapOptions | string | 'help' {
       options.command = args.slice(i + 1);
       break;
     }
-    if (arg === '-h' || arg === '--help') return 'help';
+    if (arg === '-h' || arg === '--help') return { help: true };
     const match = /^--(proxy|user|no-proxy)(?:=(.*))?$/s.exec(arg);
     if (!match) {
-      if (arg.startsWith('-')) return `unknown option ${arg}`;
+      if (arg.startsWith('-')) return { error: `unknown option ${arg}` };
       options.command = args.slice(i);
       break;
     }
     const value = match[2] ?? args[++i];
-    if (value === undefined) return `--${match[1]} needs a value`;
+    if (value === undefined) return { error: `--${match[1]} needs a value` };
     if (match[1] === 'proxy') options.proxy = value;
     else if (match[1] === 'user') options.user = value;
     else options.noProxy = value;
   }
-  if (options.command.length === 0) return 'no command to run (put it after --)';
+  if (options.command.length === 0) return { error: 'no command to run (put it after --)' };
   return options;
 }
 
@@ -114,12 +115,12 @@ export function childEnvironment(env: NodeJS.ProcessEnv, proxy: URL, noProxy: st
 
 export async function runWrap(args: readonly string[], io: CommandIO, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const options = parseArgs(args);
-  if (options === 'help') {
+  if ('help' in options) {
     io.err(WRAP_USAGE);
     return 0;
   }
-  if (typeof options === 'string') {
-    io.err(`mcp-egress-proxy wrap: ${options}\n${WRAP_USAGE}`);
+  if ('error' in options) {
+    io.err(`mcp-egress-proxy wrap: ${options.error}\n${WRAP_USAGE}`);
     return USAGE_ERROR;
   }
   const proxy = proxyUrl(options, env);

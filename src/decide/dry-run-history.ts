@@ -9,8 +9,8 @@
 import { canonicalHost } from '../net/address.js';
 import type { HistoryCall } from '../policy/types.js';
 
-/** A label (tool, server, session): 1 to 256 characters, no control characters. */
-export const LABEL = /^[^\x00-\x1f\x7f]{1,256}$/u;
+/** A label (tool, client, server, session): 1 to 256 characters, no control characters (C0, DEL, C1). */
+export const LABEL = /^\P{Cc}{1,256}$/u;
 /** A call id: 1 to 256 visible ASCII characters. */
 export const CALL_ID = /^[\x21-\x7e]{1,256}$/;
 /** As many calls as the proxy keeps per key (interface.md "Session history"). */
@@ -119,7 +119,7 @@ export function earlierFromJson(value: unknown, index: number): Result<EarlierCa
     if (!(JSON_KEYS as readonly string[]).includes(key)) return { error: `${where}unknown field '${key.slice(0, 64)}' (accepted: ${JSON_KEYS.join(', ')})` };
   }
   if (item.dispatched !== undefined && item.dispatched !== null && typeof item.dispatched !== 'boolean') return { error: `${where}dispatched must be true or false` };
-  return earlier({ tool: item.tool, seconds_ago: item.seconds_ago, server: item.server, host: item.host, address: item.address, call_id: item.call_id }, (item.dispatched as boolean | null | undefined) ?? null, where);
+  return earlier({ tool: item.tool, seconds_ago: item.seconds_ago, server: item.server, host: item.host, address: item.address, call_id: item.call_id }, (item.dispatched) ?? null, where);
 }
 
 /**

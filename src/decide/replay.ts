@@ -81,11 +81,25 @@ function historyKey(e: DecisionEvent): string {
 
 function asHistory(call: RecordedCall): HistoryCall {
   const e = call.event;
-  return { at: call.at, tool: e.tool, callId: e.call_id, server: e.server, sessionId: e.session_id, host: e.host, address: addressOf(e.pinned_address), dispatched: e.decision.dispatched };
+  return {
+    at: call.at,
+    tool: e.tool,
+    callId: e.call_id,
+    server: e.server,
+    sessionId: e.session_id,
+    host: e.host,
+    address: addressOf(e.pinned_address),
+    dispatched: e.decision.dispatched,
+  };
 }
 
 /** `calls` oldest first (as recorded); the answer lists them newest first. */
-export async function replay(live: CompiledPolicy, draft: CompiledPolicy, calls: readonly RecordedCall[], classify: Classify): Promise<ReplayAnswer> {
+export async function replay(
+  live: CompiledPolicy,
+  draft: CompiledPolicy,
+  calls: readonly RecordedCall[],
+  classify: Classify,
+): Promise<ReplayAnswer> {
   const needHistory = live.hasSequenceRules || draft.hasSequenceRules;
   const byKey = new Map<string, HistoryCall[]>();
   const out: ReplayedCall[] = [];
@@ -129,13 +143,19 @@ export async function replay(live: CompiledPolicy, draft: CompiledPolicy, calls:
   return { calls: out.reverse(), changed: changed.reverse(), unresolved: unresolved.reverse() };
 }
 
-async function decideRecorded(policy: CompiledPolicy, call: RecordedCall, history: readonly HistoryCall[], classify: Classify): Promise<Verdict | null> {
+async function decideRecorded(
+  policy: CompiledPolicy,
+  call: RecordedCall,
+  history: readonly HistoryCall[],
+  classify: Classify,
+): Promise<Verdict | null> {
   const e = call.event;
   const host = canonicalHost(e.host);
   if (host.kind === 'error') return null;
   const addresses = e.decision.addresses.map(addressOf).filter((a): a is IpAddress => a !== null);
   const resolver: NameResolver = {
-    resolve: (): Promise<Resolution> => (addresses.length > 0 ? Promise.resolve({ addresses, cached: true, durationMs: 0 }) : Promise.reject(new NotRecorded())),
+    resolve: (): Promise<Resolution> =>
+      addresses.length > 0 ? Promise.resolve({ addresses, cached: true, durationMs: 0 }) : Promise.reject(new NotRecorded()),
   };
   const ctx = { tool: e.tool, server: e.server, port: e.port, callId: e.call_id, now: call.at, history };
   try {

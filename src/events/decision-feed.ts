@@ -11,7 +11,7 @@
  * event on the stream once it drains), and a stream that stays over budget for a minute is
  * closed. So a stream holds at most its budget plus one batch. The number of streams is capped.
  */
-import type { DecisionEvent } from './events.js';
+import type { DecisionEvent, DecisionTap } from './events.js';
 
 /** Decisions kept for new streams and replay (interface.md: the last 1,000). */
 export const FEED_CAPACITY = 1000;
@@ -22,11 +22,6 @@ const FLUSH_MS = 50;
 const HEARTBEAT_MS = 15_000;
 /** A stream over budget this long is closed (it frees its slot; the client reconnects when it can). */
 const STALLED_MS = 60_000;
-
-/** What the event sink hands over for each decision line it writes. */
-export interface DecisionTap {
-  decision(event: DecisionEvent, line: string): void;
-}
 
 export interface FeedEntry {
   /** 1, 2, ... since start: the SSE `id`. */

@@ -9,7 +9,6 @@
 import pino from 'pino';
 import type { DestinationStream, Logger } from 'pino';
 import type { Decision, RuleRef } from '../policy/types.js';
-import type { DecisionTap } from './decision-feed.js';
 import { BatchedDestination, createEventDestination } from './event-destination.js';
 
 export type EndReason = 'client_closed' | 'upstream_closed' | 'idle_timeout' | 'error' | 'shutdown';
@@ -36,6 +35,11 @@ export interface ClosedEvent {
   readonly bytes_down: number;
   readonly duration_ms: number;
   readonly end: EndReason;
+}
+
+/** Gets each decision line as the sink writes it (the console's feed, decision-feed.ts). */
+export interface DecisionTap {
+  decision(event: DecisionEvent, line: string): void;
 }
 
 export interface EventSink {

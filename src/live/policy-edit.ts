@@ -17,7 +17,19 @@ import { Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import type { Node, Pair, YAMLMap, YAMLSeq } from 'yaml';
 
 /** The keys of a rule in the order the policy language documents them (new keys go in this order). */
-const RULE_KEY_ORDER = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports', 'after'];
+const RULE_KEY_ORDER = [
+  'id',
+  'priority',
+  'label',
+  'stage',
+  'tool_name_glob',
+  'server_glob',
+  'verdict',
+  'egress',
+  'egress_json',
+  'ports',
+  'after',
+];
 const TOP_KEY_ORDER = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'];
 const RENDER = { lineWidth: 0, flowCollectionPadding: false, indent: 2 } as const;
 
@@ -37,7 +49,12 @@ export type EditResult =
 /** Applies `edit` to the policy text. The result is not validated. */
 export function applyPolicyEdit(text: string, edit: PolicyEdit): EditResult {
   const doc = parseDocument(text, { uniqueKeys: false });
-  if (doc.errors.length > 0) return { ok: false, code: 'unparsable', message: `the policy file is not valid YAML (${(doc.errors[0] as Error).message.split('\n')[0]}); replace it with PUT /v1/policy` };
+  if (doc.errors.length > 0)
+    return {
+      ok: false,
+      code: 'unparsable',
+      message: `the policy file is not valid YAML (${(doc.errors[0] as Error).message.split('\n')[0]}); replace it with PUT /v1/policy`,
+    };
   const top = doc.contents;
   if (!isMap(top)) return { ok: false, code: 'unparsable', message: 'the policy file is not a mapping; replace it with PUT /v1/policy' };
   const eol = text.includes('\r\n') ? '\r\n' : '\n';
@@ -54,8 +71,8 @@ export function ruleIndex(seq: YAMLSeq, id: string): number {
 function effectiveId(item: Node, index: number): string {
   if (isMap(item)) {
     const v = item.get('id', true);
+    // A non-string id is invalid and the schema falls back to the default id: so does this.
     if (isScalar(v) && typeof v.value === 'string') return v.value;
-    if (isScalar(v) && v.value !== null && v.value !== undefined) return String(v.value);
   }
   return `rule-${index + 1}`;
 }
@@ -95,7 +112,7 @@ function nodeOf(doc: Document, value: unknown): Node {
 }
 
 function sameValue(node: unknown, value: unknown): boolean {
-  const current = node && typeof (node as Node).toJSON === 'function' ? (node as Node).toJSON() : node;
+  const current: unknown = node && typeof (node as Node).toJSON === 'function' ? (node as Node).toJSON() : node;
   return JSON.stringify(current) === JSON.stringify(value);
 }
 
@@ -124,7 +141,7 @@ function reconcileMap(doc: Document, map: YAMLMap, value: Readonly<Record<string
   for (const [key, v] of Object.entries(value)) {
     const pair = map.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === key);
     if (!pair) {
-      insertOrdered(map, doc.createPair(key, null) as Pair, order);
+      insertOrdered(map, doc.createPair(key, null), order);
       const added = map.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === key) as Pair;
       added.value = nodeOf(doc, v);
       continue;
@@ -174,7 +191,7 @@ function editRules(doc: Document, top: YAMLMap, text: string, edit: Exclude<Poli
     let prefix = '';
     if (at === text.length && !text.endsWith('\n')) prefix = '\n';
     // Rules separated by blank lines get a blank line before the new one too.
-    if (seq.items.length > 1 && (last as Node & { spaceBefore?: boolean }).spaceBefore) prefix += '\n';
+    if (seq.items.length > 1 && last.spaceBefore) prefix += '\n';
     const rendered = `${' '.repeat(dashColumn)}- ${indentBlock(render(node), dashColumn + 2)}`;
     at = Math.min(at, text.length);
     return { ok: true, text: text.slice(0, at) + prefix + rendered + text.slice(at) };

@@ -35,11 +35,22 @@ export type WriteFailure = {
 };
 
 export type WriteOutcome =
-  | { readonly ok: true; readonly generation: number; readonly sha256: string; readonly previousSha256: string; readonly warnings: readonly string[]; readonly written: boolean }
+  | {
+      readonly ok: true;
+      readonly generation: number;
+      readonly sha256: string;
+      readonly previousSha256: string;
+      readonly warnings: readonly string[];
+      readonly written: boolean;
+    }
   | WriteFailure;
 
 /** What an edit makes of the current text: the new text, or why there is none. */
-export type Produce = (current: string) => { readonly ok: true; readonly text: string } | { readonly ok: false; readonly status: number; readonly code: string; readonly message: string };
+export type Produce = (
+  current: string,
+) =>
+  | { readonly ok: true; readonly text: string }
+  | { readonly ok: false; readonly status: number; readonly code: string; readonly message: string };
 
 export interface WriteRequest {
   /** The sha256 (hex) the client last saw: `If-Match`. */
@@ -94,11 +105,23 @@ export class PolicyWriter {
     try {
       bytes = await readFile(file);
     } catch (err) {
-      return { ok: false, status: 500, code: 'policy_write_failed', message: `cannot read the policy file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` };
+      return {
+        ok: false,
+        status: 500,
+        code: 'policy_write_failed',
+        message: `cannot read the policy file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      };
     }
     const current = sha256Hex(bytes);
     if (req.ifMatch !== current) {
-      return { ok: false, status: 412, code: 'policy_changed', message: 'the policy changed since you read it (If-Match does not match its sha256); read it again (GET /v1/policy) and redo the change', extra: { sha256: current } };
+      return {
+        ok: false,
+        status: 412,
+        code: 'policy_changed',
+        message:
+          'the policy changed since you read it (If-Match does not match its sha256); read it again (GET /v1/policy) and redo the change',
+        extra: { sha256: current },
+      };
     }
     const produced = req.produce(bytes.toString('utf8'));
     if (!produced.ok) return { ok: false, status: produced.status, code: produced.code, message: produced.message };
@@ -112,7 +135,11 @@ export class PolicyWriter {
         code: 'policy_invalid',
         message: `the policy that would be written is not valid (${errors.length} problem${errors.length === 1 ? '' : 's'}); nothing was written`,
         // Positions are in `content`, the text that would have been written.
-        extra: { errors: errors.map(formatDiagnostic), problems: errors.map((d) => ({ line: d.line, col: d.col, message: d.message })), content: text },
+        extra: {
+          errors: errors.map(formatDiagnostic),
+          problems: errors.map((d) => ({ line: d.line, col: d.col, message: d.message })),
+          content: text,
+        },
       };
     }
     const warnings = validated.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic);
@@ -129,10 +156,23 @@ export class PolicyWriter {
     await this.deps.reload('api');
     const g = this.deps.store.current;
     if (g.sha256 !== nextSha) {
-      return { ok: false, status: 500, code: 'policy_write_failed', message: 'the policy file was written but a different file was loaded (changed again meanwhile?); read it again (GET /v1/policy)' };
+      return {
+        ok: false,
+        status: 500,
+        code: 'policy_write_failed',
+        message: 'the policy file was written but a different file was loaded (changed again meanwhile?); read it again (GET /v1/policy)',
+      };
     }
     this.deps.events.info(
-      { event: 'policy.changed', name: req.who, route: req.route, rule_id: req.ruleId, old_sha256: current, new_sha256: nextSha, generation: g.generation },
+      {
+        event: 'policy.changed',
+        name: req.who,
+        route: req.route,
+        rule_id: req.ruleId,
+        old_sha256: current,
+        new_sha256: nextSha,
+        generation: g.generation,
+      },
       `policy changed by ${req.who} (${req.route}${req.ruleId ? ` ${req.ruleId}` : ''}): generation ${g.generation}`,
     );
     return { ok: true, generation: g.generation, sha256: nextSha, previousSha256: current, warnings, written: true };
@@ -155,7 +195,12 @@ export class PolicyWriter {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? '';
       if (READ_ONLY_CODES.has(code)) return readOnly(file, code);
-      return { ok: false, status: 500, code: 'policy_write_failed', message: `cannot write the policy file ${file}: ${code || String(err)}` };
+      return {
+        ok: false,
+        status: 500,
+        code: 'policy_write_failed',
+        message: `cannot write the policy file ${file}: ${code || String(err)}`,
+      };
     }
     const tmp = join(dirname(real), `.${basename(real)}.${randomBytes(6).toString('hex')}.tmp`);
     let created = false;
@@ -173,7 +218,12 @@ export class PolicyWriter {
       }
       if (sha256Hex(await readFile(real)) !== expected) {
         await unlink(tmp).catch(() => undefined);
-        return { ok: false, status: 412, code: 'policy_changed', message: 'the policy file changed on disk while this write was prepared; read it again (GET /v1/policy)' };
+        return {
+          ok: false,
+          status: 412,
+          code: 'policy_changed',
+          message: 'the policy file changed on disk while this write was prepared; read it again (GET /v1/policy)',
+        };
       }
       this.deps.expectDigest?.(sha256Hex(next));
       announced = true;
@@ -184,7 +234,12 @@ export class PolicyWriter {
       if (announced) this.deps.expectDigest?.(expected);
       const code = (err as NodeJS.ErrnoException).code ?? '';
       if (READ_ONLY_CODES.has(code)) return readOnly(file, code);
-      return { ok: false, status: 500, code: 'policy_write_failed', message: `cannot write the policy file ${file}: ${code || String(err)}` };
+      return {
+        ok: false,
+        status: 500,
+        code: 'policy_write_failed',
+        message: `cannot write the policy file ${file}: ${code || String(err)}`,
+      };
     }
     // The rename itself is durable only once the directory is; some filesystems refuse a directory fsync.
     try {

@@ -270,7 +270,7 @@ export function parseCidr(text: string): CidrResult {
   if (!/^(0|[1-9][0-9]{0,2})$/.test(prefixText)) return { error: `invalid prefix length in '${text}'` };
   let prefix = Number(prefixText);
   let ip: IpAddress | null;
-  let mappedBlock = false;
+  let mappedBlock: boolean;
   if (addrText.includes(':')) {
     const parsed = addrText.includes('%') ? null : parseIpv6(addrText);
     if (!parsed) return { error: `invalid IPv6 address in '${text}'` };

@@ -11,7 +11,7 @@ import { isScalar } from 'yaml';
 import { YamlSource } from '../config/yaml.js';
 import type { Diagnostic } from '../config/yaml.js';
 import { entryWarning, parseEntry } from './entries.js';
-import { RULE_VERDICTS, STAGES } from './types.js';
+import { isEnforcedEgressRule, RULE_VERDICTS, STAGES } from './types.js';
 import type { AfterSpec, EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
 
 const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
@@ -79,17 +79,13 @@ export function parsePolicy(file: string, text: string): PolicyLoadResult {
   let egressRules = 0;
   let skippedRules = 0;
   for (const rule of rules) {
-    if (rule.stage === 'egress' && isEnforcedVerdict(rule.verdict)) egressRules++;
+    if (isEnforcedEgressRule(rule)) egressRules++;
     else skippedRules++;
   }
   if (!src.ok || defaultVerdict === undefined || shadowMode === undefined || observeMode === undefined) {
     return { spec: null, diagnostics: src.sorted(), egressRules, skippedRules };
   }
   return { spec: { defaultVerdict, shadowMode, observeMode, rules }, diagnostics: src.sorted(), egressRules, skippedRules };
-}
-
-export function isEnforcedVerdict(verdict: RuleVerdict): verdict is 'allow' | 'deny' | 'audit' {
-  return verdict === 'allow' || verdict === 'deny' || verdict === 'audit';
 }
 
 function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<string, number>): RuleSpec | null {
@@ -130,7 +126,7 @@ function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<st
   const afterPair = pairs.get('after');
   const after = afterPair ? readAfter(src, afterPair) : null;
 
-  if (verdict && stage === 'egress' && !isEnforcedVerdict(verdict)) {
+  if (verdict && stage === 'egress' && !isEnforcedEgressRule({ stage, verdict })) {
     src.warning(src.at(verdictPair as Pair<Node, Node | null>), `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
   }
   if (src.diagnostics.slice(before).some((d) => d.severity === 'error')) return null;
@@ -257,7 +253,7 @@ function readJsonLists(src: YamlSource, pair: Pair<Node, Node | null>): EgressLi
       ok = false;
       continue;
     }
-    for (const text of value as string[]) {
+    for (const text of value) {
       const entry = parseEntry(text);
       if ('error' in entry) {
         src.error(at, `egress_json.${key}: ${entry.error}`);

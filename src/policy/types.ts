@@ -4,6 +4,7 @@
  * and the metrics; nothing downstream re-derives it.
  */
 import type { Cidr, IpAddress } from '../net/address.js';
+import type { AddressClass } from '../net/baseline.js';
 
 export const RULE_VERDICTS = ['allow', 'deny', 'audit', 'pending_approval', 'cap_cost'] as const;
 export type RuleVerdict = (typeof RULE_VERDICTS)[number];
@@ -11,6 +12,16 @@ export type RuleVerdict = (typeof RULE_VERDICTS)[number];
 export type EgressVerdict = 'allow' | 'deny' | 'audit';
 export const STAGES = ['egress', 'inbound', 'mcp'] as const;
 export type Stage = (typeof STAGES)[number];
+
+/** Whether the verdict is one the egress surface enforces (policy.md "Which rules the proxy evaluates"). */
+export function isEnforcedVerdict(verdict: RuleVerdict): verdict is EgressVerdict {
+  return verdict === 'allow' || verdict === 'deny' || verdict === 'audit';
+}
+
+/** Whether the proxy evaluates the rule: an egress rule with an enforced verdict; every other rule is skipped. */
+export function isEnforcedEgressRule(rule: { readonly stage: Stage; readonly verdict: RuleVerdict }): boolean {
+  return rule.stage === 'egress' && isEnforcedVerdict(rule.verdict);
+}
 
 export type Entry =
   | { readonly kind: 'host'; readonly text: string; readonly host: string }
@@ -80,7 +91,7 @@ export interface TraceEntry {
   readonly rule: RuleRef | null;
   readonly dispatched: boolean;
   readonly shadow: boolean;
-  readonly address_class?: string;
+  readonly address_class?: AddressClass;
   /** Only when the deciding rule has a sequence clause: the earlier call that satisfied it. */
   readonly after?: AfterMatch;
   /** Explain mode only: the rules walked before the deciding one and why each did not match. */
@@ -99,7 +110,7 @@ export interface Decision {
   /** The earlier call that satisfied the deciding rule's sequence clause; null unless such a rule decided. */
   readonly after: AfterMatch | null;
   /** Set on baseline refusals. */
-  readonly address_class?: string;
+  readonly address_class?: AddressClass;
   /** Observe mode: no rule covered the call (the default verdict decided). */
   readonly uncovered: boolean;
 }

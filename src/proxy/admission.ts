@@ -11,6 +11,7 @@
  * (connect.ts, forward.ts), which owns the socket.
  */
 import { randomBytes } from 'node:crypto';
+import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
 import type { Attribution } from '../attribution/attribute.js';
@@ -45,7 +46,7 @@ export interface AdmissionOptions {
   readonly events: EventSink;
   readonly discovered: DiscoveredStore;
   /** The baseline's classification, with this process's own listeners as `self` (net/self.ts). */
-  readonly classify: (ip: IpAddress, port: number) => string | null;
+  readonly classify: (ip: IpAddress, port: number) => AddressClass | null;
   readonly observer?: ProxyObserver | undefined;
 }
 

@@ -22,7 +22,7 @@ function parseToolCall(line: string): { id: string | number; ctx: ToolCallContex
   if (!line.includes('"tools/call"')) return null;
   let message: { method?: unknown; id?: unknown; params?: { name?: unknown; _meta?: Record<string, unknown> } };
   try {
-    message = JSON.parse(line);
+    message = JSON.parse(line) as typeof message;
   } catch {
     return null;
   }
@@ -80,8 +80,8 @@ export function installStdioHooks(hooks: StdioHooks): void {
   type Listen = (event: string | symbol, listener: (...args: unknown[]) => void) => typeof stdin;
   const originalOn = stdin.on.bind(stdin) as Listen;
   const originalOff = stdin.removeListener.bind(stdin) as Listen;
-  const on: Listen = (event, listener) => originalOn(event, event === 'data' ? (wrap(listener as DataListener) as (...args: unknown[]) => void) : listener);
-  const off: Listen = (event, listener) => originalOff(event, ((event === 'data' && wrappers.get(listener as DataListener)) || listener) as (...args: unknown[]) => void);
+  const on: Listen = (event, listener) => originalOn(event, event === 'data' ? (wrap(listener) as (...args: unknown[]) => void) : listener);
+  const off: Listen = (event, listener) => originalOff(event, ((event === 'data' && wrappers.get(listener)) || listener) as (...args: unknown[]) => void);
   stdin.on = on as typeof stdin.on;
   stdin.addListener = on as typeof stdin.addListener;
   stdin.removeListener = off as typeof stdin.removeListener;
@@ -90,7 +90,7 @@ export function installStdioHooks(hooks: StdioHooks): void {
   // Responses: a line on stdout whose id is an open call ends that call.
   const stdout = process.stdout;
   const originalWrite = stdout.write.bind(stdout) as (...args: unknown[]) => boolean;
-  stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+  stdout.write = (chunk: unknown, ...rest: unknown[]) => {
     const result = originalWrite(chunk, ...rest);
     if (open.size > 0) {
       const text = typeof chunk === 'string' ? chunk : Buffer.isBuffer(chunk) ? chunk.toString('utf8') : '';
@@ -109,5 +109,5 @@ export function installStdioHooks(hooks: StdioHooks): void {
       }
     }
     return result;
-  }) as typeof stdout.write;
+  };
 }

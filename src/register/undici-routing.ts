@@ -105,7 +105,7 @@ function failOnProxyAnswer(handler: Dispatcher.DispatchHandler): Dispatcher.Disp
       if (typeof value === 'function') wrapper[key] = key in overrides ? overrides[key] : (...args: unknown[]) => (value as (...a: unknown[]) => unknown).apply(handler, args);
     }
   }
-  return wrapper as unknown as Dispatcher.DispatchHandler;
+  return wrapper;
 }
 
 /** Routes each fetch to the agents of the tool call it runs in. */
@@ -166,5 +166,5 @@ export function nameRefusalsInFetchErrors(): void {
       throw err;
     });
   };
-  globalThis.fetch = wrapped as typeof original;
+  globalThis.fetch = wrapped;
 }

@@ -30,7 +30,7 @@ async function api(proxy: TestProxy, method: string, path: string, options: { to
   }
   const res = await fetch(`http://127.0.0.1:${admin.port}${path}`, { method, headers, body });
   const text = await res.text();
-  let json: any = null;
+  let json: any;
   try {
     json = JSON.parse(text);
   } catch {
@@ -51,7 +51,7 @@ function sendTo(address: string, port: number, method: string, path: string, hea
       res.setEncoding('utf8');
       res.on('data', (d: string) => (text += d));
       res.on('end', () => {
-        let json: any = null;
+        let json: any;
         try {
           json = JSON.parse(text);
         } catch {

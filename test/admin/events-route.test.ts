@@ -92,7 +92,8 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   const upstream = await startUpstream();
   t.teardown(() => upstream.close());
   const proxy = await startTestProxyFor(t, { policy: POLICY, config: ADMIN_WITH_TOKENS });
-  const call = (tool: string, host = `127.0.0.1:${upstream.port}`) => rawRequest(proxy.port, getRequest(`http://${host}/`, host, `x-mcp-tool: ${tool}\r\n`));
+  const call = (tool: string, host = `127.0.0.1:${upstream.port}`) =>
+    rawRequest(proxy.port, getRequest(`http://${host}/`, host, `x-mcp-tool: ${tool}\r\n`));
   return { proxy, upstream, call };
 }
 
@@ -119,7 +120,10 @@ t.test('a stream starts with the recorded decisions, then shows each new one wit
   t.match(shown, { event: 'egress.decision', verdict: 'deny', rule: { id: 'deny-bad' }, host: 'bad.example' });
   const logged = proxy.events('egress.decision').find((e) => e.conn_id === shown.conn_id);
   t.same(shown, logged, 'the same line the log got');
-  t.ok(s.frames.every((f) => f.event !== 'decision' || typeof f.id === 'number'), 'each frame has an id (Last-Event-ID resumes)');
+  t.ok(
+    s.frames.every((f) => f.event !== 'decision' || typeof f.id === 'number'),
+    'each frame has an id (Last-Event-ID resumes)',
+  );
 });
 
 t.test('filters: verdict, tool, server, host; all must match', async (t) => {
@@ -147,7 +151,7 @@ t.test('filters: verdict, tool, server, host; all must match', async (t) => {
     ['deny'],
   );
   t.same(
-    decisions(both).map((d) => `${d.host}:${d.port}`),
+    decisions(both).map((d) => `${String(d.host)}:${String(d.port)}`),
     [`127.0.0.1:${upstream.port}`],
   );
   t.same(decisions(none), []);
@@ -197,10 +201,13 @@ t.test('a client that never reads: the proxy keeps deciding, its backlog stays b
   t.teardown(() => agent.destroy());
   const one = () =>
     new Promise<number>((resolve, reject) => {
-      const req = request({ host: '127.0.0.1', port: proxy.port, path: 'http://refused.example/', headers: { host: 'refused.example' }, agent }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
+      const req = request(
+        { host: '127.0.0.1', port: proxy.port, path: 'http://refused.example/', headers: { host: 'refused.example' }, agent },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
       req.on('error', reject);
       req.end();
     });

@@ -37,18 +37,25 @@ rules:
     egress: {deny: [169.254.169.254]}
 `;
 
-async function setup(t: { teardown(fn: () => unknown): void }, policy = POLICY): Promise<{ proxy: TestProxy; upstream: TestUpstream; call: (tool: string) => Promise<number> }> {
+async function setup(
+  t: { teardown(fn: () => unknown): void },
+  policy = POLICY,
+): Promise<{ proxy: TestProxy; upstream: TestUpstream; call: (tool: string) => Promise<number> }> {
   const upstream = await startUpstream();
   t.teardown(() => upstream.close());
   const proxy = await startTestProxyFor(t, { policy, config: ADMIN_WITH_TOKENS });
   const call = async (tool: string) => {
-    const res = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, `x-mcp-tool: ${tool}\r\n`));
+    const res = await rawRequest(
+      proxy.port,
+      getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, `x-mcp-tool: ${tool}\r\n`),
+    );
     return res.status;
   };
   return { proxy, upstream, call };
 }
 
-const etagOf = async (proxy: TestProxy) => (await adminApi(proxy, 'GET', '/v1/policy', { token: VIEWER_TOKEN })).headers.get('etag') as string;
+const etagOf = async (proxy: TestProxy) =>
+  (await adminApi(proxy, 'GET', '/v1/policy', { token: VIEWER_TOKEN })).headers.get('etag') as string;
 const write = (proxy: TestProxy, method: string, path: string, etag: string | null, body: unknown, token = DEVELOPER_TOKEN) =>
   adminApi(proxy, method, path, { token, body, headers: etag === null ? {} : { 'if-match': etag } });
 
@@ -83,7 +90,12 @@ t.test('roles: no token 401, a viewer 403, and the file is untouched', async (t)
     t.equal((await write(proxy, method, path, etag, body, '')).status, 401, `${method} ${path} without a token`);
     t.equal((await write(proxy, method, path, etag, body, VIEWER_TOKEN)).status, 403, `${method} ${path} as a viewer`);
   }
-  const put = await adminApi(proxy, 'PUT', '/v1/policy', { token: VIEWER_TOKEN, raw: 'version: 1\n', type: 'application/yaml', headers: { 'if-match': etag } });
+  const put = await adminApi(proxy, 'PUT', '/v1/policy', {
+    token: VIEWER_TOKEN,
+    raw: 'version: 1\n',
+    type: 'application/yaml',
+    headers: { 'if-match': etag },
+  });
   t.equal(put.status, 403);
   t.equal(await readFile(proxy.policyFile, 'utf8'), POLICY);
   t.equal(proxy.running.store.current.generation, 1);
@@ -106,27 +118,43 @@ t.test('If-Match: missing 428, malformed 400, stale 412; nothing changes', async
   // The digest unquoted and in capitals is the same digest.
   const ok = await write(proxy, 'POST', '/v1/rules', sha256(POLICY).toUpperCase(), rule);
   t.equal(ok.status, 200);
-  t.equal(await readFile(proxy.policyFile, 'utf8') === POLICY, false);
+  t.equal((await readFile(proxy.policyFile, 'utf8')) === POLICY, false);
 });
 
 t.test('POST /v1/rules appends the rule, keeps every other byte, and the next request is decided by it', async (t) => {
   const { proxy, call } = await setup(t);
   t.equal(await call('search'), 403, 'before: no rule lets search through');
-  const res = await write(proxy, 'POST', '/v1/rules', await etagOf(proxy), { verdict: 'allow', id: 'allow-search', priority: 20, tool_name_glob: 'search', egress: { allow: ['127.0.0.1'] } });
+  const res = await write(proxy, 'POST', '/v1/rules', await etagOf(proxy), {
+    verdict: 'allow',
+    id: 'allow-search',
+    priority: 20,
+    tool_name_glob: 'search',
+    egress: { allow: ['127.0.0.1'] },
+  });
   t.equal(res.status, 200, res.text);
   const after = await readFile(proxy.policyFile, 'utf8');
   t.ok(after.startsWith(POLICY), 'the old text is untouched');
-  t.equal(after.slice(POLICY.length), '\n  - id: allow-search\n    priority: 20\n    tool_name_glob: search\n    verdict: allow\n    egress:\n      allow: [127.0.0.1]\n');
+  t.equal(
+    after.slice(POLICY.length),
+    '\n  - id: allow-search\n    priority: 20\n    tool_name_glob: search\n    verdict: allow\n    egress:\n      allow: [127.0.0.1]\n',
+  );
   t.equal(res.json.generation, 2);
   t.equal(res.json.sha256, sha256(after));
   t.equal(res.headers.get('etag'), `"${sha256(after)}"`);
   t.equal(proxy.running.store.current.generation, 2, 'loaded before the answer');
   t.equal(await call('search'), 200, 'after: the new rule decides');
   const changed = await proxy.waitFor((e) => e.event === 'policy.changed');
-  t.match(changed, { name: 'alice', route: 'POST /v1/rules', rule_id: 'allow-search', old_sha256: sha256(POLICY), new_sha256: sha256(after), generation: 2 });
+  t.match(changed, {
+    name: 'alice',
+    route: 'POST /v1/rules',
+    rule_id: 'allow-search',
+    old_sha256: sha256(POLICY),
+    new_sha256: sha256(after),
+    generation: 2,
+  });
 });
 
-t.test('PUT /v1/rules/{id} changes only that rule\'s lines; DELETE removes them', async (t) => {
+t.test("PUT /v1/rules/{id} changes only that rule's lines; DELETE removes them", async (t) => {
   const { proxy, call } = await setup(t);
   t.equal(await call('fetch'), 200);
   const put = await write(proxy, 'PUT', '/v1/rules/allow-fetch', await etagOf(proxy), {
@@ -158,7 +186,11 @@ t.test('PUT /v1/rules/{id} changes only that rule\'s lines; DELETE removes them'
   const afterDelete = await readFile(proxy.policyFile, 'utf8');
   const removed = changedLines(beforeDelete, afterDelete);
   t.same(removed.added, [], 'a delete only removes lines');
-  t.equal(afterDelete, beforeDelete.replace(/ {2}# The local upstream, for fetch only\.\n {2}- id: allow-fetch\n(?: {4}.*\n)+\n/, ''), 'the rule, its comment and one blank line go');
+  t.equal(
+    afterDelete,
+    beforeDelete.replace(/ {2}# The local upstream, for fetch only\.\n {2}- id: allow-fetch\n(?: {4}.*\n)+\n/, ''),
+    'the rule, its comment and one blank line go',
+  );
   t.equal(await call('fetch'), 403, 'now refused by the default verdict');
   t.equal((await write(proxy, 'DELETE', '/v1/rules/allow-fetch', await etagOf(proxy), undefined)).status, 404);
 });
@@ -175,7 +207,10 @@ t.test('PATCH /v1/policy switches settings in place; shadow mode takes effect', 
   t.equal(res2.status, 200, res2.text);
   t.equal(
     await readFile(proxy.policyFile, 'utf8'),
-    POLICY.replace('default_verdict: deny    #', 'default_verdict: allow    #').replace('# refuse what no rule allows\n', '# refuse what no rule allows\nshadow_mode: false\nobserve_mode: true\n'),
+    POLICY.replace('default_verdict: deny    #', 'default_verdict: allow    #').replace(
+      '# refuse what no rule allows\n',
+      '# refuse what no rule allows\nshadow_mode: false\nobserve_mode: true\n',
+    ),
   );
   for (const bad of [{}, { shadow_mode: 'yes' }, { rules: [] }, { default_verdict: 3 }]) {
     t.equal((await write(proxy, 'PATCH', '/v1/policy', await etagOf(proxy), bad)).status, 400, JSON.stringify(bad));
@@ -185,7 +220,12 @@ t.test('PATCH /v1/policy switches settings in place; shadow mode takes effect', 
 t.test('an invalid result is a 400 with every problem at its position in the file that would be written', async (t) => {
   const { proxy } = await setup(t);
   const etag = await etagOf(proxy);
-  const res = await write(proxy, 'POST', '/v1/rules', etag, { id: 'bad', priority: 'high', verdict: 'allow', egress: { allow: ['not a host', '10.0.0.1/8'] } });
+  const res = await write(proxy, 'POST', '/v1/rules', etag, {
+    id: 'bad',
+    priority: 'high',
+    verdict: 'allow',
+    egress: { allow: ['not a host', '10.0.0.1/8'] },
+  });
   t.equal(res.status, 400);
   t.equal(res.json.error.code, 'policy_invalid');
   const lines = (res.json.error.content as string).split('\n');
@@ -200,7 +240,12 @@ t.test('an invalid result is a 400 with every problem at its position in the fil
   const dup = await write(proxy, 'POST', '/v1/rules', etag, { id: 'allow-fetch', priority: 1, verdict: 'allow' });
   t.equal(dup.status, 400, 'a duplicate id');
   t.match(dup.json.error.errors[0], /duplicate rule id 'allow-fetch'/);
-  const put = await adminApi(proxy, 'PUT', '/v1/policy', { token: DEVELOPER_TOKEN, raw: 'version: 2\nrules: {}\n', type: 'application/yaml', headers: { 'if-match': etag } });
+  const put = await adminApi(proxy, 'PUT', '/v1/policy', {
+    token: DEVELOPER_TOKEN,
+    raw: 'version: 2\nrules: {}\n',
+    type: 'application/yaml',
+    headers: { 'if-match': etag },
+  });
   t.equal(put.status, 400);
   t.equal(put.json.error.errors.length, 2);
   t.equal(await readFile(proxy.policyFile, 'utf8'), POLICY, 'nothing written');
@@ -211,13 +256,27 @@ t.test('an invalid result is a 400 with every problem at its position in the fil
 t.test('PUT /v1/policy writes the text as sent', async (t) => {
   const { proxy, call } = await setup(t);
   const text = '# replaced whole\nversion: 1\ndefault_verdict: allow\n';
-  const wrongType = await adminApi(proxy, 'PUT', '/v1/policy', { token: DEVELOPER_TOKEN, body: { policy: text }, headers: { 'if-match': await etagOf(proxy) } });
+  const wrongType = await adminApi(proxy, 'PUT', '/v1/policy', {
+    token: DEVELOPER_TOKEN,
+    body: { policy: text },
+    headers: { 'if-match': await etagOf(proxy) },
+  });
   t.equal(wrongType.status, 415);
-  const res = await adminApi(proxy, 'PUT', '/v1/policy', { token: DEVELOPER_TOKEN, raw: text, type: 'application/yaml', headers: { 'if-match': await etagOf(proxy) } });
+  const res = await adminApi(proxy, 'PUT', '/v1/policy', {
+    token: DEVELOPER_TOKEN,
+    raw: text,
+    type: 'application/yaml',
+    headers: { 'if-match': await etagOf(proxy) },
+  });
   t.equal(res.status, 200, res.text);
   t.equal(await readFile(proxy.policyFile, 'utf8'), text);
   t.equal(await call('anything'), 200);
-  const same = await adminApi(proxy, 'PUT', '/v1/policy', { token: DEVELOPER_TOKEN, raw: text, type: 'application/yaml', headers: { 'if-match': await etagOf(proxy) } });
+  const same = await adminApi(proxy, 'PUT', '/v1/policy', {
+    token: DEVELOPER_TOKEN,
+    raw: text,
+    type: 'application/yaml',
+    headers: { 'if-match': await etagOf(proxy) },
+  });
   t.equal(same.status, 200);
   t.equal(same.json.generation, res.json.generation, 'the same bytes: no new generation');
   t.equal(same.json.written, false);
@@ -226,7 +285,9 @@ t.test('PUT /v1/policy writes the text as sent', async (t) => {
 t.test('concurrent writes with one If-Match: exactly one wins, the others get 412', async (t) => {
   const { proxy } = await setup(t);
   const etag = await etagOf(proxy);
-  const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => write(proxy, 'POST', '/v1/rules', etag, { id: `r${i}`, priority: 100 + i, verdict: 'allow' })));
+  const answers = await Promise.all(
+    Array.from({ length: 6 }, (_, i) => write(proxy, 'POST', '/v1/rules', etag, { id: `r${i}`, priority: 100 + i, verdict: 'allow' })),
+  );
   const statuses = answers.map((a) => a.status).sort();
   t.same(statuses, [200, 412, 412, 412, 412, 412]);
   const file = await readFile(proxy.policyFile, 'utf8');
@@ -241,8 +302,14 @@ t.test('hot reload from the file keeps working, and our own write is not loaded 
   t.equal(res.status, 200);
   // Longer than the watcher's debounce and poll: a second load of our write would show by now.
   await new Promise((r) => setTimeout(r, 2_500));
-  const metrics = await (await fetch(`http://127.0.0.1:${(proxy.running.admin?.server.address() as { port: number }).port}/metrics`)).text();
-  t.notMatch(metrics, /egress_policy_reloads_total\{result="unchanged",trigger="(watch|poll)"\} [1-9]/, 'the watcher did not load our write again');
+  const metrics = await (
+    await fetch(`http://127.0.0.1:${(proxy.running.admin?.server.address() as { port: number }).port}/metrics`)
+  ).text();
+  t.notMatch(
+    metrics,
+    /egress_policy_reloads_total\{result="unchanged",trigger="(watch|poll)"\} [1-9]/,
+    'the watcher did not load our write again',
+  );
   t.equal(proxy.events('policy.loaded').length, 2);
 
   // An operator edits the file by hand: loaded as usual, and the old ETag is now stale.
@@ -271,7 +338,9 @@ t.test('a read-only mount (as a ConfigMap is): 409 policy_read_only', async (t) 
   await writeFile(join(dir, 'policy.yaml'), POLICY);
   await writeFile(join(dir, 'proxy.yaml'), `listen: 127.0.0.1:0\npolicy: policy.yaml\n${ADMIN_WITH_TOKENS}\n`);
   const script = `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" dist/src/cli.js serve --config "$1/proxy.yaml"`;
-  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', dir, process.execPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', dir, process.execPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   t.teardown(() => void child.kill('SIGKILL'));
   let out = '';
   let err = '';

@@ -128,7 +128,7 @@ t.test('reload under load', async (t) => {
   const generations = new Set(proxy.events('egress.decision').map((e) => e.policy_generation));
   t.ok(generations.size > 20, `decisions were made by ${generations.size} generations`);
   const loaded = new Set(proxy.events('policy.loaded').map((e) => e.generation));
-  for (const g of generations) t.ok(loaded.has(g), `generation ${g} was a complete, loaded policy`);
+  for (const g of generations) t.ok(loaded.has(g), `generation ${String(g)} was a complete, loaded policy`);
   t.equal(proxy.events('policy.rejected').filter((e) => e.trigger !== 'start').length >= 11, true, 'every broken write was rejected and logged');
   for (const tunnel of tunnels) tunnel.socket.destroy();
 });

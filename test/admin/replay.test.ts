@@ -24,7 +24,8 @@ t.test('replay', async (t) => {
   const dns = await startDnsServer({ 'up.test': { A: ['127.0.0.1'] } });
   t.teardown(() => dns.close());
   const proxy = await startTestProxyFor(t, { policy: LIVE, config: ADMIN_WITH_TOKENS, dns: dns.address });
-  const call = async (tool: string, host: string) => (await rawRequest(proxy.port, getRequest(`http://${host}/`, host, `x-mcp-tool: ${tool}\r\n`))).status;
+  const call = async (tool: string, host: string) =>
+    (await rawRequest(proxy.port, getRequest(`http://${host}/`, host, `x-mcp-tool: ${tool}\r\n`))).status;
   const up = `127.0.0.1:${upstream.port}`;
   // 1 fetch, allowed by rule; 2 search, refused by default; 3 bad.example, refused by name (no DNS);
   // 4 metadata, refused by the baseline; 5 up.test resolved (127.0.0.1) and allowed.
@@ -35,7 +36,8 @@ t.test('replay', async (t) => {
   t.equal(await call('fetch', `up.test:${upstream.port}`), 200);
   const ids = (await proxy.waitForCount('egress.decision', 5)).map((e) => e.conn_id as string);
   t.equal(dns.queriesFor('bad.example').length, 0);
-  const replay = (policy: string, token = DEVELOPER_TOKEN, limit?: number) => adminApi(proxy, 'POST', '/v1/test/replay', { token, body: { policy, ...(limit ? { limit } : {}) } });
+  const replay = (policy: string, token = DEVELOPER_TOKEN, limit?: number) =>
+    adminApi(proxy, 'POST', '/v1/test/replay', { token, body: { policy, ...(limit ? { limit } : {}) } });
 
   t.test('the live policy as the draft changes nothing', async (t) => {
     const res = await replay(LIVE);
@@ -49,7 +51,13 @@ t.test('replay', async (t) => {
       'newest first',
     );
     for (const c of res.json.calls) t.same(c.live, c.draft);
-    t.match(res.json.calls.at(-1), { tool: 'fetch', host: '127.0.0.1', port: upstream.port, server: '127.0.0.1', recorded: { verdict: 'allow', dispatched: true, rule: { id: 'allow-fetch' }, policy_generation: 1 } });
+    t.match(res.json.calls.at(-1), {
+      tool: 'fetch',
+      host: '127.0.0.1',
+      port: upstream.port,
+      server: '127.0.0.1',
+      recorded: { verdict: 'allow', dispatched: true, rule: { id: 'allow-fetch' }, policy_generation: 1 },
+    });
     t.match(res.json.live, { generation: 1, sha256: proxy.running.store.current.sha256 });
   });
 
@@ -67,7 +75,10 @@ rules:
     // 1 (fetch, now refused), 2 (search, now allowed), 5 (up.test's recorded 127.0.0.1, now refused).
     t.same(res.json.changed, [ids[4], ids[1], ids[0]]);
     const byId = new Map(res.json.calls.map((c: { conn_id: string }) => [c.conn_id, c]));
-    t.match(byId.get(ids[0]), { live: { verdict: 'allow', dispatched: true, rule: { id: 'allow-fetch' } }, draft: { verdict: 'deny', dispatched: false, rule: { id: 'no-loopback-for-fetch' } } });
+    t.match(byId.get(ids[0]), {
+      live: { verdict: 'allow', dispatched: true, rule: { id: 'allow-fetch' } },
+      draft: { verdict: 'deny', dispatched: false, rule: { id: 'no-loopback-for-fetch' } },
+    });
     t.match(byId.get(ids[1]), { live: { verdict: 'deny', reason: 'default' }, draft: { verdict: 'allow', rule: { id: 'allow-search' } } });
     // The draft's fetch rules judge addresses, so it cannot refuse bad.example by name alone, and
     // bad.example was never resolved: unresolved, not guessed.
@@ -80,8 +91,13 @@ rules:
   });
 
   t.test('a call refused by name stays decided when the draft refuses it by name too', async (t) => {
-    const res = await replay('version: 1\ndefault_verdict: deny\nrules:\n  - {id: allow-search, priority: 1, verdict: allow, tool_name_glob: search, egress: {allow: [127.0.0.1]}}\n');
-    t.match(res.json.calls.find((c: { conn_id: string }) => c.conn_id === ids[2]), { live: { verdict: 'deny', rule: { id: 'deny-bad' } }, draft: { verdict: 'deny', reason: 'default' } });
+    const res = await replay(
+      'version: 1\ndefault_verdict: deny\nrules:\n  - {id: allow-search, priority: 1, verdict: allow, tool_name_glob: search, egress: {allow: [127.0.0.1]}}\n',
+    );
+    t.match(
+      res.json.calls.find((c: { conn_id: string }) => c.conn_id === ids[2]),
+      { live: { verdict: 'deny', rule: { id: 'deny-bad' } }, draft: { verdict: 'deny', reason: 'default' } },
+    );
     t.same(res.json.unresolved, []);
   });
 
@@ -89,7 +105,10 @@ rules:
     const res = await replay('version: 1\ndefault_verdict: allow\n');
     t.equal(res.status, 200, res.text);
     t.same(res.json.unresolved, [ids[2]]);
-    t.match(res.json.calls.find((c: { conn_id: string }) => c.conn_id === ids[2]), { live: { verdict: 'deny' }, draft: null });
+    t.match(
+      res.json.calls.find((c: { conn_id: string }) => c.conn_id === ids[2]),
+      { live: { verdict: 'deny' }, draft: null },
+    );
     t.same(res.json.changed, [ids[1]], 'search: refused by default live, allowed by the draft');
     t.equal(dns.queriesFor('bad.example').length, 0, 'bad.example still never asked for');
   });
@@ -106,14 +125,28 @@ rules:
     const res = await replay('version: 1\ndefault_verdict: maybe\nrules:\n  - {priority: 1, verdict: allow, egress: {allow: ["a b"]}}\n');
     t.equal(res.status, 400);
     t.equal(res.json.error.code, 'policy_invalid');
-    t.same(res.json.error.errors.map((e: string) => /^draft\.yaml:(\d+:\d+): error/.exec(e)?.[1]), ['2:18', '4:52']);
+    t.same(
+      res.json.error.errors.map((e: string) => /^draft\.yaml:(\d+:\d+): error/.exec(e)?.[1]),
+      ['2:18', '4:52'],
+    );
   });
 
   t.test('bad requests and roles', async (t) => {
     t.equal((await replay(LIVE, VIEWER_TOKEN)).status, 403);
     t.equal((await adminApi(proxy, 'POST', '/v1/test/replay', { body: { policy: LIVE } })).status, 401);
-    for (const body of [{}, { policy: 1 }, { policy: LIVE, limit: 0 }, { policy: LIVE, limit: 1001 }, { policy: LIVE, limit: 1.5 }, { policy: LIVE, extra: 1 }]) {
-      t.equal((await adminApi(proxy, 'POST', '/v1/test/replay', { token: DEVELOPER_TOKEN, body })).status, 400, JSON.stringify(body).slice(0, 60));
+    for (const body of [
+      {},
+      { policy: 1 },
+      { policy: LIVE, limit: 0 },
+      { policy: LIVE, limit: 1001 },
+      { policy: LIVE, limit: 1.5 },
+      { policy: LIVE, extra: 1 },
+    ]) {
+      t.equal(
+        (await adminApi(proxy, 'POST', '/v1/test/replay', { token: DEVELOPER_TOKEN, body })).status,
+        400,
+        JSON.stringify(body).slice(0, 60),
+      );
     }
   });
 });

@@ -45,7 +45,7 @@ t.test('credentials and identity', async (t) => {
 });
 
 t.test('without users, the Basic user name is a label and the source IP the fallback', async (t) => {
-  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy });
+  const { proxy, target } = await proxyWithUpstream(t, { policy });
   await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${basic('team-x', 'anything')}x-mcp-tool: http_get\r\n`));
   await rawRequest(proxy.port, getRequest(`http://${target}/`, target, 'x-mcp-tool: http_get\r\n'));
   const [labelled, byIp] = proxy.events('egress.decision');
@@ -54,7 +54,7 @@ t.test('without users, the Basic user name is a label and the source IP the fall
 });
 
 t.test('socket tags: registered calls attribute connections without headers', async (t) => {
-  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy });
+  const { proxy, target } = await proxyWithUpstream(t, { policy });
   const { registry } = proxy.running;
   registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
   const one = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, basic('team-a', 'x')));

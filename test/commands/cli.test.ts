@@ -14,7 +14,7 @@ async function tempFiles(files: Record<string, string>): Promise<Record<string, 
   const paths: Record<string, string> = {};
   for (const [name, text] of Object.entries(files)) {
     paths[name] = join(dir, name);
-    await writeFile(paths[name] as string, text);
+    await writeFile(paths[name], text);
   }
   return paths;
 }

@@ -92,7 +92,7 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === 3);
   const tunnel = connect({ host: '127.0.0.1', port });
   let got = '';
-  tunnel.on('data', (d) => (got += d));
+  tunnel.on('data', (d: Buffer) => (got += d.toString()));
   tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
   await new Promise((r) => tunnel.once('data', r));
   s.child.kill('SIGTERM');

@@ -213,7 +213,7 @@ t.test('editing from the console in Chromium', { skip: missing('chromium') }, as
       .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-conn-id')));
     t.same(listed.sort(), [...fetches].sort(), 'exactly the two fetch calls');
     t.match(
-      await p.page.locator(`.replay-result tr[data-conn-id="${fetches[0]}"]`).textContent(),
+      await p.page.locator(`.replay-result tr[data-conn-id="${String(fetches[0])}"]`).textContent(),
       /allowed allow-fetch.*refused default/,
       'live: allowed by allow-fetch; draft: refused by the default (on a deny rule the allow list only exempts)',
     );

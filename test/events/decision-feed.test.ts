@@ -8,7 +8,17 @@ function event(n: number, verdict: 'allow' | 'deny' = 'deny', tool: string | nul
   return {
     conn_id: `c-${n}`,
     policy_generation: 1,
-    decision: { verdict, dispatched: verdict === 'allow', shadow: false, reason: 'default', rule: null, after: null, addresses: [], trace: [], uncovered: false },
+    decision: {
+      verdict,
+      dispatched: verdict === 'allow',
+      shadow: false,
+      reason: 'default',
+      rule: null,
+      after: null,
+      addresses: [],
+      trace: [],
+      uncovered: false,
+    },
     tool,
     call_id: null,
     session_id: null,
@@ -75,7 +85,7 @@ t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new d
   t.same(resumed.ids(), [5, 6]);
   t.same(afterRestart.ids(), [1, 2, 3, 4, 5, 6], 'an id this process never gave (a restart) starts full');
   t.match(all.text, /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"event":"egress.decision","conn_id":"c-1",/);
-  t.notMatch(all.text, /\n\n\n/, 'the line\'s own newline is not a second blank line');
+  t.notMatch(all.text, /\n\n\n/, "the line's own newline is not a second blank line");
   feed.decision(event(7), line(7));
   feed.decision(event(8, 'allow'), line(8));
   await new Promise((r) => setTimeout(r, 30));
@@ -88,57 +98,66 @@ t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new d
   feed.close();
 });
 
-t.test('a stalled client: its waiting bytes stay within the budget and one batch, the rest is dropped and counted, then it is closed', async (t) => {
-  const budget = 4096;
-  const batch = 50;
-  const feed = new DecisionFeed({ budgetBytes: budget, flushMs: 60_000, heartbeatMs: 10, stalledMs: 50 });
-  const stalled = new FakeStream(true);
-  const healthy = new FakeStream(false);
-  feed.subscribe(stalled, () => true);
-  feed.subscribe(healthy, () => true);
-  const batchBytes = batch * (line(1000).length + 30);
-  let most = 0;
-  for (let i = 1; i <= 500; i++) {
-    feed.decision(event(i), line(i));
-    if (i % batch === 0) {
-      feed.flush();
-      most = Math.max(most, feed.maxBacklog());
+t.test(
+  'a stalled client: its waiting bytes stay within the budget and one batch, the rest is dropped and counted, then it is closed',
+  async (t) => {
+    const budget = 4096;
+    const batch = 50;
+    const feed = new DecisionFeed({ budgetBytes: budget, flushMs: 60_000, heartbeatMs: 10, stalledMs: 50 });
+    const stalled = new FakeStream(true);
+    const healthy = new FakeStream(false);
+    feed.subscribe(stalled, () => true);
+    feed.subscribe(healthy, () => true);
+    const batchBytes = batch * (line(1000).length + 30);
+    let most = 0;
+    for (let i = 1; i <= 500; i++) {
+      feed.decision(event(i), line(i));
+      if (i % batch === 0) {
+        feed.flush();
+        most = Math.max(most, feed.maxBacklog());
+      }
     }
-  }
-  t.ok(most <= budget + batchBytes, `waiting at most ${most} <= ${budget} + one batch (${batchBytes})`);
-  const kept = stalled.ids().length;
-  t.ok(kept > 0 && kept < 500, `some kept (${kept}), the rest dropped`);
-  t.equal(feed.droppedTotal, 500 - kept, 'every dropped decision is counted');
-  t.equal(healthy.ids().length, 500, 'a healthy stream loses nothing to a stalled one');
-  // The client takes what was waiting: the next flush says how many it missed.
-  stalled.taken = stalled.text.length;
-  stalled.stalled = false;
-  feed.decision(event(501), line(501));
-  feed.flush();
-  t.match(stalled.text, new RegExp(`event: dropped\\ndata: \\{"dropped":${500 - kept}\\}\\n\\n`));
-  t.equal(stalled.ids().at(-1), 501);
-  // Stalled again and for longer than stalledMs: closed, its slot freed.
-  stalled.stalled = true;
-  stalled.taken = 0;
-  for (let i = 502; i <= 900; i++) feed.decision(event(i), line(i));
-  feed.flush();
-  feed.decision(event(901), line(901));
-  feed.flush();
-  await new Promise((r) => setTimeout(r, 120));
-  t.ok(stalled.destroyed, 'the stalled stream is closed');
-  t.equal(feed.subscriberCount, 1);
-  t.notOk(healthy.destroyed);
-  feed.close();
-  t.ok(healthy.destroyed, 'close() ends every stream');
-});
+    t.ok(most <= budget + batchBytes, `waiting at most ${most} <= ${budget} + one batch (${batchBytes})`);
+    const kept = stalled.ids().length;
+    t.ok(kept > 0 && kept < 500, `some kept (${kept}), the rest dropped`);
+    t.equal(feed.droppedTotal, 500 - kept, 'every dropped decision is counted');
+    t.equal(healthy.ids().length, 500, 'a healthy stream loses nothing to a stalled one');
+    // The client takes what was waiting: the next flush says how many it missed.
+    stalled.taken = stalled.text.length;
+    stalled.stalled = false;
+    feed.decision(event(501), line(501));
+    feed.flush();
+    t.match(stalled.text, new RegExp(`event: dropped\\ndata: \\{"dropped":${500 - kept}\\}\\n\\n`));
+    t.equal(stalled.ids().at(-1), 501);
+    // Stalled again and for longer than stalledMs: closed, its slot freed.
+    stalled.stalled = true;
+    stalled.taken = 0;
+    for (let i = 502; i <= 900; i++) feed.decision(event(i), line(i));
+    feed.flush();
+    feed.decision(event(901), line(901));
+    feed.flush();
+    await new Promise((r) => setTimeout(r, 120));
+    t.ok(stalled.destroyed, 'the stalled stream is closed');
+    t.equal(feed.subscriberCount, 1);
+    t.notOk(healthy.destroyed);
+    feed.close();
+    t.ok(healthy.destroyed, 'close() ends every stream');
+  },
+);
 
 t.test('the number of streams is capped', async (t) => {
   const feed = new DecisionFeed({ maxSubscribers: 2 });
   t.ok(feed.subscribe(new FakeStream(false), () => true));
   const end = feed.subscribe(new FakeStream(false), () => true);
-  t.equal(feed.subscribe(new FakeStream(false), () => true), null);
+  t.equal(
+    feed.subscribe(new FakeStream(false), () => true),
+    null,
+  );
   end?.();
-  t.ok(feed.subscribe(new FakeStream(false), () => true), 'a slot frees when a stream ends');
+  t.ok(
+    feed.subscribe(new FakeStream(false), () => true),
+    'a slot frees when a stream ends',
+  );
   feed.close();
 });
 
@@ -172,7 +191,12 @@ t.test('the event sink hands the feed the very line it writes, also when the log
     t.equal(fed.length, 2, `${level}: both decisions fed`);
     const untimed = (l: string) => l.replace(/"time":"[^"]+"/, '');
     t.same(fed.map(untimed), [decisionLine(event(1)), decisionLine(event(2))].map(untimed), `${level}: the decision lines`);
-    if (level === 'info') t.same(written.join('').split('\n').filter(Boolean), fed.map((l) => l.trimEnd()), 'info: the log got the same lines');
+    if (level === 'info')
+      t.same(
+        written.join('').split('\n').filter(Boolean),
+        fed.map((l) => l.trimEnd()),
+        'info: the log got the same lines',
+      );
     else t.equal(written.length, 0, 'warn: the log got none');
     sink.tapDecisions(null);
     sink.decision(event(3));

@@ -16,7 +16,6 @@ export const ADMIN_WITH_TOKENS = `admin:
 export interface ApiAnswer {
   status: number;
   text: string;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   json: any;
   headers: Headers;
 }
@@ -40,7 +39,7 @@ export async function adminApi(
   }
   const res = await fetch(`http://127.0.0.1:${adminPort(proxy)}${path}`, { method, headers, body });
   const text = await res.text();
-  let json: unknown = null;
+  let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {

@@ -48,7 +48,7 @@ export async function startDnsServer(handler: Handler | Record<string, Answer>):
       type: 'response',
       flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | flags,
       questions: query.questions,
-      answers: flags === 0 ? records.map((data) => ({ name: question.name, type, class: 'IN', ttl: a?.ttl ?? 60, data }) as dnsPacket.Answer) : [],
+      answers: flags === 0 ? records.map((data) => ({ name: question.name, type, class: 'IN', ttl: a?.ttl ?? 60, data })) : [],
     });
     socket.send(response, rinfo.port, rinfo.address);
   });

@@ -1,7 +1,7 @@
 /**
  * A reference evaluator written straight from policy.md, with no index: a loop over the rules
  * sorted by priority and file order. Its glob matcher and CIDR matching (ipaddr.js) are its own,
- * so it shares no matching code with src/policy/compile.ts and evaluate.ts. Sequence clauses:
+ * so it shares no matching code with src/policy/ (glob, entry-set, rule-index, evaluate). Sequence clauses:
  * a plain filter over the whole history for the calls that satisfy the clause, the most recent
  * kept (no reliance on the history's order, no memo, no early stop).
  */
@@ -64,7 +64,7 @@ function addressOnEntry(entry: Entry & { kind: 'cidr' }, text: string): boolean 
   const addr = ipaddr.parse(text);
   const [net, len] = ipaddr.parseCIDR(entry.cidr.text);
   if (addr.kind() !== net.kind()) return false;
-  return addr.match([net, len] as [ipaddr.IPv4 | ipaddr.IPv6, number] as never);
+  return addr.match([net, len] as never);
 }
 
 function onEntry(entry: Entry, name: string | null, a: IpAddress | null): boolean {

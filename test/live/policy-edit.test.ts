@@ -27,8 +27,15 @@ rules:
 const cases: Array<{ name: string; text?: string; edit: PolicyEdit; want: string }> = [
   {
     name: 'replace: unchanged keys keep their comments, changed values keep the line comment',
-    edit: { kind: 'replace_rule', id: 'a', rule: { id: 'a', priority: 3, verdict: 'allow', egress: { allow: ['x.example', 'y.example'] } } },
-    want: BASE.replace('    priority: 1    # keep me\n', '    priority: 3 # keep me\n').replace('      allow: [ x.example ]\n', '      allow: [x.example, y.example]\n'),
+    edit: {
+      kind: 'replace_rule',
+      id: 'a',
+      rule: { id: 'a', priority: 3, verdict: 'allow', egress: { allow: ['x.example', 'y.example'] } },
+    },
+    want: BASE.replace('    priority: 1    # keep me\n', '    priority: 3 # keep me\n').replace(
+      '      allow: [ x.example ]\n',
+      '      allow: [x.example, y.example]\n',
+    ),
   },
   {
     name: 'replace: a removed key goes, a new key goes in the documented order, the id stays when the body has none',
@@ -38,7 +45,10 @@ const cases: Array<{ name: string; text?: string; edit: PolicyEdit; want: string
   {
     name: 'delete: the rule, its comment and its blank line',
     edit: { kind: 'delete_rule', id: 'a' },
-    want: BASE.replace('  # first\n  - id: a\n    priority: 1    # keep me\n    verdict: allow\n    egress:\n      # inner\n      allow: [ x.example ]\n\n', ''),
+    want: BASE.replace(
+      '  # first\n  - id: a\n    priority: 1    # keep me\n    verdict: allow\n    egress:\n      # inner\n      allow: [ x.example ]\n\n',
+      '',
+    ),
   },
   {
     name: 'delete the last rule: the blank line before it goes',
@@ -48,7 +58,10 @@ const cases: Array<{ name: string; text?: string; edit: PolicyEdit; want: string
   {
     name: 'add: after the last rule, blank-line separated like the others, keys in the documented order',
     edit: { kind: 'add_rule', rule: { verdict: 'audit', priority: 9, id: 'c', egress: { deny: ['*.paste.example'] } } },
-    want: BASE.replace('    verdict: deny\n# tail', '    verdict: deny\n\n  - id: c\n    priority: 9\n    verdict: audit\n    egress:\n      deny: ["*.paste.example"]\n# tail'),
+    want: BASE.replace(
+      '    verdict: deny\n# tail',
+      '    verdict: deny\n\n  - id: c\n    priority: 9\n    verdict: audit\n    egress:\n      deny: ["*.paste.example"]\n# tail',
+    ),
   },
   {
     name: 'settings: a value in place (its comment stays), a new key after the one before it',
@@ -102,7 +115,11 @@ t.test('every edit of the example policy leaves a valid policy and the other rul
   const spec = parsePolicy('p.yaml', text).spec;
   t.ok(spec);
   for (const rule of spec?.rules ?? []) {
-    const replaced = applyPolicyEdit(text, { kind: 'replace_rule', id: rule.id, rule: { id: rule.id, priority: rule.priority + 1, verdict: 'deny' } });
+    const replaced = applyPolicyEdit(text, {
+      kind: 'replace_rule',
+      id: rule.id,
+      rule: { id: rule.id, priority: rule.priority + 1, verdict: 'deny' },
+    });
     const deleted = applyPolicyEdit(text, { kind: 'delete_rule', id: rule.id });
     for (const [what, r] of [
       ['replace', replaced],

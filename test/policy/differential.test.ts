@@ -147,7 +147,7 @@ t.test('indexed and reference evaluators agree', async (t) => {
         if (got.after !== null) decidedAfter++;
         if (spec.rules.some((r) => r.after !== null && r.stage === 'egress' && refEarlier(r.after, ctx) === null)) clauseFailed++;
         const perAddress = got.trace.map((e) => e.rule?.id ?? null);
-        if (JSON.stringify(perAddress) !== JSON.stringify(want.perAddress)) throw new Error(`trace differs: ${perAddress} vs ${want.perAddress}`);
+        if (JSON.stringify(perAddress) !== JSON.stringify(want.perAddress)) throw new Error(`trace differs: ${perAddress.join(',')} vs ${want.perAddress.join(',')}`);
         for (const entry of got.trace) {
           if (entry.not_matched && entry.decided_by !== 'ssrf_baseline') {
             const before = policy.allRules.findIndex((r) => r.id === entry.rule?.id);

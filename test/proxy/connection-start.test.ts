@@ -97,7 +97,7 @@ t.test('a client that leaves mid-head is dropped without an answer or a call', a
   await once(socket, 'connect');
   socket.end('CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n');
   let answer = '';
-  socket.on('data', (d) => (answer += d));
+  socket.on('data', (d) => (answer += d.toString()));
   await once(socket, 'close');
   t.equal(answer, '');
   const ok = await rawRequest(proxy.port, connectRequest(`127.0.0.1:${upstream.port}`) + tunnelledGet(upstream.port, '/still'));

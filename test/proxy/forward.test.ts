@@ -101,7 +101,7 @@ t.test('a large response streams through with backpressure, and bytes are counte
   const closed = await Promise.all([1, 2].map((n) => proxy.waitFor((e) => e.event === 'egress.closed' && proxy.events('egress.closed').length >= n)));
   const lines = proxy.events('egress.closed');
   t.equal(lines.length, 2);
-  t.ok((lines[0]?.bytes_down as number) > size && (lines[0]?.bytes_down as number) < size + 1024, `the first call's bytes_down is its own (${lines[0]?.bytes_down})`);
+  t.ok((lines[0]?.bytes_down as number) > size && (lines[0]?.bytes_down as number) < size + 1024, `the first call's bytes_down is its own (${String(lines[0]?.bytes_down)})`);
   t.ok((lines[1]?.bytes_down as number) < 1024, 'the second call counts only its own answer');
   t.ok((lines[0]?.bytes_up as number) > 20 && (lines[0]?.bytes_up as number) < 1024);
   t.equal(lines[0]?.end, 'upstream_closed');

@@ -62,7 +62,7 @@ t.test('hostile clients', async (t) => {
     const started = Date.now();
     const silent = connect({ host: '127.0.0.1', port: proxy.port });
     let answer = '';
-    silent.on('data', (d) => (answer += d));
+    silent.on('data', (d) => (answer += d.toString()));
     t.equal(await healthy(), 200, 'served while the silent client waits');
     await new Promise((resolve) => silent.on('close', resolve));
     const waited = Date.now() - started;
@@ -73,7 +73,7 @@ t.test('hostile clients', async (t) => {
   t.test('a client that trickles its headers is cut off too', async (t) => {
     const slow = connect({ host: '127.0.0.1', port: proxy.port });
     let answer = '';
-    slow.on('data', (d) => (answer += d));
+    slow.on('data', (d) => (answer += d.toString()));
     slow.write('GET http://a.test/ HTTP/1.1\r\n');
     const timer = setInterval(() => slow.writable && slow.write('x-a: b\r\n'), 100);
     await new Promise((resolve) => slow.on('close', resolve));

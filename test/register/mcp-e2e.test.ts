@@ -88,7 +88,7 @@ async function concurrentCalls(t: Test, server: string): Promise<void> {
   t.equal(decisions.length, plan.length, 'one decision per call');
   for (const d of decisions) {
     const expectedTool = d.port === a.port ? (d.dispatched ? 'fetch_url' : 'fetch_json') : d.dispatched ? 'fetch_json' : 'fetch_url';
-    t.equal(d.tool, expectedTool, `port ${d.port} dispatched=${d.dispatched} attributed to ${expectedTool}`);
+    t.equal(d.tool, expectedTool, `port ${String(d.port)} dispatched=${String(d.dispatched)} attributed to ${expectedTool}`);
     t.match(d.call_id, /^[0-9a-f]{32}$/, '128-bit call id');
   }
   t.equal(new Set(decisions.map((d) => d.call_id)).size, plan.length, 'every call has its own id');

@@ -111,7 +111,7 @@ rules:
     const decisions = await proxy.waitForCount('egress.decision', calls.length);
     t.equal(decisions.length, calls.length, 'one decision per call: no double proxying, no second tunnel');
     for (const d of decisions) {
-      t.equal(d.tool, server.tool, `${d.method} ${d.host}:${d.port} attributed to ${server.tool}`);
+      t.equal(d.tool, server.tool, `${String(d.method)} ${String(d.host)}:${String(d.port)} attributed to ${server.tool}`);
       t.match(d.call_id, /^[0-9a-f]{32}$/, 'a 128-bit call id');
     }
     t.equal(new Set(decisions.map((d) => d.call_id)).size, calls.length, 'every call has its own id');
