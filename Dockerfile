@@ -9,6 +9,8 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY bench ./bench
+COPY console ./console
+COPY scripts/build-console.mjs ./scripts/
 RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
@@ -18,6 +20,7 @@ WORKDIR /opt/mcp-egress-proxy
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist/src ./dist/src
+COPY --from=build /src/dist/console ./dist/console
 COPY config/proxy.yaml config/policy.yaml /etc/mcp-egress-proxy/
 USER 10001:10001
 # Only the proxy port: the admin API listens on 127.0.0.1 inside the container (tokenless admin

@@ -12,7 +12,7 @@ import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 
 export interface AdminRuntime {
   readonly store: Pick<PolicyStore, 'current' | 'loaded' | 'lastError'>;
-  readonly registry: Pick<CallStore, 'register' | 'end' | 'size'>;
+  readonly registry: Pick<CallStore, 'register' | 'end' | 'size' | 'open'>;
   readonly discovered: Pick<DiscoveredLog, 'list'>;
   /** Session history: registrations are recorded; `GET /v1/history` and `POST /v1/test` read it. */
   readonly history: Pick<HistoryStore, 'record' | 'read'>;

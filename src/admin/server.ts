@@ -33,6 +33,7 @@ import { dryRun } from '../decide/dry-run.js';
 import { historyKey } from '../state/types.js';
 import { earlierFromJson, historyOf, LABEL, MAX_EARLIER } from '../decide/dry-run-history.js';
 import type { EarlierCall } from '../decide/dry-run-history.js';
+import { ConsoleAssets, isConsolePath } from './console-assets.js';
 import { draftPolicy } from './draft.js';
 import { createHostCheck } from './host-check.js';
 import { EVENTS_QUERY_KEYS, serveEvents } from './events-route.js';
@@ -55,7 +56,12 @@ const MAX_DESTINATION = 2048;
 const MAX_RESOLVE_HOSTS = 64;
 const MAX_RESOLVE_ADDRESSES = 64;
 /** Query keys each route accepts; others (and repeated ones) are a 400. */
-const QUERY_KEYS: Record<string, readonly string[]> = { '/v1/discovered': ['format'], '/v1/history': ['session', 'server'], '/v1/events': EVENTS_QUERY_KEYS };
+const QUERY_KEYS: Record<string, readonly string[]> = {
+  '/v1/discovered': ['format'],
+  '/v1/history': ['session', 'server'],
+  '/v1/events': EVENTS_QUERY_KEYS,
+  '/v1/calls': ['client'],
+};
 
 export interface AdminDeps {
   readonly config: ProxyConfig;
@@ -66,6 +72,8 @@ export interface AdminDeps {
   readonly isSelf?: (ip: IpAddress, port: number) => boolean;
   /** The host's own addresses (default: its interfaces), for the Host check on a wildcard listener. */
   readonly localAddresses?: () => ReadonlySet<string>;
+  /** The built console's directory (default: the package's dist/console). */
+  readonly consoleDir?: string;
 }
 
 /** An optional label field: absent/null, or a string of 1 to 256 characters without control characters. */
@@ -147,8 +155,10 @@ export class AdminServer {
   private readonly tokenHashes: ReadonlyArray<{ hash: string; role: Role; name: string }>;
   private bound: Listener | null = null;
   private readonly hostCheck: ReturnType<typeof createHostCheck>;
+  private readonly console: ConsoleAssets;
 
   constructor(private readonly deps: AdminDeps) {
+    this.console = new ConsoleAssets(deps.consoleDir);
     this.tokenHashes = deps.config.admin.tokens.map((t) => ({ hash: t.sha256, role: t.role, name: t.name }));
     this.hostCheck = createHostCheck({ listener: () => this.bound, allowedHosts: deps.config.admin.allowedHosts, localAddresses: deps.localAddresses });
     this.server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 }, (req, res) => void this.handle(req, res));
@@ -231,6 +241,8 @@ export class AdminServer {
       const hostVerdict = this.hostCheck(req.headers.host, req.headers.origin);
       if (!hostVerdict.ok) throw new HttpError(hostVerdict.status, hostVerdict.code, hostVerdict.message);
       const url = parseTarget(req.url);
+      // The console's files: after the Host/Origin check, before any route (console-assets.ts).
+      if (isConsolePath(url.path)) return this.console.serve(req, res, url.path);
       checkQuery(url.path, url.query);
       const route = `${req.method} ${url.path}`;
       const { running } = this.deps;
@@ -315,6 +327,18 @@ export class AdminServer {
             dispatched: null,
           });
           return this.send(res, 201, { call_id: registered.callId, tool: registered.tool, client: registered.client, session_id: registered.sessionId, expires_at: new Date(registered.expiresAt).toISOString() });
+        }
+        case 'GET /v1/calls': {
+          // One client's open registrations (the console's Calls view): by client, as the data path looks them up.
+          this.require(req, 'viewer');
+          const client = url.query.get('client');
+          if (client === null || !LABEL.test(client)) throw badRequest('client is required (?client=USER or a source IP)');
+          const canonical = canonicalHost(client);
+          const calls = await running.registry.open(canonical.kind === 'ip' ? canonical.host : client);
+          return this.send(res, 200, {
+            client,
+            calls: calls.map((c) => ({ call_id: c.callId, tool: c.tool, client: c.client, session_id: c.sessionId, registered_at: new Date(c.registeredAt).toISOString(), expires_at: new Date(c.expiresAt).toISOString() })),
+          });
         }
         case 'GET /v1/events':
           return serveEvents(this.context(req, res, url.path), res, url.query, running.feed);
