@@ -15,7 +15,7 @@ import { createState } from '../../src/state/create-state.js';
 import type { State } from '../../src/state/create-state.js';
 import { RedisConnection } from '../../src/state/redis/connection.js';
 import { RedisCallStore } from '../../src/state/redis/redis-calls.js';
-import { RedisHistoryStore } from '../../src/state/redis/redis-history.js';
+import { MAX_UNRELIABLE_KEYS, RedisHistoryStore } from '../../src/state/redis/redis-history.js';
 import { historyKey, StateUnavailableError } from '../../src/state/types.js';
 import type { CallStore, DiscoveredDestination } from '../../src/state/types.js';
 import { missing } from '../helpers/requires.js';
@@ -428,3 +428,46 @@ rules:
     );
   },
 );
+
+t.test('redis history: a call not yet acknowledged is seen by reads here; a dropped one fails the key closed for its window', async (t) => {
+  // A connection whose background writes wait for the test to settle them, over a Redis that holds nothing.
+  const writes: Array<(applied: boolean) => void> = [];
+  const conn = {
+    write: (_run: () => Promise<unknown>, _idempotent: boolean, settled?: (applied: boolean) => void) => writes.push(settled ?? (() => {})),
+    read: <T>(run: () => Promise<T>) => run(),
+    command: () => Promise.resolve([]),
+  } as unknown as RedisConnection;
+  let now = 1_000_000;
+  const history = new RedisHistoryStore(conn, 'p:', () => now);
+  history.setRetention(60);
+  const read = (session: string, n: string | null, at = now): HistoryCall => ({
+    at,
+    tool: 'read_file',
+    callId: n,
+    server: 'srv',
+    sessionId: session,
+    host: null,
+    address: null,
+    dispatched: null,
+  });
+  history.record(read('s1', 'c1'));
+  t.same(
+    (await history.read(historyKey('s1', 'srv'), now))?.map((c) => c.callId),
+    ['c1'],
+    'queued, not yet in Redis: this replica still sees it',
+  );
+  writes.shift()?.(true);
+  t.same(await history.read(historyKey('s1', 'srv'), now), [], 'acknowledged: from Redis only (empty here)');
+
+  history.record(read('s2', 'c2'));
+  writes.shift()?.(false);
+  t.equal(await history.read(historyKey('s2', 'srv'), now + 59_000), null, 'dropped: the key cannot be vouched for within the window');
+  t.same(await history.read(historyKey('s1', 'srv'), now + 59_000), [], 'other keys are unaffected');
+  t.same(await history.read(historyKey('s2', 'srv'), now + 60_001), [], 'once the dropped call is out of the window, readable again');
+
+  for (let i = 0; i < MAX_UNRELIABLE_KEYS + 1; i++) history.record(read(`many-${i}`, `m${i}`));
+  for (const settle of writes.splice(0)) settle(false);
+  t.equal(await history.read(historyKey('never-seen', 'srv'), now + 1), null, 'past the bound of remembered keys, every key fails closed');
+  now += 60_001;
+  t.same(await history.read(historyKey('never-seen', 'srv'), now), [], 'until the window has passed');
+});

@@ -58,6 +58,8 @@ export function script(source: string): Script {
 interface Write {
   readonly run: () => Promise<unknown>;
   readonly idempotent: boolean;
+  /** Told once whether the write reached Redis (true) or was dropped (false). */
+  readonly settled?: (applied: boolean) => void;
 }
 
 type Reply = unknown;
@@ -178,8 +180,8 @@ export class RedisConnection {
   }
 
   /** A write no decision waits on: sent now, or retried later; never throws, never blocks. */
-  write(run: () => Promise<unknown>, idempotent: boolean): void {
-    const w: Write = { run, idempotent };
+  write(run: () => Promise<unknown>, idempotent: boolean, settled?: (applied: boolean) => void): void {
+    const w: Write = { run, idempotent, settled };
     if (!this.writerReady || this.inFlight >= MAX_IN_FLIGHT || this.queue.length > 0) this.enqueue(w);
     else this.send(w);
   }
@@ -194,13 +196,14 @@ export class RedisConnection {
     w.run().then(
       () => {
         this.inFlight--;
+        w.settled?.(true);
       },
       (err: unknown) => {
         this.inFlight--;
-        if (err instanceof ErrorReply) this.options.onDropped?.('rejected');
+        if (err instanceof ErrorReply) this.dropped(w, 'rejected');
         // Offline: the command was never sent, so a retry cannot apply it twice.
         else if (err instanceof ClientOfflineError || w.idempotent) this.enqueue(w, true);
-        else this.options.onDropped?.('unknown_outcome');
+        else this.dropped(w, 'unknown_outcome');
       },
     );
   }
@@ -209,10 +212,12 @@ export class RedisConnection {
     if (this.closed) return;
     if (retry) this.options.onRetried?.();
     this.queue.push(w);
-    if (this.queue.length > this.maxQueued) {
-      this.queue.shift();
-      this.options.onDropped?.('queue_full');
-    }
+    if (this.queue.length > this.maxQueued) this.dropped(this.queue.shift() as Write, 'queue_full');
+  }
+
+  private dropped(w: Write, reason: DropReason): void {
+    this.options.onDropped?.(reason);
+    w.settled?.(false);
   }
 
   private drain(): void {

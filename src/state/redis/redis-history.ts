@@ -12,6 +12,14 @@
  *   its own member (its host, address and outcome are what `after.hosts` asks about).
  *
  * A read is one ZREVRANGEBYSCORE: one round trip. Recording is a background write (never blocks).
+ *
+ * Losing a write fails open (a sequence rule would not see the call), so this replica keeps what
+ * it has sent and not yet seen acknowledged: a read merges the key's pending calls (a `fetch`
+ * decided while its `read_file` is still queued for a Redis that was briefly away still sees it),
+ * and a write that was dropped (retry queue full, rejected, outcome unknown) makes the key's
+ * history unreadable (`null`, so `state_unavailable`) until the dropped call would have left the
+ * window; past `MAX_UNRELIABLE_KEYS` such keys, every key is. Another replica cannot know of this
+ * replica's drops: the dropped-writes counter is what an operator alerts on (README).
  */
 import { randomBytes } from 'node:crypto';
 import { parseIpLiteral } from '../../net/address.js';
@@ -49,8 +57,16 @@ type Stored = [
   dispatched: boolean | null,
 ];
 
+/** Keys remembered as having lost a write; beyond this, every key counts as having lost one. */
+export const MAX_UNRELIABLE_KEYS = 10_000;
+
 export class RedisHistoryStore implements HistoryStore {
   private retentionMs = 0;
+  /** Calls sent (or queued) and not yet acknowledged, by key. */
+  private readonly pending = new Map<string, HistoryCall[]>();
+  /** Keys with a dropped write: until when their history cannot be vouched for. */
+  private readonly unreliable = new Map<string, number>();
+  private allUnreliableUntil = 0;
 
   constructor(
     private readonly conn: RedisConnection,
@@ -91,12 +107,41 @@ export class RedisHistoryStore implements HistoryStore {
       String(now),
       call.host !== null ? '1' : '0',
     ];
-    this.conn.write(() => this.conn.evalInBackground(RECORD, keys, args(this.now())), true);
+    const pending = this.pending.get(key);
+    if (pending) pending.push(call);
+    else this.pending.set(key, [call]);
+    this.conn.write(
+      () => this.conn.evalInBackground(RECORD, keys, args(this.now())),
+      true,
+      (applied) => this.settled(key, call, applied),
+    );
+  }
+
+  private settled(key: string, call: HistoryCall, applied: boolean): void {
+    const pending = this.pending.get(key);
+    const i = pending ? pending.indexOf(call) : -1;
+    if (pending && i >= 0) pending.splice(i, 1);
+    if (pending?.length === 0) this.pending.delete(key);
+    if (applied) return;
+    const until = call.at + this.retentionMs;
+    if (this.unreliable.size >= MAX_UNRELIABLE_KEYS && !this.unreliable.has(key)) {
+      const now = this.now();
+      for (const [k, u] of this.unreliable) if (u <= now) this.unreliable.delete(k);
+    }
+    if (this.unreliable.size >= MAX_UNRELIABLE_KEYS && !this.unreliable.has(key)) this.allUnreliableUntil = Math.max(this.allUnreliableUntil, until);
+    else this.unreliable.set(key, Math.max(this.unreliable.get(key) ?? 0, until));
   }
 
   read(key: string, now: number): Promise<readonly HistoryCall[] | null> {
     if (this.retentionMs === 0) return Promise.resolve([]);
+    if (now < this.allUnreliableUntil) return Promise.resolve(null);
+    const until = this.unreliable.get(key);
+    if (until !== undefined) {
+      if (now < until) return Promise.resolve(null);
+      this.unreliable.delete(key);
+    }
     const from = now - this.retentionMs;
+    const local = this.pending.get(key)?.filter((c) => c.at >= from) ?? [];
     return this.conn
       .read(() =>
         this.conn.command(['ZREVRANGEBYSCORE', `${this.prefix}hist:${key}`, '+inf', String(from), 'LIMIT', '0', String(MAX_CALLS_PER_KEY)]),
@@ -107,7 +152,9 @@ export class RedisHistoryStore implements HistoryStore {
           const call = parseStored(String(member));
           if (call) calls.push(call);
         }
-        return calls;
+        if (local.length === 0) return calls;
+        // A pending call may have landed already: a duplicate in a history changes no match.
+        return [...local, ...calls].sort((a, b) => b.at - a.at).slice(0, MAX_CALLS_PER_KEY);
       });
   }
 }
