@@ -43,14 +43,20 @@ interface Target {
 
 type ProxyKind = 'egress' | 'egress-redis' | 'egress-events' | 'proxy-chain' | 'minimal';
 
-function startProxyProcess(kind: ProxyKind, profileDir?: string, env: Record<string, string> = {}): Promise<Target & { child: ChildProcess; admin: number | null }> {
+function startProxyProcess(
+  kind: ProxyKind,
+  profileDir?: string,
+  env: Record<string, string> = {},
+): Promise<Target & { child: ChildProcess; admin: number | null }> {
   return new Promise((resolve, reject) => {
     const child = fork(new URL('./proxy-process.js', import.meta.url), [kind], {
       execArgv: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : ['--expose-gc'],
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
       env: { ...process.env, ...env },
     });
-    child.once('message', (m: { port: number; admin?: number | null }) => resolve({ name: kind, port: m.port, child, admin: m.admin ?? null }));
+    child.once('message', (m: { port: number; admin?: number | null }) =>
+      resolve({ name: kind, port: m.port, child, admin: m.admin ?? null }),
+    );
     child.once('error', reject);
   });
 }
@@ -104,7 +110,12 @@ function requester(port: number, request: string): { send(): Promise<number>; cl
 }
 
 /** `toolHeader` false: no attribution header, so each request looks up the client's registered calls. */
-async function s1(port: number, upstreamPort: number, proxied: boolean, toolHeader = true): Promise<{ rps: number; p50: number; p99: number; total: number }> {
+async function s1(
+  port: number,
+  upstreamPort: number,
+  proxied: boolean,
+  toolHeader = true,
+): Promise<{ rps: number; p50: number; p99: number; total: number }> {
   const path = proxied ? `http://${HOST}:${upstreamPort}/` : '/';
   const request = `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\n${toolHeader ? 'x-mcp-tool: bench\r\n' : ''}\r\n`;
   const clients = Array.from({ length: 50 }, () => requester(port, request));
@@ -140,7 +151,11 @@ function oneTunnel(port: number, upstreamPort: number, proxied: boolean): Promis
     let stage: 'connect' | 'response' = proxied ? 'connect' : 'response';
     let data = '';
     socket.on('connect', () => {
-      socket.write(proxied ? `CONNECT ${HOST}:${upstreamPort} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\n\r\n` : `GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      socket.write(
+        proxied
+          ? `CONNECT ${HOST}:${upstreamPort} HTTP/1.1\r\nHost: ${HOST}:${upstreamPort}\r\n\r\n`
+          : `GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+      );
     });
     socket.on('data', (d) => {
       data += d.toString('latin1');
@@ -156,7 +171,12 @@ function oneTunnel(port: number, upstreamPort: number, proxied: boolean): Promis
   });
 }
 
-async function s2(port: number, upstreamPort: number, proxied: boolean, total = 4000): Promise<{ perSecond: number; p50: number; p99: number; total: number }> {
+async function s2(
+  port: number,
+  upstreamPort: number,
+  proxied: boolean,
+  total = 4000,
+): Promise<{ perSecond: number; p50: number; p99: number; total: number }> {
   const latencies: number[] = [];
   let next = 0;
   const started = performance.now();
@@ -200,7 +220,9 @@ async function startBenchRedis(): Promise<{ url: string; roundTripMs: number; st
   const port = (free.address() as AddressInfo).port;
   await new Promise((r) => free.close(r));
   const dir = await mkdtemp(join(tmpdir(), 'mep-bench-redis-'));
-  const child = spawn('redis-server', ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  const child = spawn('redis-server', ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  });
   const ping = (): Promise<number> =>
     new Promise((resolve, reject) => {
       const socket = connect({ host: HOST, port, noDelay: true });
@@ -364,7 +386,10 @@ export function topFunctions(dir: string): string {
     });
   });
   const busy = total - idle;
-  const rows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => [`${((100 * v) / total).toFixed(1)}%`, k]);
+  const rows = [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 15)
+    .map(([k, v]) => [`${((100 * v) / total).toFixed(1)}%`, k]);
   return [
     `CPU profile of mcp-egress-proxy during S1 (${file}), self time:`,
     '',
@@ -372,7 +397,10 @@ export function topFunctions(dir: string): string {
     '',
     'Inclusive share of the busy (non-idle) samples:',
     '',
-    table(['area', 'share'], areas.map(([name], k) => [name, `${((100 * (inArea[k] ?? 0)) / busy).toFixed(1)}%`])),
+    table(
+      ['area', 'share'],
+      areas.map(([name], k) => [name, `${((100 * (inArea[k] ?? 0)) / busy).toFixed(1)}%`]),
+    ),
   ].join('\n');
 }
 
@@ -469,7 +497,8 @@ export async function runDatapathBench(): Promise<string> {
   for (let round = 0; round < rounds; round++) {
     const order = kinds.map((_, i) => kinds[(i + round) % kinds.length] as Kind);
     for (const kind of order) {
-      const target: Target & { admin?: number | null } = kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind, undefined, redisEnv);
+      const target: Target & { admin?: number | null } =
+        kind === 'direct' ? { name: 'direct', port: null, child: null } : await startProxyProcess(kind, undefined, redisEnv);
       const reader = target.admin ? await readEvents(target.admin) : null;
       const port = target.port ?? upstreamPort;
       const proxied = kind !== 'direct';
@@ -492,7 +521,23 @@ export async function runDatapathBench(): Promise<string> {
       const r4 = s1s2Only(kind) ? NaN : await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
       if (reader) feedNotes.push(reader.stop(r1.total + r2.total + S2_WARMUP));
       if (target.child) await stopProcess(target.child);
-      byKind.get(kind)?.push({ rps: r1.rps, p99: r1.p99, stateRps: r1State?.rps ?? NaN, stateP50: r1State?.p50 ?? NaN, stateP99: r1State?.p99 ?? NaN, setupP50: r2.p50, rpsCpu, setups: r2.perSecond, setupP99: r2.p99, setupCpu, setupBenchCpu, single: r3, eight: r4 });
+      byKind
+        .get(kind)
+        ?.push({
+          rps: r1.rps,
+          p99: r1.p99,
+          stateRps: r1State?.rps ?? NaN,
+          stateP50: r1State?.p50 ?? NaN,
+          stateP99: r1State?.p99 ?? NaN,
+          setupP50: r2.p50,
+          rpsCpu,
+          setups: r2.perSecond,
+          setupP99: r2.p99,
+          setupCpu,
+          setupBenchCpu,
+          single: r3,
+          eight: r4,
+        });
     }
   }
   const rss = new Map<Kind, number>();
@@ -501,7 +546,11 @@ export async function runDatapathBench(): Promise<string> {
   if (profile) {
     // BENCH_PROFILE_KIND=egress-redis profiles the proxy with its state in Redis instead.
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
-    const target = await startProxyProcess(process.env.BENCH_PROFILE_KIND === 'egress-redis' && redis ? 'egress-redis' : 'egress', profileDir, redisEnv);
+    const target = await startProxyProcess(
+      process.env.BENCH_PROFILE_KIND === 'egress-redis' && redis ? 'egress-redis' : 'egress',
+      profileDir,
+      redisEnv,
+    );
     await s1(target.port as number, upstreamPort, true);
     await stopProcess(target.child);
     profileText = topFunctions(profileDir);
@@ -532,7 +581,22 @@ export async function runDatapathBench(): Promise<string> {
   const out = [
     `## Data path (loopback; medians of ${rounds} interleaved rounds; S1 ${S1_SECONDS} s per target and round)`,
     '',
-    table(['target', 'S1 req/s', 'S1 p99 ms', 'S1 proxy CPU µs/req', 'S2 tunnels/s', 'S2 p99 ms', 'S2 proxy CPU µs/tunnel', 'S2 load CPU µs/tunnel', 'S3 MiB/s (1 tunnel)', 'S4 MiB/s (8 tunnels)', 'S5 KiB RSS/idle tunnel'], rows),
+    table(
+      [
+        'target',
+        'S1 req/s',
+        'S1 p99 ms',
+        'S1 proxy CPU µs/req',
+        'S2 tunnels/s',
+        'S2 p99 ms',
+        'S2 proxy CPU µs/tunnel',
+        'S2 load CPU µs/tunnel',
+        'S3 MiB/s (1 tunnel)',
+        'S4 MiB/s (8 tunnels)',
+        'S5 KiB RSS/idle tunnel',
+      ],
+      rows,
+    ),
     '',
     'Proxy CPU: user + system time of the proxy process per request or tunnel (kernel work on loopback included).',
     'Load CPU: the same for the bench process (load generator and upstream), which shares the cores with the proxy.',
@@ -545,12 +609,18 @@ export async function runDatapathBench(): Promise<string> {
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
   };
   if (kinds.includes('egress-events') && kinds.includes('egress')) {
-    out.push('', `egress-events / egress, median of the per-round ratios: S1 ${ratioOf('egress-events', 'egress', (r) => r.rps)}, S2 ${ratioOf('egress-events', 'egress', (r) => r.setups)} (target: within noise, about 1)`);
+    out.push(
+      '',
+      `egress-events / egress, median of the per-round ratios: S1 ${ratioOf('egress-events', 'egress', (r) => r.rps)}, S2 ${ratioOf('egress-events', 'egress', (r) => r.setups)} (target: within noise, about 1)`,
+    );
   }
   if (!kinds.includes('proxy-chain') || !kinds.includes('egress')) return [...out, profileText].join('\n');
   const ratio = (pick: (r: Round) => number) => {
     if (!byKind.get('proxy-chain')?.length || !byKind.get('egress')?.length) return 'n/a';
-    const per = Array.from({ length: rounds }, (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round));
+    const per = Array.from(
+      { length: rounds },
+      (_, i) => pick(byKind.get('egress')?.[i] as Round) / pick(byKind.get('proxy-chain')?.[i] as Round),
+    );
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
   };
   out.push(
@@ -559,13 +629,34 @@ export async function runDatapathBench(): Promise<string> {
       `S3 ${ratio((r) => r.single)}, S4 ${ratio((r) => r.eight)} (targets >= 1), S5 ${((rss.get('egress') ?? NaN) / 1024).toFixed(1)} KiB (target <= 20)`,
   );
   if (redis) {
-    const s = (kind: Kind) => [kind, med(kind, (r) => r.rps).toFixed(0), med(kind, (r) => r.stateRps).toFixed(0), med(kind, (r) => r.stateP50).toFixed(3), med(kind, (r) => r.stateP99).toFixed(2), med(kind, (r) => r.setups).toFixed(0), med(kind, (r) => r.setupP50).toFixed(3), med(kind, (r) => r.setupP99).toFixed(2)];
+    const s = (kind: Kind) => [
+      kind,
+      med(kind, (r) => r.rps).toFixed(0),
+      med(kind, (r) => r.stateRps).toFixed(0),
+      med(kind, (r) => r.stateP50).toFixed(3),
+      med(kind, (r) => r.stateP99).toFixed(2),
+      med(kind, (r) => r.setups).toFixed(0),
+      med(kind, (r) => r.setupP50).toFixed(3),
+      med(kind, (r) => r.setupP99).toFixed(2),
+    ];
     const added = (pick: (r: Round) => number) => (med('egress-redis', pick) - med('egress', pick)).toFixed(3);
     out.push(
       '',
       '## State store: memory vs Redis (redis-server on loopback)',
       '',
-      table(['target', 'S1 req/s (no state)', 'S1 req/s (state: no tool header)', 'its p50 ms', 'its p99 ms', 'S2 tunnels/s (state)', 'S2 p50 ms', 'S2 p99 ms'], [s('egress'), s('egress-redis')]),
+      table(
+        [
+          'target',
+          'S1 req/s (no state)',
+          'S1 req/s (state: no tool header)',
+          'its p50 ms',
+          'its p99 ms',
+          'S2 tunnels/s (state)',
+          'S2 p50 ms',
+          'S2 p99 ms',
+        ],
+        [s('egress'), s('egress-redis')],
+      ),
       '',
       `Redis's added latency per call that needs state (median, redis - memory): S1 p50 ${added((r) => r.stateP50)} ms, S2 p50 ${added((r) => r.setupP50)} ms; ` +
         `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs); the decision's read itself (the store's open(), one HGETALL with its timeout, p50 of 2,000 in a row): ${readMs.toFixed(3)} ms. Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,

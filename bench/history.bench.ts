@@ -67,7 +67,13 @@ function memoryRow(): Array<string | number> {
   const after = heapMiB();
   const calls = store.calls;
   if (calls !== SESSIONS * CALLS_PER_SESSION) throw new Error(`kept ${calls} calls`);
-  const row = [`${SESSIONS.toLocaleString('en')} sessions x ${CALLS_PER_SESSION} calls`, calls.toLocaleString('en'), (after - before).toFixed(0), (((after - before) * 1024 * 1024) / calls).toFixed(0), (ns / calls / 1000).toFixed(2)];
+  const row = [
+    `${SESSIONS.toLocaleString('en')} sessions x ${CALLS_PER_SESSION} calls`,
+    calls.toLocaleString('en'),
+    (after - before).toFixed(0),
+    (((after - before) * 1024 * 1024) / calls).toFixed(0),
+    (ns / calls / 1000).toFixed(2),
+  ];
   // Keep the store alive until measured.
   if (store.size !== SESSIONS) throw new Error('sessions');
   return row;

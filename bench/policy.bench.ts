@@ -47,7 +47,9 @@ export function generatePolicy(n: number, seed = 1): PolicySpec {
         const net = len === 32 ? base : (base >>> (32 - len)) << (32 - len);
         entries.push(entry(`${ipv4FromInt(net).text}/${len}`));
       } else {
-        const hex = `2600${Math.floor(r() * 0xffff).toString(16).padStart(4, '0')}${'0'.repeat(24)}`;
+        const hex = `2600${Math.floor(r() * 0xffff)
+          .toString(16)
+          .padStart(4, '0')}${'0'.repeat(24)}`;
         entries.push(entry(`${ipv6FromHex(hex).text}/32`));
       }
     }
@@ -66,7 +68,19 @@ export function generatePolicy(n: number, seed = 1): PolicySpec {
       after: null,
     });
   }
-  rules.push({ position: n + 1, id: 'catch-all', label: null, priority: 100_000, stage: 'egress', toolGlob: '*', serverGlob: '*', verdict: 'deny', lists: null, ports: null, after: null });
+  rules.push({
+    position: n + 1,
+    id: 'catch-all',
+    label: null,
+    priority: 100_000,
+    stage: 'egress',
+    toolGlob: '*',
+    serverGlob: '*',
+    verdict: 'deny',
+    lists: null,
+    ports: null,
+    after: null,
+  });
   return { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
 }
 
@@ -91,8 +105,21 @@ export function generateQueries(spec: PolicySpec, count: number, seed = 2): Quer
   for (let i = 0; i < count; i++) {
     const hit = r() < 0.6 && names.length > 0;
     const name = hit ? (names[Math.floor(r() * names.length)] as string) : `random-${Math.floor(r() * 1e6)}.example.org`;
-    const address = r() < 0.5 && cidrAddresses.length > 0 ? (cidrAddresses[Math.floor(r() * cidrAddresses.length)] as IpAddress) : ipv4FromInt(0x5db8d822 + Math.floor(r() * 1000));
-    const addresses = r() < 0.2 ? [address, ipv6FromHex(`2606${Math.floor(r() * 0xffff).toString(16).padStart(4, '0')}${'0'.repeat(23)}1`)] : [address];
+    const address =
+      r() < 0.5 && cidrAddresses.length > 0
+        ? (cidrAddresses[Math.floor(r() * cidrAddresses.length)] as IpAddress)
+        : ipv4FromInt(0x5db8d822 + Math.floor(r() * 1000));
+    const addresses =
+      r() < 0.2
+        ? [
+            address,
+            ipv6FromHex(
+              `2606${Math.floor(r() * 0xffff)
+                .toString(16)
+                .padStart(4, '0')}${'0'.repeat(23)}1`,
+            ),
+          ]
+        : [address];
     const tool = r() < 0.3 ? null : `tool_${Math.floor(r() * 20)}`;
     queries.push({ ctx: { tool, server: 'srv', port: r() < 0.5 ? 443 : 80, callId: `call-${i}`, now: 0, history: [] }, name, addresses });
   }
@@ -139,13 +166,25 @@ export function runPolicyBench(): string {
     timeEach(hotSet, full, 1);
     const hot = summarize(timeEach(hotSet, full, 3));
     medians.set(n, s.median);
-    rows.push([n, `${summarize(compileTimes).median.toFixed(1)} ms`, s.median.toFixed(2), s.p99.toFixed(2), hot.median.toFixed(2), byName.median.toFixed(2), resolved.median.toFixed(2), resolved.p99.toFixed(2)]);
+    rows.push([
+      n,
+      `${summarize(compileTimes).median.toFixed(1)} ms`,
+      s.median.toFixed(2),
+      s.p99.toFixed(2),
+      hot.median.toFixed(2),
+      byName.median.toFixed(2),
+      resolved.median.toFixed(2),
+      resolved.p99.toFixed(2),
+    ]);
   }
   const ratio = (medians.get(10_000) as number) / (medians.get(10) as number);
   return [
     '## Policy engine (per decision, µs; 20,000 mixed queries × 3 rounds)',
     '',
-    table(['rules', 'compile', 'decision median', 'decision p99', 'hot-set median', 'by-name median', 'decide() median', 'decide() p99'], rows),
+    table(
+      ['rules', 'compile', 'decision median', 'decision p99', 'hot-set median', 'by-name median', 'decide() median', 'decide() p99'],
+      rows,
+    ),
     '',
     `10,000-rule median / 10-rule median: ${ratio.toFixed(2)}×`,
     '"decision" = what the proxy runs per call: the by-name step, then decide() over the candidates with the baseline.',
@@ -154,7 +193,12 @@ export function runPolicyBench(): string {
 }
 
 const CLAUSE_TOOLS = ['read_*', 'get_secret', '*_file', 'fetch', 'read_file'];
-const CLAUSE_HOSTS: ReadonlyArray<readonly Entry[] | null> = [null, null, [entry('10.0.0.0/8'), entry('*.corp.example')], [entry('*.internal.example')]];
+const CLAUSE_HOSTS: ReadonlyArray<readonly Entry[] | null> = [
+  null,
+  null,
+  [entry('10.0.0.0/8'), entry('*.corp.example')],
+  [entry('*.internal.example')],
+];
 const CLAUSE_WINDOWS = [60, 300, 600, 3600];
 
 /**
@@ -205,7 +249,17 @@ export function generateHistory(size: number, now: number, read: boolean, seed =
       dispatched: egress ? true : null,
     });
   }
-  if (read) calls.unshift({ at: now - 30_000, tool: 'read_file', callId: 'h-read', server: 'srv', sessionId: 's', host: null, address: null, dispatched: null });
+  if (read)
+    calls.unshift({
+      at: now - 30_000,
+      tool: 'read_file',
+      callId: 'h-read',
+      server: 'srv',
+      sessionId: 's',
+      host: null,
+      address: null,
+      dispatched: null,
+    });
   return calls.slice(0, size);
 }
 
@@ -233,7 +287,14 @@ export function runSequenceBench(): string {
     const s = summarize(timeEach(queries, full, 3));
     let refused = 0;
     for (const q of queries) if (!full(q).dispatched) refused++;
-    rows.push([label, policy.afterClauses, s.median.toFixed(2), s.p99.toFixed(2), s.mean.toFixed(2), `${((refused / queries.length) * 100).toFixed(0)}%`]);
+    rows.push([
+      label,
+      policy.afterClauses,
+      s.median.toFixed(2),
+      s.p99.toFixed(2),
+      s.mean.toFixed(2),
+      `${((refused / queries.length) * 100).toFixed(0)}%`,
+    ]);
   }
   return [
     '## Sequence rules (per decision, µs; 20,000 mixed queries × 3 rounds, by-name step then decide())',

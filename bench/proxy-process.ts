@@ -33,10 +33,13 @@ if (kind === 'minimal') {
   const agent = new Agent({ keepAlive: true });
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/');
-    const upstream = request({ host: url.hostname, port: url.port, path: url.pathname + url.search, method: req.method, headers: req.headers, agent }, (upstreamRes) => {
-      res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
-      upstreamRes.pipe(res);
-    });
+    const upstream = request(
+      { host: url.hostname, port: url.port, path: url.pathname + url.search, method: req.method, headers: req.headers, agent },
+      (upstreamRes) => {
+        res.writeHead(upstreamRes.statusCode ?? 502, upstreamRes.headers);
+        upstreamRes.pipe(res);
+      },
+    );
     upstream.on('error', () => res.destroy());
     req.pipe(upstream);
   });
@@ -62,13 +65,21 @@ if (kind === 'minimal') {
   // `egress-events`: the same proxy with its admin API on, for a GET /v1/events reader (a console tab).
   const withAdmin = kind === 'egress-events';
   const dir = mkdtempSync(join(tmpdir(), 'mep-bench-'));
-  writeFileSync(join(dir, 'policy.yaml'), 'version: 1\ndefault_verdict: allow\nrules:\n  - {id: audit-bench, priority: 1, verdict: allow, tool_name_glob: bench}\n');
+  writeFileSync(
+    join(dir, 'policy.yaml'),
+    'version: 1\ndefault_verdict: allow\nrules:\n  - {id: audit-bench, priority: 1, verdict: allow, tool_name_glob: bench}\n',
+  );
   // egress-redis: the same proxy with its state in Redis (BENCH_REDIS_URL, started by the bench).
   const state = kind === 'egress-redis' ? `state: {store: redis, redis_url: "${process.env.BENCH_REDIS_URL ?? ''}"}\n` : '';
   const text = `listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: ${withAdmin ? '127.0.0.1:0' : '"off"'}}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nlimits: {max_tunnels_per_client: 100000, max_connections: 100000}\n${state}`;
   const parsed = parseProxyConfig(join(dir, 'proxy.yaml'), text);
   if (!parsed.config) throw new Error('bench config invalid');
-  const events = createEventSink(createLogger('info', new BatchedDestination(pino.destination({ dest: join(mkdtempSync(join(tmpdir(), 'mep-bench-log-')), 'events.log'), sync: true }))));
+  const events = createEventSink(
+    createLogger(
+      'info',
+      new BatchedDestination(pino.destination({ dest: join(mkdtempSync(join(tmpdir(), 'mep-bench-log-')), 'events.log'), sync: true })),
+    ),
+  );
   const running = await startProxy(parsed.config, events);
   if (!running) throw new Error('bench policy invalid');
   while (!running.state.up) await new Promise((r) => setTimeout(r, 10));

@@ -25,7 +25,13 @@ function batches(registry: CallRegistry, ttlMs: number | undefined, after?: (id:
     const started = process.hrtime.bigint();
     for (let i = b * BATCH; i < (b + 1) * BATCH; i++) {
       const id = callId(i);
-      const r = registry.register({ callId: id, tool: 'http_fetch', client: `client-${i % CLIENTS}`, sessionId: `session-${i % 97}`, ...(ttlMs ? { ttlMs } : {}) });
+      const r = registry.register({
+        callId: id,
+        tool: 'http_fetch',
+        client: `client-${i % CLIENTS}`,
+        sessionId: `session-${i % 97}`,
+        ...(ttlMs ? { ttlMs } : {}),
+      });
       if ('error' in r) throw new Error(`registration ${i} refused: ${r.error}`);
       after?.(id);
     }
@@ -55,12 +61,18 @@ export function runRegistryBench(): string {
   const perCall = (process.memoryUsage().heapUsed - heapBefore) / open.size();
 
   const churn = new CallRegistry(options);
-  row('register + end', batches(churn, undefined, (id) => churn.end(id)));
+  row(
+    'register + end',
+    batches(churn, undefined, (id) => churn.end(id)),
+  );
 
   let now = 0;
   const expiring = new CallRegistry({ ...options, now: () => now });
   // A clock that moves 1 ms per registration with 5 s TTLs: about 5,000 open at any time.
-  row('5 s TTLs expiring', batches(expiring, 5_000, () => (now += 1)));
+  row(
+    '5 s TTLs expiring',
+    batches(expiring, 5_000, () => (now += 1)),
+  );
 
   const headers = ['workload', ...Array.from({ length: TOTAL / BATCH }, (_, i) => `batch ${i + 1} ms`), 'total ms', 'ns/registration'];
   const gcNote = (globalThis as { gc?: unknown }).gc ? '' : ' (run node with --expose-gc for a steadier figure)';

@@ -19,5 +19,8 @@ export function table(headers: string[], rows: Array<Array<string | number>>): s
 }
 
 export function median(values: readonly number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 50);
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
 }

@@ -20,13 +20,19 @@ const { dependencies } = /** @type {{ dependencies: Dependency[] }} */ (list);
 
 const present = (/** @type {Dependency} */ dep) => spawnSync(dep.probe[0], dep.probe.slice(1), { stdio: 'ignore' }).status === 0;
 const canInstall = () =>
-  process.env.MCP_EGRESS_TEST_NO_INSTALL !== '1' && process.getuid?.() === 0 && spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0;
+  process.env.MCP_EGRESS_TEST_NO_INSTALL !== '1' &&
+  process.getuid?.() === 0 &&
+  spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0;
 
 let missing = dependencies.filter((d) => !present(d));
 if (missing.length > 0 && canInstall()) {
   const packages = [...new Set(missing.map((d) => d.debian))];
   process.stderr.write(`test-deps: installing ${packages.join(' ')} (needed by the tests)\n`);
-  const apt = (/** @type {string[]} */ args) => spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=300', ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0;
+  const apt = (/** @type {string[]} */ args) =>
+    spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=300', ...args], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    }).status === 0;
   const ok = apt(['update', '-qq']) && apt(['install', '-y', '-qq', '--no-install-recommends', ...packages]);
   if (!ok) process.stderr.write(`test-deps: apt-get install ${packages.join(' ')} failed\n`);
   missing = dependencies.filter((d) => !present(d));
@@ -37,9 +43,17 @@ if (missing.length === 0) {
   process.exit(0);
 }
 const bar = '!'.repeat(78);
-const why = process.getuid?.() !== 0 ? 'not root' : spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status !== 0 ? 'no apt-get' : process.env.MCP_EGRESS_TEST_NO_INSTALL === '1' ? 'MCP_EGRESS_TEST_NO_INSTALL=1' : 'apt-get failed';
+const why =
+  process.getuid?.() !== 0
+    ? 'not root'
+    : spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status !== 0
+      ? 'no apt-get'
+      : process.env.MCP_EGRESS_TEST_NO_INSTALL === '1'
+        ? 'MCP_EGRESS_TEST_NO_INSTALL=1'
+        : 'apt-get failed';
 const lines = [bar, `test-deps: MISSING TEST DEPENDENCIES (not installed: ${why})`];
-for (const d of missing) lines.push(`  - ${d.name} (Debian package ${d.debian})${d.required ? ' REQUIRED' : ''}: tests SKIPPED: ${d.neededBy}`);
+for (const d of missing)
+  lines.push(`  - ${d.name} (Debian package ${d.debian})${d.required ? ' REQUIRED' : ''}: tests SKIPPED: ${d.neededBy}`);
 lines.push(`  install them with: apt-get install ${[...new Set(missing.map((d) => d.debian))].join(' ')}`, bar);
 process.stderr.write(`${lines.join('\n')}\n`);
 process.exit(missing.some((d) => d.required) ? 1 : 0);

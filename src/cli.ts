@@ -55,7 +55,12 @@ export async function main(argv: readonly string[], io: CommandIO = processIO): 
     .option('--tool <name>', 'tool name (none: an unattributed call)')
     .option('--server <id>', 'client identity')
     .option('--config <file>', 'proxy config: DNS servers and baseline exemptions')
-    .option('--resolve <host=ip,...>', 'answer a name without DNS (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option(
+      '--resolve <host=ip,...>',
+      'answer a name without DNS (repeatable)',
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
     .option('--session <id>', "the call's session id (its history's key)")
     .option('--call-id <id>', "the call's id (a call is never its own earlier call)")
     .option(
@@ -64,15 +69,25 @@ export async function main(argv: readonly string[], io: CommandIO = processIO): 
       (v: string, prev: string[]) => [...prev, v],
       [] as string[],
     )
-    .action(async (policy: string, destination: string, opts: { tool?: string; server?: string; config?: string; resolve: string[]; session?: string; callId?: string; earlier: string[] }) => {
-      exitCode = await runTest(policy, destination, opts, io);
-    });
+    .action(
+      async (
+        policy: string,
+        destination: string,
+        opts: { tool?: string; server?: string; config?: string; resolve: string[]; session?: string; callId?: string; earlier: string[] },
+      ) => {
+        exitCode = await runTest(policy, destination, opts, io);
+      },
+    );
 
   program
     .command('token')
     .description('make a new admin API token: prints it once, and the admin.tokens entry (its sha256) for the proxy config')
     .requiredOption('--name <name>', 'a name for the token (shown in events), e.g. gateway or ci')
-    .addOption(new Option('--role <role>', 'what the token may do: viewer reads, developer also writes and runs dry runs').choices(ROLES).makeOptionMandatory())
+    .addOption(
+      new Option('--role <role>', 'what the token may do: viewer reads, developer also writes and runs dry runs')
+        .choices(ROLES)
+        .makeOptionMandatory(),
+    )
     .action((opts: { name: string; role: string }) => {
       exitCode = runToken(opts, io);
     });

@@ -75,7 +75,10 @@ export function draftPolicy(destinations: readonly DiscoveredDestination[], now 
     group.count += d.count;
     groups.set(key, group);
   }
-  const ordered = [...groups.values()].sort((a, b) => Number(a.tool === null) - Number(b.tool === null) || a.server.localeCompare(b.server) || (a.tool ?? '').localeCompare(b.tool ?? ''));
+  const ordered = [...groups.values()].sort(
+    (a, b) =>
+      Number(a.tool === null) - Number(b.tool === null) || a.server.localeCompare(b.server) || (a.tool ?? '').localeCompare(b.tool ?? ''),
+  );
   const writable = ordered.filter((g) => leftOutReason(g) === null);
   const leftOut = ordered.filter((g) => leftOutReason(g) !== null);
   const rules = writable.map((g, i) => ({

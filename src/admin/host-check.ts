@@ -49,7 +49,8 @@ export function parseAuthority(text: string): Authority | null {
   return { host: h.host, kind: h.kind, loopback: h.kind === 'ip' ? isLoopbackIp(h.ip) : false, port };
 }
 
-export type HostVerdict = { readonly ok: true } | { readonly ok: false; readonly status: 421 | 403; readonly code: string; readonly message: string };
+export type HostVerdict =
+  { readonly ok: true } | { readonly ok: false; readonly status: 421 | 403; readonly code: string; readonly message: string };
 
 export function createHostCheck(options: HostCheckOptions): (host: string | undefined, origin: string | undefined) => HostVerdict {
   const localAddresses = options.localAddresses ?? interfaceAddresses();
@@ -70,10 +71,20 @@ export function createHostCheck(options: HostCheckOptions): (host: string | unde
   return (hostHeader, origin) => {
     const host = hostHeader === undefined ? null : parseAuthority(hostHeader);
     if (!host || !namesListener(host)) {
-      return { ok: false, status: 421, code: 'misdirected_request', message: `this admin API does not answer for Host '${hostHeader ?? ''}' (its own address, or a name in admin.allowed_hosts)` };
+      return {
+        ok: false,
+        status: 421,
+        code: 'misdirected_request',
+        message: `this admin API does not answer for Host '${hostHeader ?? ''}' (its own address, or a name in admin.allowed_hosts)`,
+      };
     }
     if (origin === undefined) return { ok: true };
-    const refused = { ok: false, status: 403, code: 'forbidden_origin', message: `cross-origin requests are refused (Origin '${origin.slice(0, 200)}')` } as const;
+    const refused = {
+      ok: false,
+      status: 403,
+      code: 'forbidden_origin',
+      message: `cross-origin requests are refused (Origin '${origin.slice(0, 200)}')`,
+    } as const;
     const m = /^(https?):\/\/(.+)$/i.exec(origin);
     const from = m ? parseAuthority(m[2] as string) : null;
     if (!m || !from) return refused;

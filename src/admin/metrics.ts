@@ -15,9 +15,25 @@ export class Metrics {
   private readonly decisionTally = new Tally();
   private readonly bytesTally = new Tally();
   private readonly closedTally = new Tally();
-  private readonly decisions: Counter<string> = new Counter({ name: 'egress_decisions_total', help: 'Calls decided, by verdict, reason and deciding rule', labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const, registers: [this.registry], collect: (): void => this.decisionTally.publish(this.decisions) });
-  private readonly refusals = new Counter({ name: 'egress_baseline_refusals_total', help: 'Calls refused by the SSRF baseline, by address class', labelNames: ['address_class'] as const, registers: [this.registry] });
-  private readonly failures = new Counter({ name: 'egress_failures_total', help: 'Calls that failed without a policy refusal, by code', labelNames: ['code'] as const, registers: [this.registry] });
+  private readonly decisions: Counter<string> = new Counter({
+    name: 'egress_decisions_total',
+    help: 'Calls decided, by verdict, reason and deciding rule',
+    labelNames: ['verdict', 'reason', 'rule', 'dispatched', 'shadow'] as const,
+    registers: [this.registry],
+    collect: (): void => this.decisionTally.publish(this.decisions),
+  });
+  private readonly refusals = new Counter({
+    name: 'egress_baseline_refusals_total',
+    help: 'Calls refused by the SSRF baseline, by address class',
+    labelNames: ['address_class'] as const,
+    registers: [this.registry],
+  });
+  private readonly failures = new Counter({
+    name: 'egress_failures_total',
+    help: 'Calls that failed without a policy refusal, by code',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
   /** Read when scraped: setting a gauge on every tunnel open and close costs more than it tells. */
   private openTunnels = 0;
   private readonly tunnels: Gauge = new Gauge({
@@ -26,20 +42,64 @@ export class Metrics {
     registers: [this.registry],
     collect: (): void => this.tunnels.set(this.openTunnels),
   });
-  private readonly bytes: Counter<string> = new Counter({ name: 'egress_bytes_total', help: 'Bytes relayed, by direction (up: client to upstream)', labelNames: ['direction'] as const, registers: [this.registry], collect: (): void => this.bytesTally.publish(this.bytes) });
-  private readonly closed: Counter<string> = new Counter({ name: 'egress_calls_closed_total', help: 'Dispatched calls ended, by how they ended', labelNames: ['end', 'kind'] as const, registers: [this.registry], collect: (): void => this.closedTally.publish(this.closed) });
-  private readonly dns = new Histogram({ name: 'egress_dns_seconds', help: 'Time spent asking DNS servers (cache hits excluded)', buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] });
-  readonly reloads = new Counter({ name: 'egress_policy_reloads_total', help: 'Policy loads, by result', labelNames: ['result', 'trigger'] as const, registers: [this.registry] });
+  private readonly bytes: Counter<string> = new Counter({
+    name: 'egress_bytes_total',
+    help: 'Bytes relayed, by direction (up: client to upstream)',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+    collect: (): void => this.bytesTally.publish(this.bytes),
+  });
+  private readonly closed: Counter<string> = new Counter({
+    name: 'egress_calls_closed_total',
+    help: 'Dispatched calls ended, by how they ended',
+    labelNames: ['end', 'kind'] as const,
+    registers: [this.registry],
+    collect: (): void => this.closedTally.publish(this.closed),
+  });
+  private readonly dns = new Histogram({
+    name: 'egress_dns_seconds',
+    help: 'Time spent asking DNS servers (cache hits excluded)',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly reloads = new Counter({
+    name: 'egress_policy_reloads_total',
+    help: 'Policy loads, by result',
+    labelNames: ['result', 'trigger'] as const,
+    registers: [this.registry],
+  });
   readonly generation = new Gauge({ name: 'egress_policy_generation', help: 'The serving policy generation', registers: [this.registry] });
-  readonly policyError = new Gauge({ name: 'egress_policy_last_reload_failed', help: '1 while the last reload was rejected (the previous policy serves)', registers: [this.registry] });
+  readonly policyError = new Gauge({
+    name: 'egress_policy_last_reload_failed',
+    help: '1 while the last reload was rejected (the previous policy serves)',
+    registers: [this.registry],
+  });
   readonly registered = new Gauge({ name: 'egress_registered_calls', help: 'Open registered tool calls', registers: [this.registry] });
   /** interface.md "Shared state": 1 while the state store can answer (always 1 for memory). */
-  readonly stateUp = new Gauge({ name: 'mcp_egress_state_up', help: 'Whether the state store (state.store) is reachable: 1 up, 0 down', registers: [this.registry] });
-  readonly stateWritesDropped = new Counter({ name: 'mcp_egress_state_writes_dropped_total', help: 'Background state writes (history, discovered counts) given up, by reason', labelNames: ['reason'] as const, registers: [this.registry] });
-  readonly stateWritesRetried = new Counter({ name: 'mcp_egress_state_writes_retried_total', help: 'Background state writes queued again after a failure', registers: [this.registry] });
+  readonly stateUp = new Gauge({
+    name: 'mcp_egress_state_up',
+    help: 'Whether the state store (state.store) is reachable: 1 up, 0 down',
+    registers: [this.registry],
+  });
+  readonly stateWritesDropped = new Counter({
+    name: 'mcp_egress_state_writes_dropped_total',
+    help: 'Background state writes (history, discovered counts) given up, by reason',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly stateWritesRetried = new Counter({
+    name: 'mcp_egress_state_writes_retried_total',
+    help: 'Background state writes queued again after a failure',
+    registers: [this.registry],
+  });
   /** Read when scraped: background writes waiting for the store. */
   stateQueued: () => number = () => 0;
-  private readonly stateQueue: Gauge = new Gauge({ name: 'mcp_egress_state_writes_queued', help: 'Background state writes waiting for the state store', registers: [this.registry], collect: (): void => this.stateQueue.set(this.stateQueued()) });
+  private readonly stateQueue: Gauge = new Gauge({
+    name: 'mcp_egress_state_writes_queued',
+    help: 'Background state writes waiting for the state store',
+    registers: [this.registry],
+    collect: (): void => this.stateQueue.set(this.stateQueued()),
+  });
 
   private feed: DecisionFeed | null = null;
   private readonly feedDropped: Counter<string> = new Counter({
@@ -73,7 +133,13 @@ export class Metrics {
     return {
       decision: (d: Decision) => {
         const rule = d.rule?.id ?? '';
-        this.decisionTally.add(`${d.verdict}|${d.reason}|${d.dispatched}|${d.shadow}|${rule}`, () => ({ verdict: d.verdict, reason: d.reason, rule, dispatched: String(d.dispatched), shadow: String(d.shadow) }));
+        this.decisionTally.add(`${d.verdict}|${d.reason}|${d.dispatched}|${d.shadow}|${rule}`, () => ({
+          verdict: d.verdict,
+          reason: d.reason,
+          rule,
+          dispatched: String(d.dispatched),
+          shadow: String(d.shadow),
+        }));
         if (d.address_class) this.refusals.inc({ address_class: d.address_class });
       },
       closed: (bytesUp, bytesDown, end, tunnel) => {

@@ -80,12 +80,14 @@ export interface AdminDeps {
 function optionalLabel(b: Record<string, unknown>, key: string): string | null {
   const v = b[key];
   if (v === undefined || v === null) return null;
-  if (typeof v !== 'string' || !LABEL.test(v)) throw badRequest(`${key} must be a string of 1 to 256 characters without control characters`);
+  if (typeof v !== 'string' || !LABEL.test(v))
+    throw badRequest(`${key} must be a string of 1 to 256 characters without control characters`);
   return v;
 }
 
 function onlyKeys(b: Record<string, unknown>, allowed: readonly string[]): void {
-  for (const key of Object.keys(b)) if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
+  for (const key of Object.keys(b))
+    if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
 }
 
 /** The request target split, without normalising anything (the path is routed as sent). */
@@ -145,7 +147,12 @@ function ruleJson(r: RuleSpec): Record<string, unknown> {
     egress: r.lists ? { allow: r.lists.allow.map(entryText), deny: r.lists.deny.map(entryText) } : null,
     ports: r.ports,
     after: r.after
-      ? { tool_name_glob: r.after.toolGlob, server_glob: r.after.serverGlob, hosts: r.after.hosts ? r.after.hosts.map(entryText) : null, within_seconds: r.after.withinSeconds }
+      ? {
+          tool_name_glob: r.after.toolGlob,
+          server_glob: r.after.serverGlob,
+          hosts: r.after.hosts ? r.after.hosts.map(entryText) : null,
+          within_seconds: r.after.withinSeconds,
+        }
       : null,
   };
 }
@@ -160,8 +167,15 @@ export class AdminServer {
   constructor(private readonly deps: AdminDeps) {
     this.console = new ConsoleAssets(deps.consoleDir);
     this.tokenHashes = deps.config.admin.tokens.map((t) => ({ hash: t.sha256, role: t.role, name: t.name }));
-    this.hostCheck = createHostCheck({ listener: () => this.bound, allowedHosts: deps.config.admin.allowedHosts, localAddresses: deps.localAddresses });
-    this.server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 }, (req, res) => void this.handle(req, res));
+    this.hostCheck = createHostCheck({
+      listener: () => this.bound,
+      allowedHosts: deps.config.admin.allowedHosts,
+      localAddresses: deps.localAddresses,
+    });
+    this.server = createServer(
+      { headersTimeout: 10_000, requestTimeout: 30_000, maxHeaderSize: 16 * 1024 },
+      (req, res) => void this.handle(req, res),
+    );
   }
 
   async listen(host: string, port: number): Promise<{ address: string; port: number }> {
@@ -215,7 +229,11 @@ export class AdminServer {
     if (RANK[caller.role] >= RANK[needed]) return caller.name;
     // No token at all (the tokenless viewer): the answer is "authenticate", not "forbidden".
     if (req.headers.authorization === undefined) {
-      throw new HttpError(401, 'unauthorized', `this route needs a ${needed} token (Authorization: Bearer <token>); make one with \`mcp-egress-proxy token\` and list it in admin.tokens`);
+      throw new HttpError(
+        401,
+        'unauthorized',
+        `this route needs a ${needed} token (Authorization: Bearer <token>); make one with \`mcp-egress-proxy token\` and list it in admin.tokens`,
+      );
     }
     throw new HttpError(403, 'forbidden', `this route needs the ${needed} role`);
   }
@@ -224,9 +242,20 @@ export class AdminServer {
     return readJsonObject(req);
   }
 
-  private send(res: ServerResponse, status: number, body: unknown, contentType = 'application/json', headers: Record<string, string> = {}): void {
+  private send(
+    res: ServerResponse,
+    status: number,
+    body: unknown,
+    contentType = 'application/json',
+    headers: Record<string, string> = {},
+  ): void {
     const text = contentType === 'application/json' ? JSON.stringify(body) : String(body);
-    res.writeHead(status, { ...headers, 'content-type': contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.writeHead(status, {
+      ...headers,
+      'content-type': contentType,
+      'content-length': Buffer.byteLength(text),
+      'cache-control': 'no-store',
+    });
     res.end(text);
   }
 
@@ -253,7 +282,12 @@ export class AdminServer {
           // Readiness does not depend on the state store: one shared Redis down must not take
           // every replica out of a Service at once (their calls that need no state still work).
           const ready = running.proxy.address !== null && running.store.loaded;
-          return this.send(res, ready ? 200 : 503, { ready, policy_generation: running.store.loaded ? running.store.current.generation : null, state: running.state.up ? 'up' : 'down', state_store: running.state.store });
+          return this.send(res, ready ? 200 : 503, {
+            ready,
+            policy_generation: running.store.loaded ? running.store.current.generation : null,
+            state: running.state.up ? 'up' : 'down',
+            state_store: running.state.store,
+          });
         }
         case 'GET /metrics': {
           // The open registrations are counted by the store (fleet-wide with Redis); a store that cannot say leaves the gauge as it was.
@@ -305,13 +339,19 @@ export class AdminServer {
           if (tool === null) throw badRequest('tool is required (a string of 1 to 256 characters)');
           if (client === null) throw badRequest('client is required (a proxy user name or a source IP)');
           const sessionId = optionalLabel(b, 'session_id');
-          if (b.ttl_ms !== undefined && (typeof b.ttl_ms !== 'number' || !Number.isInteger(b.ttl_ms) || b.ttl_ms < 1 || b.ttl_ms > 86_400_000)) {
+          if (
+            b.ttl_ms !== undefined &&
+            (typeof b.ttl_ms !== 'number' || !Number.isInteger(b.ttl_ms) || b.ttl_ms < 1 || b.ttl_ms > 86_400_000)
+          ) {
             throw badRequest('ttl_ms must be an integer from 1 to 86400000');
           }
           // With auth.users every client is identified by its user name: a registration for
           // anything else could never match a connection, so it is refused as a mistake.
           const users = this.deps.config.auth.users;
-          if (users.length > 0 && !users.some((u) => u.name === client)) throw badRequest(`client '${client}' is not a proxy user (auth.users); with users configured, clients are identified by user name`);
+          if (users.length > 0 && !users.some((u) => u.name === client))
+            throw badRequest(
+              `client '${client}' is not a proxy user (auth.users); with users configured, clients are identified by user name`,
+            );
           const registered = await running.registry.register({ callId, tool, client: canonicalClient(client), sessionId, ttlMs: b.ttl_ms });
           if ('error' in registered) throw new HttpError(REFUSED_REGISTRATION_STATUS[registered.code], registered.code, registered.error);
           // A registered call is history for its session, also when it never reaches the network
@@ -326,7 +366,13 @@ export class AdminServer {
             address: null,
             dispatched: null,
           });
-          return this.send(res, 201, { call_id: registered.callId, tool: registered.tool, client: registered.client, session_id: registered.sessionId, expires_at: new Date(registered.expiresAt).toISOString() });
+          return this.send(res, 201, {
+            call_id: registered.callId,
+            tool: registered.tool,
+            client: registered.client,
+            session_id: registered.sessionId,
+            expires_at: new Date(registered.expiresAt).toISOString(),
+          });
         }
         case 'GET /v1/calls': {
           // One client's open registrations (the console's Calls view): by client, as the data path looks them up.
@@ -337,7 +383,14 @@ export class AdminServer {
           const calls = await running.registry.open(canonical.kind === 'ip' ? canonical.host : client);
           return this.send(res, 200, {
             client,
-            calls: calls.map((c) => ({ call_id: c.callId, tool: c.tool, client: c.client, session_id: c.sessionId, registered_at: new Date(c.registeredAt).toISOString(), expires_at: new Date(c.expiresAt).toISOString() })),
+            calls: calls.map((c) => ({
+              call_id: c.callId,
+              tool: c.tool,
+              client: c.client,
+              session_id: c.sessionId,
+              registered_at: new Date(c.registeredAt).toISOString(),
+              expires_at: new Date(c.expiresAt).toISOString(),
+            })),
           });
         }
         case 'GET /v1/events':
@@ -351,7 +404,8 @@ export class AdminServer {
           const server = url.query.get('server');
           if ((session === null) === (server === null)) throw badRequest('give exactly one of ?session=ID or ?server=ID');
           const value = (session ?? server) as string;
-          if (!LABEL.test(value)) throw badRequest(`${session !== null ? 'session' : 'server'} must be 1 to 256 characters without control characters`);
+          if (!LABEL.test(value))
+            throw badRequest(`${session !== null ? 'session' : 'server'} must be 1 to 256 characters without control characters`);
           const key = session !== null ? historyKey(session, null) : historyKey(null, canonicalClient(value));
           const calls = await this.readHistory(key);
           return this.send(res, 200, { key, calls: calls.map(historyJson) });
@@ -379,9 +433,23 @@ export class AdminServer {
         res.writeHead(204).end();
         return;
       }
-      const known = ['/healthz', '/readyz', '/metrics', '/v1/policy', '/v1/reload', '/v1/test', '/v1/calls', '/v1/discovered', '/v1/history', '/v1/events', '/v1/test/replay', '/v1/rules'];
+      const known = [
+        '/healthz',
+        '/readyz',
+        '/metrics',
+        '/v1/policy',
+        '/v1/reload',
+        '/v1/test',
+        '/v1/calls',
+        '/v1/discovered',
+        '/v1/history',
+        '/v1/events',
+        '/v1/test/replay',
+        '/v1/rules',
+      ];
       const shown = url.path.slice(0, 200);
-      if (known.includes(url.path) || url.path.startsWith('/v1/calls/') || url.path.startsWith('/v1/rules/')) throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
+      if (known.includes(url.path) || url.path.startsWith('/v1/calls/') || url.path.startsWith('/v1/rules/'))
+        throw new HttpError(405, 'method_not_allowed', `${req.method} is not allowed on ${shown}`);
       throw new HttpError(404, 'not_found', `no route ${shown}`);
     } catch (err) {
       if (err instanceof HttpError) {
@@ -390,7 +458,16 @@ export class AdminServer {
         if (err.status === 401 || err.status === 403 || err.status === 421) {
           const cut = (v: string | undefined) => (v === undefined ? null : v.slice(0, 200));
           this.deps.running.events.warn(
-            { event: 'admin.refused', status: err.status, code: err.code, method: req.method, target: cut(req.url), host: cut(req.headers.host), origin: cut(req.headers.origin), remote: req.socket.remoteAddress ?? null },
+            {
+              event: 'admin.refused',
+              status: err.status,
+              code: err.code,
+              method: req.method,
+              target: cut(req.url),
+              host: cut(req.headers.host),
+              origin: cut(req.headers.origin),
+              remote: req.socket.remoteAddress ?? null,
+            },
             `admin API refused ${req.method} ${cut(req.url)}: ${err.code}`,
           );
         }
@@ -405,7 +482,10 @@ export class AdminServer {
         return;
       }
       // A bug, not bad input (that is a 400 above): its message, without a stack for the log.
-      this.deps.running.events.warn({ event: 'admin.internal_error', method: req.method, error: String((err as Error)?.message ?? err).slice(0, 500) }, 'admin API error');
+      this.deps.running.events.warn(
+        { event: 'admin.internal_error', method: req.method, error: String((err as Error)?.message ?? err).slice(0, 500) },
+        'admin API error',
+      );
       if (!res.headersSent) this.send(res, 500, { error: { code: 'internal_error', message: 'internal error' } });
     }
   }
@@ -421,7 +501,12 @@ export class AdminServer {
     } catch {
       calls = null;
     }
-    if (calls === null) throw new HttpError(503, 'state_unavailable', `the history of ${key.slice(0, 300)} cannot be read completely now (a history bound dropped calls still inside the window, or the state store is unavailable)`);
+    if (calls === null)
+      throw new HttpError(
+        503,
+        'state_unavailable',
+        `the history of ${key.slice(0, 300)} cannot be read completely now (a history bound dropped calls still inside the window, or the state store is unavailable)`,
+      );
     return calls;
   }
 
@@ -449,13 +534,18 @@ export class AdminServer {
     }
     const tool = optionalLabel(b, 'tool');
     const server = optionalLabel(b, 'server');
-    if (b.policy !== undefined && b.policy !== null && typeof b.policy !== 'string') throw badRequest('policy must be a string (the YAML text)');
+    if (b.policy !== undefined && b.policy !== null && typeof b.policy !== 'string')
+      throw badRequest('policy must be a string (the YAML text)');
     const callId = b.call_id === undefined || b.call_id === null ? null : b.call_id;
-    if (callId !== null && (typeof callId !== 'string' || !CALL_ID.test(callId))) throw badRequest('call_id must be 1 to 256 visible ASCII characters');
+    if (callId !== null && (typeof callId !== 'string' || !CALL_ID.test(callId)))
+      throw badRequest('call_id must be 1 to 256 visible ASCII characters');
     const sessionId = optionalLabel(b, 'session_id');
     let earlier: EarlierCall[] | null = null;
     if (b.history !== undefined && b.history !== null) {
-      if (!Array.isArray(b.history) || b.history.length > MAX_EARLIER) throw badRequest(`history must be a list of at most ${MAX_EARLIER} earlier calls {tool, seconds_ago, server?, host?, address?, call_id?, dispatched?}`);
+      if (!Array.isArray(b.history) || b.history.length > MAX_EARLIER)
+        throw badRequest(
+          `history must be a list of at most ${MAX_EARLIER} earlier calls {tool, seconds_ago, server?, host?, address?, call_id?, dispatched?}`,
+        );
       earlier = b.history.map((item, index) => {
         const call = earlierFromJson(item, index);
         if ('error' in call) throw badRequest(call.error);
@@ -464,12 +554,14 @@ export class AdminServer {
     }
     let resolve: Array<[string, string[]]> = [];
     if (b.resolve !== undefined) {
-      if (typeof b.resolve !== 'object' || b.resolve === null || Array.isArray(b.resolve)) throw badRequest('resolve must be an object {host: [ip, ...]}');
+      if (typeof b.resolve !== 'object' || b.resolve === null || Array.isArray(b.resolve))
+        throw badRequest('resolve must be an object {host: [ip, ...]}');
       const entries = Object.entries(b.resolve as Record<string, unknown>);
       if (entries.length > MAX_RESOLVE_HOSTS) throw badRequest(`resolve may name at most ${MAX_RESOLVE_HOSTS} hosts`);
       resolve = entries.map(([host, ips]) => {
         const shown = host.slice(0, 64);
-        if (!Array.isArray(ips) || !ips.every((i) => typeof i === 'string')) throw badRequest(`resolve.${shown} must be a list of IP strings`);
+        if (!Array.isArray(ips) || !ips.every((i) => typeof i === 'string'))
+          throw badRequest(`resolve.${shown} must be a list of IP strings`);
         if (ips.length > MAX_RESOLVE_ADDRESSES) throw badRequest(`resolve.${shown} may list at most ${MAX_RESOLVE_ADDRESSES} addresses`);
         return [host, ips];
       });
@@ -477,14 +569,26 @@ export class AdminServer {
     let policy = running.store.current.policy;
     if (typeof b.policy === 'string') {
       const draft = parsePolicy('draft.yaml', b.policy);
-      if (!draft.spec) throw new HttpError(400, 'invalid_policy', 'the draft policy is not valid', { errors: draft.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic) });
+      if (!draft.spec)
+        throw new HttpError(400, 'invalid_policy', 'the draft policy is not valid', {
+          errors: draft.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic),
+        });
       policy = compilePolicy(draft.spec);
     }
     // An explicit history is exactly what the decision sees; without one, a session's live history.
     const now = Date.now();
-    const history = earlier !== null ? historyOf(earlier, { now, sessionId, server }) : sessionId !== null ? await this.readHistory(historyKey(sessionId, null)) : [];
+    const history =
+      earlier !== null
+        ? historyOf(earlier, { now, sessionId, server })
+        : sessionId !== null
+          ? await this.readHistory(historyKey(sessionId, null))
+          : [];
     const input = { destination: b.destination, tool, server, resolve, callId, now, history };
-    const result = await dryRun(policy, input, { fallback: this.deps.resolver, allowCidrs: config.baseline.allowCidrs, isSelf: this.deps.isSelf });
+    const result = await dryRun(policy, input, {
+      fallback: this.deps.resolver,
+      allowCidrs: config.baseline.allowCidrs,
+      isSelf: this.deps.isSelf,
+    });
     if (result.kind === 'invalid') throw badRequest(result.error);
     if (result.kind === 'dns_error') return { error: result.error };
     return result.decision;

@@ -44,7 +44,13 @@ function single(get: HeaderGetter, name: string): string | null | { error: strin
   return value;
 }
 
-export function attribute(get: HeaderGetter, client: string, names: AttributionHeaders, trust: 'header' | 'registered', registry: CallStore): MaybePromise<AttributionResult> {
+export function attribute(
+  get: HeaderGetter,
+  client: string,
+  names: AttributionHeaders,
+  trust: 'header' | 'registered',
+  registry: CallStore,
+): MaybePromise<AttributionResult> {
   const tool = single(get, names.tool);
   const callId = single(get, names.call);
   const sessionId = single(get, names.session);
@@ -57,7 +63,8 @@ export function attribute(get: HeaderGetter, client: string, names: AttributionH
     if (c !== null) {
       const found = registry.find(client, c);
       const fromFound = (call: RegisteredCall | null): AttributionResult => {
-        if (!call) return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
+        if (!call)
+          return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
         return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
       };
       return found instanceof Promise ? found.then(fromFound) : fromFound(found);
@@ -67,7 +74,8 @@ export function attribute(get: HeaderGetter, client: string, names: AttributionH
   }
   const open = registry.open(client);
   const fromOpen = (calls: RegisteredCall[]): AttributionResult => {
-    if (calls.length > 0) return { kind: 'attributed', calls: calls.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
+    if (calls.length > 0)
+      return { kind: 'attributed', calls: calls.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
     return { kind: 'attributed', calls: [{ tool: null, callId: null, sessionId: trust === 'header' ? s : null }] };
   };
   return open instanceof Promise ? open.then(fromOpen) : fromOpen(open);

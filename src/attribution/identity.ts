@@ -37,7 +37,11 @@ export function sourceAddress(remote: string | undefined): string {
   return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
 }
 
-export function identify(authorization: string | undefined, remoteAddress: string | undefined, users: readonly ProxyUser[]): IdentityResult {
+export function identify(
+  authorization: string | undefined,
+  remoteAddress: string | undefined,
+  users: readonly ProxyUser[],
+): IdentityResult {
   const basic = authorization ? parseBasic(authorization) : null;
   if (users.length === 0) {
     const source = sourceAddress(remoteAddress);
@@ -52,5 +56,7 @@ export function identify(authorization: string | undefined, remoteAddress: strin
     const passwordOk = digestsEqual(digest, user.passwordSha256);
     if (passwordOk && user.name === basic.user) match = user;
   }
-  return match ? { ok: true, client: match.name, viaCredentials: true, limitKey: match.name } : { ok: false, reason: 'invalid proxy credentials' };
+  return match
+    ? { ok: true, client: match.name, viaCredentials: true, limitKey: match.name }
+    : { ok: false, reason: 'invalid proxy credentials' };
 }

@@ -103,7 +103,11 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     onHealth: (up) => {
       metrics.stateUp.set(up ? 1 : 0);
       if (up) events.info({ event: 'state.up', store: config.state.store }, 'state store connected');
-      else events.warn({ event: 'state.down', store: config.state.store }, 'state store unavailable: calls that need state are refused (state_unavailable)');
+      else
+        events.warn(
+          { event: 'state.down', store: config.state.store },
+          'state store unavailable: calls that need state are refused (state_unavailable)',
+        );
     },
     onDropped: (reason) => metrics.stateWritesDropped.inc({ reason }),
     onRetried: () => metrics.stateWritesRetried.inc(),
@@ -112,7 +116,16 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   });
   metrics.stateUp.set(state.up ? 1 : 0);
   metrics.stateQueued = () => state.queuedWrites;
-  events.info({ event: 'state.store', store: state.store, target: state.description, key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null, timeout_ms: config.state.timeoutMs }, `state store: ${state.description}`);
+  events.info(
+    {
+      event: 'state.store',
+      store: state.store,
+      target: state.description,
+      key_prefix: config.state.store === 'redis' ? config.state.keyPrefix : null,
+      timeout_ms: config.state.timeoutMs,
+    },
+    `state store: ${state.description}`,
+  );
   const memory = state.history instanceof MemoryHistoryStore ? state.history : null;
   // store: redis gives the shared RedisHistoryStore; memory the bounded one in this process.
   const history: HistoryStore = options.history ?? (state.history as HistoryStore);
@@ -126,7 +139,16 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
       metrics.policyError.set(0);
       if (result.changed) {
         events.info(
-          { event: 'policy.loaded', trigger, generation: g.generation, sha256: g.sha256, source: g.source, egress_rules: g.egressRules, skipped_rules: g.skippedRules, warnings: g.warnings },
+          {
+            event: 'policy.loaded',
+            trigger,
+            generation: g.generation,
+            sha256: g.sha256,
+            source: g.source,
+            egress_rules: g.egressRules,
+            skipped_rules: g.skippedRules,
+            warnings: g.warnings,
+          },
           `policy generation ${g.generation} loaded from ${g.source}`,
         );
       }
@@ -134,13 +156,19 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     }
     metrics.reloads.inc({ result: 'rejected', trigger });
     metrics.policyError.set(1);
-    events.warn({ event: 'policy.rejected', trigger, source: config.policy, errors: result.error.errors }, `policy rejected; ${store.loaded ? `generation ${store.current.generation} keeps serving` : 'nothing is served'}`);
+    events.warn(
+      { event: 'policy.rejected', trigger, source: config.policy, errors: result.error.errors },
+      `policy rejected; ${store.loaded ? `generation ${store.current.generation} keeps serving` : 'nothing is served'}`,
+    );
     return false;
   };
   if (!logLoad('start', await store.load())) return null;
 
   if (config.baseline.allowCidrs.length > 0) {
-    events.warn({ event: 'baseline.exemptions', allow_cidrs: config.baseline.allowCidrs.map((c) => c.text) }, 'SSRF baseline exemptions in force');
+    events.warn(
+      { event: 'baseline.exemptions', allow_cidrs: config.baseline.allowCidrs.map((c) => c.text) },
+      'SSRF baseline exemptions in force',
+    );
   }
   for (const { entry, metadata } of metadataOverlaps(config.baseline.allowCidrs)) {
     events.warn(
@@ -148,7 +176,11 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
       `baseline.allow_cidrs entry ${entry} covers metadata ${metadata.join(', ')}, which stays refused: only an entry that is exactly that address exempts it`,
     );
   }
-  const resolver = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: config.dns.cacheMaxTtlSeconds });
+  const resolver = createResolver({
+    servers: config.dns.servers,
+    timeoutMs: config.dns.timeoutMs,
+    maxTtlSeconds: config.dns.cacheMaxTtlSeconds,
+  });
   const registry = state.calls;
   const discovered = state.discovered;
   // The memory registry sweeps itself (create-state.ts); the memory history's idle keys here.
@@ -157,9 +189,22 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   events.tapDecisions(feed);
   metrics.watchFeed(feed);
   let adminAddress: { address: string; port: number } | null = null;
-  const proxy = new ProxyServer({ config, store, resolver, registry, events, discovered, history, observer: metrics.observer(), otherListeners: () => (adminAddress ? [adminAddress] : []) });
+  const proxy = new ProxyServer({
+    config,
+    store,
+    resolver,
+    registry,
+    events,
+    discovered,
+    history,
+    observer: metrics.observer(),
+    otherListeners: () => (adminAddress ? [adminAddress] : []),
+  });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
-  events.info({ event: 'listening', listener: 'proxy', address: bound.address, port: bound.port }, `proxy listening on ${bound.address}:${bound.port}`);
+  events.info(
+    { event: 'listening', listener: 'proxy', address: bound.address, port: bound.port },
+    `proxy listening on ${bound.address}:${bound.port}`,
+  );
 
   const reload = async (trigger: string) => logLoad(trigger, await store.load());
   const watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
@@ -195,8 +240,16 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   };
   if (config.admin.listen) {
     // Dry runs refuse the proxy's own listeners as `self`, as the live proxy does.
-    const isSelf = createSelfCheck({ listeners: () => canonicalListeners([...(proxy.address ? [proxy.address] : []), ...(adminAddress ? [adminAddress] : [])]) });
-    admin = new AdminServer({ config, running, metrics, isSelf, resolver: createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 }) });
+    const isSelf = createSelfCheck({
+      listeners: () => canonicalListeners([...(proxy.address ? [proxy.address] : []), ...(adminAddress ? [adminAddress] : [])]),
+    });
+    admin = new AdminServer({
+      config,
+      running,
+      metrics,
+      isSelf,
+      resolver: createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 }),
+    });
     try {
       adminAddress = await admin.listen(config.admin.listen.host, config.admin.listen.port);
     } catch (err) {
@@ -204,7 +257,10 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
       throw err;
     }
     proxy.refreshSelf();
-    events.info({ event: 'listening', listener: 'admin', address: adminAddress.address, port: adminAddress.port }, `admin API listening on ${adminAddress.address}:${adminAddress.port}`);
+    events.info(
+      { event: 'listening', listener: 'admin', address: adminAddress.address, port: adminAddress.port },
+      `admin API listening on ${adminAddress.address}:${adminAddress.port}`,
+    );
   }
   return running;
 }

@@ -28,8 +28,10 @@ export interface TestOptions {
 
 /** The history flags, checked before anything is loaded. */
 function readHistoryFlags(options: TestOptions): { earlier: EarlierCall[] } | { error: string } {
-  if (options.session !== undefined && !LABEL.test(options.session)) return { error: '--session must be 1 to 256 characters without control characters' };
-  if (options.callId !== undefined && !CALL_ID.test(options.callId)) return { error: '--call-id must be 1 to 256 visible ASCII characters' };
+  if (options.session !== undefined && !LABEL.test(options.session))
+    return { error: '--session must be 1 to 256 characters without control characters' };
+  if (options.callId !== undefined && !CALL_ID.test(options.callId))
+    return { error: '--call-id must be 1 to 256 visible ASCII characters' };
   const texts = options.earlier ?? [];
   if (texts.length > MAX_EARLIER) return { error: `at most ${MAX_EARLIER} --earlier calls` };
   const earlier: EarlierCall[] = [];
@@ -78,7 +80,9 @@ export async function runTest(policyFile: string, destination: string, options: 
   }
   const fallback = createResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeoutMs, maxTtlSeconds: 0 });
   // The listeners that config names (the defaults without --config) are the proxy's own: `self`.
-  const listeners = canonicalListeners([config.listen, ...(config.admin.listen ? [config.admin.listen] : [])].map((l) => ({ address: l.host, port: l.port })));
+  const listeners = canonicalListeners(
+    [config.listen, ...(config.admin.listen ? [config.admin.listen] : [])].map((l) => ({ address: l.host, port: l.port })),
+  );
   const isSelf = createSelfCheck({ listeners: () => listeners });
   const now = Date.now();
   const history = historyOf(flags.earlier, { now, sessionId: options.session ?? null, server: options.server ?? null });

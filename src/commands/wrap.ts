@@ -75,7 +75,8 @@ function proxyUrl(options: WrapOptions, env: NodeJS.ProcessEnv): URL | string {
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return `the proxy must be an http:// or https:// URL, not ${url.protocol}`;
   if (url.pathname !== '/' || url.search || url.hash) return 'the proxy URL must name only scheme, host and port';
-  if (url.password) return `the proxy URL carries a password: pass --user NAME and put the password in $${PASSWORD_VAR}, never on the command line`;
+  if (url.password)
+    return `the proxy URL carries a password: pass --user NAME and put the password in $${PASSWORD_VAR}, never on the command line`;
   if (options.user !== undefined) {
     const password = env[PASSWORD_VAR];
     if (!password) return `--user needs the password in $${PASSWORD_VAR}`;
@@ -106,7 +107,8 @@ export function childEnvironment(env: NodeJS.ProcessEnv, proxy: URL, noProxy: st
   delete child.MCP_EGRESS_PROXY;
   delete child.MCP_EGRESS_ALLOW_DIRECT; // the preload must never run unproxied under wrap
   for (const name of ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy']) child[name] = proxy.href;
-  for (const name of ['ALL_PROXY', 'all_proxy', 'MCP_EGRESS_HTTPS_PROXY', 'MCP_EGRESS_HTTP_PROXY', 'MCP_EGRESS_NO_PROXY']) delete child[name];
+  for (const name of ['ALL_PROXY', 'all_proxy', 'MCP_EGRESS_HTTPS_PROXY', 'MCP_EGRESS_HTTP_PROXY', 'MCP_EGRESS_NO_PROXY'])
+    delete child[name];
   child.NO_PROXY = noProxy;
   child.no_proxy = noProxy;
   child.NODE_OPTIONS = nodeOptionsWithPreload(preload, env.NODE_OPTIONS);

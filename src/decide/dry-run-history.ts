@@ -45,7 +45,8 @@ function secondsAgo(n: unknown, where: string): Result<number> {
 
 function label(value: unknown, key: string, where: string): Result<string | null> {
   if (value === undefined || value === null) return null;
-  if (typeof value !== 'string' || !LABEL.test(value)) return { error: `${where}${key} must be a string of 1 to 256 characters without control characters` };
+  if (typeof value !== 'string' || !LABEL.test(value))
+    return { error: `${where}${key} must be a string of 1 to 256 characters without control characters` };
   return value;
 }
 
@@ -56,7 +57,11 @@ function callId(value: unknown, where: string): Result<string | null> {
 }
 
 /** Checks the fields shared by both spellings; `tool` may be null only where the caller allows it. */
-function earlier(fields: { tool: unknown; seconds_ago: unknown; server?: unknown; host?: unknown; address?: unknown; call_id?: unknown }, dispatched: boolean | null, where: string): Result<EarlierCall> {
+function earlier(
+  fields: { tool: unknown; seconds_ago: unknown; server?: unknown; host?: unknown; address?: unknown; call_id?: unknown },
+  dispatched: boolean | null,
+  where: string,
+): Result<EarlierCall> {
   if (fields.tool === undefined) return { error: `${where}tool is required` };
   const tool = label(fields.tool, 'tool', where);
   if (typeof tool === 'object' && tool !== null) return tool;
@@ -99,7 +104,9 @@ export function parseEarlierArg(text: string): Result<EarlierCall> {
     const eq = part.indexOf('=');
     const key = eq === -1 ? part : part.slice(0, eq);
     if (eq === -1 || !(CLI_KEYS as readonly string[]).includes(key)) {
-      return { error: `${where}expected tool=T,seconds_ago=N[,server=S][,host=H][,address=IP][,call_id=C][,refused], not '${part.slice(0, 60)}'` };
+      return {
+        error: `${where}expected tool=T,seconds_ago=N[,server=S][,host=H][,address=IP][,call_id=C][,refused], not '${part.slice(0, 60)}'`,
+      };
     }
     if (Object.hasOwn(fields, key)) return { error: `${where}${key} given twice` };
     fields[key] = part.slice(eq + 1);
@@ -113,13 +120,20 @@ export function parseEarlierArg(text: string): Result<EarlierCall> {
 /** One item of `POST /v1/test`'s `history`: `{tool, seconds_ago, server?, host?, address?, call_id?, dispatched?}`. */
 export function earlierFromJson(value: unknown, index: number): Result<EarlierCall> {
   const where = `history[${index}]: `;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return { error: `${where}must be an object {tool, seconds_ago, ...}` };
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return { error: `${where}must be an object {tool, seconds_ago, ...}` };
   const item = value as Record<string, unknown>;
   for (const key of Object.keys(item)) {
-    if (!(JSON_KEYS as readonly string[]).includes(key)) return { error: `${where}unknown field '${key.slice(0, 64)}' (accepted: ${JSON_KEYS.join(', ')})` };
+    if (!(JSON_KEYS as readonly string[]).includes(key))
+      return { error: `${where}unknown field '${key.slice(0, 64)}' (accepted: ${JSON_KEYS.join(', ')})` };
   }
-  if (item.dispatched !== undefined && item.dispatched !== null && typeof item.dispatched !== 'boolean') return { error: `${where}dispatched must be true or false` };
-  return earlier({ tool: item.tool, seconds_ago: item.seconds_ago, server: item.server, host: item.host, address: item.address, call_id: item.call_id }, (item.dispatched) ?? null, where);
+  if (item.dispatched !== undefined && item.dispatched !== null && typeof item.dispatched !== 'boolean')
+    return { error: `${where}dispatched must be true or false` };
+  return earlier(
+    { tool: item.tool, seconds_ago: item.seconds_ago, server: item.server, host: item.host, address: item.address, call_id: item.call_id },
+    item.dispatched ?? null,
+    where,
+  );
 }
 
 /**
@@ -127,7 +141,10 @@ export function earlierFromJson(value: unknown, index: number): Result<EarlierCa
  * session id and, unless it names one, its client identity (the same key). An IP-literal host
  * with no address was dialled at that address.
  */
-export function historyOf(calls: readonly EarlierCall[], call: { readonly now: number; readonly sessionId: string | null; readonly server: string | null }): HistoryCall[] {
+export function historyOf(
+  calls: readonly EarlierCall[],
+  call: { readonly now: number; readonly sessionId: string | null; readonly server: string | null },
+): HistoryCall[] {
   const history = calls.map((e): HistoryCall => {
     const egress = e.host !== null || e.address !== null;
     const dispatched = egress ? e.dispatched !== false : null;
@@ -146,5 +163,8 @@ export function historyOf(calls: readonly EarlierCall[], call: { readonly now: n
     };
   });
   // Newest first, as the engine expects; equal times keep the order given.
-  return history.map((h, i) => [h, i] as const).sort((a, b) => b[0].at - a[0].at || a[1] - b[1]).map(([h]) => h);
+  return history
+    .map((h, i) => [h, i] as const)
+    .sort((a, b) => b[0].at - a[0].at || a[1] - b[1])
+    .map(([h]) => h);
 }

@@ -63,8 +63,20 @@ export async function dryRun(policy: CompiledPolicy, input: DryRunInput, deps: D
   const table = resolveTable(input.resolve ?? []);
   if ('error' in table) return { kind: 'invalid', error: table.error };
   const resolver = staticResolver(table, deps.fallback);
-  const ctx = { tool: input.tool ?? null, server: input.server ?? null, port: target.port, callId: input.callId ?? null, now: input.now ?? Date.now(), history: input.history ?? [] };
-  const outcome = await decideCall(policy, [ctx], target, { resolver, classify: createBaseline({ allowCidrs: deps.allowCidrs, isSelf: deps.isSelf }), explain: true });
-  if (outcome.kind === 'dns_error') return { kind: 'dns_error', error: { code: 'dns_error', kind: outcome.error.kind, message: outcome.error.message } };
+  const ctx = {
+    tool: input.tool ?? null,
+    server: input.server ?? null,
+    port: target.port,
+    callId: input.callId ?? null,
+    now: input.now ?? Date.now(),
+    history: input.history ?? [],
+  };
+  const outcome = await decideCall(policy, [ctx], target, {
+    resolver,
+    classify: createBaseline({ allowCidrs: deps.allowCidrs, isSelf: deps.isSelf }),
+    explain: true,
+  });
+  if (outcome.kind === 'dns_error')
+    return { kind: 'dns_error', error: { code: 'dns_error', kind: outcome.error.kind, message: outcome.error.message } };
   return { kind: 'decision', decision: outcome.decision };
 }

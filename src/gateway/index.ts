@@ -54,7 +54,11 @@ export interface Gateway {
    * Calls a tool through an MCP client with a registered call id and the session id in
    * `params._meta` (the session: `params._meta["mcp-egress-proxy/session_id"]`, else the gateway's).
    */
-  callTool<P extends { name: string; _meta?: Record<string, unknown> }, R>(client: ToolCaller<P, R>, params: P, ...rest: never[]): Promise<R>;
+  callTool<P extends { name: string; _meta?: Record<string, unknown> }, R>(
+    client: ToolCaller<P, R>,
+    params: P,
+    ...rest: never[]
+  ): Promise<R>;
 }
 
 export function createGateway(options: GatewayOptions): Gateway {
@@ -69,7 +73,13 @@ export function createGateway(options: GatewayOptions): Gateway {
       const res = await fetch(`${base}/v1/calls`, {
         method: 'POST',
         headers,
-        body: JSON.stringify({ call_id: callId, tool, client: options.client, ...(extra.sessionId ? { session_id: extra.sessionId } : {}), ...(ttl ? { ttl_ms: ttl } : {}) }),
+        body: JSON.stringify({
+          call_id: callId,
+          tool,
+          client: options.client,
+          ...(extra.sessionId ? { session_id: extra.sessionId } : {}),
+          ...(ttl ? { ttl_ms: ttl } : {}),
+        }),
       });
       if (res.status !== 201) throw new Error(`mcp-egress-proxy gateway: registering a call failed (${res.status}): ${await res.text()}`);
       return callId;
@@ -83,7 +93,10 @@ export function createGateway(options: GatewayOptions): Gateway {
       const session = typeof named === 'string' ? named : sessionId;
       const callId = await gateway.register(params.name, { sessionId: session });
       try {
-        return await client.callTool({ ...params, _meta: { ...params._meta, [CALL_ID_META_KEY]: callId, [SESSION_ID_META_KEY]: session } }, ...rest);
+        return await client.callTool(
+          { ...params, _meta: { ...params._meta, [CALL_ID_META_KEY]: callId, [SESSION_ID_META_KEY]: session } },
+          ...rest,
+        );
       } finally {
         await gateway.end(callId);
       }

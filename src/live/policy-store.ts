@@ -29,7 +29,9 @@ export interface LoadError {
   readonly errors: readonly string[];
 }
 
-export type LoadResult = { readonly ok: true; readonly generation: PolicyGeneration; readonly changed: boolean } | { readonly ok: false; readonly error: LoadError };
+export type LoadResult =
+  | { readonly ok: true; readonly generation: PolicyGeneration; readonly changed: boolean }
+  | { readonly ok: false; readonly error: LoadError };
 
 export class PolicyStore {
   private serving: PolicyGeneration | null = null;

@@ -34,8 +34,7 @@ export interface Ipv6Address {
 export type IpAddress = Ipv4Address | Ipv6Address;
 
 export type CanonicalHost =
-  | { readonly kind: 'ip'; readonly host: string; readonly ip: IpAddress }
-  | { readonly kind: 'name'; readonly host: string };
+  { readonly kind: 'ip'; readonly host: string; readonly ip: IpAddress } | { readonly kind: 'name'; readonly host: string };
 
 export type HostResult = CanonicalHost | { readonly kind: 'error'; readonly error: string };
 

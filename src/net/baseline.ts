@@ -51,7 +51,18 @@ const TABLE: ReadonlyArray<readonly [AddressClass, readonly Cidr[]]> = [
   ['broadcast', cidrs('255.255.255.255')],
   [
     'reserved',
-    cidrs('192.0.0.0/24', '192.0.2.0/24', '198.18.0.0/15', '198.51.100.0/24', '203.0.113.0/24', '240.0.0.0/4', '2001:db8::/32', '100::/64', '2001::/32', '64:ff9b:1::/48'),
+    cidrs(
+      '192.0.0.0/24',
+      '192.0.2.0/24',
+      '198.18.0.0/15',
+      '198.51.100.0/24',
+      '203.0.113.0/24',
+      '240.0.0.0/4',
+      '2001:db8::/32',
+      '100::/64',
+      '2001::/32',
+      '64:ff9b:1::/48',
+    ),
   ],
 ];
 const GLOBAL_UNICAST = cidrs('2000::/3')[0] as Cidr;
@@ -126,7 +137,8 @@ export function createBaseline(options: BaselineOptions = {}): (ip: IpAddress, p
     const addressClass = classifyAddress(ip);
     if (addressClass === null) return null;
     const carried = embeddedIpv4(ip);
-    for (const { block, spellsIpv4 } of addressClass === 'metadata' ? exactAllow : allow) if (exempts(block, spellsIpv4, ip, carried)) return null;
+    for (const { block, spellsIpv4 } of addressClass === 'metadata' ? exactAllow : allow)
+      if (exempts(block, spellsIpv4, ip, carried)) return null;
     return addressClass;
   };
 }

@@ -62,7 +62,12 @@ export interface DialCancel {
  * Connects to the first of `candidates` that accepts, in order. `signal` abandons the dial
  * between attempts. Rejects with DialError when none accepts.
  */
-export async function pinnedDial(candidates: readonly IpAddress[], port: number, timeoutMs: number, signal?: DialCancel): Promise<PinnedConnection> {
+export async function pinnedDial(
+  candidates: readonly IpAddress[],
+  port: number,
+  timeoutMs: number,
+  signal?: DialCancel,
+): Promise<PinnedConnection> {
   const attempts: Array<{ address: string; error: string }> = [];
   for (const address of candidates) {
     if (signal?.aborted) break;

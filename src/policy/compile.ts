@@ -81,7 +81,10 @@ export function byEvaluationOrder(a: RuleSpec, b: RuleSpec): number {
 }
 
 function matcherKey(spec: AfterSpec): string {
-  const hosts = spec.hosts === null ? null : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).sort();
+  const hosts =
+    spec.hosts === null
+      ? null
+      : spec.hosts.map((e) => (e.kind === 'cidr' ? e.cidr.text : e.kind === 'host' ? e.host : `*.${e.suffix}`)).sort();
   return JSON.stringify([spec.toolGlob, spec.serverGlob, hosts]);
 }
 
@@ -91,14 +94,24 @@ function compileAfter(spec: AfterSpec, matchers: Map<string, { -readonly [K in k
   const withinMs = spec.withinSeconds * 1000;
   let match = matchers.get(key);
   if (!match) {
-    match = { id: matchers.size, tool: compileGlob(spec.toolGlob), server: compileGlob(spec.serverGlob), hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts), scanMs: withinMs };
+    match = {
+      id: matchers.size,
+      tool: compileGlob(spec.toolGlob),
+      server: compileGlob(spec.serverGlob),
+      hosts: spec.hosts === null ? null : compileEntrySet(spec.hosts),
+      scanMs: withinMs,
+    };
     matchers.set(key, match);
   }
   match.scanMs = Math.max(match.scanMs, withinMs);
   return { spec, match, withinMs };
 }
 
-export function compileRule(spec: RuleSpec, order: number, clauses: Map<string, AfterMatcher & { scanMs: number }> = new Map()): CompiledRule {
+export function compileRule(
+  spec: RuleSpec,
+  order: number,
+  clauses: Map<string, AfterMatcher & { scanMs: number }> = new Map(),
+): CompiledRule {
   const verdict = spec.verdict as EgressVerdict;
   // On an allow rule the allow list is in scope and deny exempts; on deny/audit the reverse.
   const scopeSide = spec.lists ? (verdict === 'allow' ? 'allow' : 'deny') : null;

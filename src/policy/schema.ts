@@ -15,7 +15,19 @@ import { isEnforcedEgressRule, RULE_VERDICTS, STAGES } from './types.js';
 import type { AfterSpec, EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
 
 const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
-const RULE_KEYS = ['id', 'priority', 'label', 'stage', 'tool_name_glob', 'server_glob', 'verdict', 'egress', 'egress_json', 'ports', 'after'] as const;
+const RULE_KEYS = [
+  'id',
+  'priority',
+  'label',
+  'stage',
+  'tool_name_glob',
+  'server_glob',
+  'verdict',
+  'egress',
+  'egress_json',
+  'ports',
+  'after',
+] as const;
 const AFTER_KEYS = ['tool_name_glob', 'server_glob', 'hosts', 'within_seconds'] as const;
 /** The longest sequence window: a day (policy.md). */
 export const MAX_WITHIN_SECONDS = 86_400;
@@ -36,7 +48,13 @@ export async function loadPolicyFile(file: string): Promise<PolicyLoadResult & {
     bytes = await readFile(file);
   } catch (err) {
     const message = `cannot read policy file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-    return { spec: null, bytes: null, egressRules: 0, skippedRules: 0, diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }] };
+    return {
+      spec: null,
+      bytes: null,
+      egressRules: 0,
+      skippedRules: 0,
+      diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }],
+    };
   }
   return { ...parsePolicy(file, bytes.toString('utf8')), bytes };
 }
@@ -127,7 +145,10 @@ function readRule(src: YamlSource, node: Node, position: number, seenIds: Map<st
   const after = afterPair ? readAfter(src, afterPair) : null;
 
   if (verdict && stage === 'egress' && !isEnforcedEgressRule({ stage, verdict })) {
-    src.warning(src.at(verdictPair as Pair<Node, Node | null>), `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`);
+    src.warning(
+      src.at(verdictPair as Pair<Node, Node | null>),
+      `rule '${id}': ${verdict} is not enforced on the egress surface; the rule is skipped`,
+    );
   }
   if (src.diagnostics.slice(before).some((d) => d.severity === 'error')) return null;
   return {
@@ -161,7 +182,8 @@ function readAfter(src: YamlSource, pair: Pair<Node, Node | null>): AfterSpec | 
   let hosts: Entry[] | null = null;
   if (hostsPair) {
     const items = src.strings(hostsPair, 'after.hosts');
-    if (items && items.length === 0) src.error(src.at(hostsPair), 'after.hosts must list at least one entry (omit hosts to accept any earlier call)');
+    if (items && items.length === 0)
+      src.error(src.at(hostsPair), 'after.hosts must list at least one entry (omit hosts to accept any earlier call)');
     hosts = [];
     for (const item of items ?? []) {
       const entry = parseEntry(item.value);

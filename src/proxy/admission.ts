@@ -134,12 +134,18 @@ export class Admission {
       this.options.observer?.failure?.('proxy_auth_required');
       return {
         ok: false,
-        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target), { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' }),
+        answer: failure('proxy_auth_required', identity.reason, this.labelFor(target), {
+          'proxy-authenticate': 'Basic realm="mcp-egress-proxy"',
+        }),
       };
     }
     const client = identity.client;
     const limitKey = identity.limitKey;
-    const headerNames = { tool: config.attribution.toolHeader, call: config.attribution.callHeader, session: config.attribution.sessionHeader };
+    const headerNames = {
+      tool: config.attribution.toolHeader,
+      call: config.attribution.callHeader,
+      session: config.attribution.sessionHeader,
+    };
     let attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
     // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
     if (attribution instanceof Promise) {
@@ -165,7 +171,19 @@ export class Admission {
         uncovered: false,
       };
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = { connId, client, limitKey, call, calls: [call], generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+      const admitted: Admitted = {
+        connId,
+        client,
+        limitKey,
+        call,
+        calls: [call],
+        generation: generation.generation,
+        digest: generation.digest,
+        decision,
+        candidates: [],
+        target,
+        method,
+      };
       this.logDecision(admitted, null, attribution.reason);
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
@@ -176,21 +194,36 @@ export class Admission {
     if (generation.policy.hasSequenceRules) {
       let read = readHistories(this.options.history, attribution.calls, client, now);
       if (read instanceof Promise) read = await read;
-      if (read === null) return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
+      if (read === null)
+        return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
       histories = read;
     }
     const contexts = attribution.calls.map((c, i) => {
       const history = histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY;
       return { tool: c.tool, server: client, port: target.port, callId: c.callId, now, history };
     });
-    const outcome = await decideCall(generation.policy, contexts, target, { resolver: this.options.resolver, classify: this.options.classify });
+    const outcome = await decideCall(generation.policy, contexts, target, {
+      resolver: this.options.resolver,
+      classify: this.options.classify,
+    });
     const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
     if (outcome.kind === 'dns_error') {
-      const fields = { conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client };
+      const fields = {
+        conn_id: connId,
+        code: 'dns_error',
+        dns: outcome.error.kind,
+        host: target.host.host,
+        port: target.port,
+        method,
+        server: client,
+      };
       events.error({ ...fields, tool: call.tool, call_id: call.callId }, outcome.error.message);
       this.options.observer?.failure?.('dns_error');
-      return { ok: false, answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)) };
+      return {
+        ok: false,
+        answer: failure('dns_error', `could not resolve ${target.host.host} (${outcome.error.kind})`, this.labelFor(target, call)),
+      };
     }
     const admitted: Admitted = {
       connId,
@@ -228,8 +261,30 @@ export class Admission {
     const message =
       `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
       "the policy's longest window, or the state store is unavailable); refused until it can";
-    const decision: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'state_unavailable', rule: null, after: null, addresses: [], trace: [], uncovered: false };
-    const admitted: Admitted = { connId, client, limitKey, call, calls, generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+    const decision: Decision = {
+      verdict: 'deny',
+      dispatched: false,
+      shadow: false,
+      reason: 'state_unavailable',
+      rule: null,
+      after: null,
+      addresses: [],
+      trace: [],
+      uncovered: false,
+    };
+    const admitted: Admitted = {
+      connId,
+      client,
+      limitKey,
+      call,
+      calls,
+      generation: generation.generation,
+      digest: generation.digest,
+      decision,
+      candidates: [],
+      target,
+      method,
+    };
     this.logDecision(admitted, null, message);
     return failure('state_unavailable', message, this.labelFor(target, call));
   }
@@ -238,7 +293,14 @@ export class Admission {
    * Fail closed: attribution needed the registered calls and the shared store could not give
    * them (down, or slower than `state.timeout_ms`): refused with 503 `state_unavailable`.
    */
-  private registrationsUnavailable(connId: string, client: string, limitKey: string, target: Target, method: string, err: unknown): AdmissionResult {
+  private registrationsUnavailable(
+    connId: string,
+    client: string,
+    limitKey: string,
+    target: Target,
+    method: string,
+    err: unknown,
+  ): AdmissionResult {
     const generation = this.options.store.current;
     const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
     const decision: Decision = {
@@ -253,10 +315,25 @@ export class Admission {
       uncovered: false,
     };
     const call: Attribution = { tool: null, callId: null, sessionId: null };
-    const admitted: Admitted = { connId, client, limitKey, call, calls: [call], generation: generation.generation, digest: generation.digest, decision, candidates: [], target, method };
+    const admitted: Admitted = {
+      connId,
+      client,
+      limitKey,
+      call,
+      calls: [call],
+      generation: generation.generation,
+      digest: generation.digest,
+      decision,
+      candidates: [],
+      target,
+      method,
+    };
     this.logDecision(admitted, null, why);
     this.options.observer?.failure?.('state_unavailable');
-    return { ok: false, answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)) };
+    return {
+      ok: false,
+      answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)),
+    };
   }
 
   /** Observe mode: a background write with Redis; `egress.discovered` once per entry (fleet-wide). */
@@ -275,7 +352,10 @@ export class Admission {
     const { config, events, observer } = this.options;
     const perClient = this.tunnelsByClient.get(a.limitKey) ?? 0;
     if (perClient >= config.limits.maxTunnelsPerClient) {
-      events.error({ conn_id: a.connId, code: 'too_many_tunnels', server: a.client, limit_key: a.limitKey, open: perClient }, 'tunnel limit reached');
+      events.error(
+        { conn_id: a.connId, code: 'too_many_tunnels', server: a.client, limit_key: a.limitKey, open: perClient },
+        'tunnel limit reached',
+      );
       observer?.failure?.('too_many_tunnels');
       const who = config.auth.users.length > 0 ? `client ${a.limitKey}` : `source address ${a.limitKey}`;
       const message = `${who} has ${perClient} open tunnels (limit ${config.limits.maxTunnelsPerClient})`;
@@ -337,7 +417,10 @@ export class Admission {
   }
 
   badRequest(connId: string, message: string, target: Target | null, method: string): Answer {
-    this.options.events.error({ conn_id: connId, code: 'bad_request', method, host: target?.host.host ?? null, port: target?.port ?? null }, message);
+    this.options.events.error(
+      { conn_id: connId, code: 'bad_request', method, host: target?.host.host ?? null, port: target?.port ?? null },
+      message,
+    );
     this.options.observer?.failure?.('bad_request');
     return failure('bad_request', message, this.labelFor(target));
   }

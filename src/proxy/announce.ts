@@ -65,20 +65,29 @@ export async function readAnnouncement(req: IncomingMessage): Promise<Announceme
   } catch {
     return bad('the body is not valid JSON');
   }
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return bad('the body must be a JSON object {"tool", "call_id"?, "session_id"?}');
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    return bad('the body must be a JSON object {"tool", "call_id"?, "session_id"?}');
   const b = body as Record<string, unknown>;
-  for (const key of Object.keys(b)) if (!KEYS.includes(key)) return bad(`unknown field '${key.slice(0, 64)}' (accepted: ${KEYS.join(', ')})`);
-  if (typeof b.tool !== 'string' || !LABEL.test(b.tool)) return bad('tool is required: a string of 1 to 256 characters without control characters');
+  for (const key of Object.keys(b))
+    if (!KEYS.includes(key)) return bad(`unknown field '${key.slice(0, 64)}' (accepted: ${KEYS.join(', ')})`);
+  if (typeof b.tool !== 'string' || !LABEL.test(b.tool))
+    return bad('tool is required: a string of 1 to 256 characters without control characters');
   const callId = b.call_id ?? null;
-  if (callId !== null && (typeof callId !== 'string' || !CALL_ID.test(callId))) return bad('call_id must be 1 to 256 visible ASCII characters');
+  if (callId !== null && (typeof callId !== 'string' || !CALL_ID.test(callId)))
+    return bad('call_id must be 1 to 256 visible ASCII characters');
   const sessionId = b.session_id ?? null;
-  if (sessionId !== null && (typeof sessionId !== 'string' || !LABEL.test(sessionId))) return bad('session_id must be a string of 1 to 256 characters without control characters');
+  if (sessionId !== null && (typeof sessionId !== 'string' || !LABEL.test(sessionId)))
+    return bad('session_id must be a string of 1 to 256 characters without control characters');
   return { tool: b.tool, callId: callId, sessionId: sessionId };
 }
 
 /** The refusal under `trust: registered`. */
 export function announceNotTrusted(): Answer {
-  return failure('announce_not_trusted', 'announcements are refused under attribution.trust: registered: only calls the gateway registers count as history', NO_CALL);
+  return failure(
+    'announce_not_trusted',
+    'announcements are refused under attribution.trust: registered: only calls the gateway registers count as history',
+    NO_CALL,
+  );
 }
 
 /** The history record of an announced call from `client`. */

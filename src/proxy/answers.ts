@@ -53,7 +53,13 @@ export interface Answer {
   readonly body: string;
 }
 
-function json(status: number, code: ErrorCode, fields: Record<string, unknown>, call: CallLabel, extraHeaders: Record<string, string> = {}): Answer {
+function json(
+  status: number,
+  code: ErrorCode,
+  fields: Record<string, unknown>,
+  call: CallLabel,
+  extraHeaders: Record<string, string> = {},
+): Answer {
   const body = JSON.stringify({
     error: {
       code,
@@ -91,11 +97,22 @@ export function refusal(decision: Decision, call: CallLabel, denyStatus: number,
   }
   const fields: Record<string, unknown> = { reason: decision.reason, message, rule: decision.rule };
   if (decision.address_class) fields.address_class = decision.address_class;
-  return json(denyStatus, 'firewall_blocked', fields, call, decision.reason === 'rule' && decision.rule ? { 'x-egress-rule': decision.rule.id } : {});
+  return json(
+    denyStatus,
+    'firewall_blocked',
+    fields,
+    call,
+    decision.reason === 'rule' && decision.rule ? { 'x-egress-rule': decision.rule.id } : {},
+  );
 }
 
 /** Any other failure, with its own code and status. */
-export function failure(code: Exclude<ErrorCode, 'firewall_blocked'>, message: string, call: CallLabel, extraHeaders: Record<string, string> = {}): Answer {
+export function failure(
+  code: Exclude<ErrorCode, 'firewall_blocked'>,
+  message: string,
+  call: CallLabel,
+  extraHeaders: Record<string, string> = {},
+): Answer {
   return json(STATUS[code], code, { reason: code, message, rule: null }, call, extraHeaders);
 }
 
@@ -104,7 +121,11 @@ export function sendAnswer(res: ServerResponse, answer: Answer, close: boolean):
     res.destroy();
     return;
   }
-  res.writeHead(answer.status, { ...answer.headers, 'content-length': Buffer.byteLength(answer.body), ...(close ? { connection: 'close' } : {}) });
+  res.writeHead(answer.status, {
+    ...answer.headers,
+    'content-length': Buffer.byteLength(answer.body),
+    ...(close ? { connection: 'close' } : {}),
+  });
   res.end(answer.body);
 }
 
@@ -128,7 +149,11 @@ export function sendRawAnswer(socket: Duplex, answer: Answer): void {
     return;
   }
   const lines = [`HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status] ?? 'Error'}`];
-  for (const [name, value] of Object.entries({ ...answer.headers, 'content-length': String(Buffer.byteLength(answer.body)), connection: 'close' })) {
+  for (const [name, value] of Object.entries({
+    ...answer.headers,
+    'content-length': String(Buffer.byteLength(answer.body)),
+    connection: 'close',
+  })) {
     lines.push(`${name}: ${value}`);
   }
   // Reading on (and dropping) whatever the client still sends lets its FIN arrive, which ends

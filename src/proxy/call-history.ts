@@ -21,7 +21,12 @@ export type Histories = ReadonlyArray<readonly HistoryCall[]>;
  * Each call's history (its session, else the client identity), in the order of `calls`; null
  * when any cannot be vouched for. A promise only when the store answers with one.
  */
-export function readHistories(store: HistoryStore, calls: readonly Attribution[], client: string, now: number): MaybePromise<Histories | null> {
+export function readHistories(
+  store: HistoryStore,
+  calls: readonly Attribution[],
+  client: string,
+  now: number,
+): MaybePromise<Histories | null> {
   const reads = calls.map((c) => store.read(historyKey(c.sessionId, client), now));
   if (!reads.some((r) => r instanceof Promise)) return reads.includes(null) ? null : (reads as Histories);
   return Promise.all(reads.map((r) => Promise.resolve(r))).then(
@@ -34,9 +39,24 @@ export function readHistories(store: HistoryStore, calls: readonly Attribution[]
  * Records a decided call under each attributed call's key: the host, the address dialled
  * (`pinned`; null when refused or the dial failed) and whether it went out.
  */
-export function recordDecided(store: HistoryStore, calls: readonly Attribution[], client: string, host: string, pinned: IpAddress | null): void {
+export function recordDecided(
+  store: HistoryStore,
+  calls: readonly Attribution[],
+  client: string,
+  host: string,
+  pinned: IpAddress | null,
+): void {
   const at = Date.now();
   for (const c of calls) {
-    store.record({ at, tool: c.tool, callId: c.callId, server: client, sessionId: c.sessionId, host, address: pinned, dispatched: pinned !== null });
+    store.record({
+      at,
+      tool: c.tool,
+      callId: c.callId,
+      server: client,
+      sessionId: c.sessionId,
+      host,
+      address: pinned,
+      dispatched: pinned !== null,
+    });
   }
 }

@@ -102,7 +102,8 @@ export function readConnectionStart(socket: Socket, limits: ConnectionStartLimit
     if (head.kind === 'incomplete') return;
     stop();
     if (head.kind === 'complete') handlers.connect(socket, head.target, head.rawHeaders, buffered.subarray(head.length));
-    else if (head.kind === 'too_large') handlers.refuse(socket, 'request_header_too_large', `request headers exceed ${limits.maxHeaderBytes} bytes`);
+    else if (head.kind === 'too_large')
+      handlers.refuse(socket, 'request_header_too_large', `request headers exceed ${limits.maxHeaderBytes} bytes`);
     else handlers.refuse(socket, 'bad_request', `malformed request (${head.reason})`);
   };
   const timer = setTimeout(() => {

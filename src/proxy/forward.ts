@@ -44,7 +44,8 @@ export class PlainHttpPath {
     // Origin form to the proxy itself: an announcement (announce.ts), not a call to forward.
     if (isAnnounceTarget(req.url ?? '')) {
       const status = await answerAnnouncement(req, res, { config: admission.config, history: admission.history });
-      if (status !== 204) admission.observer?.failure?.(status === 400 ? 'bad_request' : status === 407 ? 'proxy_auth_required' : 'announce_not_trusted');
+      if (status !== 204)
+        admission.observer?.failure?.(status === 400 ? 'bad_request' : status === 407 ? 'proxy_auth_required' : 'announce_not_trusted');
       return;
     }
     const url = parseAbsoluteUrl(req.url ?? '');
@@ -214,7 +215,10 @@ class Forward implements ActiveCall {
       res.destroy();
     } else if (err.code === 'UND_ERR_HEADERS_TIMEOUT') {
       this.admission.observer?.failure?.('upstream_timeout');
-      this.answer('idle_timeout', failure('upstream_timeout', `${where} did not answer in time`, this.admission.labelFor(a.target, a.call)));
+      this.answer(
+        'idle_timeout',
+        failure('upstream_timeout', `${where} did not answer in time`, this.admission.labelFor(a.target, a.call)),
+      );
     } else if (err.code === 'UND_ERR_INVALID_ARG') {
       this.answer('error', this.admission.badRequest(a.connId, `the request cannot be forwarded: ${err.message}`, a.target, a.method));
     } else if (!retry && reused && this.bodiless) {

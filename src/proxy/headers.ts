@@ -32,7 +32,15 @@ export function forwardRequestHeaders(raw: readonly string[], drop: ReadonlySet<
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || lower === 'host' || lower === 'expect' || lower.startsWith('proxy-') || listed.has(lower) || drop.has(lower)) continue;
+    if (
+      HOP_BY_HOP.has(lower) ||
+      lower === 'host' ||
+      lower === 'expect' ||
+      lower.startsWith('proxy-') ||
+      listed.has(lower) ||
+      drop.has(lower)
+    )
+      continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;

@@ -81,7 +81,10 @@ export class ProxyServer {
   constructor(private readonly options: ProxyServerOptions) {
     const { config } = options;
     this.ownListeners = new OwnListeners(() => this.address, options.otherListeners);
-    const classify = createBaseline({ allowCidrs: config.baseline.allowCidrs, isSelf: createSelfCheck({ listeners: this.ownListeners.list }) });
+    const classify = createBaseline({
+      allowCidrs: config.baseline.allowCidrs,
+      isSelf: createSelfCheck({ listeners: this.ownListeners.list }),
+    });
     this.admission = new Admission({ ...options, classify });
     this.connect = new ConnectPath(this.admission);
     this.plain = new PlainHttpPath(this.admission, this.pool);
@@ -123,7 +126,10 @@ export class ProxyServer {
     });
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
       clearHeadDeadline(socket);
-      sendRawAnswer(socket, failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)));
+      sendRawAnswer(
+        socket,
+        failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)),
+      );
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
   }
@@ -203,7 +209,12 @@ export class ProxyServer {
   }
 
   /** A connection answered before any call began (no call, so no decision line). */
-  private refuseHead(socket: Duplex, code: Exclude<ErrorCode, 'firewall_blocked'>, message: string, headers?: Record<string, string>): void {
+  private refuseHead(
+    socket: Duplex,
+    code: Exclude<ErrorCode, 'firewall_blocked'>,
+    message: string,
+    headers?: Record<string, string>,
+  ): void {
     // Nobody else listens on this socket any more: a reset while the answer goes out must
     // close it, not reach the process as an unhandled 'error'.
     socket.on('error', destroyOnError);
@@ -220,9 +231,12 @@ export class ProxyServer {
     const { maxHeaderBytes } = this.options.config.limits;
     // An answer of ours already under way on this connection: another one would corrupt it.
     if ((socket as { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) socket.destroy();
-    else if (err.code === 'HPE_HEADER_OVERFLOW') this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${maxHeaderBytes} bytes`);
-    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
-    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
+    else if (err.code === 'HPE_HEADER_OVERFLOW')
+      this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${maxHeaderBytes} bytes`);
+    else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT')
+      this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
+    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE')
+      this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
     else socket.destroy();
   }
 }

@@ -23,11 +23,21 @@ export function markDirect<T extends http.Agent>(agent: T): T {
   return agent;
 }
 
-type ConnectOptions = tls.ConnectionOptions & { host?: string; hostname?: string; port?: number | string; path?: string | null; socketPath?: string };
+type ConnectOptions = tls.ConnectionOptions & {
+  host?: string;
+  hostname?: string;
+  port?: number | string;
+  path?: string | null;
+  socketPath?: string;
+};
 type Callback = (err: Error | null, socket?: net.Socket) => void;
 type CreateConnection = (this: http.Agent, options: ConnectOptions, callback?: Callback) => net.Socket | undefined;
 
-export function routeAgentsBuiltByTheProgram(route: { http: URL; https: URL; noProxy: string }, headers: () => Record<string, string>, callId: () => string | null): void {
+export function routeAgentsBuiltByTheProgram(
+  route: { http: URL; https: URL; noProxy: string },
+  headers: () => Record<string, string>,
+  callId: () => string | null,
+): void {
   const httpProto = http.Agent.prototype as unknown as { createConnection: CreateConnection; getName: (o?: unknown) => string };
   const httpsProto = https.Agent.prototype as unknown as { createConnection: CreateConnection };
 
@@ -36,13 +46,20 @@ export function routeAgentsBuiltByTheProgram(route: { http: URL; https: URL; noP
       const host = String(options.hostname ?? options.host ?? 'localhost');
       const port = Number(options.port ?? (secure ? 443 : 80));
       // No callback: the caller needs a socket now and a tunnel is asynchronous (not Node's own Agent).
-      if ((this as unknown as Record<symbol, boolean>)[DIRECT] || options.socketPath || options.path || !callback || bypassesProxy(route.noProxy, host, port)) {
+      if (
+        (this as unknown as Record<symbol, boolean>)[DIRECT] ||
+        options.socketPath ||
+        options.path ||
+        !callback ||
+        bypassesProxy(route.noProxy, host, port)
+      ) {
         return original.call(this, options, callback);
       }
       const { path: _path, socketPath: _socketPath, host: _host, port: _port, ...tlsOptions } = options;
       openTunnel({ proxy: secure ? route.https : route.http, host, port, headers: headers() }).then(
         // openTunnel hands the socket over paused; nothing arrives before the request is written.
-        (socket) => callback(null, secure ? tls.connect({ ...tlsOptions, socket, servername: options.servername ?? host }) : socket.resume()),
+        (socket) =>
+          callback(null, secure ? tls.connect({ ...tlsOptions, socket, servername: options.servername ?? host }) : socket.resume()),
         (err: Error) => callback(err),
       );
       return undefined;

@@ -69,14 +69,21 @@ function install(): void {
     process.exit(EX_CONFIG);
   }
   if (settings.kind === 'direct') {
-    process.stderr.write(`${PREFIX}: WARNING: no proxy variable is set and MCP_EGRESS_ALLOW_DIRECT=1: this program runs WITHOUT the egress proxy (nothing is routed, checked or attributed)\n`);
+    process.stderr.write(
+      `${PREFIX}: WARNING: no proxy variable is set and MCP_EGRESS_ALLOW_DIRECT=1: this program runs WITHOUT the egress proxy (nothing is routed, checked or attributed)\n`,
+    );
     return;
   }
   // npm itself (wrap -- npx -y some-server): its registry traffic is its own, not a tool's; it
   // reads the proxy variables for it, and passes them on to the server it starts.
   if (/^np[mx](-cli\.js)?$/.test(basename(process.argv[1] ?? ''))) return;
   hideProxyVariables(process.env, settings);
-  const forChildren: Record<string, string> = { HTTPS_PROXY: settings.https.href, HTTP_PROXY: settings.http.href, https_proxy: settings.https.href, http_proxy: settings.http.href };
+  const forChildren: Record<string, string> = {
+    HTTPS_PROXY: settings.https.href,
+    HTTP_PROXY: settings.http.href,
+    https_proxy: settings.https.href,
+    http_proxy: settings.http.href,
+  };
   if (settings.noProxy) Object.assign(forChildren, { NO_PROXY: settings.noProxy, no_proxy: settings.noProxy });
   restoreProxyVariablesForChildren(forChildren);
 
@@ -109,12 +116,16 @@ function install(): void {
       return announceCall(settings.http, ctx).then((result) => {
         if (result === 'not_trusted') {
           announcing = false;
-          process.stderr.write(`${PREFIX}: the proxy takes no announcements (attribution.trust: registered); calls are history through the gateway's registrations\n`);
+          process.stderr.write(
+            `${PREFIX}: the proxy takes no announcements (attribution.trust: registered); calls are history through the gateway's registrations\n`,
+          );
         }
       });
     },
   });
-  process.stderr.write(`${PREFIX}: fetch, http and https routed through ${redactProxyUrl(settings.https)} (https) and ${redactProxyUrl(settings.http)} (http)${settings.noProxy ? `, except NO_PROXY=${settings.noProxy}` : ''}; tool calls on stdio are attributed\n`);
+  process.stderr.write(
+    `${PREFIX}: fetch, http and https routed through ${redactProxyUrl(settings.https)} (https) and ${redactProxyUrl(settings.http)} (http)${settings.noProxy ? `, except NO_PROXY=${settings.noProxy}` : ''}; tool calls on stdio are attributed\n`,
+  );
 }
 
 install();

@@ -5,7 +5,10 @@
  */
 export function bypassesProxy(noProxy: string | undefined, hostname: string, port: number): boolean {
   if (!noProxy) return false;
-  const host = hostname.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '');
+  const host = hostname
+    .toLowerCase()
+    .replace(/^\[|\]$/g, '')
+    .replace(/\.$/, '');
   for (const raw of noProxy.split(/[,\s]+/)) {
     const entry = raw.trim().toLowerCase();
     if (!entry) continue;

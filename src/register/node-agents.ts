@@ -17,7 +17,10 @@ import { MAX_ANSWER_BYTES, proxyErrorCode, refusalFrom } from './refusal.js';
 import { openTunnel } from './tunnel.js';
 
 type AddRequest = (req: http.ClientRequest, options: { host?: string; hostname?: string; port?: number | string }) => void;
-type CreateConnection = (options: tls.ConnectionOptions & { host?: string; hostname?: string; port?: number | string; path?: unknown; socketPath?: unknown }, callback: (err: Error | null, socket?: net.Socket) => void) => void;
+type CreateConnection = (
+  options: tls.ConnectionOptions & { host?: string; hostname?: string; port?: number | string; path?: unknown; socketPath?: unknown },
+  callback: (err: Error | null, socket?: net.Socket) => void,
+) => void;
 
 /** A response the proxy gave itself becomes the request's error; other responses pass untouched. */
 function failOnProxyAnswer(req: http.ClientRequest): void {
@@ -67,7 +70,13 @@ class TunnelingHttpsAgent extends https.Agent {
  * class, not an instance with a patched method, because `agent: false` (superagent's default)
  * makes Node build a one-off agent with `new globalAgent.constructor()`: that one routes too.
  */
-function routingAgentClass<T extends http.Agent>(Base: new (opts: http.AgentOptions) => T, proxied: http.Agent, noProxy: string, defaultPort: number, interceptAnswers: boolean): new () => T {
+function routingAgentClass<T extends http.Agent>(
+  Base: new (opts: http.AgentOptions) => T,
+  proxied: http.Agent,
+  noProxy: string,
+  defaultPort: number,
+  interceptAnswers: boolean,
+): new () => T {
   const direct = markDirect(new Base({ keepAlive: false }));
   const Routing = class extends (Base as new (opts: http.AgentOptions) => http.Agent) {
     constructor() {
@@ -77,7 +86,8 @@ function routingAgentClass<T extends http.Agent>(Base: new (opts: http.AgentOpti
       const host = options.hostname ?? options.host ?? 'localhost';
       const port = Number(options.port ?? defaultPort);
       // A Unix socket (a Docker or local daemon API) is not network egress.
-      if (options.socketPath || bypassesProxy(noProxy, host, port)) return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
+      if (options.socketPath || bypassesProxy(noProxy, host, port))
+        return (direct as unknown as { addRequest: AddRequest }).addRequest(req, options);
       if (interceptAnswers) failOnProxyAnswer(req);
       (proxied as unknown as { addRequest: AddRequest }).addRequest(req, options);
     }

@@ -24,9 +24,7 @@ const NO_PROXY_NAMES = ['NO_PROXY', 'no_proxy', 'MCP_EGRESS_NO_PROXY'] as const;
 const LIBRARY_READ = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy', 'NO_PROXY', 'no_proxy'] as const;
 
 export type ProxySettings =
-  | { kind: 'proxy'; https: URL; http: URL; noProxy: string }
-  | { kind: 'direct' }
-  | { kind: 'refuse'; message: string };
+  { kind: 'proxy'; https: URL; http: URL; noProxy: string } | { kind: 'direct' } | { kind: 'refuse'; message: string };
 
 type Env = Record<string, string | undefined>;
 
@@ -48,7 +46,8 @@ function parseProxyUrl(name: string, value: string): URL | string {
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return `${name} must be an http:// or https:// proxy URL, not ${url.protocol}`;
   if (!url.hostname) return `${name} has no host`;
-  if (url.pathname !== '/' || url.search || url.hash) return `${name} must name only the proxy (scheme, optional credentials, host and port), not a path`;
+  if (url.pathname !== '/' || url.search || url.hash)
+    return `${name} must name only the proxy (scheme, optional credentials, host and port), not a path`;
   return url;
 }
 
@@ -57,11 +56,15 @@ export function readProxySettings(env: Env): ProxySettings {
   const httpVar = first(env, HTTP_NAMES);
   if (!httpsVar && !httpVar) {
     if (env[ALLOW_DIRECT_VAR] === '1') return { kind: 'direct' };
-    return { kind: 'refuse', message: `neither HTTPS_PROXY nor HTTP_PROXY is set, so traffic would bypass the proxy; refusing to start (set ${ALLOW_DIRECT_VAR}=1 to run unproxied on purpose)` };
+    return {
+      kind: 'refuse',
+      message: `neither HTTPS_PROXY nor HTTP_PROXY is set, so traffic would bypass the proxy; refusing to start (set ${ALLOW_DIRECT_VAR}=1 to run unproxied on purpose)`,
+    };
   }
   const https = httpsVar ? parseProxyUrl(httpsVar.name, httpsVar.value) : null;
   const http = httpVar ? parseProxyUrl(httpVar.name, httpVar.value) : null;
-  for (const u of [https, http]) if (typeof u === 'string') return { kind: 'refuse', message: `${u}; refusing to start (traffic would bypass the proxy)` };
+  for (const u of [https, http])
+    if (typeof u === 'string') return { kind: 'refuse', message: `${u}; refusing to start (traffic would bypass the proxy)` };
   const httpsUrl = (https ?? http) as URL;
   const httpUrl = (http ?? https) as URL;
   return { kind: 'proxy', https: httpsUrl, http: httpUrl, noProxy: first(env, NO_PROXY_NAMES)?.value ?? '' };

@@ -45,7 +45,15 @@ export function proxyErrorCode(headers: Record<string, string | string[] | undef
 export function refusalFrom(status: number, code: string, body: string): EgressRefusedError {
   const answer: ProxyAnswerBody = { code, reason: null, rule: null, destination: null, message: null };
   try {
-    const parsed = JSON.parse(body) as { error?: { code?: unknown; reason?: unknown; message?: unknown; rule?: { id?: unknown } | null; destination?: { host?: unknown; port?: unknown } | null } };
+    const parsed = JSON.parse(body) as {
+      error?: {
+        code?: unknown;
+        reason?: unknown;
+        message?: unknown;
+        rule?: { id?: unknown } | null;
+        destination?: { host?: unknown; port?: unknown } | null;
+      };
+    };
     const e = parsed.error ?? {};
     if (typeof e.code === 'string') answer.code = e.code;
     if (typeof e.reason === 'string') answer.reason = e.reason;

@@ -94,21 +94,23 @@ export function installStdioHooks(hooks: StdioHooks): void {
         }
         waiting = true;
         if (start < bytes.length) held.unshift(as(Buffer.from(bytes.subarray(start))));
-        announced.then(
-          () => {
-            open.set(call.id, call.ctx);
-            toolCalls.run(call.ctx, deliver);
-          },
-          (err: unknown) => {
-            const message = `mcp-egress-proxy: the call was not run: it could not be recorded for the egress proxy's sequence rules (${(err as Error)?.message ?? String(err)})`;
-            originalWrite(`${JSON.stringify({ jsonrpc: '2.0', id: call.id, error: { code: ANNOUNCE_FAILED, message } })}\n`);
-          },
-        ).finally(() => {
-          waiting = false;
-          const queued = held;
-          held = [];
-          for (const c of queued) wrapper(c);
-        });
+        announced
+          .then(
+            () => {
+              open.set(call.id, call.ctx);
+              toolCalls.run(call.ctx, deliver);
+            },
+            (err: unknown) => {
+              const message = `mcp-egress-proxy: the call was not run: it could not be recorded for the egress proxy's sequence rules (${(err as Error)?.message ?? String(err)})`;
+              originalWrite(`${JSON.stringify({ jsonrpc: '2.0', id: call.id, error: { code: ANNOUNCE_FAILED, message } })}\n`);
+            },
+          )
+          .finally(() => {
+            waiting = false;
+            const queued = held;
+            held = [];
+            for (const c of queued) wrapper(c);
+          });
         return;
       }
       if (start < bytes.length) {
@@ -133,7 +135,8 @@ export function installStdioHooks(hooks: StdioHooks): void {
   const originalOn = stdin.on.bind(stdin) as Listen;
   const originalOff = stdin.removeListener.bind(stdin) as Listen;
   const on: Listen = (event, listener) => originalOn(event, event === 'data' ? (wrap(listener) as (...args: unknown[]) => void) : listener);
-  const off: Listen = (event, listener) => originalOff(event, ((event === 'data' && wrappers.get(listener)) || listener) as (...args: unknown[]) => void);
+  const off: Listen = (event, listener) =>
+    originalOff(event, ((event === 'data' && wrappers.get(listener)) || listener) as (...args: unknown[]) => void);
   stdin.on = on as typeof stdin.on;
   stdin.addListener = on as typeof stdin.addListener;
   stdin.removeListener = off as typeof stdin.removeListener;

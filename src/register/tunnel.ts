@@ -31,7 +31,8 @@ export function proxyAuthorization(proxy: URL): Record<string, string> {
 export function connectToProxy(proxy: URL): net.Socket {
   const host = proxy.hostname.replace(/^\[|\]$/g, '');
   const port = Number(proxy.port || (proxy.protocol === 'https:' ? 443 : 80));
-  if (proxy.protocol === 'https:') return tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+  if (proxy.protocol === 'https:')
+    return tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
   return net.connect({ host, port });
 }
 
@@ -50,7 +51,9 @@ export function openTunnel(req: TunnelRequest): Promise<net.Socket> {
       socket.destroy();
       reject(err);
     };
-    socket.setTimeout(req.timeoutMs ?? 30_000, () => fail(new Error(`the proxy ${req.proxy.host} did not answer CONNECT ${target} in time`)));
+    socket.setTimeout(req.timeoutMs ?? 30_000, () =>
+      fail(new Error(`the proxy ${req.proxy.host} did not answer CONNECT ${target} in time`)),
+    );
     socket.once('error', fail);
     socket.once('close', () => fail(new Error(`the proxy ${req.proxy.host} closed the connection before answering CONNECT ${target}`)));
     socket.write(`${lines.join('\r\n')}\r\n\r\n`);

@@ -82,7 +82,11 @@ function failOnProxyAnswer(handler: Dispatcher.DispatchHandler): Dispatcher.Disp
     },
     onData: (chunk) => (refused ? (collect(chunk as Buffer), true) : h.onData!.call(handler, chunk)),
     // undici's ProxyAgent answers a 407 itself, before this wrapper sees the headers.
-    onError: (err) => h.onError!.call(handler, err instanceof Error && err.message === 'Proxy Authentication Required (407)' ? refusalFrom(407, 'proxy_auth_required', '') : err),
+    onError: (err) =>
+      h.onError!.call(
+        handler,
+        err instanceof Error && err.message === 'Proxy Authentication Required (407)' ? refusalFrom(407, 'proxy_auth_required', '') : err,
+      ),
     onComplete: (trailers) => (refused ? h.onError!.call(handler, error()) : h.onComplete!.call(handler, trailers)),
     // newer shape
     onResponseStart: (controller, status, headers, text) => {
@@ -94,7 +98,8 @@ function failOnProxyAnswer(handler: Dispatcher.DispatchHandler): Dispatcher.Disp
       return h.onResponseStart!.call(handler, controller, status, headers, text);
     },
     onResponseData: (controller, chunk) => (refused ? collect(chunk as Buffer) : h.onResponseData!.call(handler, controller, chunk)),
-    onResponseEnd: (controller, trailers) => (refused ? h.onResponseError!.call(handler, controller, error()) : h.onResponseEnd!.call(handler, controller, trailers)),
+    onResponseEnd: (controller, trailers) =>
+      refused ? h.onResponseError!.call(handler, controller, error()) : h.onResponseEnd!.call(handler, controller, trailers),
   };
   // A plain object (not a Proxy): undici's ProxyAgent reassigns handler.onHeaders on what it is given.
   const wrapper: Record<string, unknown> = {};
@@ -102,7 +107,9 @@ function failOnProxyAnswer(handler: Dispatcher.DispatchHandler): Dispatcher.Disp
     for (const key of Object.getOwnPropertyNames(o)) {
       if (key === 'constructor' || key in wrapper) continue;
       const value = (handler as Record<string, unknown>)[key];
-      if (typeof value === 'function') wrapper[key] = key in overrides ? overrides[key] : (...args: unknown[]) => (value as (...a: unknown[]) => unknown).apply(handler, args);
+      if (typeof value === 'function')
+        wrapper[key] =
+          key in overrides ? overrides[key] : (...args: unknown[]) => (value as (...a: unknown[]) => unknown).apply(handler, args);
     }
   }
   return wrapper;
@@ -162,7 +169,8 @@ export function nameRefusalsInFetchErrors(): void {
   if (typeof original !== 'function') return;
   const wrapped = function fetch(this: unknown, ...args: Parameters<typeof original>) {
     return original.apply(this, args).catch((err: unknown) => {
-      if (err instanceof TypeError && err.cause instanceof EgressRefusedError && err.message === 'fetch failed') err.message = `fetch failed: ${err.cause.message}`;
+      if (err instanceof TypeError && err.cause instanceof EgressRefusedError && err.message === 'fetch failed')
+        err.message = `fetch failed: ${err.cause.message}`;
       throw err;
     });
   };

@@ -21,7 +21,14 @@ export class DiscoveredStore implements DiscoveredLog {
   ) {}
 
   /** Records one call; returns the entry when it is new (to log `egress.discovered` once). */
-  record(server: string, tool: string | null, host: string, port: number, onFirstSeen?: (entry: DiscoveredDestination) => void, now = new Date()): DiscoveredDestination | null {
+  record(
+    server: string,
+    tool: string | null,
+    host: string,
+    port: number,
+    onFirstSeen?: (entry: DiscoveredDestination) => void,
+    now = new Date(),
+  ): DiscoveredDestination | null {
     const key = `${server}\u0000${tool ?? ''}\u0000${tool === null ? 0 : 1}\u0000${host}\u0000${port}`;
     const existing = this.entries.get(key);
     const stamp = now.toISOString();

@@ -53,9 +53,13 @@ export class CallRegistry implements CallStore {
     const existing = this.byId.get(input.callId);
     if (existing && existing.client !== input.client) return { error: 'call_id is registered for another client', code: 'conflict' };
     const calls = this.byClient.get(input.client) ?? new Map<string, RegisteredCall>();
-    if (!existing && calls.size >= this.maxPerClient) return { error: `too many open calls for client (limit ${this.maxPerClient})`, code: 'client_limit' };
+    if (!existing && calls.size >= this.maxPerClient)
+      return { error: `too many open calls for client (limit ${this.maxPerClient})`, code: 'client_limit' };
     if (!existing && this.byId.size >= this.maxTotal) {
-      return { error: `the proxy holds ${this.byId.size} open registered calls (limits.max_registered_calls); end some or try again later`, code: 'registry_full' };
+      return {
+        error: `the proxy holds ${this.byId.size} open registered calls (limits.max_registered_calls); end some or try again later`,
+        code: 'registry_full',
+      };
     }
     const call: RegisteredCall = {
       callId: input.callId,

@@ -20,26 +20,49 @@ const VIEWER = 'viewer-token-0123456789';
 const DEVELOPER = 'developer-token-0123456789';
 
 /** A request as sent, with any Host, Origin or target (fetch would fix them up). */
-function send(port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {
+function send(
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: string,
+): Promise<{ status: number; json: any; text: string }> {
   return sendTo('127.0.0.1', port, method, path, headers, body);
 }
 
-function sendTo(address: string, port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; json: any; text: string }> {
+function sendTo(
+  address: string,
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: string,
+): Promise<{ status: number; json: any; text: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: address, port, method, path, headers: { host: address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`, ...headers }, setHost: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (text += d));
-      res.on('end', () => {
-        let json: any;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = null;
-        }
-        resolve({ status: res.statusCode ?? 0, json, text });
-      });
-    });
+    const req = request(
+      {
+        host: address,
+        port,
+        method,
+        path,
+        headers: { host: address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`, ...headers },
+        setHost: false,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => {
+          let json: any;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = null;
+          }
+          resolve({ status: res.statusCode ?? 0, json, text });
+        });
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -82,8 +105,15 @@ rules:
     t.match(m.text, /egress_bytes_total\{direction="down"\} [1-9]/);
     t.match(m.text, /egress_calls_closed_total\{end="upstream_closed",kind="http"\} 1/);
     const again = await api(proxy, 'GET', '/metrics');
-    t.match(again.text, /egress_decisions_total\{verdict="allow",reason="rule",rule="allow-local",dispatched="true",shadow="false"\} 1\n/, 'a second scrape does not count twice');
-    t.equal(/egress_bytes_total\{direction="down"\} (\d+)/.exec(again.text)?.[1], /egress_bytes_total\{direction="down"\} (\d+)/.exec(m.text)?.[1]);
+    t.match(
+      again.text,
+      /egress_decisions_total\{verdict="allow",reason="rule",rule="allow-local",dispatched="true",shadow="false"\} 1\n/,
+      'a second scrape does not count twice',
+    );
+    t.equal(
+      /egress_bytes_total\{direction="down"\} (\d+)/.exec(again.text)?.[1],
+      /egress_bytes_total\{direction="down"\} (\d+)/.exec(m.text)?.[1],
+    );
     t.match(m.text, /egress_open_tunnels 0/);
     t.match(m.text, /egress_policy_reloads_total\{result="loaded",trigger="start"\} 1/);
     // The open-tunnel gauge is read at scrape time: one open tunnel shows, and goes again.
@@ -121,29 +151,69 @@ rules:
 
   t.test('GET /v1/policy', async (t) => {
     const r = await api(proxy, 'GET', '/v1/policy', { token: VIEWER });
-    t.match(r.json, { generation: 1, sha256: /^[0-9a-f]{64}$/, source: proxy.policyFile, last_error: null, default_verdict: 'deny', observe_mode: true });
-    t.match(r.json.rules, [{ id: 'allow-local', label: 'Local upstream', priority: 10, verdict: 'allow', tool_name_glob: 'fetch', egress: { allow: ['127.0.0.0/8'], deny: [] }, after: null }]);
+    t.match(r.json, {
+      generation: 1,
+      sha256: /^[0-9a-f]{64}$/,
+      source: proxy.policyFile,
+      last_error: null,
+      default_verdict: 'deny',
+      observe_mode: true,
+    });
+    t.match(r.json.rules, [
+      {
+        id: 'allow-local',
+        label: 'Local upstream',
+        priority: 10,
+        verdict: 'allow',
+        tool_name_glob: 'fetch',
+        egress: { allow: ['127.0.0.0/8'], deny: [] },
+        after: null,
+      },
+    ]);
     t.ok(!Number.isNaN(Date.parse(r.json.loaded_at)));
   });
 
   t.test('POST /v1/test: live and draft policies', async (t) => {
-    const live = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'https://api.example.com/', tool: 'fetch', resolve: { 'api.example.com': ['127.0.0.2'] } } });
+    const live = await api(proxy, 'POST', '/v1/test', {
+      token: DEVELOPER,
+      body: { destination: 'https://api.example.com/', tool: 'fetch', resolve: { 'api.example.com': ['127.0.0.2'] } },
+    });
     t.equal(live.status, 200);
     t.match(live.json, { verdict: 'allow', dispatched: true, reason: 'rule', rule: { id: 'allow-local' }, addresses: ['127.0.0.2'] });
     const byName = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'evil.example:443' } });
     t.match(byName.json, { dispatched: false, reason: 'default', addresses: [] });
-    const draft = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\ndefault_verdict: allow\n', destination: 'evil.example:443', resolve: { 'evil.example': ['93.184.216.34'] } } });
+    const draft = await api(proxy, 'POST', '/v1/test', {
+      token: DEVELOPER,
+      body: {
+        policy: 'version: 1\ndefault_verdict: allow\n',
+        destination: 'evil.example:443',
+        resolve: { 'evil.example': ['93.184.216.34'] },
+      },
+    });
     t.match(draft.json, { verdict: 'allow', dispatched: true, reason: 'default' });
-    const broken = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\nrules:\n  - {priority: x, verdict: deny}\n', destination: 'a.example:443' } });
+    const broken = await api(proxy, 'POST', '/v1/test', {
+      token: DEVELOPER,
+      body: { policy: 'version: 1\nrules:\n  - {priority: x, verdict: deny}\n', destination: 'a.example:443' },
+    });
     t.equal(broken.status, 400);
     t.match(broken.json.error, { code: 'invalid_policy', errors: ['draft.yaml:3:16: error: priority must be an integer'] });
     // The test proxy exempts loopback from the baseline: only `self` refuses its own ports.
     const adminPort = (proxy.running.admin?.server.address() as { port: number }).port;
     for (const destination of [`127.0.0.1:${proxy.port}`, `http://127.0.0.1:${adminPort}/v1/calls`, `0.0.0.0:${proxy.port}`]) {
-      const self = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy: 'version: 1\ndefault_verdict: allow\n', destination } });
-      t.match(self.json, { dispatched: false, reason: 'ssrf_baseline', address_class: 'self' }, `${destination}: self, as the live proxy says`);
+      const self = await api(proxy, 'POST', '/v1/test', {
+        token: DEVELOPER,
+        body: { policy: 'version: 1\ndefault_verdict: allow\n', destination },
+      });
+      t.match(
+        self.json,
+        { dispatched: false, reason: 'ssrf_baseline', address_class: 'self' },
+        `${destination}: self, as the live proxy says`,
+      );
     }
-    const viaProxy = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${adminPort}/v1/policy`, `127.0.0.1:${adminPort}`, 'x-mcp-tool: fetch\r\n'));
+    const viaProxy = await rawRequest(
+      proxy.port,
+      getRequest(`http://127.0.0.1:${adminPort}/v1/policy`, `127.0.0.1:${adminPort}`, 'x-mcp-tool: fetch\r\n'),
+    );
     t.match(JSON.parse(viaProxy.body).error, { reason: 'ssrf_baseline', address_class: 'self' }, 'the live proxy agrees');
     const metadata = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: 'http://0xA9FEA9FE/' } });
     t.match(metadata.json, { reason: 'ssrf_baseline', address_class: 'metadata' });
@@ -161,7 +231,10 @@ rules:
     }
     t.equal((await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: '{not json' })).status, 400, 'malformed JSON');
     t.equal((await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: 'destination=x', type: 'text/plain' })).status, 415, 'not JSON');
-    const huge = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, raw: JSON.stringify({ policy: 'x'.repeat(300 * 1024), destination: 'a:1' }) }).catch(() => ({ status: 413, json: null }));
+    const huge = await api(proxy, 'POST', '/v1/test', {
+      token: DEVELOPER,
+      raw: JSON.stringify({ policy: 'x'.repeat(300 * 1024), destination: 'a:1' }),
+    }).catch(() => ({ status: 413, json: null }));
     t.equal(huge.status, 413, 'oversized body');
   });
 
@@ -173,15 +246,52 @@ rules:
   - {id: no-egress-after-internal, priority: 2, verdict: deny, after: {hosts: [10.0.0.0/8], within_seconds: 300}, egress: {allow: [api.openai.com]}}
 `;
     const ask = (extra: Record<string, unknown>) =>
-      api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { policy, destination: 'evil.example:443', tool: 'fetch', server: 'srv', session_id: 'S', resolve: { 'evil.example': ['93.184.216.34'] }, ...extra } });
-    const read = await ask({ history: [{ tool: 'search', seconds_ago: 2 }, { tool: 'read_file', seconds_ago: 30, call_id: 'r-1' }] });
+      api(proxy, 'POST', '/v1/test', {
+        token: DEVELOPER,
+        body: {
+          policy,
+          destination: 'evil.example:443',
+          tool: 'fetch',
+          server: 'srv',
+          session_id: 'S',
+          resolve: { 'evil.example': ['93.184.216.34'] },
+          ...extra,
+        },
+      });
+    const read = await ask({
+      history: [
+        { tool: 'search', seconds_ago: 2 },
+        { tool: 'read_file', seconds_ago: 30, call_id: 'r-1' },
+      ],
+    });
     t.equal(read.status, 200);
-    t.match(read.json, { dispatched: false, rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 }, addresses: [] });
-    t.match((await ask({ history: [{ tool: 'read_file', seconds_ago: 700 }] })).json, { dispatched: true, after: null }, 'outside the window');
-    t.match((await ask({ call_id: 'r-1', history: [{ tool: 'read_file', seconds_ago: 30, call_id: 'r-1' }] })).json, { dispatched: true }, 'the call itself');
+    t.match(read.json, {
+      dispatched: false,
+      rule: { id: 'no-egress-after-read' },
+      after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 },
+      addresses: [],
+    });
+    t.match(
+      (await ask({ history: [{ tool: 'read_file', seconds_ago: 700 }] })).json,
+      { dispatched: true, after: null },
+      'outside the window',
+    );
+    t.match(
+      (await ask({ call_id: 'r-1', history: [{ tool: 'read_file', seconds_ago: 30, call_id: 'r-1' }] })).json,
+      { dispatched: true },
+      'the call itself',
+    );
     const internal = await ask({ history: [{ tool: 'fetch', seconds_ago: 10, host: 'wiki.internal', address: '10.1.2.3' }] });
-    t.match(internal.json, { dispatched: false, rule: { id: 'no-egress-after-internal' }, after: { host: 'wiki.internal', seconds_ago: 10 } });
-    t.match((await ask({ history: [{ tool: 'fetch', seconds_ago: 10, host: 'wiki.internal', address: '10.1.2.3', dispatched: false }] })).json, { dispatched: true }, 'refused: read nothing');
+    t.match(internal.json, {
+      dispatched: false,
+      rule: { id: 'no-egress-after-internal' },
+      after: { host: 'wiki.internal', seconds_ago: 10 },
+    });
+    t.match(
+      (await ask({ history: [{ tool: 'fetch', seconds_ago: 10, host: 'wiki.internal', address: '10.1.2.3', dispatched: false }] })).json,
+      { dispatched: true },
+      'refused: read nothing',
+    );
     const explained = await ask({ history: [] });
     t.match(explained.json, { dispatched: true, after: null });
     t.match(explained.json.trace[0].not_matched[0], { rule: 'no-egress-after-read', why: 'no earlier call matching after within 600 s' });
@@ -195,11 +305,23 @@ rules:
       ['negative seconds_ago', { history: [{ tool: 'x', seconds_ago: -1 }] }, /seconds_ago must be a number of seconds/],
       ['seconds_ago a string', { history: [{ tool: 'x', seconds_ago: '5' }] }, /seconds_ago must be a number of seconds/],
       ['unknown field', { history: [{ tool: 'x', seconds_ago: 1, session_id: 'T' }] }, /history\[0\]: unknown field 'session_id'/],
-      ['dispatched not a boolean', { history: [{ tool: 'x', seconds_ago: 1, host: 'a.example', dispatched: 'yes' }] }, /dispatched must be true or false/],
-      ['dispatched without host', { history: [{ tool: 'x', seconds_ago: 1, dispatched: true }] }, /dispatched applies only to an egress call/],
+      [
+        'dispatched not a boolean',
+        { history: [{ tool: 'x', seconds_ago: 1, host: 'a.example', dispatched: 'yes' }] },
+        /dispatched must be true or false/,
+      ],
+      [
+        'dispatched without host',
+        { history: [{ tool: 'x', seconds_ago: 1, dispatched: true }] },
+        /dispatched applies only to an egress call/,
+      ],
       ['bad host', { history: [{ tool: 'x', seconds_ago: 1, host: 'a b' }] }, /host must be a host name or an IP address/],
       ['bad address', { history: [{ tool: 'x', seconds_ago: 1, address: 'a.example' }] }, /address must be an IP address/],
-      ['bad earlier call id', { history: [{ tool: 'x', seconds_ago: 1, call_id: 'a b' }] }, /history\[1\]|call_id must be 1 to 256 visible ASCII/],
+      [
+        'bad earlier call id',
+        { history: [{ tool: 'x', seconds_ago: 1, call_id: 'a b' }] },
+        /history\[1\]|call_id must be 1 to 256 visible ASCII/,
+      ],
       ['bad call_id', { call_id: 'a b' }, /call_id must be 1 to 256 visible ASCII/],
       ['bad session_id', { session_id: 'line\nbreak' }, /session_id must be a string/],
     ] as const) {
@@ -211,14 +333,33 @@ rules:
   });
 
   t.test('POST and DELETE /v1/calls', async (t) => {
-    const created = await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'c'.repeat(32), tool: 'fetch', client: '127.0.0.1', session_id: 's1', ttl_ms: 60000 } });
+    const created = await api(proxy, 'POST', '/v1/calls', {
+      token: DEVELOPER,
+      body: { call_id: 'c'.repeat(32), tool: 'fetch', client: '127.0.0.1', session_id: 's1', ttl_ms: 60000 },
+    });
     t.equal(created.status, 201);
     t.match(created.json, { call_id: 'c'.repeat(32), tool: 'fetch', client: '127.0.0.1', session_id: 's1' });
     const tagged = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/tagged`, `127.0.0.1:${upstream.port}`));
     t.equal(tagged.status, 200, 'the registered call attributes a header-less connection');
     t.match(proxy.events('egress.decision').at(-1), { tool: 'fetch', call_id: 'c'.repeat(32), session_id: 's1' });
-    t.equal((await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'c'.repeat(32), tool: 'fetch', client: 'someone-else' } })).status, 409, 'an id of another client');
-    for (const body of [{}, { call_id: 'x y', tool: 't', client: 'c' }, { call_id: 'x', tool: '', client: 'c' }, { call_id: 'x', tool: 't' }, { call_id: 'x', tool: 't', client: 'c', ttl_ms: 0 }, { call_id: 'x', tool: 't', client: 'c', session_id: 5 }]) {
+    t.equal(
+      (
+        await api(proxy, 'POST', '/v1/calls', {
+          token: DEVELOPER,
+          body: { call_id: 'c'.repeat(32), tool: 'fetch', client: 'someone-else' },
+        })
+      ).status,
+      409,
+      'an id of another client',
+    );
+    for (const body of [
+      {},
+      { call_id: 'x y', tool: 't', client: 'c' },
+      { call_id: 'x', tool: '', client: 'c' },
+      { call_id: 'x', tool: 't' },
+      { call_id: 'x', tool: 't', client: 'c', ttl_ms: 0 },
+      { call_id: 'x', tool: 't', client: 'c', session_id: 5 },
+    ]) {
       t.equal((await api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body })).status, 400, JSON.stringify(body));
     }
     t.equal((await api(proxy, 'DELETE', `/v1/calls/${'c'.repeat(32)}`, { token: DEVELOPER })).status, 204);
@@ -230,12 +371,20 @@ rules:
     await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: search\r\n'));
     await rawRequest(proxy.port, getRequest('http://docs.example/', 'docs.example', 'x-mcp-tool: search\r\n'));
     const r = await api(proxy, 'GET', '/v1/discovered', { token: VIEWER });
-    t.match(r.json.destinations, [{ server: '127.0.0.1', tool: 'search', host: '127.0.0.1', port: upstream.port, count: 1 }, { tool: 'search', host: 'docs.example', port: 80 }]);
+    t.match(r.json.destinations, [
+      { server: '127.0.0.1', tool: 'search', host: '127.0.0.1', port: upstream.port, count: 1 },
+      { tool: 'search', host: 'docs.example', port: 80 },
+    ]);
     const yaml = await api(proxy, 'GET', '/v1/discovered?format=yaml', { token: VIEWER });
     t.match(yaml.headers.get('content-type'), /yaml/);
     const parsed = parsePolicy('draft.yaml', yaml.text);
     t.ok(parsed.spec, `the draft passes check: ${parsed.diagnostics.map((d) => d.message).join('; ')}`);
-    t.match(parsed.spec?.rules[0], { verdict: 'allow', toolGlob: 'search', serverGlob: '127.0.0.1', ports: [80, upstream.port].sort((a, b) => a - b) });
+    t.match(parsed.spec?.rules[0], {
+      verdict: 'allow',
+      toolGlob: 'search',
+      serverGlob: '127.0.0.1',
+      ports: [80, upstream.port].sort((a, b) => a - b),
+    });
   });
 
   t.test('reload and last_error', async (t) => {
@@ -288,7 +437,10 @@ rules:
       ['own Host twice', `Host: 127.0.0.1:${port}\r\nHost: 127.0.0.1:${port}\r\n`],
       ['two Origins', `Host: 127.0.0.1:${port}\r\nOrigin: http://127.0.0.1:${port}\r\nOrigin: http://evil.example\r\n`],
     ]) {
-      const raw = await rawRequest(port, `GET /v1/policy HTTP/1.1\r\n${extra}Authorization: Bearer ${DEVELOPER}\r\nConnection: close\r\n\r\n`);
+      const raw = await rawRequest(
+        port,
+        `GET /v1/policy HTTP/1.1\r\n${extra}Authorization: Bearer ${DEVELOPER}\r\nConnection: close\r\n\r\n`,
+      );
       t.equal(raw.status, 400, `${name}: 400`);
       t.equal(JSON.parse(raw.body).error.code, 'bad_request', `${name}: bad_request`);
     }
@@ -331,7 +483,10 @@ rules:
       calls({ call_id: 'a', tool: 't', client: 'c', extra: 1 }),
       ['POST', '/v1/calls', json, '{"call_id":"a","tool":"t","client":"c","__proto__":{"x":1}}'],
       test({ destination: 'a.example:443', resolve: { ['a.example']: Array.from({ length: 65 }, () => '10.0.0.1') } }),
-      test({ destination: 'a.example:443', resolve: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}.example`, ['10.0.0.1']])) }),
+      test({
+        destination: 'a.example:443',
+        resolve: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}.example`, ['10.0.0.1']])),
+      }),
       test({ destination: 'a.example:443', resolve: { 'a b': ['10.0.0.1'] } }),
       test({ destination: 'x'.repeat(3000) }),
       test({ destination: 'a.example:443', server: 7 }),
@@ -380,11 +535,20 @@ t.test('without tokens the admin API serves only on loopback, and every caller i
     t.equal(r.json?.error?.code, 'unauthorized');
     t.match(r.json?.error?.message, /needs a developer token/);
     t.match(r.headers.get('www-authenticate'), /^Bearer/);
-    t.equal((await api(proxy, method, path, { token: 'guessed', ...(body === undefined ? {} : { body }) })).status, 401, `${method} ${path} with a made-up token`);
+    t.equal(
+      (await api(proxy, method, path, { token: 'guessed', ...(body === undefined ? {} : { body }) })).status,
+      401,
+      `${method} ${path} with a made-up token`,
+    );
   }
   t.equal(proxy.running.registry.size(), 0, 'nothing was registered');
   t.equal(proxy.running.store.current.generation, 1, 'nothing was reloaded');
-  const admin = new AdminServer({ config: proxy.running.config, running: proxy.running, metrics: proxy.running.metrics, resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) } });
+  const admin = new AdminServer({
+    config: proxy.running.config,
+    running: proxy.running,
+    metrics: proxy.running.metrics,
+    resolver: { resolve: async () => ({ addresses: [], cached: false, durationMs: 0 }) },
+  });
   await t.rejects(admin.listen('0.0.0.0', 0), /no admin\.tokens configured/);
 });
 
@@ -395,7 +559,8 @@ t.test('with auth.users, a registration names a configured user', async (t) => {
 auth: {users: [{name: team-a, password_sha256: ${sha('pw')}}]}`,
   });
   t.teardown(() => proxy.stop());
-  const register = (client: string) => api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'u'.repeat(32), tool: 'fetch', client } });
+  const register = (client: string) =>
+    api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: 'u'.repeat(32), tool: 'fetch', client } });
   const byIp = await register('127.0.0.1');
   t.equal(byIp.status, 400, 'a source IP never identifies a client when users are configured');
   t.match(byIp.json.error.message, /not a proxy user/);
@@ -413,7 +578,16 @@ t.test('Host on an IPv6 loopback listener, and DNS rebinding with a real client'
   t.equal((await sendTo('::1', port, 'GET', '/v1/policy', { host: `127.0.0.1:${port}` })).status, 421, 'not its address');
   // curl as a rebinding browser would connect: the attacker's name resolved to the listener.
   const curl = (host: string) =>
-    promisify(execFile)('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--resolve', `${host}:${port}:[::1]`, `http://${host}:${port}/v1/policy`]).then((r) => r.stdout);
+    promisify(execFile)('curl', [
+      '-s',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--resolve',
+      `${host}:${port}:[::1]`,
+      `http://${host}:${port}/v1/policy`,
+    ]).then((r) => r.stdout);
   t.equal(await curl('evil.example'), '421', 'a rebound name is refused');
   t.equal(await curl('localhost'), '200', 'localhost, through the same client, is served');
 });
@@ -427,7 +601,8 @@ admin:
   tokens: [{name: ci, sha256: ${sha(DEVELOPER)}, role: developer}]`,
   });
   t.teardown(() => proxy.stop());
-  const register = (callId: string, client: string) => api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: callId, tool: 'fetch', client } });
+  const register = (callId: string, client: string) =>
+    api(proxy, 'POST', '/v1/calls', { token: DEVELOPER, body: { call_id: callId, tool: 'fetch', client } });
   t.equal((await register('a'.repeat(32), 'one')).status, 201);
   const clash = await register('a'.repeat(32), 'two');
   t.match({ status: clash.status, code: clash.json?.error?.code }, { status: 409, code: 'conflict' });

@@ -21,7 +21,8 @@ function observed(calls: Array<[server: string, tool: string | null, host: strin
 
 function check(yaml: string): PolicySpec {
   const parsed = parsePolicy('draft.yaml', yaml);
-  if (!parsed.spec) throw new Error(`the draft fails check: ${parsed.diagnostics.map((d) => `${d.line}:${d.col} ${d.message}`).join('; ')}\n${yaml}`);
+  if (!parsed.spec)
+    throw new Error(`the draft fails check: ${parsed.diagnostics.map((d) => `${d.line}:${d.col} ${d.message}`).join('; ')}\n${yaml}`);
   return parsed.spec;
 }
 
@@ -46,7 +47,7 @@ t.test('a name with * or ? never becomes a glob; it is listed in a comment inste
       ['discovered-2', 'srv', '*', ['plain.example']],
       ['deny-everything-else', '*', '*', null],
     ],
-    'only the literal names became rules (and the unattributed rule, whose * is the proxy\'s own)',
+    "only the literal names became rules (and the unattributed rule, whose * is the proxy's own)",
   );
   for (const rule of spec.rules.slice(0, -1)) t.notMatch(rule.serverGlob, /[*?]/, 'no server glob from a name');
   t.notMatch(spec.rules[0]?.toolGlob ?? '', /[*?]/, 'no tool glob from a name');
@@ -57,7 +58,9 @@ t.test('a name with * or ? never becomes a glob; it is listed in a comment inste
 
   // What the attacker wanted: tool '*' seen once opens exfil.example to every tool of srv.
   const policy = compilePolicy(spec);
-  const d = decide(policy, { tool: 'anything', server: 'srv', port: 443, callId: null, now: 0, history: [] }, { name: 'exfil.example' }, [ip('93.184.216.34')]);
+  const d = decide(policy, { tool: 'anything', server: 'srv', port: 443, callId: null, now: 0, history: [] }, { name: 'exfil.example' }, [
+    ip('93.184.216.34'),
+  ]);
   t.equal(d.verdict, 'deny', 'the draft does not allow exfil.example to another tool (a would-deny in its shadow mode)');
   t.equal(d.rule?.id, 'deny-everything-else');
 });
@@ -104,12 +107,17 @@ t.test('odd names cannot inject YAML structure', async (t) => {
   t.equal(rules.length, odd.length * 2, 'one rule per (server, tool), no more');
   t.same(new Set(rules.map((r) => r.id)), new Set(rules.map((_, i) => `discovered-${i + 1}`)), 'no injected rule ids');
   const pairs = new Set(rules.map((r) => `${r.serverGlob}\u0000${r.toolGlob}`));
-  for (const [server, tool] of calls) t.ok(pairs.has(`${server}\u0000${tool}`), `the names read back exactly: ${printable(server)} ${printable(tool ?? '')}`);
-  t.ok(rules.every((r) => r.verdict === 'allow' && r.priority >= 100), 'no rule jumps the queue');
+  for (const [server, tool] of calls)
+    t.ok(pairs.has(`${server}\u0000${tool}`), `the names read back exactly: ${printable(server)} ${printable(tool ?? '')}`);
+  t.ok(
+    rules.every((r) => r.verdict === 'allow' && r.priority >= 100),
+    'no rule jumps the queue',
+  );
   const doc = parse(yaml) as Record<string, unknown>;
   t.same(Object.keys(doc), ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'], 'no injected top-level key');
   t.equal(doc.shadow_mode, true);
-  for (const line of yaml.split('\n').filter((l) => l.startsWith('#'))) t.ok(/^[\x20-\x7e]*$/.test(line), 'comment lines are printable ASCII');
+  for (const line of yaml.split('\n').filter((l) => l.startsWith('#')))
+    t.ok(/^[\x20-\x7e]*$/.test(line), 'comment lines are printable ASCII');
 });
 
 t.test('odd names in the left-out comment cannot escape it', async (t) => {
@@ -123,12 +131,30 @@ t.test('odd names in the left-out comment cannot escape it', async (t) => {
     new Date(0),
   );
   const spec = check(yaml);
-  t.same(spec.rules.map((r) => r.id), ['deny-everything-else'], 'nothing but the catch-all');
+  t.same(
+    spec.rules.map((r) => r.id),
+    ['deny-everything-else'],
+    'nothing but the catch-all',
+  );
   t.equal(spec.shadowMode, true, 'shadow_mode was not overridden');
   const comments = yaml.split('\n').filter((l) => l.startsWith('#'));
-  t.ok(comments.every((l) => /^[\x20-\x7e]*$/.test(l)), 'every comment line is printable ASCII');
-  t.ok(comments.every((l) => l.length < 400), 'long names are cut');
-  t.equal(yaml.split('\n').filter((l) => !l.startsWith('#')).join('\n').includes('evil'), false, 'no name outside a comment');
+  t.ok(
+    comments.every((l) => /^[\x20-\x7e]*$/.test(l)),
+    'every comment line is printable ASCII',
+  );
+  t.ok(
+    comments.every((l) => l.length < 400),
+    'long names are cut',
+  );
+  t.equal(
+    yaml
+      .split('\n')
+      .filter((l) => !l.startsWith('#'))
+      .join('\n')
+      .includes('evil'),
+    false,
+    'no name outside a comment',
+  );
 });
 
 t.test('printable', async (t) => {
@@ -150,9 +176,12 @@ t.test('a host that is not a valid list entry is left out, so the draft still pa
     new Date(0),
   );
   const spec = check(yaml);
-  t.same(spec.rules.map((r) => [r.toolGlob, r.lists?.allow.map((e) => e.text) ?? null]), [
-    ['fetch', ['ok.example']],
-    ['*', null],
-  ]);
+  t.same(
+    spec.rules.map((r) => [r.toolGlob, r.lists?.allow.map((e) => e.text) ?? null]),
+    [
+      ['fetch', ['ok.example']],
+      ['*', null],
+    ],
+  );
   t.match(yaml, /^# Left out: 3 host\(s\) that are not valid list entries\.$/m);
 });

@@ -3,7 +3,8 @@ import t from 'tap';
 import { createHostCheck, parseAuthority } from '../../src/admin/host-check.js';
 
 const local = () => new Set(['127.0.0.1', '::1', '10.0.0.7', 'fd00::7']);
-const check = (address: string, port: number, allowedHosts: string[] = []) => createHostCheck({ listener: () => ({ address, port }), allowedHosts, localAddresses: local });
+const check = (address: string, port: number, allowedHosts: string[] = []) =>
+  createHostCheck({ listener: () => ({ address, port }), allowedHosts, localAddresses: local });
 
 t.test('Host: the listener itself, localhost on loopback, allowed names; 421 otherwise', async (t) => {
   const cases: Array<[listener: [string, number], host: string | undefined, ok: boolean, why: string]> = [

@@ -117,33 +117,51 @@ t.test('reload under load', async (t) => {
   await kubeWrite(allowPolicy(101));
   latencies.push(await waitUntil(allowedNow, 1000));
   await kubeWrite('version: 1\nrules: [\n');
-  await waitUntil(async () => proxy.events('policy.rejected').some((e) => e.trigger !== 'start' && String((e.errors as string[])[0]).includes('policy.yaml:3:1')), 2000);
+  await waitUntil(
+    async () =>
+      proxy.events('policy.rejected').some((e) => e.trigger !== 'start' && String((e.errors as string[])[0]).includes('policy.yaml:3:1')),
+    2000,
+  );
   t.ok(await allowedNow(), 'a broken ConfigMap update leaves the last good policy serving');
 
   clearInterval(pump);
   await new Promise((r) => setTimeout(r, 200));
-  t.ok(latencies.every((ms) => ms <= 1000), `every good write took effect within 1 s (max ${Math.max(...latencies)} ms over ${latencies.length})`);
+  t.ok(
+    latencies.every((ms) => ms <= 1000),
+    `every good write took effect within 1 s (max ${Math.max(...latencies)} ms over ${latencies.length})`,
+  );
   t.equal(tunnels.filter((x) => x.closed).length, 0, 'no open tunnel was dropped');
-  t.ok(tunnels.every((x) => x.received > 0 && x.received >= x.sent - 50), 'every tunnel kept streaming');
+  t.ok(
+    tunnels.every((x) => x.received > 0 && x.received >= x.sent - 50),
+    'every tunnel kept streaming',
+  );
   const generations = new Set(proxy.events('egress.decision').map((e) => e.policy_generation));
   t.ok(generations.size > 20, `decisions were made by ${generations.size} generations`);
   const loaded = new Set(proxy.events('policy.loaded').map((e) => e.generation));
   for (const g of generations) t.ok(loaded.has(g), `generation ${String(g)} was a complete, loaded policy`);
-  t.equal(proxy.events('policy.rejected').filter((e) => e.trigger !== 'start').length >= 11, true, 'every broken write was rejected and logged');
+  t.equal(
+    proxy.events('policy.rejected').filter((e) => e.trigger !== 'start').length >= 11,
+    true,
+    'every broken write was rejected and logged',
+  );
   for (const tunnel of tunnels) tunnel.socket.destroy();
 });
 
 t.test('the roll-out: observe, draft, shadow, enforce', async (t) => {
   const trap = await startTrap('127.0.0.1', 0);
   const other = await startTrap('127.0.0.1', 0);
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\nobserve_mode: true\n', config: 'admin: {listen: 127.0.0.1:0}' });
+  const proxy = await startTestProxy({
+    policy: 'version: 1\ndefault_verdict: allow\nobserve_mode: true\n',
+    config: 'admin: {listen: 127.0.0.1:0}',
+  });
   t.teardown(async () => {
     await proxy.stop();
     await trap.close();
     await other.close();
   });
   const admin = (proxy.running.admin?.server.address() as AddressInfo).port;
-  const call = async (port: number, tool: string) => (await rawRequest(proxy.port, connectRequest(`127.0.0.1:${port}`, `x-mcp-tool: ${tool}\r\n`), 200)).raw.slice(0, 12);
+  const call = async (port: number, tool: string) =>
+    (await rawRequest(proxy.port, connectRequest(`127.0.0.1:${port}`, `x-mcp-tool: ${tool}\r\n`), 200)).raw.slice(0, 12);
 
   t.equal(await call(trap.port, 'fetch'), 'HTTP/1.1 200', 'observe: dispatched and recorded');
   const draft = await (await fetch(`http://127.0.0.1:${admin}/v1/discovered?format=yaml`)).text();

@@ -19,7 +19,10 @@ rules:
 `;
 
 t.test('credentials and identity', async (t) => {
-  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy, config: `auth: {users: [{name: team-a, password_sha256: ${sha('s3cret')}}]}` });
+  const { proxy, upstream, target } = await proxyWithUpstream(t, {
+    policy,
+    config: `auth: {users: [{name: team-a, password_sha256: ${sha('s3cret')}}]}`,
+  });
   for (const [name, auth] of [
     ['no credentials', ''],
     ['wrong password', basic('team-a', 'nope')],
@@ -59,7 +62,12 @@ t.test('socket tags: registered calls attribute connections without headers', as
   await registry.register({ callId: 'call-1', tool: 'http_fetch', client: 'team-a', sessionId: 'sess-1' });
   const one = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, basic('team-a', 'x')));
   t.equal(one.status, 200);
-  t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'call-1', session_id: 'sess-1', rule: { id: 'fetch-local' } });
+  t.match(proxy.events('egress.decision').at(-1), {
+    tool: 'http_fetch',
+    call_id: 'call-1',
+    session_id: 'sess-1',
+    rule: { id: 'fetch-local' },
+  });
 
   await registry.register({ callId: 'call-2', tool: 'search', client: 'team-a' });
   const both = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'x')));
@@ -91,16 +99,26 @@ t.test('trust: registered accepts only call ids the gateway registered for that 
   await registry.register({ callId: 'c'.repeat(32), tool: 'http_fetch', client: 'team-a', ttlMs: 1 });
   await new Promise((r) => setTimeout(r, 10));
 
-  const good = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`));
+  const good = await rawRequest(
+    proxy.port,
+    getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${'a'.repeat(32)}\r\nx-mcp-tool: search\r\n`),
+  );
   t.equal(good.status, 200, 'registered id accepted');
-  t.match(proxy.events('egress.decision').at(-1), { tool: 'http_fetch', call_id: 'a'.repeat(32) }, 'the tool comes from the registration, not the header');
+  t.match(
+    proxy.events('egress.decision').at(-1),
+    { tool: 'http_fetch', call_id: 'a'.repeat(32) },
+    'the tool comes from the registration, not the header',
+  );
 
   for (const [name, callId, auth] of [
     ['forged', 'f'.repeat(32), asA],
     ['expired', 'c'.repeat(32), asA],
     ["another client's", 'b'.repeat(32), asA],
   ] as const) {
-    for (const request of [connectRequest(target, `${auth}x-mcp-call-id: ${callId}\r\n`), getRequest(`http://${target}/`, target, `${auth}x-mcp-call-id: ${callId}\r\n`)]) {
+    for (const request of [
+      connectRequest(target, `${auth}x-mcp-call-id: ${callId}\r\n`),
+      getRequest(`http://${target}/`, target, `${auth}x-mcp-call-id: ${callId}\r\n`),
+    ]) {
       const r = await rawRequest(proxy.port, request);
       t.equal(r.status, 403, name);
       t.match(JSON.parse(r.body).error, { code: 'firewall_blocked', reason: 'unattributed', rule: null, call_id: callId });
@@ -117,7 +135,10 @@ t.test('borrowed identities: under trust: registered a client gets only its own 
   await registry.register({ callId: aCall, tool: 'http_fetch', client: 'team-a', sessionId: 'sess-a' });
 
   // team-b, authenticated as itself, presents team-a's live call id: refused, nothing sent.
-  for (const request of [connectRequest(target, `${asB}x-mcp-call-id: ${aCall}\r\n`), getRequest(`http://${target}/`, target, `${asB}x-mcp-call-id: ${aCall}\r\n`)]) {
+  for (const request of [
+    connectRequest(target, `${asB}x-mcp-call-id: ${aCall}\r\n`),
+    getRequest(`http://${target}/`, target, `${asB}x-mcp-call-id: ${aCall}\r\n`),
+  ]) {
     const r = await rawRequest(proxy.port, request);
     t.equal(r.status, 403, "another client's call id");
     t.match(JSON.parse(r.body).error, { reason: 'unattributed', call_id: aCall, tool: null });
@@ -130,11 +151,23 @@ t.test('borrowed identities: under trust: registered a client gets only its own 
   // No call id: team-b gets no call of team-a's (the audit trail names no borrowed call) ...
   const none = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, asB));
   t.equal(none.status, 200, "dispatched as team-b's own, unattributed call (rule everyone-local)");
-  t.match(proxy.events('egress.decision').at(-1), { server: 'team-b', tool: null, call_id: null, session_id: null, rule: { id: 'everyone-local' } });
+  t.match(proxy.events('egress.decision').at(-1), {
+    server: 'team-b',
+    tool: null,
+    call_id: null,
+    session_id: null,
+    rule: { id: 'everyone-local' },
+  });
   // ... while team-a, with no call id, gets every open call of its own (the socket tag).
   const own = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, asA));
   t.equal(own.status, 200);
-  t.match(proxy.events('egress.decision').at(-1), { server: 'team-a', tool: 'http_fetch', call_id: aCall, session_id: 'sess-a', rule: { id: 'fetch-local' } });
+  t.match(proxy.events('egress.decision').at(-1), {
+    server: 'team-a',
+    tool: 'http_fetch',
+    call_id: aCall,
+    session_id: 'sess-a',
+    rule: { id: 'fetch-local' },
+  });
   t.equal(upstream.requests.length, 2);
 });
 
@@ -144,10 +177,20 @@ t.test('under trust: registered the session comes only from the registration, ne
   await registry.register({ callId: 'a'.repeat(32), tool: 'http_fetch', client: 'team-a' });
   await registry.register({ callId: 'b'.repeat(32), tool: 'http_fetch', client: 'team-a', sessionId: 'agent-1' });
   // A server writing a victim's session id would record its calls into that session's history.
-  for (const [callId, session] of [['a'.repeat(32), null], ['b'.repeat(32), 'agent-1']] as const) {
-    const r = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${callId}\r\nx-mcp-session-id: victim-session\r\n`));
+  for (const [callId, session] of [
+    ['a'.repeat(32), null],
+    ['b'.repeat(32), 'agent-1'],
+  ] as const) {
+    const r = await rawRequest(
+      proxy.port,
+      getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${callId}\r\nx-mcp-session-id: victim-session\r\n`),
+    );
     t.equal(r.status, 200);
-    t.match(proxy.events('egress.decision').at(-1), { call_id: callId, session_id: session }, `registered with session ${session}: the header's is ignored`);
+    t.match(
+      proxy.events('egress.decision').at(-1),
+      { call_id: callId, session_id: session },
+      `registered with session ${session}: the header's is ignored`,
+    );
   }
   const none = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asB}x-mcp-session-id: victim-session\r\n`));
   t.equal(none.status, 200);
@@ -155,7 +198,11 @@ t.test('under trust: registered the session comes only from the registration, ne
 });
 
 /** Opens a CONNECT tunnel through the proxy on a raw socket; the answer's status line and the socket. */
-async function openTunnel(t: { teardown(fn: () => unknown): void }, port: number, request: string): Promise<{ status: string; socket: Socket }> {
+async function openTunnel(
+  t: { teardown(fn: () => unknown): void },
+  port: number,
+  request: string,
+): Promise<{ status: string; socket: Socket }> {
   const socket = connect({ host: '127.0.0.1', port });
   socket.on('error', () => {});
   t.teardown(() => socket.destroy());
@@ -184,7 +231,11 @@ t.test('with users, max_tunnels_per_client counts per authenticated user', async
   const users = `auth: {users: [{name: team-a, password_sha256: ${sha('pa')}}, {name: team-b, password_sha256: ${sha('pb')}}]}`;
   const { proxy, target } = await proxyWithUpstream(t, { policy, config: `${users}\nlimits: {max_tunnels_per_client: 1}` });
   t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-a', 'pa')))).status, /^HTTP\/1\.1 200/);
-  t.match((await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'pb')))).status, /^HTTP\/1\.1 200/, 'another user from the same address has its own allowance');
+  t.match(
+    (await openTunnel(t, proxy.port, connectRequest(target, basic('team-b', 'pb')))).status,
+    /^HTTP\/1\.1 200/,
+    'another user from the same address has its own allowance',
+  );
   const r = await rawRequest(proxy.port, connectRequest(target, basic('team-a', 'pa')));
   t.equal(r.status, 429);
   t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /client team-a has 1 open tunnels/ });

@@ -59,10 +59,27 @@ rules:
   t.equal(allowed.code, 0, allowed.err);
   const decision = JSON.parse(allowed.out);
   t.same(Object.keys(decision).slice(0, 7), ['verdict', 'dispatched', 'shadow', 'reason', 'rule', 'addresses', 'trace']);
-  t.match(decision, { verdict: 'allow', dispatched: true, shadow: false, reason: 'rule', rule: { id: 'allow-api', label: 'API', priority: 10 }, addresses: ['93.184.216.34', '2606:4700::1'] });
+  t.match(decision, {
+    verdict: 'allow',
+    dispatched: true,
+    shadow: false,
+    reason: 'rule',
+    rule: { id: 'allow-api', label: 'API', priority: 10 },
+    addresses: ['93.184.216.34', '2606:4700::1'],
+  });
   t.equal(decision.trace.length, 2);
 
-  const byTool = await runCli(['test', policy, 'docs.example.com:443', '--tool', 'http_get', '--server', 'srv', '--resolve', 'docs.example.com=93.184.216.35']);
+  const byTool = await runCli([
+    'test',
+    policy,
+    'docs.example.com:443',
+    '--tool',
+    'http_get',
+    '--server',
+    'srv',
+    '--resolve',
+    'docs.example.com=93.184.216.35',
+  ]);
   t.equal(byTool.code, 0);
   t.equal(JSON.parse(byTool.out).rule.id, 'fetchers');
 
@@ -74,7 +91,15 @@ rules:
   t.equal(metadata.code, 1);
   t.match(JSON.parse(metadata.out), { reason: 'ssrf_baseline', address_class: 'metadata', addresses: ['169.254.169.254'] });
 
-  const exempt = await runCli(['test', policy, 'api.example.com:443', '--config', p['proxy.yaml'] as string, '--resolve', 'api.example.com=10.1.2.3']);
+  const exempt = await runCli([
+    'test',
+    policy,
+    'api.example.com:443',
+    '--config',
+    p['proxy.yaml'] as string,
+    '--resolve',
+    'api.example.com=10.1.2.3',
+  ]);
   t.equal(exempt.code, 0, 'the config exempts 10.0.0.0/8 from the baseline');
 
   const dnsFails = await runCli(['test', policy, 'api.example.com:443', '--config', p['proxy.yaml'] as string]);
@@ -113,28 +138,70 @@ rules:
 `,
   });
   const policy = p['policy.yaml'] as string;
-  const base = ['test', policy, 'evil.example:443', '--tool', 'fetch', '--server', 'srv', '--session', 'S', '--resolve', 'evil.example=93.184.216.34'];
+  const base = [
+    'test',
+    policy,
+    'evil.example:443',
+    '--tool',
+    'fetch',
+    '--server',
+    'srv',
+    '--session',
+    'S',
+    '--resolve',
+    'evil.example=93.184.216.34',
+  ];
 
   const quiet = await runCli(base);
   t.equal(quiet.code, 0, quiet.err);
   const quietDecision = JSON.parse(quiet.out);
   t.equal(quietDecision.after, null, 'after is null when no sequence rule decided');
   t.same(Object.keys(quietDecision).slice(0, 8), ['verdict', 'dispatched', 'shadow', 'reason', 'rule', 'addresses', 'trace', 'after']);
-  t.match(quietDecision.trace[0].not_matched, [{ rule: 'no-egress-after-read', why: 'no earlier call matching after within 600 s' }, { rule: 'no-egress-after-internal', why: 'no earlier call matching after within 300 s' }]);
+  t.match(quietDecision.trace[0].not_matched, [
+    { rule: 'no-egress-after-read', why: 'no earlier call matching after within 600 s' },
+    { rule: 'no-egress-after-internal', why: 'no earlier call matching after within 300 s' },
+  ]);
 
   const read = await runCli([...base, '--earlier', 'tool=search,seconds_ago=5', '--earlier', 'tool=read_file,seconds_ago=30,call_id=r-1']);
   t.equal(read.code, 1, 'blocked by the sequence rule');
-  t.match(JSON.parse(read.out), { dispatched: false, rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 } });
+  t.match(JSON.parse(read.out), {
+    dispatched: false,
+    rule: { id: 'no-egress-after-read' },
+    after: { tool: 'read_file', call_id: 'r-1', server: 'srv', session_id: 'S', host: null, seconds_ago: 30 },
+  });
 
   t.equal((await runCli([...base, '--earlier', 'tool=read_file,seconds_ago=700'])).code, 0, 'outside the window');
-  t.equal((await runCli([...base, '--call-id', 'r-1', '--earlier', 'tool=read_file,seconds_ago=30,call_id=r-1'])).code, 0, 'a call does not follow itself');
+  t.equal(
+    (await runCli([...base, '--call-id', 'r-1', '--earlier', 'tool=read_file,seconds_ago=30,call_id=r-1'])).code,
+    0,
+    'a call does not follow itself',
+  );
 
   const internal = await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=wiki.internal,address=10.1.2.3']);
   t.equal(internal.code, 1);
-  t.match(JSON.parse(internal.out), { rule: { id: 'no-egress-after-internal' }, after: { tool: 'fetch', host: 'wiki.internal', seconds_ago: 10 } });
+  t.match(JSON.parse(internal.out), {
+    rule: { id: 'no-egress-after-internal' },
+    after: { tool: 'fetch', host: 'wiki.internal', seconds_ago: 10 },
+  });
   t.equal((await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=10.1.2.3'])).code, 1, 'an IP host is the address dialled');
   t.equal((await runCli([...base, '--earlier', 'tool=fetch,seconds_ago=10,host=10.1.2.3,refused'])).code, 0, 'a refused call read nothing');
-  t.equal((await runCli(['test', policy, 'api.openai.com:443', '--tool', 'fetch', '--resolve', 'api.openai.com=93.184.216.34', '--earlier', 'tool=fetch,seconds_ago=10,address=10.1.2.3'])).code, 0, 'exempt');
+  t.equal(
+    (
+      await runCli([
+        'test',
+        policy,
+        'api.openai.com:443',
+        '--tool',
+        'fetch',
+        '--resolve',
+        'api.openai.com=93.184.216.34',
+        '--earlier',
+        'tool=fetch,seconds_ago=10,address=10.1.2.3',
+      ])
+    ).code,
+    0,
+    'exempt',
+  );
 
   const bad: Array<[string[], RegExp]> = [
     [['--earlier', 'seconds_ago=5'], /tool is required/],
@@ -166,7 +233,9 @@ rules:
 t.test('the built binary runs', async (t) => {
   const { stdout } = await run(process.execPath, ['dist/src/cli.js', 'check', 'config/policy.yaml']);
   t.match(stdout, /config\/policy\.yaml: ok: 5 egress rules, 0 skipped/);
-  const failed = await run(process.execPath, ['dist/src/cli.js', 'test', 'config/policy.yaml', 'evil.example:443']).catch((e: { code: number; stdout: string }) => e);
+  const failed = await run(process.execPath, ['dist/src/cli.js', 'test', 'config/policy.yaml', 'evil.example:443']).catch(
+    (e: { code: number; stdout: string }) => e,
+  );
   t.equal((failed as { code: number }).code, 1);
 });
 

@@ -18,8 +18,16 @@ t.test('npm install <path to the clone> gives a working mcp-egress-proxy binary'
   const bin = join(prefix, 'node_modules/.bin/mcp-egress-proxy');
   const version = await run(bin, ['--version'], { cwd: '/' });
   t.match(version.stdout, /^\d+\.\d+\.\d+/);
-  const wrapped = await run(bin, ['wrap', '--proxy', 'http://127.0.0.1:3128', '--', process.execPath, '-e', 'console.log(process.env.NODE_OPTIONS)'], { cwd: '/', env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root' } });
+  const wrapped = await run(
+    bin,
+    ['wrap', '--proxy', 'http://127.0.0.1:3128', '--', process.execPath, '-e', 'console.log(process.env.NODE_OPTIONS)'],
+    { cwd: '/', env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root' } },
+  );
   // (tap's process-info hook re-quotes NODE_OPTIONS in the children of tests, so look for the URL only)
-  t.ok(wrapped.stdout.includes(`--import=file://${ROOT}/dist/src/register/index.js`) || wrapped.stdout.includes(`--import="file://${ROOT}/dist/src/register/index.js"`), 'the preload by its absolute path');
+  t.ok(
+    wrapped.stdout.includes(`--import=file://${ROOT}/dist/src/register/index.js`) ||
+      wrapped.stdout.includes(`--import="file://${ROOT}/dist/src/register/index.js"`),
+    'the preload by its absolute path',
+  );
   t.match(wrapped.stderr, /^mcp-egress-proxy\/register: fetch, http and https routed through http:\/\/127\.0\.0\.1:3128/m);
 });

@@ -45,7 +45,10 @@ t.test('the Quick start examples work offline and show what the README says', { 
   const curls = quickStartCurls();
   t.equal(curls.length, 2, 'two curl examples');
   const port = await freePort();
-  const proxy = spawn(process.execPath, ['dist/src/cli.js', 'serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', 'off'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  const proxy = spawn(process.execPath, ['dist/src/cli.js', 'serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', 'off'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   t.teardown(() => proxy.kill('SIGTERM'));
   await listening(port);
 
@@ -60,5 +63,7 @@ t.test('the Quick start examples work offline and show what the README says', { 
   t.equal(metadata.stdout.split('\r\n\r\n')[1], shownBody, 'the body is exactly what the README shows');
 
   const exfil = await run('curl', argv(curls[1] as string));
-  t.match(JSON.parse(exfil.stdout), { error: { code: 'firewall_blocked', reason: 'rule', rule: { id: 'deny-everything-else' }, tool: 'fetch_url' } });
+  t.match(JSON.parse(exfil.stdout), {
+    error: { code: 'firewall_blocked', reason: 'rule', rule: { id: 'deny-everything-else' }, tool: 'fetch_url' },
+  });
 });

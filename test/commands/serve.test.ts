@@ -10,7 +10,8 @@ import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { files, serve } from '../helpers/serve-process.js';
 
-const config = 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
+const config =
+  'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
 
 t.test('listening, reload, graceful shutdown', async (t) => {
   const upstream = await startUpstream();
@@ -34,7 +35,10 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === 2);
   const nowDenied = await rawRequest(port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`));
   t.equal(nowDenied.status, 403);
-  t.match(s.lines.filter((e) => e.event === 'egress.decision').map((e) => e.policy_generation), [1, 2]);
+  t.match(
+    s.lines.filter((e) => e.event === 'egress.decision').map((e) => e.policy_generation),
+    [1, 2],
+  );
 
   // An open tunnel keeps its decision and may finish during the grace period.
   await writeFile(f.policy, 'version: 1\ndefault_verdict: allow\n');
@@ -71,7 +75,10 @@ t.test('open calls past the grace period end with shutdown', async (t) => {
   await s.waitFor((e) => e.event === 'egress.decision');
   s.child.kill('SIGINT');
   t.equal(await s.exit, 0);
-  t.ok(s.lines.find((e) => e.event === 'egress.closed' && e.end === 'shutdown'), 'ended by shutdown, and logged');
+  t.ok(
+    s.lines.find((e) => e.event === 'egress.closed' && e.end === 'shutdown'),
+    'ended by shutdown, and logged',
+  );
 });
 
 t.test('refuses to start on a broken config or policy', async (t) => {
@@ -79,7 +86,10 @@ t.test('refuses to start on a broken config or policy', async (t) => {
   const a = serve(['--config', badPolicy.config]);
   t.equal(await a.exit, 1);
   t.ok(a.lines.some((e) => e.event === 'policy.rejected'));
-  t.notOk(a.lines.some((e) => e.event === 'listening'), 'nothing listens');
+  t.notOk(
+    a.lines.some((e) => e.event === 'listening'),
+    'nothing listens',
+  );
   t.match(a.stderr(), /not valid; not serving/);
 
   const badConfig = await files('version: 1\n', 'listen: nowhere\n');
@@ -103,16 +113,25 @@ t.test('refuses to start on a broken config or policy', async (t) => {
   const f = serve(['--config', open.config]);
   t.equal(await f.exit, 1);
   t.match(f.stderr(), /proxy\.yaml:3:17: error: admin\.listen: 0\.0\.0\.0 is not a loopback address, and no admin\.tokens are configured/);
-  t.notOk(f.lines.some((l) => l.event === 'listening'), 'nothing listens');
+  t.notOk(
+    f.lines.some((l) => l.event === 'listening'),
+    'nothing listens',
+  );
   const g = serve(['--config', good.config, '--admin-listen', '0.0.0.0:0']);
   t.equal(await g.exit, 2);
   t.match(g.stderr(), /--admin-listen: 0\.0\.0\.0 is not a loopback address, and no admin\.tokens are configured/);
-  t.notOk(g.lines.some((l) => l.event === 'listening'), 'nothing listens');
+  t.notOk(
+    g.lines.some((l) => l.event === 'listening'),
+    'nothing listens',
+  );
   // trust: registered without tokens and users: refused, naming both keys.
   const registered = await files('version: 1\n', `${config}attribution: {trust: registered}\n`);
   const h = serve(['--config', registered.config]);
   t.equal(await h.exit, 1);
   t.match(h.stderr(), /proxy\.yaml:6:\d+: error: attribution\.trust: registered needs admin\.tokens/);
   t.match(h.stderr(), /proxy\.yaml:6:\d+: error: attribution\.trust: registered needs auth\.users/);
-  t.notOk(h.lines.some((l) => l.event === 'listening'), 'nothing listens');
+  t.notOk(
+    h.lines.some((l) => l.event === 'listening'),
+    'nothing listens',
+  );
 });

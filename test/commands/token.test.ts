@@ -59,7 +59,8 @@ t.test('the printed entry, pasted into the config, lets the printed token in wit
     config: `admin:\n  listen: 127.0.0.1:0\n  tokens:\n${indent(entryYaml(dev.entry))}\n${indent(entryYaml(viewer.entry))}\n`,
   });
   const port = (proxy.running.admin?.server.address() as { port: number }).port;
-  const reload = (token?: string) => fetch(`http://127.0.0.1:${port}/v1/reload`, { method: 'POST', headers: token ? { authorization: `Bearer ${token}` } : {} });
+  const reload = (token?: string) =>
+    fetch(`http://127.0.0.1:${port}/v1/reload`, { method: 'POST', headers: token ? { authorization: `Bearer ${token}` } : {} });
   t.equal((await reload(dev.token)).status, 200, 'the developer token reloads');
   t.equal((await reload(viewer.token)).status, 403, 'the viewer token may not');
   t.equal((await reload(dev.entry.sha256)).status, 401, 'the digest is not the token');

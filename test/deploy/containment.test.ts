@@ -107,7 +107,11 @@ async function runWorld(scenario: object): Promise<Report> {
   // adds its NODE_OPTIONS loader to every child it sees spawned; past `env -i` none is left to
   // run (and write files) as the proxy's and the server's users.
   const path = process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin';
-  const { stdout, stderr } = await run('env', ['-i', `PATH=${path}`, 'unshare', '--net', process.execPath, WORLD, JSON.stringify(scenario)], { timeout: 90_000 }).catch((err) => err);
+  const { stdout, stderr } = await run(
+    'env',
+    ['-i', `PATH=${path}`, 'unshare', '--net', process.execPath, WORLD, JSON.stringify(scenario)],
+    { timeout: 90_000 },
+  ).catch((err) => err);
   const line = String(stdout).trim().split('\n').pop() ?? '';
   let report: Report;
   try {
@@ -121,7 +125,11 @@ async function runWorld(scenario: object): Promise<Report> {
 
 function checkOnlyTheProxyPort(t: Test, report: Report, serverUid: number): void {
   t.equal(report.probe.uid, serverUid, 'the probe ran as the server UID');
-  t.same(report.probe.results.map((r) => r.name), TARGETS.map((r) => r.name), 'every way out was tried');
+  t.same(
+    report.probe.results.map((r) => r.name),
+    TARGETS.map((r) => r.name),
+    'every way out was tried',
+  );
   t.equal(Object.keys(report.seen).length, 12, 'every listener reported');
   for (const r of report.probe.results) {
     if (r.name === 'via-proxy-to-admin') {
@@ -144,18 +152,22 @@ function checkOnlyTheProxyPort(t: Test, report: Report, serverUid: number): void
 
 /** Whether this (possibly user-namespaced) root can become these UIDs: `unshare -r` maps only 0. */
 function uidsMapped(uids: number[]): boolean {
-  const ranges = readFileSync('/proc/self/uid_map', 'utf8').trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  const ranges = readFileSync('/proc/self/uid_map', 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number));
   return uids.every((uid) => ranges.some(([inside = 0, , count = 0]) => uid >= inside && uid < inside + count));
 }
 
 const missing = missingTools();
-const why = process.getuid?.() !== 0
-  ? 'it needs root (to create namespaces and apply iptables)'
-  : missing.length > 0
-    ? `missing ${missing.join(', ')} (Debian: iptables, systemd, util-linux, iproute2)`
-    : !uidsMapped([1000, 10001])
-      ? 'UIDs 1000 and 10001 are not mapped in this user namespace (run as real root)'
-      : '';
+const why =
+  process.getuid?.() !== 0
+    ? 'it needs root (to create namespaces and apply iptables)'
+    : missing.length > 0
+      ? `missing ${missing.join(', ')} (Debian: iptables, systemd, util-linux, iproute2)`
+      : !uidsMapped([1000, 10001])
+        ? 'UIDs 1000 and 10001 are not mapped in this user namespace (run as real root)'
+        : '';
 if (why) {
   console.error(`\n*** containment.test.ts SKIPPED: ${why}. The containment recipes are NOT verified. ***\n`);
   t.test(`containment not verified: ${why}`, { skip: why }, () => {});
@@ -163,14 +175,16 @@ if (why) {
   assertLoopbackOnlyNamespace();
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npm test does)`);
 
-  t.test('sidecar: the init container\'s own iptables script leaves the server UID only the proxy port', async (t) => {
+  t.test("sidecar: the init container's own iptables script leaves the server UID only the proxy port", async (t) => {
     const docs = parseAllDocuments(await readFile(join(ROOT, 'config/kubernetes/sidecar.yaml'), 'utf8')).map((d) => d.toJS());
     const deployment = docs.find((d) => d?.kind === 'Deployment');
     const spec = deployment.spec.template.spec;
     const lockdown = spec.initContainers.find((c: any) => c.name === 'egress-lockdown');
     const proxy = spec.containers.find((c: any) => c.name === 'egress-proxy');
     const server = spec.containers.find((c: any) => c.name === 'mcp-server');
-    const configMap = parseAllDocuments(await readFile(join(ROOT, 'config/kubernetes/configmap.yaml'), 'utf8')).map((d) => d.toJS()).find((d) => d?.kind === 'ConfigMap');
+    const configMap = parseAllDocuments(await readFile(join(ROOT, 'config/kubernetes/configmap.yaml'), 'utf8'))
+      .map((d) => d.toJS())
+      .find((d) => d?.kind === 'ConfigMap');
     const dir = await proxyConfigDir(configMap.data['proxy.yaml']);
     t.teardown(() => rm(dir, { recursive: true, force: true }));
     const serverUid = Number(server.securityContext.runAsUser);

@@ -25,49 +25,57 @@ t.test('systemd unit: verifies, and systemd-analyze security rates it 1.5 or low
   t.match(unit, /^Type=(simple|notify)$/m);
   t.match(unit, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
   t.match(unit, /^DynamicUser=yes$/m);
-  t.match(unit, /^ExecStart=\/usr\/bin\/node \/opt\/mcp-egress-proxy\/dist\/src\/cli\.js serve --config \/etc\/mcp-egress-proxy\/proxy\.yaml$/m);
+  t.match(
+    unit,
+    /^ExecStart=\/usr\/bin\/node \/opt\/mcp-egress-proxy\/dist\/src\/cli\.js serve --config \/etc\/mcp-egress-proxy\/proxy\.yaml$/m,
+  );
   const pkg = JSON.parse(await readFile('package.json', 'utf8'));
   t.equal(pkg.bin['mcp-egress-proxy'], 'dist/src/cli.js', 'ExecStart runs the package binary');
 });
 
-t.test('the MCP server drop-in and its bridge verify, warning-free, and give the server a private namespace', { skip: missing('systemd-analyze') }, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'mep-unit-'));
-  await writeFile(join(dir, 'my-mcp-server.service'), '[Unit]\nDescription=An MCP server\n[Service]\nExecStart=/bin/true\n');
-  await mkdir(join(dir, 'my-mcp-server.service.d'));
-  await copyFile('systemd/mcp-server-egress.conf', join(dir, 'my-mcp-server.service.d', 'egress.conf'));
-  for (const f of ['mcp-egress-bridge@.socket', 'mcp-egress-bridge@.service', 'mcp-egress-proxy.service']) await copyFile(join('systemd', f), join(dir, f));
-  // verify exits 0 on an unknown or misplaced key and only warns: the warnings count too.
-  // Verifying the server unit loads the bridge it requires (%N resolved), so a missing or
-  // misnamed bridge fails here.
-  for (const unit of ['my-mcp-server.service', 'mcp-egress-bridge@my-mcp-server.socket', 'mcp-egress-bridge@my-mcp-server.service']) {
-    const { stderr } = await run('systemd-analyze', ['verify', unit], { cwd: dir });
-    t.equal(stderr, '', `${unit} verifies without a warning`);
-  }
-  const { stdout } = await run('systemd-analyze', ['security', '--offline=true', join(dir, 'mcp-egress-bridge@my-mcp-server.service')]);
-  const score = Number(/Overall exposure level for .*: ([\d.]+)/.exec(stdout)?.[1]);
-  t.ok(score <= 1.5, `the bridge's exposure ${score}`);
+t.test(
+  'the MCP server drop-in and its bridge verify, warning-free, and give the server a private namespace',
+  { skip: missing('systemd-analyze') },
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'mep-unit-'));
+    await writeFile(join(dir, 'my-mcp-server.service'), '[Unit]\nDescription=An MCP server\n[Service]\nExecStart=/bin/true\n');
+    await mkdir(join(dir, 'my-mcp-server.service.d'));
+    await copyFile('systemd/mcp-server-egress.conf', join(dir, 'my-mcp-server.service.d', 'egress.conf'));
+    for (const f of ['mcp-egress-bridge@.socket', 'mcp-egress-bridge@.service', 'mcp-egress-proxy.service'])
+      await copyFile(join('systemd', f), join(dir, f));
+    // verify exits 0 on an unknown or misplaced key and only warns: the warnings count too.
+    // Verifying the server unit loads the bridge it requires (%N resolved), so a missing or
+    // misnamed bridge fails here.
+    for (const unit of ['my-mcp-server.service', 'mcp-egress-bridge@my-mcp-server.socket', 'mcp-egress-bridge@my-mcp-server.service']) {
+      const { stderr } = await run('systemd-analyze', ['verify', unit], { cwd: dir });
+      t.equal(stderr, '', `${unit} verifies without a warning`);
+    }
+    const { stdout } = await run('systemd-analyze', ['security', '--offline=true', join(dir, 'mcp-egress-bridge@my-mcp-server.service')]);
+    const score = Number(/Overall exposure level for .*: ([\d.]+)/.exec(stdout)?.[1]);
+    t.ok(score <= 1.5, `the bridge's exposure ${score}`);
 
-  const dropIn = await readFile('systemd/mcp-server-egress.conf', 'utf8');
-  t.match(dropIn, /^PrivateNetwork=yes$/m, 'the server gets a namespace with only lo');
-  t.match(dropIn, /^JoinsNamespaceOf=mcp-egress-bridge@%N\.socket$/m);
-  t.match(dropIn, /^Requires=mcp-egress-bridge@%N\.socket$/m);
-  const families = /^RestrictAddressFamilies=(.*)$/m.exec(dropIn)?.[1]?.split(/\s+/) ?? [];
-  t.notOk(families.includes('AF_UNIX'), 'no Unix sockets: they cross namespaces (host resolver, D-Bus)');
-  t.ok(families.length > 0 && !families.includes('~'), 'an allow-list of families');
-  t.match(dropIn, /^IPAddressDeny=any$/m);
-  const socket = await readFile('systemd/mcp-egress-bridge@.socket', 'utf8');
-  t.match(socket, /^PrivateNetwork=yes$/m, 'the bridge socket binds in a private namespace...');
-  t.match(socket, /^JoinsNamespaceOf=%i\.service$/m, '...the server\'s');
-  const bridge = await readFile('systemd/mcp-egress-bridge@.service', 'utf8');
-  t.notMatch(bridge, /^PrivateNetwork=/m, 'the bridge service runs in the host namespace, where the proxy is');
-  const proxyConfig = parseProxyConfig('config/proxy.yaml', await readFile('config/proxy.yaml', 'utf8')).config;
-  const proxyAddress = `${proxyConfig?.listen.host}:${proxyConfig?.listen.port}`;
-  t.match(dropIn, new RegExp(`^Environment=HTTPS_PROXY=http://${proxyAddress}$`, 'm'), 'points at the default listen address');
-  t.match(socket, new RegExp(`^ListenStream=${proxyAddress}$`, 'm'), 'the bridge listens where HTTPS_PROXY points');
-  t.match(bridge, new RegExp(`^ExecStart=/lib/systemd/systemd-socket-proxyd ${proxyAddress}$`, 'm'), 'and carries to the proxy');
-  t.match(bridge, new RegExp(`^IPAddressAllow=${proxyConfig?.listen.host}/32$`, 'm'));
-  t.not(proxyConfig?.admin.listen?.port, proxyConfig?.listen.port);
-});
+    const dropIn = await readFile('systemd/mcp-server-egress.conf', 'utf8');
+    t.match(dropIn, /^PrivateNetwork=yes$/m, 'the server gets a namespace with only lo');
+    t.match(dropIn, /^JoinsNamespaceOf=mcp-egress-bridge@%N\.socket$/m);
+    t.match(dropIn, /^Requires=mcp-egress-bridge@%N\.socket$/m);
+    const families = /^RestrictAddressFamilies=(.*)$/m.exec(dropIn)?.[1]?.split(/\s+/) ?? [];
+    t.notOk(families.includes('AF_UNIX'), 'no Unix sockets: they cross namespaces (host resolver, D-Bus)');
+    t.ok(families.length > 0 && !families.includes('~'), 'an allow-list of families');
+    t.match(dropIn, /^IPAddressDeny=any$/m);
+    const socket = await readFile('systemd/mcp-egress-bridge@.socket', 'utf8');
+    t.match(socket, /^PrivateNetwork=yes$/m, 'the bridge socket binds in a private namespace...');
+    t.match(socket, /^JoinsNamespaceOf=%i\.service$/m, "...the server's");
+    const bridge = await readFile('systemd/mcp-egress-bridge@.service', 'utf8');
+    t.notMatch(bridge, /^PrivateNetwork=/m, 'the bridge service runs in the host namespace, where the proxy is');
+    const proxyConfig = parseProxyConfig('config/proxy.yaml', await readFile('config/proxy.yaml', 'utf8')).config;
+    const proxyAddress = `${proxyConfig?.listen.host}:${proxyConfig?.listen.port}`;
+    t.match(dropIn, new RegExp(`^Environment=HTTPS_PROXY=http://${proxyAddress}$`, 'm'), 'points at the default listen address');
+    t.match(socket, new RegExp(`^ListenStream=${proxyAddress}$`, 'm'), 'the bridge listens where HTTPS_PROXY points');
+    t.match(bridge, new RegExp(`^ExecStart=/lib/systemd/systemd-socket-proxyd ${proxyAddress}$`, 'm'), 'and carries to the proxy');
+    t.match(bridge, new RegExp(`^IPAddressAllow=${proxyConfig?.listen.host}/32$`, 'm'));
+    t.not(proxyConfig?.admin.listen?.port, proxyConfig?.listen.port);
+  },
+);
 
 t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
   const dockerfile = await readFile('Dockerfile', 'utf8');
@@ -101,7 +109,9 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
     t.equal(proxy.config?.admin.listen?.port, Number(healthPort), 'the admin port is the one the HEALTHCHECK probes');
     t.equal(String(proxy.config?.listen.port), exposed?.[1], 'the proxy port is exposed');
   }
-  const deployments = docs.filter((d) => d.kind === 'Deployment' && d.spec.template.spec.containers.some((c: any) => c.name === 'egress-proxy'));
+  const deployments = docs.filter(
+    (d) => d.kind === 'Deployment' && d.spec.template.spec.containers.some((c: any) => c.name === 'egress-proxy'),
+  );
   t.equal(deployments.length, 2, 'the sidecar and the shared proxy');
   for (const dep of deployments) {
     const spec = dep.spec.template.spec;
@@ -115,23 +125,44 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
     const cm = configMaps.find((c) => c.metadata.name === cmName);
     t.ok(cm, `mounts an existing ConfigMap (${cmName})`);
     const listenPort = parseProxyConfig('x', cm.data['proxy.yaml']).config?.listen.port;
-    t.ok(proxyContainer.ports.some((p: any) => p.containerPort === listenPort), 'the container port is the configured listen port');
+    t.ok(
+      proxyContainer.ports.some((p: any) => p.containerPort === listenPort),
+      'the container port is the configured listen port',
+    );
     // The admin API binds loopback: a kubelet's httpGet/tcpSocket (node to pod IP) never
     // reaches it, so probes run inside the container (containment.test.ts runs them).
     const adminListen = parseProxyConfig('x', cm.data['proxy.yaml']).config?.admin.listen;
-    for (const [probe, path] of [['readinessProbe', '/readyz'], ['livenessProbe', '/healthz']] as const) {
+    for (const [probe, path] of [
+      ['readinessProbe', '/readyz'],
+      ['livenessProbe', '/healthz'],
+    ] as const) {
       t.notOk(proxyContainer[probe].httpGet ?? proxyContainer[probe].tcpSocket, `${dep.metadata.name}: ${probe} is not a network probe`);
-      t.match(proxyContainer[probe].exec.command.join(' '), `http://${adminListen?.host}:${adminListen?.port}${path}`, `${probe} asks ${path} of the admin listener`);
+      t.match(
+        proxyContainer[probe].exec.command.join(' '),
+        `http://${adminListen?.host}:${adminListen?.port}${path}`,
+        `${probe} asks ${path} of the admin listener`,
+      );
     }
-    t.notOk(proxyContainer.ports.some((p: any) => p.containerPort === adminListen?.port), 'the admin port is not published');
+    t.notOk(
+      proxyContainer.ports.some((p: any) => p.containerPort === adminListen?.port),
+      'the admin port is not published',
+    );
     const mcp = spec.containers.find((c: any) => c.name === 'mcp-server');
     if (mcp) {
-      t.equal(mcp.env.find((e: any) => e.name === 'HTTPS_PROXY').value, `http://127.0.0.1:${listenPort}`, 'the MCP server points at the sidecar');
+      t.equal(
+        mcp.env.find((e: any) => e.name === 'HTTPS_PROXY').value,
+        `http://127.0.0.1:${listenPort}`,
+        'the MCP server points at the sidecar',
+      );
       const lockdown = spec.initContainers.find((c: any) => c.name === 'egress-lockdown');
       const script = lockdown.command.join('\n');
       t.match(script, new RegExp(`^\\s*proxy_uid=${uid}$`, 'm'), 'the proxy UID is the image user');
       t.match(script, new RegExp(`^\\s*proxy_port=${listenPort}$`, 'm'), 'the one port the server may reach is the proxy port');
-      t.equal(parseProxyConfig('x', cm.data['proxy.yaml']).config?.listen.host, '127.0.0.1', 'the proxy listens where the script lets the server go (-d 127.0.0.1)');
+      t.equal(
+        parseProxyConfig('x', cm.data['proxy.yaml']).config?.listen.host,
+        '127.0.0.1',
+        'the proxy listens where the script lets the server go (-d 127.0.0.1)',
+      );
       t.match(script, /-o lo -d 127\.0\.0\.1 -p tcp --dport "\$proxy_port" -j ACCEPT/);
       t.not(String(mcp.securityContext.runAsUser), uid, 'the server never runs as the proxy user');
       t.same(mcp.securityContext.capabilities?.drop, ['ALL'], 'the server cannot lift the rules (no NET_ADMIN)');
@@ -146,18 +177,38 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
   const service = shared.find((d) => d.kind === 'Service');
   const proxyDeployment = shared.find((d) => d.kind === 'Deployment' && d.metadata.name === service.metadata.name);
   const sharedPort = parseProxyConfig('x', shared.find((d) => d.kind === 'ConfigMap').data['proxy.yaml']).config?.listen.port;
-  t.same(service.spec.ports.map((p: any) => p.targetPort), [sharedPort], 'the Service carries the proxy port only');
+  t.same(
+    service.spec.ports.map((p: any) => p.targetPort),
+    [sharedPort],
+    'the Service carries the proxy port only',
+  );
   const serversPolicy = shared.find((d) => d.kind === 'NetworkPolicy' && d.spec.policyTypes.includes('Egress'));
-  t.same(serversPolicy.spec.egress, [{ to: [{ podSelector: { matchLabels: proxyDeployment.spec.template.metadata.labels } }], ports: [{ protocol: 'TCP', port: sharedPort }] }], 'servers: the proxy pods\' proxy port, nothing else (no DNS)');
+  t.same(
+    serversPolicy.spec.egress,
+    [
+      {
+        to: [{ podSelector: { matchLabels: proxyDeployment.spec.template.metadata.labels } }],
+        ports: [{ protocol: 'TCP', port: sharedPort }],
+      },
+    ],
+    "servers: the proxy pods' proxy port, nothing else (no DNS)",
+  );
   const servers = shared.filter((d) => d.kind === 'Deployment' && d !== proxyDeployment);
   t.ok(servers.length >= 1, 'an example MCP server');
   const serviceHostVar = `$(${service.metadata.name.toUpperCase().replace(/-/g, '_')}_SERVICE_HOST)`;
   for (const server of servers) {
     const labels = server.spec.template.metadata.labels;
-    t.ok(Object.entries(serversPolicy.spec.podSelector.matchLabels).every(([k, v]) => labels[k] === v), `${server.metadata.name} is selected by the servers' NetworkPolicy`);
+    t.ok(
+      Object.entries(serversPolicy.spec.podSelector.matchLabels).every(([k, v]) => labels[k] === v),
+      `${server.metadata.name} is selected by the servers' NetworkPolicy`,
+    );
     for (const c of server.spec.template.spec.containers) {
       const proxyUrl = c.env.find((e: any) => e.name === 'HTTPS_PROXY').value;
-      t.match(proxyUrl, `@${serviceHostVar}:${service.spec.ports[0].port}`, `${server.metadata.name} finds the proxy by the Service's address`);
+      t.match(
+        proxyUrl,
+        `@${serviceHostVar}:${service.spec.ports[0].port}`,
+        `${server.metadata.name} finds the proxy by the Service's address`,
+      );
     }
   }
 
@@ -175,6 +226,12 @@ t.test('Dockerfile and Kubernetes manifests agree', async (t) => {
   t.ok(proxySecret, 'the proxy reads the password from a Secret');
   t.same(secretOf(redisContainer, 'REDIS_PASSWORD'), proxySecret, 'the same Secret as the Redis it talks to');
   t.match(redisContainer.args.join(' '), /--requirepass \$\(REDIS_PASSWORD\)/);
-  const redisPolicy = shared.find((d) => d.kind === 'NetworkPolicy' && d.spec.podSelector.matchLabels.app === redisSet.spec.template.metadata.labels.app);
-  t.same(redisPolicy.spec.ingress, [{ from: [{ podSelector: { matchLabels: proxyDeployment.spec.template.metadata.labels } }], ports: [{ protocol: 'TCP', port: 6379 }] }], 'only the proxy pods reach Redis');
+  const redisPolicy = shared.find(
+    (d) => d.kind === 'NetworkPolicy' && d.spec.podSelector.matchLabels.app === redisSet.spec.template.metadata.labels.app,
+  );
+  t.same(
+    redisPolicy.spec.ingress,
+    [{ from: [{ podSelector: { matchLabels: proxyDeployment.spec.template.metadata.labels } }], ports: [{ protocol: 'TCP', port: 6379 }] }],
+    'only the proxy pods reach Redis',
+  );
 });

@@ -16,16 +16,85 @@ function viaPino(fields: Record<string, unknown>, msg: string): string {
 
 const withoutTime = (line: string) => line.replace(/"time":"[^"]+"/, '"time":"T"');
 
-const allow: Decision = { verdict: 'allow', dispatched: true, shadow: false, reason: 'default', rule: null, after: null, addresses: ['93.184.216.34', '2606:4700::1111'], trace: [], uncovered: false };
+const allow: Decision = {
+  verdict: 'allow',
+  dispatched: true,
+  shadow: false,
+  reason: 'default',
+  rule: null,
+  after: null,
+  addresses: ['93.184.216.34', '2606:4700::1111'],
+  trace: [],
+  uncovered: false,
+};
 const shadowed: Decision = {
-  verdict: 'deny', dispatched: true, shadow: true, reason: 'rule', rule: { id: 'no-"quotes"\\', label: 'line\nbreak \u2028 é', priority: 7 },
-  after: { call_id: 'c"\u0001', tool: 'read_\u2028file', server: 'srv', session_id: null, host: null, seconds_ago: 1.25 }, addresses: [], trace: [], uncovered: false };
-const baseline: Decision = { verdict: 'deny', dispatched: false, shadow: false, reason: 'ssrf_baseline', rule: null, after: null, addresses: ['169.254.169.254'], trace: [], uncovered: false, address_class: 'link_local' };
+  verdict: 'deny',
+  dispatched: true,
+  shadow: true,
+  reason: 'rule',
+  rule: { id: 'no-"quotes"\\', label: 'line\nbreak \u2028 é', priority: 7 },
+  after: { call_id: 'c"\u0001', tool: 'read_\u2028file', server: 'srv', session_id: null, host: null, seconds_ago: 1.25 },
+  addresses: [],
+  trace: [],
+  uncovered: false,
+};
+const baseline: Decision = {
+  verdict: 'deny',
+  dispatched: false,
+  shadow: false,
+  reason: 'ssrf_baseline',
+  rule: null,
+  after: null,
+  addresses: ['169.254.169.254'],
+  trace: [],
+  uncovered: false,
+  address_class: 'link_local',
+};
 
 const events: DecisionEvent[] = [
-  { conn_id: 'a-1', policy_generation: 3, decision: allow, tool: 'fetch', call_id: 'c"1', session_id: null, server: '127.0.0.1', host: 'example.com', port: 443, method: 'CONNECT', pinned_address: '93.184.216.34', policy_digest: '0123456789ab' },
-  { conn_id: 'a-2', policy_generation: 1, decision: shadowed, tool: null, call_id: null, session_id: 's\u0001', server: 'agent', host: 'xn--bcher-kva.example', port: 80, method: 'GET', pinned_address: null, policy_digest: 'abcdefabcdef' },
-  { conn_id: 'a-3', policy_generation: 9, decision: baseline, tool: 't', call_id: null, session_id: null, server: '::1', host: '169.254.169.254', port: 80, method: 'GET', pinned_address: null, policy_digest: 'ffffffffffff', detail: 'x' },
+  {
+    conn_id: 'a-1',
+    policy_generation: 3,
+    decision: allow,
+    tool: 'fetch',
+    call_id: 'c"1',
+    session_id: null,
+    server: '127.0.0.1',
+    host: 'example.com',
+    port: 443,
+    method: 'CONNECT',
+    pinned_address: '93.184.216.34',
+    policy_digest: '0123456789ab',
+  },
+  {
+    conn_id: 'a-2',
+    policy_generation: 1,
+    decision: shadowed,
+    tool: null,
+    call_id: null,
+    session_id: 's\u0001',
+    server: 'agent',
+    host: 'xn--bcher-kva.example',
+    port: 80,
+    method: 'GET',
+    pinned_address: null,
+    policy_digest: 'abcdefabcdef',
+  },
+  {
+    conn_id: 'a-3',
+    policy_generation: 9,
+    decision: baseline,
+    tool: 't',
+    call_id: null,
+    session_id: null,
+    server: '::1',
+    host: '169.254.169.254',
+    port: 80,
+    method: 'GET',
+    pinned_address: null,
+    policy_digest: 'ffffffffffff',
+    detail: 'x',
+  },
 ];
 
 /** Each event's message, written out here (not taken from the code under test). */
@@ -43,9 +112,27 @@ t.test('decision lines are what pino would write, field for field and in order',
     const d = e.decision;
     const reference = viaPino(
       {
-        event: 'egress.decision', conn_id: e.conn_id, policy_generation: e.policy_generation, verdict: d.verdict, dispatched: d.dispatched, shadow: d.shadow, reason: d.reason, rule: d.rule,
-        tool: e.tool, call_id: e.call_id, session_id: e.session_id, server: e.server, host: e.host, port: e.port, method: e.method, addresses: d.addresses, pinned_address: e.pinned_address,
-        address_class: d.address_class ?? null, after: d.after, policy_digest: e.policy_digest, ...(e.detail ? { detail: e.detail } : {}),
+        event: 'egress.decision',
+        conn_id: e.conn_id,
+        policy_generation: e.policy_generation,
+        verdict: d.verdict,
+        dispatched: d.dispatched,
+        shadow: d.shadow,
+        reason: d.reason,
+        rule: d.rule,
+        tool: e.tool,
+        call_id: e.call_id,
+        session_id: e.session_id,
+        server: e.server,
+        host: e.host,
+        port: e.port,
+        method: e.method,
+        addresses: d.addresses,
+        pinned_address: e.pinned_address,
+        address_class: d.address_class ?? null,
+        after: d.after,
+        policy_digest: e.policy_digest,
+        ...(e.detail ? { detail: e.detail } : {}),
       },
       EXPECTED_MSG[e.conn_id] as string,
     );
@@ -112,7 +199,10 @@ t.test('the sink defers only deferred decisions and closed lines', async (t) => 
   sink.decision(events[2] as DecisionEvent);
   t.equal(writes.length, 1);
   t.same(
-    (writes[0] as string).trim().split('\n').map((l) => JSON.parse(l).conn_id),
+    (writes[0] as string)
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).conn_id),
     ['a-1', 'a-1', 'a-3'],
     'the refusal is written at once, after the lines before it',
   );
@@ -155,7 +245,13 @@ t.test('the time field is the ISO time pino would write, at every millisecond sp
   t.teardown(() => {
     Date.now = realNow;
   });
-  for (const at of [Date.UTC(2026, 10, 22, 11, 59, 59, 0), Date.UTC(2026, 10, 22, 11, 59, 59, 7), Date.UTC(2026, 10, 22, 11, 59, 59, 45), Date.UTC(2026, 10, 22, 11, 59, 59, 999), Date.UTC(2026, 10, 22, 12, 0, 0, 1)]) {
+  for (const at of [
+    Date.UTC(2026, 10, 22, 11, 59, 59, 0),
+    Date.UTC(2026, 10, 22, 11, 59, 59, 7),
+    Date.UTC(2026, 10, 22, 11, 59, 59, 45),
+    Date.UTC(2026, 10, 22, 11, 59, 59, 999),
+    Date.UTC(2026, 10, 22, 12, 0, 0, 1),
+  ]) {
     Date.now = () => at;
     const line = JSON.parse(closedLine({ conn_id: 'c', bytes_up: 0, bytes_down: 0, duration_ms: 0, end: 'error' }));
     t.equal(line.time, new Date(at).toISOString(), new Date(at).toISOString());

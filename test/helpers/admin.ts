@@ -49,7 +49,12 @@ export async function adminApi(
 }
 
 /** Calls a test proxy's admin API with fetch: status, text, parsed JSON (or null), headers. */
-export async function api(proxy: TestProxy, method: string, path: string, options: { token?: string; body?: unknown; raw?: string; type?: string } = {}) {
+export async function api(
+  proxy: TestProxy,
+  method: string,
+  path: string,
+  options: { token?: string; body?: unknown; raw?: string; type?: string } = {},
+) {
   const admin = proxy.running.admin?.server.address() as { port: number };
   const headers: Record<string, string> = {};
   if (options.token) headers.authorization = `Bearer ${options.token}`;

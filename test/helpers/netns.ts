@@ -5,11 +5,21 @@
  */
 import { networkInterfaces } from 'node:os';
 
-export const NETNS_ADDRESSES = ['169.254.169.254', '10.1.2.3', '100.100.100.200', '93.184.216.34', '93.184.216.35', 'fd00:ec2::254', '2606:4700::1111'];
+export const NETNS_ADDRESSES = [
+  '169.254.169.254',
+  '10.1.2.3',
+  '100.100.100.200',
+  '93.184.216.34',
+  '93.184.216.35',
+  'fd00:ec2::254',
+  '2606:4700::1111',
+];
 
 export function assertLoopbackOnlyNamespace(): void {
   if (process.env.MCP_EGRESS_IN_NETNS !== '1') {
-    throw new Error('this test names non-loopback addresses: run it through `npm test` (scripts/test-in-netns.sh), never on the real network');
+    throw new Error(
+      'this test names non-loopback addresses: run it through `npm test` (scripts/test-in-netns.sh), never on the real network',
+    );
   }
   const interfaces = networkInterfaces();
   const names = Object.keys(interfaces);

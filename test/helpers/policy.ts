@@ -64,7 +64,16 @@ export async function decideFor(policy: CompiledPolicy, call: CallSpec): Promise
   const resolver = tableResolver(target.host.kind === 'name' ? { [target.host.host]: call.resolves ?? ['93.184.216.34'] } : {});
   const outcome = await decideCall(
     policy,
-    [callContext({ tool: call.tool ?? null, server: call.server ?? null, port: target.port, callId: call.callId ?? null, now: call.now ?? NOW, history: call.history ?? [] })],
+    [
+      callContext({
+        tool: call.tool ?? null,
+        server: call.server ?? null,
+        port: target.port,
+        callId: call.callId ?? null,
+        now: call.now ?? NOW,
+        history: call.history ?? [],
+      }),
+    ],
     target,
     { resolver, classify: call.baseline === false ? () => null : createBaseline(), explain: true },
   );

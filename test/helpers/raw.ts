@@ -43,4 +43,5 @@ export function rawRequest(port: number, request: string | Buffer, timeoutMs = 5
 }
 
 export const connectRequest = (authority: string, extra = '') => `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${extra}\r\n`;
-export const getRequest = (url: string, host: string, extra = '') => `GET ${url} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n${extra}\r\n`;
+export const getRequest = (url: string, host: string, extra = '') =>
+  `GET ${url} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n${extra}\r\n`;

@@ -55,7 +55,11 @@ export function refCarriedIpv4(text: string): string | null {
   const v6 = addr as ipaddr.IPv6;
   if (text === '::' || text === '::1') return null;
   for (const [net, len, offset] of CARRIERS) {
-    if (v6.match(net, len)) return v6.toByteArray().slice(offset, offset + 4).join('.');
+    if (v6.match(net, len))
+      return v6
+        .toByteArray()
+        .slice(offset, offset + 4)
+        .join('.');
   }
   return null;
 }
@@ -134,13 +138,21 @@ export function refDecide(
   classify: (a: IpAddress) => string | null = () => null,
 ): RefResult {
   const outcomes = addresses.map((a) => {
-    if (classify(a) !== null) return { verdict: 'deny' as const, dispatched: false, shadow: false, reason: 'ssrf_baseline' as const, rule: null, after: null };
+    if (classify(a) !== null)
+      return { verdict: 'deny' as const, dispatched: false, shadow: false, reason: 'ssrf_baseline' as const, rule: null, after: null };
     const rule = refMatch(spec, ctx, name, a);
     const verdict = rule ? (rule.verdict as 'allow' | 'deny' | 'audit') : spec.defaultVerdict;
     const shadow = verdict === 'deny' && spec.shadowMode;
     const earlier = rule?.after ? refEarlier(rule.after, ctx) : null;
     const after = earlier === null ? null : { call: earlier, secondsAgo: Math.max(0, ctx.now - earlier.at) / 1000 };
-    return { verdict, dispatched: verdict !== 'deny' || shadow, shadow, reason: rule ? ('rule' as const) : ('default' as const), rule: rule?.id ?? null, after };
+    return {
+      verdict,
+      dispatched: verdict !== 'deny' || shadow,
+      shadow,
+      reason: rule ? ('rule' as const) : ('default' as const),
+      rule: rule?.id ?? null,
+      after,
+    };
   });
   const rank = (o: (typeof outcomes)[number]) => (!o.dispatched ? 3 : o.shadow ? 2 : o.verdict === 'audit' ? 1 : 0);
   let chosen = outcomes[0] as (typeof outcomes)[number];

@@ -11,7 +11,9 @@ interface Dependency {
   debian: string;
 }
 
-const { dependencies } = JSON.parse(readFileSync(new URL('../../scripts/test-deps.json', import.meta.url), 'utf8')) as { dependencies: Dependency[] };
+const { dependencies } = JSON.parse(readFileSync(new URL('../../scripts/test-deps.json', import.meta.url), 'utf8')) as {
+  dependencies: Dependency[];
+};
 const cache = new Map<string, string | false>();
 
 /** false when `name` is present; otherwise why the test is skipped. */

@@ -49,7 +49,14 @@ export async function startUpstream(host = '127.0.0.1', options: { tls?: boolean
     req.on('data', (c: string) => (body += c));
     req.on('end', () => {
       const tlsSocket = req.socket as { servername?: string };
-      requests.push({ method: req.method ?? '', url: req.url ?? '', rawHeaders: req.rawHeaders, body, localAddress: req.socket.localAddress ?? '', servername: tlsSocket.servername });
+      requests.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        rawHeaders: req.rawHeaders,
+        body,
+        localAddress: req.socket.localAddress ?? '',
+        servername: tlsSocket.servername,
+      });
       respond(req, res, body);
     });
   };
@@ -72,7 +79,10 @@ export async function startUpstream(host = '127.0.0.1', options: { tls?: boolean
 }
 
 /** A raw TCP listener that only counts connections (a fake metadata or internal service). */
-export async function startTrap(host: string, port = 0): Promise<{ host: string; port: number; connections: number; close(): Promise<void> }> {
+export async function startTrap(
+  host: string,
+  port = 0,
+): Promise<{ host: string; port: number; connections: number; close(): Promise<void> }> {
   const trap = { host, port: 0, connections: 0, close: async () => {} };
   const server = createNetServer((socket) => {
     trap.connections++;

@@ -1,6 +1,14 @@
 /** Host canonicalisation: every spelling of an address means that address; odd hosts are refused. */
 import t from 'tap';
-import { carriedBlock, cidrsOverlap, canonicalHost, formatHostPort, ipv6FromHex, parseCidr, parseIpLiteral } from '../../src/net/address.js';
+import {
+  carriedBlock,
+  cidrsOverlap,
+  canonicalHost,
+  formatHostPort,
+  ipv6FromHex,
+  parseCidr,
+  parseIpLiteral,
+} from '../../src/net/address.js';
 import type { Cidr } from '../../src/net/address.js';
 
 const same: Array<[string, string, 'ip' | 'name']> = [

@@ -138,10 +138,22 @@ t.test('broad exemptions that cover metadata are named for the start-up warning'
   t.same(overlaps('169.254.0.0/16'), [{ entry: '169.254.0.0/16', metadata: ['169.254.169.254', '169.254.170.2'] }]);
   t.same(overlaps('100.64.0.0/10'), [{ entry: '100.64.0.0/10', metadata: ['100.100.100.200'] }]);
   t.same(overlaps('fd00::/8'), [{ entry: 'fd00::/8', metadata: ['fd00:ec2::254'] }]);
-  t.same(overlaps('64:ff9b::/96').map((o) => o.metadata.length), [5], 'NAT64 spellings of the five IPv4 metadata addresses');
+  t.same(
+    overlaps('64:ff9b::/96').map((o) => o.metadata.length),
+    [5],
+    'NAT64 spellings of the five IPv4 metadata addresses',
+  );
   t.same(overlaps('2002:a9fe::/32'), [{ entry: '2002:a9fe::/32', metadata: ['169.254.169.254', '169.254.170.2'] }], '6to4 spellings');
-  t.same(overlaps('2002:a9fe:a9fe:1::/64'), [{ entry: '2002:a9fe:a9fe:1::/64', metadata: ['169.254.169.254'] }], 'a block inside one 6to4 /48');
-  t.same(overlaps('169.254.169.254/32', 'fd00:ec2::254/128', '10.0.0.0/8', '127.0.0.0/8', '::1/128', '2606:4700::/32'), [], 'exact entries and ranges away from metadata are not named');
+  t.same(
+    overlaps('2002:a9fe:a9fe:1::/64'),
+    [{ entry: '2002:a9fe:a9fe:1::/64', metadata: ['169.254.169.254'] }],
+    'a block inside one 6to4 /48',
+  );
+  t.same(
+    overlaps('169.254.169.254/32', 'fd00:ec2::254/128', '10.0.0.0/8', '127.0.0.0/8', '::1/128', '2606:4700::/32'),
+    [],
+    'exact entries and ranges away from metadata are not named',
+  );
 });
 
 t.test('an address that carries IPv4 is exempt through that IPv4, or by a block that spells IPv4', async (t) => {

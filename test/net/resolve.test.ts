@@ -19,7 +19,11 @@ t.test('resolver', async (t) => {
   const resolver = createResolver({ servers: [dns.address], timeoutMs: 400, maxTtlSeconds: 60, now: () => now });
 
   const both = await resolver.resolve('both.test');
-  t.same(both.addresses.map((a) => a.text), ['93.184.216.34', '2606:4700::1111'], 'A then AAAA, mapped folded into IPv4, duplicates dropped');
+  t.same(
+    both.addresses.map((a) => a.text),
+    ['93.184.216.34', '2606:4700::1111'],
+    'A then AAAA, mapped folded into IPv4, duplicates dropped',
+  );
   t.equal(both.cached, false);
   t.equal((await resolver.resolve('both.test')).cached, true, 'cached within its TTL');
   now += 31_000;
@@ -33,12 +37,24 @@ t.test('resolver', async (t) => {
   now += 61_000;
   t.equal((await resolver.resolve('long.test')).cached, false, 'the ceiling caps a long TTL');
 
-  for (const [name, kind] of [['nx.test', 'nxdomain'], ['fail.test', 'servfail'], ['slow.test', 'timeout'], ['empty.test', 'no_data']] as const) {
+  for (const [name, kind] of [
+    ['nx.test', 'nxdomain'],
+    ['fail.test', 'servfail'],
+    ['slow.test', 'timeout'],
+    ['empty.test', 'no_data'],
+  ] as const) {
     const err = await resolver.resolve(name).catch((e: unknown) => e);
     t.ok(err instanceof DnsError, `${name} fails`);
     t.equal((err as DnsError).kind, kind, `${name}: ${kind}`);
   }
-  t.same(dns.queries.filter((q) => q.name === 'fail.test').map((q) => q.type).sort(), ['A', 'AAAA'], 'A and AAAA asked, once each');
+  t.same(
+    dns.queries
+      .filter((q) => q.name === 'fail.test')
+      .map((q) => q.type)
+      .sort(),
+    ['A', 'AAAA'],
+    'A and AAAA asked, once each',
+  );
 
   const small = createResolver({ servers: [dns.address], cacheSize: 1, now: () => now });
   await small.resolve('both.test');
@@ -46,6 +62,9 @@ t.test('resolver', async (t) => {
   t.equal((await small.resolve('both.test')).cached, false, 'the cache is bounded');
 
   const table = staticResolver(new Map([['a.test', [ip('1.2.3.4')]]]));
-  t.same((await table.resolve('a.test')).addresses.map((a) => a.text), ['1.2.3.4']);
+  t.same(
+    (await table.resolve('a.test')).addresses.map((a) => a.text),
+    ['1.2.3.4'],
+  );
   t.equal(((await table.resolve('b.test').catch((e: unknown) => e)) as DnsError).kind, 'nxdomain');
 });

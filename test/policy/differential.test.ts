@@ -23,8 +23,42 @@ const WILDCARDS = ['*.example.com', '*.a.example.com', '*.x.a.example.com', '*.a
 // IPv6 forms that carry an IPv4 address (policy.md): NAT64, IPv4-compatible and 6to4 spellings of
 // the IPv4 addresses above, and `::1`, which carries none.
 const CARRYING = ['64:ff9b::2201:203', '64:ff9b::5db8:d822', '::2201:909', '::3401:203', '2002:2201:203::1', '2002:5db8:d822:1::9', '::1'];
-const ADDRESSES = ['34.1.2.3', '34.1.9.9', '34.200.0.1', '52.1.2.3', '93.184.216.34', '10.0.0.5', '2600:1::5', '2600:1:2::9', '2a00::1', '2600::1', ...CARRYING];
-const CIDRS = ['34.0.0.0/8', '34.1.0.0/16', '34.1.2.3/32', '52.0.0.0/8', '0.0.0.0/0', '93.184.216.0/24', '10.0.0.0/8', '34.1.2.0/23', '2600::/16', '2600:1::/32', '2600:1::5/128', '::/0', '2600::/12', '::ffff:34.0.0.0/104', '2600:1:2::/47', '64:ff9b::/96', '2002::/16', '64:ff9b::2201:0/112', '::/96', '0.0.0.0/8', '2002:5db8:d822::/48'];
+const ADDRESSES = [
+  '34.1.2.3',
+  '34.1.9.9',
+  '34.200.0.1',
+  '52.1.2.3',
+  '93.184.216.34',
+  '10.0.0.5',
+  '2600:1::5',
+  '2600:1:2::9',
+  '2a00::1',
+  '2600::1',
+  ...CARRYING,
+];
+const CIDRS = [
+  '34.0.0.0/8',
+  '34.1.0.0/16',
+  '34.1.2.3/32',
+  '52.0.0.0/8',
+  '0.0.0.0/0',
+  '93.184.216.0/24',
+  '10.0.0.0/8',
+  '34.1.2.0/23',
+  '2600::/16',
+  '2600:1::/32',
+  '2600:1::5/128',
+  '::/0',
+  '2600::/12',
+  '::ffff:34.0.0.0/104',
+  '2600:1:2::/47',
+  '64:ff9b::/96',
+  '2002::/16',
+  '64:ff9b::2201:0/112',
+  '::/96',
+  '0.0.0.0/8',
+  '2002:5db8:d822::/48',
+];
 const TOOL_GLOBS = ['*', '*', '*', 'http_*', 'search', '*fetch*', '?earch', 'x'];
 const SERVER_GLOBS = ['*', '*', '*', 'srv-*', 'srv-a'];
 const TOOLS = [null, 'http_fetch', 'search', 'fetch', 'x'];
@@ -69,19 +103,35 @@ const historyCallArb: fc.Arbitrary<HistoryCall> = fc
     tool: fc.constantFrom(...HISTORY_TOOLS),
     callId: fc.constantFrom(...CALL_IDS, 'h'),
     server: fc.constantFrom(...SERVERS),
-    egress: fc.option(fc.record({ host: fc.oneof(fc.constantFrom(...NAMES), fc.constantFrom(...ADDRESSES)), address: fc.constantFrom(...ADDRESSES), dispatched: fc.boolean() }), { nil: null, freq: 2 }),
+    egress: fc.option(
+      fc.record({
+        host: fc.oneof(fc.constantFrom(...NAMES), fc.constantFrom(...ADDRESSES)),
+        address: fc.constantFrom(...ADDRESSES),
+        dispatched: fc.boolean(),
+      }),
+      { nil: null, freq: 2 },
+    ),
   })
   .map(({ age, tool, callId, server, egress }) => {
     // An IP-literal call dials its own address; a refused call dialled nothing.
     const hostIp = egress && /^[\d.]+$|:/.test(egress.host) ? egress.host : null;
     const address = egress?.dispatched ? ip(hostIp ?? egress.address) : null;
-    return { at: NOW - age, tool, callId, server, sessionId: 'S', host: egress ? (hostIp ? ip(hostIp).text : egress.host) : null, address, dispatched: egress ? egress.dispatched : null };
+    return {
+      at: NOW - age,
+      tool,
+      callId,
+      server,
+      sessionId: 'S',
+      host: egress ? (hostIp ? ip(hostIp).text : egress.host) : null,
+      address,
+      dispatched: egress ? egress.dispatched : null,
+    };
   });
 
 /** A history as the store hands it over: newest first. Call ids 'h' become unique. */
-const historyArb = fc.array(historyCallArb, { maxLength: 8 }).map((calls) =>
-  calls.map((c, i) => (c.callId === 'h' ? { ...c, callId: `h${i}` } : c)).sort((a, b) => b.at - a.at),
-);
+const historyArb = fc
+  .array(historyCallArb, { maxLength: 8 })
+  .map((calls) => calls.map((c, i) => (c.callId === 'h' ? { ...c, callId: `h${i}` } : c)).sort((a, b) => b.at - a.at));
 
 const ruleArb = fc.record({
   priority: fc.integer({ min: -2, max: 6 }),
@@ -133,26 +183,41 @@ t.test('indexed and reference evaluators agree', async (t) => {
     fc.property(policyArb, fc.array(callArb, { minLength: 1, maxLength: 6 }), fc.boolean(), (spec, calls, withBaseline) => {
       const policy = compilePolicy(spec);
       for (const call of calls) {
-        const ctx: CallContext = callContext({ tool: call.tool, server: call.server, port: call.port, callId: call.callId, now: NOW, history: call.history });
+        const ctx: CallContext = callContext({
+          tool: call.tool,
+          server: call.server,
+          port: call.port,
+          callId: call.callId,
+          now: NOW,
+          history: call.history,
+        });
         const addresses: IpAddress[] = call.name === null ? [ip(call.addresses[0] as string)] : call.addresses.map(ip);
         const classify = withBaseline ? (a: IpAddress) => baseline(a, call.port) : () => null;
-        const got = decide(policy, ctx, { name: call.name }, addresses, { classify: withBaseline ? baseline : undefined, explain: checked % 7 === 0 });
+        const got = decide(policy, ctx, { name: call.name }, addresses, {
+          classify: withBaseline ? baseline : undefined,
+          explain: checked % 7 === 0,
+        });
         const want = refDecide(spec, ctx, call.name, addresses, classify);
-        const summary = (d: { verdict: string; dispatched: boolean; shadow: boolean; reason: string }) => `${d.verdict}/${d.dispatched}/${d.shadow}/${d.reason}`;
+        const summary = (d: { verdict: string; dispatched: boolean; shadow: boolean; reason: string }) =>
+          `${d.verdict}/${d.dispatched}/${d.shadow}/${d.reason}`;
         if (summary(got) !== summary(want) || (got.rule?.id ?? null) !== want.rule) {
           throw new Error(`decision differs: got ${summary(got)} ${got.rule?.id} want ${summary(want)} ${want.rule}`);
         }
-        const wantAfter = want.after === null ? null : { call_id: want.after.call.callId, tool: want.after.call.tool, seconds_ago: want.after.secondsAgo };
-        if (describeAfter(got.after) !== describeAfter(wantAfter)) throw new Error(`earlier call differs: got ${describeAfter(got.after)} want ${describeAfter(wantAfter)}`);
+        const wantAfter =
+          want.after === null ? null : { call_id: want.after.call.callId, tool: want.after.call.tool, seconds_ago: want.after.secondsAgo };
+        if (describeAfter(got.after) !== describeAfter(wantAfter))
+          throw new Error(`earlier call differs: got ${describeAfter(got.after)} want ${describeAfter(wantAfter)}`);
         if (got.after !== null) decidedAfter++;
         if (spec.rules.some((r) => r.after !== null && r.stage === 'egress' && refEarlier(r.after, ctx) === null)) clauseFailed++;
         const perAddress = got.trace.map((e) => e.rule?.id ?? null);
-        if (JSON.stringify(perAddress) !== JSON.stringify(want.perAddress)) throw new Error(`trace differs: ${perAddress.join(',')} vs ${want.perAddress.join(',')}`);
+        if (JSON.stringify(perAddress) !== JSON.stringify(want.perAddress))
+          throw new Error(`trace differs: ${perAddress.join(',')} vs ${want.perAddress.join(',')}`);
         for (const entry of got.trace) {
           if (entry.not_matched && entry.decided_by !== 'ssrf_baseline') {
             const before = policy.allRules.findIndex((r) => r.id === entry.rule?.id);
             const expected = (before === -1 ? policy.allRules : policy.allRules.slice(0, before)).map((r) => r.id);
-            if (JSON.stringify(entry.not_matched.map((n) => n.rule)) !== JSON.stringify(expected)) throw new Error('explanation lists the wrong rules');
+            if (JSON.stringify(entry.not_matched.map((n) => n.rule)) !== JSON.stringify(expected))
+              throw new Error('explanation lists the wrong rules');
           }
         }
         if (call.name !== null) {
@@ -162,9 +227,17 @@ t.test('indexed and reference evaluators agree', async (t) => {
           if (gotByName !== refByName) throw new Error(`name-only refusal differs: got ${gotByName} want ${refByName}`);
           const byNameRule = refByName ? sortedEgressRules(spec).find((r) => r.id === refByName) : undefined;
           const refByNameEarlier = byNameRule?.after ? refEarlier(byNameRule.after, ctx) : null;
-          const wantByNameAfter = refByNameEarlier === null ? null : { call_id: refByNameEarlier.callId, tool: refByNameEarlier.tool, seconds_ago: Math.max(0, NOW - refByNameEarlier.at) / 1000 };
+          const wantByNameAfter =
+            refByNameEarlier === null
+              ? null
+              : {
+                  call_id: refByNameEarlier.callId,
+                  tool: refByNameEarlier.tool,
+                  seconds_ago: Math.max(0, NOW - refByNameEarlier.at) / 1000,
+                };
           if (byName?.after) byNameAfter++;
-          if (byName !== null && describeAfter(byName.after) !== describeAfter(wantByNameAfter)) throw new Error(`name-only earlier call differs: got ${describeAfter(byName.after)} want ${describeAfter(wantByNameAfter)}`);
+          if (byName !== null && describeAfter(byName.after) !== describeAfter(wantByNameAfter))
+            throw new Error(`name-only earlier call differs: got ${describeAfter(byName.after)} want ${describeAfter(wantByNameAfter)}`);
           // Soundness: refused by name means refused for any answer DNS could give.
           if (byName !== null && decide(policy, ctx, { name: call.name }, addresses).dispatched) {
             throw new Error('a name refused without DNS would have been dispatched');
@@ -187,7 +260,19 @@ t.test('the index keeps first-match exact across thousands of rules', async (t) 
   for (let i = 0; i < 3000; i++) {
     const kinds = ['34.0.0.0/8', 'a.example.com', '*.example.com', '34.1.2.3', '::/0'];
     const e = parseEntry(kinds[i % kinds.length] as string) as Entry;
-    rules.push({ position: i + 1, id: `r${i + 1}`, label: null, priority: 3000 - Math.floor(i / 2), stage: 'egress', toolGlob: i % 3 === 0 ? 'only-this' : '*', serverGlob: '*', verdict: i % 2 ? 'allow' : 'deny', lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] }, ports: null, after: null });
+    rules.push({
+      position: i + 1,
+      id: `r${i + 1}`,
+      label: null,
+      priority: 3000 - Math.floor(i / 2),
+      stage: 'egress',
+      toolGlob: i % 3 === 0 ? 'only-this' : '*',
+      serverGlob: '*',
+      verdict: i % 2 ? 'allow' : 'deny',
+      lists: { allow: i % 2 ? [e] : [], deny: i % 2 ? [] : [e] },
+      ports: null,
+      after: null,
+    });
   }
   const spec: PolicySpec = { defaultVerdict: 'deny', shadowMode: false, observeMode: false, rules };
   const policy = compilePolicy(spec);

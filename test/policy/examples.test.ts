@@ -58,21 +58,148 @@ const defaultAllow = `version: 1
 default_verdict: allow`;
 
 const rows: Row[] = [
-  { name: 'a name is caught by a denied range', policy: denyRange, call: { destination: 'files.attacker.example:443', resolves: ['34.1.2.3'] }, dispatched: false, verdict: 'deny', reason: 'rule', rule: 'deny-34' },
-  { name: 'the SSRF baseline runs first', policy: denyLinkLocal, call: { destination: 'metadata.internal:80', resolves: ['169.254.169.254'] }, dispatched: false, verdict: 'deny', reason: 'ssrf_baseline', rule: null, addressClass: 'metadata' },
-  { name: 'case and trailing dot are canonicalised', policy: allowThenDeny, call: { destination: 'https://API.OpenAI.com./v1' }, dispatched: true, verdict: 'allow', reason: 'rule', rule: 'allow-openai', queries: ['api.openai.com'] },
-  { name: 'a name on no allow list hits the catch-all, without DNS', policy: allowThenDeny, call: { destination: 'evil.example:443' }, dispatched: false, verdict: 'deny', reason: 'rule', rule: 'deny-rest', queries: [] },
-  { name: 'an exempt name falls through to the default', policy: denyExceptOpenai, call: { destination: 'api.openai.com:443' }, dispatched: true, verdict: 'allow', reason: 'default', rule: null },
-  { name: 'an empty in-scope list means everything', policy: denyExceptOpenai, call: { destination: 'other.example:443' }, dispatched: false, verdict: 'deny', reason: 'rule', rule: 'deny-but-openai', queries: [] },
-  { name: 'an exempt name inside a denied range', policy: denyRangeExceptPartner, call: { destination: 'api.partner.example:443', resolves: ['52.1.2.3'] }, dispatched: true, verdict: 'allow', reason: 'default', rule: null },
-  { name: 'another name in the denied range', policy: denyRangeExceptPartner, call: { destination: 'other.partner.example:443', resolves: ['52.9.9.9'] }, dispatched: false, verdict: 'deny', reason: 'rule', rule: 'deny-52' },
-  { name: 'audit dispatches', policy: auditPastebin, call: { destination: 'x.pastebin.com:443' }, dispatched: true, verdict: 'audit', reason: 'rule', rule: 'audit-paste' },
-  { name: 'pending_approval is skipped on egress', policy: pending, call: { destination: 'anything.example:443' }, dispatched: true, verdict: 'allow', reason: 'default', rule: null },
-  { name: 'a tool glob matches', policy: denyHttpTools, call: { destination: 'a.example:443', tool: 'http_fetch' }, dispatched: false, verdict: 'deny', reason: 'rule', rule: 'deny-http-tools', queries: [] },
-  { name: 'another tool is not matched', policy: denyHttpTools, call: { destination: 'a.example:443', tool: 'search' }, dispatched: true, verdict: 'allow', reason: 'default', rule: null },
-  { name: 'no tool is not matched by http_*', policy: denyHttpTools, call: { destination: 'a.example:443', tool: null }, dispatched: true, verdict: 'allow', reason: 'default', rule: null },
-  { name: 'shadow mode dispatches a would-be refusal', policy: shadowed, call: { destination: 'files.attacker.example:443', resolves: ['34.1.2.3'] }, dispatched: true, verdict: 'deny', reason: 'rule', rule: 'deny-34', shadow: true },
-  { name: 'one internal address refuses the whole call', policy: defaultAllow, call: { destination: 'mixed.example:443', resolves: ['93.184.216.34', '127.0.0.1'] }, dispatched: false, verdict: 'deny', reason: 'ssrf_baseline', rule: null, addressClass: 'loopback' },
+  {
+    name: 'a name is caught by a denied range',
+    policy: denyRange,
+    call: { destination: 'files.attacker.example:443', resolves: ['34.1.2.3'] },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-34',
+  },
+  {
+    name: 'the SSRF baseline runs first',
+    policy: denyLinkLocal,
+    call: { destination: 'metadata.internal:80', resolves: ['169.254.169.254'] },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'ssrf_baseline',
+    rule: null,
+    addressClass: 'metadata',
+  },
+  {
+    name: 'case and trailing dot are canonicalised',
+    policy: allowThenDeny,
+    call: { destination: 'https://API.OpenAI.com./v1' },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'rule',
+    rule: 'allow-openai',
+    queries: ['api.openai.com'],
+  },
+  {
+    name: 'a name on no allow list hits the catch-all, without DNS',
+    policy: allowThenDeny,
+    call: { destination: 'evil.example:443' },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-rest',
+    queries: [],
+  },
+  {
+    name: 'an exempt name falls through to the default',
+    policy: denyExceptOpenai,
+    call: { destination: 'api.openai.com:443' },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'default',
+    rule: null,
+  },
+  {
+    name: 'an empty in-scope list means everything',
+    policy: denyExceptOpenai,
+    call: { destination: 'other.example:443' },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-but-openai',
+    queries: [],
+  },
+  {
+    name: 'an exempt name inside a denied range',
+    policy: denyRangeExceptPartner,
+    call: { destination: 'api.partner.example:443', resolves: ['52.1.2.3'] },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'default',
+    rule: null,
+  },
+  {
+    name: 'another name in the denied range',
+    policy: denyRangeExceptPartner,
+    call: { destination: 'other.partner.example:443', resolves: ['52.9.9.9'] },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-52',
+  },
+  {
+    name: 'audit dispatches',
+    policy: auditPastebin,
+    call: { destination: 'x.pastebin.com:443' },
+    dispatched: true,
+    verdict: 'audit',
+    reason: 'rule',
+    rule: 'audit-paste',
+  },
+  {
+    name: 'pending_approval is skipped on egress',
+    policy: pending,
+    call: { destination: 'anything.example:443' },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'default',
+    rule: null,
+  },
+  {
+    name: 'a tool glob matches',
+    policy: denyHttpTools,
+    call: { destination: 'a.example:443', tool: 'http_fetch' },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-http-tools',
+    queries: [],
+  },
+  {
+    name: 'another tool is not matched',
+    policy: denyHttpTools,
+    call: { destination: 'a.example:443', tool: 'search' },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'default',
+    rule: null,
+  },
+  {
+    name: 'no tool is not matched by http_*',
+    policy: denyHttpTools,
+    call: { destination: 'a.example:443', tool: null },
+    dispatched: true,
+    verdict: 'allow',
+    reason: 'default',
+    rule: null,
+  },
+  {
+    name: 'shadow mode dispatches a would-be refusal',
+    policy: shadowed,
+    call: { destination: 'files.attacker.example:443', resolves: ['34.1.2.3'] },
+    dispatched: true,
+    verdict: 'deny',
+    reason: 'rule',
+    rule: 'deny-34',
+    shadow: true,
+  },
+  {
+    name: 'one internal address refuses the whole call',
+    policy: defaultAllow,
+    call: { destination: 'mixed.example:443', resolves: ['93.184.216.34', '127.0.0.1'] },
+    dispatched: false,
+    verdict: 'deny',
+    reason: 'ssrf_baseline',
+    rule: null,
+    addressClass: 'loopback',
+  },
 ];
 
 for (const row of rows) {
@@ -84,7 +211,11 @@ for (const row of rows) {
     t.equal(decision.rule?.id ?? null, row.rule, 'deciding rule');
     t.equal(decision.shadow, row.shadow ?? false, 'shadow');
     t.equal(decision.address_class, row.addressClass, 'address class');
-    const host = row.call.destination.replace(/^https?:\/\//, '').replace(/[:/].*$/, '').toLowerCase().replace(/\.$/, '');
+    const host = row.call.destination
+      .replace(/^https?:\/\//, '')
+      .replace(/[:/].*$/, '')
+      .toLowerCase()
+      .replace(/\.$/, '');
     t.same(queries, row.queries ?? [host], 'DNS queries');
     t.equal(decision.trace.length, Math.max(1, decision.addresses.length), 'one trace entry per candidate');
   });
@@ -130,7 +261,13 @@ rules:
   const byName = await decideFor(policy, { destination: 'nope.test:443', tool: null, server: null });
   t.equal(byName.decision.rule?.id, 'exempted', 'blocked by name: the empty in-scope list covers nope.test');
   t.same(byName.queries, []);
-  t.same(byName.decision.trace[0]?.not_matched?.map((n) => n.rule), ['other-stage', 'held', 'tools', 'servers', 'ports', 'scoped']);
+  t.same(
+    byName.decision.trace[0]?.not_matched?.map((n) => n.rule),
+    ['other-stage', 'held', 'tools', 'servers', 'ports', 'scoped'],
+  );
   t.match(byName.decision.trace[0]?.not_matched?.[2]?.why, /does not match an unattributed call/);
-  t.match(byName.decision.trace[0]?.not_matched?.[5]?.why, /not on the deny list by name; its address entries can only refuse some addresses/);
+  t.match(
+    byName.decision.trace[0]?.not_matched?.[5]?.why,
+    /not on the deny list by name; its address entries can only refuse some addresses/,
+  );
 });

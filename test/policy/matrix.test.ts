@@ -60,8 +60,16 @@ default_verdict: allow
 rules:
   - {id: all-v6, priority: 1, verdict: deny, egress: {deny: ["::/0"]}}
 `);
-  t.equal((await decideFor(policy, { destination: '10.0.0.1:80', baseline: false })).decision.reason, 'default', '::/0 does not match 10.0.0.1');
-  t.equal((await decideFor(policy, { destination: '[::ffff:10.0.0.1]:80', baseline: false })).decision.reason, 'default', 'nor its mapped form');
+  t.equal(
+    (await decideFor(policy, { destination: '10.0.0.1:80', baseline: false })).decision.reason,
+    'default',
+    '::/0 does not match 10.0.0.1',
+  );
+  t.equal(
+    (await decideFor(policy, { destination: '[::ffff:10.0.0.1]:80', baseline: false })).decision.reason,
+    'default',
+    'nor its mapped form',
+  );
   t.equal((await decideFor(policy, { destination: '[2600::1]:80', baseline: false })).decision.rule?.id, 'all-v6');
   const v4 = compileYaml(`version: 1
 default_verdict: allow
@@ -69,13 +77,21 @@ rules:
   - {id: all-v4, priority: 1, verdict: deny, egress: {deny: [0.0.0.0/0]}}
 `);
   t.equal((await decideFor(v4, { destination: '[2600::1]:80', baseline: false })).decision.reason, 'default');
-  t.equal((await decideFor(v4, { destination: '[::ffff:1.2.3.4]:80', baseline: false })).decision.rule?.id, 'all-v4', 'a mapped destination is IPv4');
+  t.equal(
+    (await decideFor(v4, { destination: '[::ffff:1.2.3.4]:80', baseline: false })).decision.rule?.id,
+    'all-v4',
+    'a mapped destination is IPv4',
+  );
   const mappedAll = compileYaml(`version: 1
 default_verdict: allow
 rules:
   - {id: mapped-all, priority: 1, verdict: deny, egress: {deny: ["::ffff:0:0/96"]}}
 `);
-  t.equal((await decideFor(mappedAll, { destination: '1.2.3.4:80', baseline: false })).decision.rule?.id, 'mapped-all', '::ffff:0:0/96 is the IPv4 block 0.0.0.0/0');
+  t.equal(
+    (await decideFor(mappedAll, { destination: '1.2.3.4:80', baseline: false })).decision.rule?.id,
+    'mapped-all',
+    '::ffff:0:0/96 is the IPv4 block 0.0.0.0/0',
+  );
   t.equal((await decideFor(mappedAll, { destination: '[2600::1]:80', baseline: false })).decision.reason, 'default');
 });
 
@@ -124,10 +140,18 @@ rules:
     const { decision } = await decideFor(policy, { destination });
     return `${decision.rule?.id ?? decision.reason}${decision.address_class ? `/${decision.address_class}` : ''}`;
   };
-  t.equal(await rule(allow, '[64:ff9b::93.184.216.34]:443'), 'allow-range', 'an allow list admits the NAT64 spelling of an allowed address');
+  t.equal(
+    await rule(allow, '[64:ff9b::93.184.216.34]:443'),
+    'allow-range',
+    'an allow list admits the NAT64 spelling of an allowed address',
+  );
   t.equal(await rule(allow, '[2002:5db8:d822::]:443'), 'allow-range', 'and the 6to4 spelling');
   t.equal(await rule(allow, '[64:ff9b::93.184.216.99]:443'), 'default', 'its deny exemption is matched through the carried address too');
-  t.equal(await rule(allow, '[64:ff9b::10.1.2.3]:443'), 'ssrf_baseline/private', 'allowed by the list, refused by the baseline (it judges the carried address)');
+  t.equal(
+    await rule(allow, '[64:ff9b::10.1.2.3]:443'),
+    'ssrf_baseline/private',
+    'allowed by the list, refused by the baseline (it judges the carried address)',
+  );
   t.equal(await rule(allow, '[::169.254.169.254]:443'), 'ssrf_baseline/metadata');
   t.equal(await rule(allow, '[2606:4700::1111]:443'), 'default');
 
@@ -138,7 +162,11 @@ rules:
   - {id: no-v4, priority: 2, verdict: deny, egress: {deny: [0.0.0.0/0]}}
 `);
   t.equal(await rule(exempt, '[64:ff9b::93.184.216.35]:443'), 'no-nat64', 'an IPv6 entry matches the address as itself');
-  t.equal(await rule(exempt, '[64:ff9b::93.184.216.34]:443'), 'no-v4', 'exempt from no-nat64 through the carried address; caught by the IPv4 /0');
+  t.equal(
+    await rule(exempt, '[64:ff9b::93.184.216.34]:443'),
+    'no-v4',
+    'exempt from no-nat64 through the carried address; caught by the IPv4 /0',
+  );
   t.equal(await rule(exempt, '[2606:4700::1111]:443'), 'default', '0.0.0.0/0 still does not match an IPv6 address that carries nothing');
   t.equal(await rule(exempt, '[::1]:443'), 'ssrf_baseline/loopback', '::1 is itself, not 0.0.0.1');
   const noBaseline = await decideFor(exempt, { destination: '[::1]:443', baseline: false });

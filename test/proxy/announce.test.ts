@@ -24,16 +24,23 @@ function announce(body: string, extra = '', method = 'POST', path = '/mcp-egress
   return `${method} ${path} HTTP/1.1\r\nHost: proxy\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${extra}\r\n${body}`;
 }
 
-const calls = (proxy: TestProxy, session: string | null, server: string | null) => proxy.running.history.read(historyKey(session, server), Date.now()) as readonly HistoryCall[];
+const calls = (proxy: TestProxy, session: string | null, server: string | null) =>
+  proxy.running.history.read(historyKey(session, server), Date.now()) as readonly HistoryCall[];
 
 t.test('an announcement is recorded under the announcer and answered 204', async (t) => {
   const proxy = await startTestProxyFor(t, { policy: SEQUENCE });
   const r = await rawRequest(proxy.port, announce(JSON.stringify({ tool: 'read_file', call_id: 'c-1', session_id: 'S' })));
   t.equal(r.status, 204);
-  t.match(calls(proxy, 'S', null), [{ tool: 'read_file', callId: 'c-1', server: '127.0.0.1', sessionId: 'S', host: null, address: null, dispatched: null }]);
+  t.match(calls(proxy, 'S', null), [
+    { tool: 'read_file', callId: 'c-1', server: '127.0.0.1', sessionId: 'S', host: null, address: null, dispatched: null },
+  ]);
   const bare = await rawRequest(proxy.port, announce('{"tool":"get_secret"}', basic('some-label', 'x')));
   t.equal(bare.status, 204, 'without users a Basic user name is the label');
-  t.match(calls(proxy, null, 'some-label'), [{ tool: 'get_secret', callId: null, sessionId: null }], 'no session: the client identity is the key');
+  t.match(
+    calls(proxy, null, 'some-label'),
+    [{ tool: 'get_secret', callId: null, sessionId: null }],
+    'no session: the client identity is the key',
+  );
 });
 
 t.test('malformed announcements are 400 and record nothing', async (t) => {
@@ -97,7 +104,11 @@ admin:
 
 t.test('without a sequence clause nothing is kept', async (t) => {
   const proxy = await startTestProxyFor(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
-  t.equal((await rawRequest(proxy.port, announce('{"tool":"read_file","session_id":"S"}'))).status, 204, 'still answered: the preload need not know the policy');
+  t.equal(
+    (await rawRequest(proxy.port, announce('{"tool":"read_file","session_id":"S"}'))).status,
+    204,
+    'still answered: the preload need not know the policy',
+  );
   t.same(calls(proxy, 'S', null), []);
   t.equal(proxy.running.history.retentionSeconds, 0);
 });

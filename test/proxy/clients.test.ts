@@ -46,22 +46,65 @@ t.test('clients', async (t) => {
   const decisionsFor = (tool: string) => proxy.events('egress.decision').filter((e) => e.tool === tool);
 
   t.test('curl: plain HTTP, with attribution headers', { skip: missing('curl') }, async (t) => {
-    const { stdout } = await run('curl', ['-sS', '-x', proxy.url, '-H', 'x-mcp-tool: curl_plain', '-H', 'x-mcp-call-id: c-1', '-H', 'x-mcp-session-id: s-1', '-H', 'Proxy-Connection: keep-alive', '-H', 'Connection: x-hop', '-H', 'x-hop: 1', '-H', 'x-end-to-end: kept', `http://PINNED.test.:${http.port}/p?q=1`]);
+    const { stdout } = await run('curl', [
+      '-sS',
+      '-x',
+      proxy.url,
+      '-H',
+      'x-mcp-tool: curl_plain',
+      '-H',
+      'x-mcp-call-id: c-1',
+      '-H',
+      'x-mcp-session-id: s-1',
+      '-H',
+      'Proxy-Connection: keep-alive',
+      '-H',
+      'Connection: x-hop',
+      '-H',
+      'x-hop: 1',
+      '-H',
+      'x-end-to-end: kept',
+      `http://PINNED.test.:${http.port}/p?q=1`,
+    ]);
     const seen = body(stdout);
     t.equal(seen.url, '/p?q=1');
     const names = headerNames(seen.headers);
-    for (const gone of ['x-mcp-tool', 'x-mcp-call-id', 'x-mcp-session-id', 'proxy-connection', 'x-hop']) t.notOk(names.includes(gone), `${gone} removed`);
+    for (const gone of ['x-mcp-tool', 'x-mcp-call-id', 'x-mcp-session-id', 'proxy-connection', 'x-hop'])
+      t.notOk(names.includes(gone), `${gone} removed`);
     t.ok(names.includes('x-end-to-end'), 'end-to-end headers kept');
     t.equal(seen.headers[names.indexOf('host') * 2 + 1], `PINNED.test.:${http.port}`, 'the original Host header is kept');
     const d = await proxy.waitFor((e) => e.event === 'egress.decision' && e.tool === 'curl_plain');
-    t.match(d, { verdict: 'allow', dispatched: true, reason: 'rule', rule: { id: 'allow-pinned' }, call_id: 'c-1', session_id: 's-1', host: 'pinned.test', port: http.port, method: 'GET', addresses: ['127.0.0.1'], pinned_address: '127.0.0.1', server: '127.0.0.1', policy_generation: 1 });
+    t.match(d, {
+      verdict: 'allow',
+      dispatched: true,
+      reason: 'rule',
+      rule: { id: 'allow-pinned' },
+      call_id: 'c-1',
+      session_id: 's-1',
+      host: 'pinned.test',
+      port: http.port,
+      method: 'GET',
+      addresses: ['127.0.0.1'],
+      pinned_address: '127.0.0.1',
+      server: '127.0.0.1',
+      policy_generation: 1,
+    });
     const closed = await proxy.waitFor((e) => e.event === 'egress.closed' && e.conn_id === d.conn_id);
     t.ok((closed.bytes_up as number) > 0 && (closed.bytes_down as number) > 0, 'bytes counted');
     t.equal(closed.end, 'upstream_closed');
   });
 
   t.test('curl: CONNECT to TLS, SNI and certificate end to end', { skip: missing('curl') }, async (t) => {
-    const { stdout } = await run('curl', ['-sS', '--cacert', CA_PATH, '-x', proxy.url, '--proxy-header', 'x-mcp-tool: curl_tls', `https://pinned.test:${https.port}/secure`]);
+    const { stdout } = await run('curl', [
+      '-sS',
+      '--cacert',
+      CA_PATH,
+      '-x',
+      proxy.url,
+      '--proxy-header',
+      'x-mcp-tool: curl_tls',
+      `https://pinned.test:${https.port}/secure`,
+    ]);
     t.equal(body(stdout).url, '/secure');
     t.equal(https.requests.at(-1)?.servername, 'pinned.test', 'SNI passed through untouched');
     const d = await proxy.waitFor((e) => e.event === 'egress.decision' && e.tool === 'curl_tls');
@@ -71,7 +114,9 @@ t.test('clients', async (t) => {
   });
 
   t.test('curl: a refused CONNECT gets a status before any 200', { skip: missing('curl') }, async (t) => {
-    const r = await run('curl', ['-sS', '-i', '-p', '-x', proxy.url, `http://evil.test:${http.port}/`]).catch((e: { stdout: string; stderr: string }) => e);
+    const r = await run('curl', ['-sS', '-i', '-p', '-x', proxy.url, `http://evil.test:${http.port}/`]).catch(
+      (e: { stdout: string; stderr: string }) => e,
+    );
     t.match(r.stdout, /^HTTP\/1\.1 403 Forbidden/);
     t.notMatch(r.stdout, /200 Connection Established/);
     t.match(r.stderr, /CONNECT tunnel failed, response 403/);
@@ -80,16 +125,46 @@ t.test('clients', async (t) => {
 
   t.test('curl: keep-alive, each request its own call', { skip: missing('curl') }, async (t) => {
     const before = proxy.events('egress.decision').length;
-    await run('curl', ['-sS', '-x', proxy.url, '-H', 'x-mcp-tool: ka_one', `http://pinned.test:${http.port}/1`, '--next', '-x', proxy.url, '-H', 'x-mcp-tool: ka_two', `http://pinned.test:${http.port}/2`, '--next', '-x', proxy.url, '-H', 'x-mcp-tool: ka_three', `http://evil.test:${http.port}/3`]);
+    await run('curl', [
+      '-sS',
+      '-x',
+      proxy.url,
+      '-H',
+      'x-mcp-tool: ka_one',
+      `http://pinned.test:${http.port}/1`,
+      '--next',
+      '-x',
+      proxy.url,
+      '-H',
+      'x-mcp-tool: ka_two',
+      `http://pinned.test:${http.port}/2`,
+      '--next',
+      '-x',
+      proxy.url,
+      '-H',
+      'x-mcp-tool: ka_three',
+      `http://evil.test:${http.port}/3`,
+    ]);
     const decisions = proxy.events('egress.decision').slice(before);
-    t.same(decisions.map((d) => [d.tool, d.dispatched]), [['ka_one', true], ['ka_two', true], ['ka_three', false]]);
+    t.same(
+      decisions.map((d) => [d.tool, d.dispatched]),
+      [
+        ['ka_one', true],
+        ['ka_two', true],
+        ['ka_three', false],
+      ],
+    );
     t.equal(new Set(decisions.map((d) => d.conn_id)).size, 3, 'own conn_id each');
     const closed = proxy.events('egress.closed').filter((c) => decisions.slice(0, 2).some((d) => d.conn_id === c.conn_id));
     t.equal(closed.length, 2, 'own closed event (and byte counts) each');
   });
 
   t.test('undici 7 ProxyAgent: https through CONNECT, http in absolute form', async (t) => {
-    const tunnel = new ProxyAgent({ uri: proxy.url, headers: { 'x-mcp-tool': 'undici_tls', 'x-mcp-call-id': 'u-1' }, requestTls: { ca: TLS.ca } });
+    const tunnel = new ProxyAgent({
+      uri: proxy.url,
+      headers: { 'x-mcp-tool': 'undici_tls', 'x-mcp-call-id': 'u-1' },
+      requestTls: { ca: TLS.ca },
+    });
     const res = await undiciFetch(`https://pinned.test:${https.port}/u`, { dispatcher: tunnel });
     t.equal(res.status, 200);
     t.equal(body(await res.text()).url, '/u');
@@ -101,7 +176,15 @@ t.test('clients', async (t) => {
     t.equal(refused.status, 403, 'absolute form lets the client see the refusal');
     t.equal(refused.headers.get('x-egress-error'), 'firewall_blocked');
     t.equal(refused.headers.get('x-egress-rule'), 'deny-rest');
-    t.match(await refused.json(), { error: { code: 'firewall_blocked', reason: 'rule', rule: { id: 'deny-rest', priority: 20 }, tool: 'undici_plain', destination: { host: 'evil.test', port: http.port } } });
+    t.match(await refused.json(), {
+      error: {
+        code: 'firewall_blocked',
+        reason: 'rule',
+        rule: { id: 'deny-rest', priority: 20 },
+        tool: 'undici_plain',
+        destination: { host: 'evil.test', port: http.port },
+      },
+    });
     const ok = await undiciFetch(`http://pinned.test:${http.port}/ok`, { dispatcher: plain });
     t.equal(ok.status, 200);
     t.equal(ok.headers.get('x-egress-error'), null, 'an upstream cannot forge x-egress-* headers');
@@ -146,7 +229,15 @@ s = requests.get(sys.argv[3], proxies=proxies, verify=sys.argv[4], timeout=10)
 d = requests.get(sys.argv[5], proxies=proxies, timeout=10)
 print(json.dumps([r.status_code, r.json()["url"], s.status_code, s.json()["url"], d.status_code, d.json()["error"]["code"]]))
 `;
-    const { stdout } = await run('/usr/bin/python3', ['-c', script, proxy.url, `http://pinned.test:${http.port}/py`, `https://pinned.test:${https.port}/py-tls`, CA_PATH, `http://evil.test:${http.port}/py-denied`]);
+    const { stdout } = await run('/usr/bin/python3', [
+      '-c',
+      script,
+      proxy.url,
+      `http://pinned.test:${http.port}/py`,
+      `https://pinned.test:${https.port}/py-tls`,
+      CA_PATH,
+      `http://evil.test:${http.port}/py-denied`,
+    ]);
     t.same(JSON.parse(stdout), [200, '/py', 200, '/py-tls', 403, 'firewall_blocked']);
     t.match(decisionsFor('py_plain')[0], { dispatched: true });
   });

@@ -58,7 +58,11 @@ async function servedAt(proxy: TestProxy, upstream: TestUpstream, giveUpAfterMs:
   return null;
 }
 
-async function setup(t: { teardown(fn: () => unknown): void }, config: string, policy = ALLOW): Promise<{ proxy: TestProxy; upstream: TestUpstream }> {
+async function setup(
+  t: { teardown(fn: () => unknown): void },
+  config: string,
+  policy = ALLOW,
+): Promise<{ proxy: TestProxy; upstream: TestUpstream }> {
   const upstream = await startUpstream();
   t.teardown(() => upstream.close());
   const proxy = await startTestProxyFor(t, { policy, config });
@@ -74,10 +78,21 @@ const credentials = `Proxy-Authorization: Basic ${Buffer.from('u:p').toString('b
 // second of that answer (header_timeout_ms plus a second for the silent ones).
 const cases: Array<{ name: string; status: number; request: string | null; config?: string; tunnel?: boolean; served?: string }> = [
   { name: 'CONNECT refused by the baseline', status: 403, request: connectRequest('10.1.2.3:80') },
-  { name: 'CONNECT without credentials', status: 407, request: connectRequest('a.test:443'), config: `auth: {users: [{name: u, password_sha256: ${sha('p')}}]}`, served: credentials },
+  {
+    name: 'CONNECT without credentials',
+    status: 407,
+    request: connectRequest('a.test:443'),
+    config: `auth: {users: [{name: u, password_sha256: ${sha('p')}}]}`,
+    served: credentials,
+  },
   { name: 'CONNECT over the tunnel limit', status: 429, request: null, tunnel: true },
   { name: 'CONNECT to a closed port', status: 502, request: connectRequest('127.0.0.1:1') },
-  { name: 'CONNECT dial timed out', status: 504, request: connectRequest('203.0.113.9:80'), config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}' },
+  {
+    name: 'CONNECT dial timed out',
+    status: 504,
+    request: connectRequest('203.0.113.9:80'),
+    config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}',
+  },
   { name: 'CONNECT target without a port', status: 400, request: connectRequest('a.test') },
   { name: 'malformed CONNECT head', status: 400, request: 'CONNECT a.test:443 HTTP/1.1\r\nbad header\r\n\r\n' },
   { name: 'CONNECT head too large', status: 431, request: bigHead('CONNECT a.test:443 HTTP/1.1') },
@@ -94,7 +109,10 @@ for (const c of cases) {
     const holders = c.tunnel ? 1 : 0;
     const { proxy, upstream } = await setup(
       t,
-      [`limits: {max_connections: ${1 + holders}, header_timeout_ms: 500, connect_timeout_ms: 300, max_tunnels_per_client: 1, max_header_bytes: 2048}`, c.config ?? ''].join('\n'),
+      [
+        `limits: {max_connections: ${1 + holders}, header_timeout_ms: 500, connect_timeout_ms: 300, max_tunnels_per_client: 1, max_header_bytes: 2048}`,
+        c.config ?? '',
+      ].join('\n'),
     );
     const target = `127.0.0.1:${upstream.port}`;
     let request = c.request;
@@ -129,7 +147,10 @@ t.test('max_connections idle and refused clients cannot lock out a well-behaved 
   for (let i = 0; i < max / 2; i++) attackers.push(await stubborn(proxy.port, getRequest('http://10.1.2.3/', '10.1.2.3')));
   for (let i = 0; i < max / 2; i++) attackers.push(await stubborn(proxy.port, connectRequest('10.1.2.3:80')));
   const answers = await Promise.all(attackers.slice(max).map((a) => a.answered));
-  t.ok(answers.every((a) => /^HTTP\/1\.1 503 /.test(a.text)), 'the proxy was full: the later attackers were answered 503');
+  t.ok(
+    answers.every((a) => /^HTTP\/1\.1 503 /.test(a.text)),
+    'the proxy was full: the later attackers were answered 503',
+  );
   const served = await servedAt(proxy, upstream, headerTimeoutMs + 3000);
   t.ok(served !== null, 'served');
   const waited = (served ?? Infinity) - started;
@@ -233,7 +254,10 @@ t.test('a head that turns out late not to be a CONNECT is still cut at header_ti
   await once(socket, 'end');
   const cut = Date.now() - opened;
   t.match(text, /^HTTP\/1\.1 408 /);
-  t.ok(cut < headerTimeoutMs + 250, `cut ${cut} ms after the connection opened (header_timeout_ms ${headerTimeoutMs}), not after the hand-off`);
+  t.ok(
+    cut < headerTimeoutMs + 250,
+    `cut ${cut} ms after the connection opened (header_timeout_ms ${headerTimeoutMs}), not after the hand-off`,
+  );
 });
 
 t.test('a request head completed in time on the node:http path is served, and the deadline no longer applies', async (t) => {

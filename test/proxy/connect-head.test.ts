@@ -18,7 +18,10 @@ interface LlhttpVerdict {
 }
 const binding = (process as unknown as { binding(name: string): Record<string, unknown> }).binding('http_parser');
 const HTTPParser = binding.HTTPParser as {
-  new (): Record<number, unknown> & { initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void; execute(b: Buffer): number | (Error & { code: string }) };
+  new (): Record<number, unknown> & {
+    initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+    execute(b: Buffer): number | (Error & { code: string });
+  };
   REQUEST: number;
   kOnHeaders: number;
   kOnHeadersComplete: number;
@@ -38,7 +41,13 @@ function llhttp(bytes: Buffer, maxHeaderSize: number): LlhttpVerdict {
     headers.push(...h);
     urlSoFar += url ?? '';
   };
-  parser[HTTPParser.kOnHeadersComplete] = (major: number, minor: number, h: string[] | undefined, method: number, url: string | undefined) => {
+  parser[HTTPParser.kOnHeadersComplete] = (
+    major: number,
+    minor: number,
+    h: string[] | undefined,
+    method: number,
+    url: string | undefined,
+  ) => {
     verdict = { major, minor, headers: [...headers, ...(h ?? [])], method: METHODS[method], url: urlSoFar + (url ?? '') };
     return 0;
   };
@@ -64,22 +73,31 @@ const REAL_HEADS = [
   `CONNECT example.com:443 HTTP/1.1\r\n${Array.from({ length: 40 }, (_, i) => `X-H${i}:\t v${i} \r\n`).join('')}\r\n`,
 ];
 
-t.test('real clients\' heads are read exactly as llhttp reads them', async (t) => {
+t.test("real clients' heads are read exactly as llhttp reads them", async (t) => {
   for (const head of REAL_HEADS) {
     const bytes = Buffer.from(`${head}\x16\x03\x01`, 'latin1');
     const ours = parseConnectHead(bytes, MAX);
     const ref = llhttp(bytes, MAX);
     t.equal(ours.kind, 'complete', head);
     if (ours.kind !== 'complete') continue;
-    t.same({ target: ours.target, headers: ours.rawHeaders, length: ours.length }, { target: ref.url, headers: ref.headers, length: ref.consumed }, head);
+    t.same(
+      { target: ours.target, headers: ours.rawHeaders, length: ours.length },
+      { target: ref.url, headers: ref.headers, length: ref.consumed },
+      head,
+    );
     t.equal(ref.method, 'CONNECT');
   }
 });
 
 t.test('a head arriving in pieces is incomplete until its blank line', async (t) => {
   const bytes = Buffer.from(REAL_HEADS[0] as string, 'latin1');
-  for (let cut = 0; cut < bytes.length; cut++) t.same(parseConnectHead(bytes.subarray(0, cut), MAX, Math.max(0, cut - 7)), { kind: 'incomplete' }, `cut at ${cut}`);
-  t.equal(parseConnectHead(bytes, MAX, bytes.length - 2).kind, 'complete', 'searching from near the end still finds a blank line split across chunks');
+  for (let cut = 0; cut < bytes.length; cut++)
+    t.same(parseConnectHead(bytes.subarray(0, cut), MAX, Math.max(0, cut - 7)), { kind: 'incomplete' }, `cut at ${cut}`);
+  t.equal(
+    parseConnectHead(bytes, MAX, bytes.length - 2).kind,
+    'complete',
+    'searching from near the end still finds a blank line split across chunks',
+  );
 });
 
 t.test('size limit: over the limit with or without a blank line', async (t) => {
@@ -115,14 +133,20 @@ t.test('refused heads, each for its reason', async (t) => {
     t.equal(r.kind, 'invalid', JSON.stringify(head));
     if (r.kind === 'invalid') t.match(r.reason, reason, JSON.stringify(head));
   }
-  t.equal(parseConnectHead(Buffer.from('CONNECT a:1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n'), MAX).kind, 'complete', 'an explicit empty body is fine');
+  t.equal(
+    parseConnectHead(Buffer.from('CONNECT a:1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n'), MAX).kind,
+    'complete',
+    'an explicit empty body is fine',
+  );
 });
 
 t.test('only a connection that opens with "CONNECT " takes this reader', async (t) => {
   t.ok(startsWithConnect(Buffer.from('CONNECT a:1 HTTP/1.1\r\n')));
-  for (const s of ['CONNECT', 'connect a:1 HTTP/1.1', 'CONNECTX a', 'GET http://a/ HTTP/1.1', '\r\nCONNECT a:1', ' CONNECT a']) t.notOk(startsWithConnect(Buffer.from(s)), s);
+  for (const s of ['CONNECT', 'connect a:1 HTTP/1.1', 'CONNECTX a', 'GET http://a/ HTTP/1.1', '\r\nCONNECT a:1', ' CONNECT a'])
+    t.notOk(startsWithConnect(Buffer.from(s)), s);
   for (const s of ['', 'C', 'CONN', 'CONNECT']) t.ok(couldBeConnect(Buffer.from(s)), `${JSON.stringify(s)} may still be a CONNECT`);
-  for (const s of ['X', 'CONX', 'connect', 'CONNECT ', 'CONNECT a']) t.notOk(couldBeConnect(Buffer.from(s)), `${JSON.stringify(s)} is decided`);
+  for (const s of ['X', 'CONX', 'connect', 'CONNECT ', 'CONNECT a'])
+    t.notOk(couldBeConnect(Buffer.from(s)), `${JSON.stringify(s)} is decided`);
 });
 
 /** A small seeded PRNG, so a failure names a case that can be replayed. */
@@ -138,7 +162,53 @@ function prng(seed: number): () => number {
 }
 
 /** Bytes that sit on the edges of HTTP's grammar. */
-const ALPHABET = ['\r', '\n', '\r\n', '\t', ' ', ':', '\x00', '\x01', '\x0b', '\x0c', '\x7f', '\x80', '\xff', 'a', 'Z', '0', '/', '[', ']', '%', ',', '"', '(', '@', '\\', '=', ';', '\r\n\r\n', '\r\n ', 'HTTP/1.1', 'CONNECT ', '<', '>', '{', '}', '|', '^', '`', '#', '?', '&', "'", '~', '!', '*'];
+const ALPHABET = [
+  '\r',
+  '\n',
+  '\r\n',
+  '\t',
+  ' ',
+  ':',
+  '\x00',
+  '\x01',
+  '\x0b',
+  '\x0c',
+  '\x7f',
+  '\x80',
+  '\xff',
+  'a',
+  'Z',
+  '0',
+  '/',
+  '[',
+  ']',
+  '%',
+  ',',
+  '"',
+  '(',
+  '@',
+  '\\',
+  '=',
+  ';',
+  '\r\n\r\n',
+  '\r\n ',
+  'HTTP/1.1',
+  'CONNECT ',
+  '<',
+  '>',
+  '{',
+  '}',
+  '|',
+  '^',
+  '`',
+  '#',
+  '?',
+  '&',
+  "'",
+  '~',
+  '!',
+  '*',
+];
 
 t.test('differential fuzz: whatever this reader accepts, llhttp reads the same way', async (t) => {
   const seed = Number(process.env.CONNECT_HEAD_SEED ?? 20261122);
@@ -177,7 +247,8 @@ t.test('differential fuzz: whatever this reader accepts, llhttp reads the same w
       else stricter++;
     } else if (!ref.incomplete && !ref.error) {
       // We wait for more where llhttp would already act: only harmless if it is not CONNECT.
-      if (ref.method === "CONNECT") mismatches.push(`incomplete for us, complete for llhttp: ${JSON.stringify(text)} ${JSON.stringify(ref)}`);
+      if (ref.method === 'CONNECT')
+        mismatches.push(`incomplete for us, complete for llhttp: ${JSON.stringify(text)} ${JSON.stringify(ref)}`);
     }
   }
   t.same(mismatches.slice(0, 5), [], `seed ${seed}: no head is read differently`);

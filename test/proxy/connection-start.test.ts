@@ -82,7 +82,11 @@ t.test('limits and malformed heads on the CONNECT path', async (t) => {
     'no malformed head reached a decision',
   );
 
-  const trickled = await sendInPieces(proxy.port, ['CONNECT a.test:443 HTTP/1.1\r\n', ...Array.from({ length: 20 }, () => 'x-a: b\r\n')], 100);
+  const trickled = await sendInPieces(
+    proxy.port,
+    ['CONNECT a.test:443 HTTP/1.1\r\n', ...Array.from({ length: 20 }, () => 'x-a: b\r\n')],
+    100,
+  );
   t.match(trickled, /^HTTP\/1\.1 408/, 'the header deadline counts from the connection, not the last byte');
   const silentPrefix = await sendInPieces(proxy.port, ['CONN'], 0);
   t.match(silentPrefix, /^HTTP\/1\.1 408/, 'a client stuck inside "CONNECT " gets 408 too');
@@ -105,14 +109,19 @@ t.test('a client that leaves mid-head is dropped without an answer or a call', a
   t.equal(proxy.events('egress.decision').length, 1, 'only the complete CONNECT was decided');
 });
 
-t.test('everything else is node:http\'s, with the bytes already read put back', async (t) => {
+t.test("everything else is node:http's, with the bytes already read put back", async (t) => {
   const { proxy, upstream } = await setup(t);
   const get = `GET http://127.0.0.1:${upstream.port}/split HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nConnection: close\r\n\r\n`;
   const split = parseResponse(await sendInPieces(proxy.port, ['G', 'ET', get.slice(3)]));
   t.equal(split.status, 200, 'a request split inside its method');
   t.match(split.body, /"url":"\/split"/);
 
-  const copy = parseResponse(await sendInPieces(proxy.port, ['CO', `PY http://127.0.0.1:${upstream.port}/copy HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nConnection: close\r\n\r\n`]));
+  const copy = parseResponse(
+    await sendInPieces(proxy.port, [
+      'CO',
+      `PY http://127.0.0.1:${upstream.port}/copy HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nConnection: close\r\n\r\n`,
+    ]),
+  );
   t.equal(copy.status, 200, 'a method that starts like CONNECT and is not: node:http reads it whole');
   t.equal(upstream.requests.at(-1)?.method, 'COPY');
 
@@ -122,7 +131,7 @@ t.test('everything else is node:http\'s, with the bytes already read put back', 
   t.equal(upstream.requests.at(-1)?.body, 'hello');
 });
 
-t.test('a CONNECT after a request on a kept-alive connection is node:http\'s, and works the same', async (t) => {
+t.test("a CONNECT after a request on a kept-alive connection is node:http's, and works the same", async (t) => {
   const { proxy, upstream } = await setup(t);
   const socket: Socket = connect({ host: '127.0.0.1', port: proxy.port });
   let data = '';

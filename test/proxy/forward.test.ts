@@ -29,11 +29,17 @@ t.test('request bodies: content-length, chunked, and Expect: 100-continue from c
   t.teardown(() => up.close());
   const base = `http://127.0.0.1:${up.port}`;
 
-  const fixed = await rawRequest(proxy.port, `POST ${base}/fixed HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world`);
+  const fixed = await rawRequest(
+    proxy.port,
+    `POST ${base}/fixed HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world`,
+  );
   t.equal(fixed.status, 200);
   t.equal(JSON.parse(fixed.body).body, 'hello world');
 
-  const chunked = await rawRequest(proxy.port, `POST ${base}/chunked HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`);
+  const chunked = await rawRequest(
+    proxy.port,
+    `POST ${base}/chunked HTTP/1.1\r\nHost: 127.0.0.1:${up.port}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`,
+  );
   t.equal(chunked.status, 200);
   t.equal(JSON.parse(chunked.body.replace(/^[0-9a-f]+\r\n|\r\n0\r\n\r\n$/g, '')).body, 'hello world');
 
@@ -46,14 +52,32 @@ t.test('request bodies: content-length, chunked, and Expect: 100-continue from c
   const big = 'x'.repeat(200_000);
   const file = join(t.testdir(), 'body.txt');
   writeFileSync(file, big);
-  const { stdout, stderr } = await run('curl', ['-sSv', '-x', proxy.url, '-H', 'Content-Type: text/plain', '-H', 'Expect: 100-continue', '--data-binary', `@${file}`, `${base}/expect`], { maxBuffer: 10_000_000 });
+  const { stdout, stderr } = await run(
+    'curl',
+    [
+      '-sSv',
+      '-x',
+      proxy.url,
+      '-H',
+      'Content-Type: text/plain',
+      '-H',
+      'Expect: 100-continue',
+      '--data-binary',
+      `@${file}`,
+      `${base}/expect`,
+    ],
+    { maxBuffer: 10_000_000 },
+  );
   t.match(stderr, /Expect: 100-continue/, 'curl asked to continue');
   t.match(stderr, /HTTP\/1.1 100 Continue/, 'and the proxy told it to');
   const seen = JSON.parse(stdout) as { body: string; headers: string[] };
   t.equal(seen.body.length, big.length, 'the whole body arrived');
   t.notOk(seen.headers.map((h) => h.toLowerCase()).includes('expect'), 'Expect is one hop: not forwarded');
   const posts = up.requests.filter((r) => r.method === 'POST');
-  t.same(posts.map((r) => r.url), ['/fixed', '/chunked', '/expect']);
+  t.same(
+    posts.map((r) => r.url),
+    ['/fixed', '/chunked', '/expect'],
+  );
 });
 
 t.test('a large response streams through with backpressure, and bytes are counted per request', async (t) => {
@@ -98,10 +122,15 @@ t.test('a large response streams through with backpressure, and bytes are counte
     socket.resume();
   });
   t.ok(received > size, 'the whole body arrived, then the second answer');
-  const closed = await Promise.all([1, 2].map((n) => proxy.waitFor((e) => e.event === 'egress.closed' && proxy.events('egress.closed').length >= n)));
+  const closed = await Promise.all(
+    [1, 2].map((n) => proxy.waitFor((e) => e.event === 'egress.closed' && proxy.events('egress.closed').length >= n)),
+  );
   const lines = proxy.events('egress.closed');
   t.equal(lines.length, 2);
-  t.ok((lines[0]?.bytes_down as number) > size && (lines[0]?.bytes_down as number) < size + 1024, `the first call's bytes_down is its own (${String(lines[0]?.bytes_down)})`);
+  t.ok(
+    (lines[0]?.bytes_down as number) > size && (lines[0]?.bytes_down as number) < size + 1024,
+    `the first call's bytes_down is its own (${String(lines[0]?.bytes_down)})`,
+  );
   t.ok((lines[1]?.bytes_down as number) < 1024, 'the second call counts only its own answer');
   t.ok((lines[0]?.bytes_up as number) > 20 && (lines[0]?.bytes_up as number) < 1024);
   t.equal(lines[0]?.end, 'upstream_closed');
@@ -125,12 +154,20 @@ t.test('HEAD, 204 and 304 answers keep their framing on a kept-alive connection'
   t.equal(head.statusCode, 200);
   t.equal(head.headers['content-length'], '5');
   t.equal(await head.body.text(), '');
-  for (const [path, status] of [['/204', 204], ['/304', 304], ['/', 200]] as const) {
+  for (const [path, status] of [
+    ['/204', 204],
+    ['/304', 304],
+    ['/', 200],
+  ] as const) {
     const r = await undiciRequest(`http://127.0.0.1:${port}${path}`, { dispatcher: agent });
     t.equal(r.statusCode, status, path);
     t.equal(await r.body.text(), status === 200 ? 'hello' : '');
   }
-  t.same(proxy.events('egress.decision').map((e) => e.method), ['HEAD', 'GET', 'GET', 'GET'], 'each request on the kept-alive connection is its own call');
+  t.same(
+    proxy.events('egress.decision').map((e) => e.method),
+    ['HEAD', 'GET', 'GET', 'GET'],
+    'each request on the kept-alive connection is its own call',
+  );
 });
 
 t.test('an informational 103 is not forwarded; the final answer is', async (t) => {
@@ -185,7 +222,8 @@ t.test('a kept-alive upstream connection closed while idle: the next bodiless re
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => server.close());
   const port = (server.address() as AddressInfo).port;
-  const get = () => rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  const get = () =>
+    rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
   t.equal((await get()).status, 200);
   // Close the upstream side without the proxy noticing first: the FIN races the next request.
   for (const s of sockets) s.destroy();
@@ -218,7 +256,10 @@ t.test('a reused upstream connection that fails before answering: a bodiless req
   t.teardown(() => server.close());
   const port = (server.address() as AddressInfo).port;
   const get = (method = 'GET', body = '') =>
-    rawRequest(proxy.port, `${method} http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n${body ? `Content-Length: ${body.length}\r\n` : ''}\r\n${body}`);
+    rawRequest(
+      proxy.port,
+      `${method} http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n${body ? `Content-Length: ${body.length}\r\n` : ''}\r\n${body}`,
+    );
   t.equal((await get()).status, 200);
   const retried = await get();
   t.equal(retried.status, 200, 'answered after one retry');
@@ -253,7 +294,10 @@ t.test('a client that leaves mid-answer ends the call as client_closed and frees
   await upstreamClosed[0];
   t.equal(proxy.running.proxy.activeCalls, 0);
   // Had the half-read connection gone back to the pool, this request would be sent on it.
-  const next = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/after HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  const next = await rawRequest(
+    proxy.port,
+    `GET http://127.0.0.1:${port}/after HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`,
+  );
   t.equal(next.status, 200);
   t.equal(next.body, 'after');
   t.equal(connections, 2, 'the next request got a new upstream connection');
@@ -272,10 +316,20 @@ t.test('odd upstreams and URLs: a close-delimited HTTP/1.0 answer, a raw non-ASC
   const r = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
   t.equal(r.status, 200);
   t.match(r.body, /until the end/);
-  const odd = await rawRequest(proxy.port, Buffer.concat([Buffer.from(`GET http://127.0.0.1:${port}/caf`), Buffer.from([0xe9]), Buffer.from(` HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`)]));
+  const odd = await rawRequest(
+    proxy.port,
+    Buffer.concat([
+      Buffer.from(`GET http://127.0.0.1:${port}/caf`),
+      Buffer.from([0xe9]),
+      Buffer.from(` HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`),
+    ]),
+  );
   t.equal(odd.status, 400, 'refused with an answer, not dropped');
   t.equal(JSON.parse(odd.body).error.code, 'bad_request');
   t.ok(odd.closedByPeer);
-  const after = await rawRequest(proxy.port, `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`);
+  const after = await rawRequest(
+    proxy.port,
+    `GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`,
+  );
   t.equal(after.status, 200, 'and the proxy keeps serving');
 });

@@ -32,8 +32,10 @@ default_verdict: allow
 rules:
   - {id: no-egress-after-read, priority: 1, label: No egress after a read, verdict: deny, after: {tool_name_glob: "read_*", within_seconds: 60}}
 `;
-const attributed = (tool: string, session: string | null, callId: string) => `x-mcp-tool: ${tool}\r\nx-mcp-call-id: ${callId}\r\n${session ? `x-mcp-session-id: ${session}\r\n` : ''}`;
-const liveHistory = (proxy: TestProxy, session: string | null, server: string | null) => proxy.running.history.read(historyKey(session, server), Date.now()) as readonly HistoryCall[];
+const attributed = (tool: string, session: string | null, callId: string) =>
+  `x-mcp-tool: ${tool}\r\nx-mcp-call-id: ${callId}\r\n${session ? `x-mcp-session-id: ${session}\r\n` : ''}`;
+const liveHistory = (proxy: TestProxy, session: string | null, server: string | null) =>
+  proxy.running.history.read(historyKey(session, server), Date.now()) as readonly HistoryCall[];
 
 t.test('a fetch right after a read in the same session is refused by the sequence rule; other sessions are not', async (t) => {
   const { proxy, upstream, target } = await proxyWithUpstream(t, { policy: SEQUENCE, config: ADMIN });
@@ -41,7 +43,10 @@ t.test('a fetch right after a read in the same session is refused by the sequenc
   // The read's own egress: allowed (a call does not follow itself), and recorded.
   const read = await rawRequest(proxy.port, getRequest(url, target, attributed('read_file', 'S', 'r-1')));
   t.equal(read.status, 200, "the read's own egress is not after itself");
-  for (const request of [getRequest(url, target, attributed('fetch', 'S', 'f-1')), connectRequest(target, attributed('fetch', 'S', 'f-2'))]) {
+  for (const request of [
+    getRequest(url, target, attributed('fetch', 'S', 'f-1')),
+    connectRequest(target, attributed('fetch', 'S', 'f-2')),
+  ]) {
     const r = await rawRequest(proxy.port, request);
     t.equal(r.status, 403);
     t.equal(r.headers['x-egress-rule'], 'no-egress-after-read');
@@ -52,7 +57,12 @@ t.test('a fetch right after a read in the same session is refused by the sequenc
   t.equal(upstream.requests.length, 1, 'only the read reached the upstream');
   const decisions = await proxy.waitForCount('egress.decision', 3);
   const digest = sha(await readFile(proxy.policyFile, 'utf8')).slice(0, 12);
-  t.match(decisions[1], { reason: 'rule', dispatched: false, after: { call_id: 'r-1', tool: 'read_file', server: '127.0.0.1', session_id: 'S', host: '127.0.0.1' }, policy_digest: digest });
+  t.match(decisions[1], {
+    reason: 'rule',
+    dispatched: false,
+    after: { call_id: 'r-1', tool: 'read_file', server: '127.0.0.1', session_id: 'S', host: '127.0.0.1' },
+    policy_digest: digest,
+  });
   t.match(decisions[1]?.msg, /^deny 127\.0\.0\.1:\d+ \(rule no-egress-after-read after read_file [\d.]+ s ago\)$/);
   t.match(decisions[0], { after: null, policy_digest: digest });
   t.equal(typeof (decisions[1]?.after as { seconds_ago: number }).seconds_ago, 'number');
@@ -92,11 +102,27 @@ rules:
   });
   // A refused leg to a source read nothing: no effect.
   t.equal((await rawRequest(proxy.port, connectRequest(`127.0.0.2:${corp.port}`, attributed('fetch', 'S', 'c-1')))).status, 403);
-  t.equal((await rawRequest(proxy.port, getRequest(`http://${target}/`, target, attributed('fetch', 'S', 'c-2')))).status, 200, 'after a refused leg: allowed');
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(`http://${target}/`, target, attributed('fetch', 'S', 'c-2')))).status,
+    200,
+    'after a refused leg: allowed',
+  );
   // One call id, three legs: the source between two refused ones. The source leg must count.
-  t.equal((await rawRequest(proxy.port, getRequest(`http://127.0.0.2:${corp.port}/`, `127.0.0.2:${corp.port}`, attributed('fetch', 'S', 'c-3')))).status, 403);
-  t.equal((await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${corp.port}/`, `127.0.0.1:${corp.port}`, attributed('fetch', 'S', 'c-3')))).status, 200);
-  t.equal((await rawRequest(proxy.port, getRequest(`http://127.0.0.2:${corp.port}/`, `127.0.0.2:${corp.port}`, attributed('fetch', 'S', 'c-3')))).status, 403);
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(`http://127.0.0.2:${corp.port}/`, `127.0.0.2:${corp.port}`, attributed('fetch', 'S', 'c-3'))))
+      .status,
+    403,
+  );
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${corp.port}/`, `127.0.0.1:${corp.port}`, attributed('fetch', 'S', 'c-3'))))
+      .status,
+    200,
+  );
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(`http://127.0.0.2:${corp.port}/`, `127.0.0.2:${corp.port}`, attributed('fetch', 'S', 'c-3'))))
+      .status,
+    403,
+  );
   const r = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, attributed('fetch', 'S', 'c-4')));
   t.equal(r.status, 403, 'a later call after a dispatched leg to the source: refused');
   t.match(proxy.events('egress.decision').at(-1), { rule: { id: 'no-egress-after-corp' }, after: { call_id: 'c-3', host: '127.0.0.1' } });
@@ -107,15 +133,44 @@ t.test('a history that cannot be read refuses the call: 503 state_unavailable, n
   const { proxy, upstream, target } = await proxyWithUpstream(t, { policy: SEQUENCE });
   const store = proxy.running.history as MemoryHistoryStore;
   const now = Date.now();
-  for (let i = 0; i <= 1024; i++) store.record({ at: now, tool: 'noise', callId: `n-${i}`, server: '127.0.0.1', sessionId: 'flooded', host: null, address: null, dispatched: null });
-  for (const request of [getRequest(`http://${target}/`, target, attributed('fetch', 'flooded', 'f-1')), connectRequest(target, attributed('fetch', 'flooded', 'f-2'))]) {
+  for (let i = 0; i <= 1024; i++)
+    store.record({
+      at: now,
+      tool: 'noise',
+      callId: `n-${i}`,
+      server: '127.0.0.1',
+      sessionId: 'flooded',
+      host: null,
+      address: null,
+      dispatched: null,
+    });
+  for (const request of [
+    getRequest(`http://${target}/`, target, attributed('fetch', 'flooded', 'f-1')),
+    connectRequest(target, attributed('fetch', 'flooded', 'f-2')),
+  ]) {
     const r = await rawRequest(proxy.port, request);
     t.equal(r.status, 503);
-    t.match(JSON.parse(r.body).error, { code: 'state_unavailable', reason: 'state_unavailable', rule: null, tool: 'fetch', destination: { host: '127.0.0.1' } });
+    t.match(JSON.parse(r.body).error, {
+      code: 'state_unavailable',
+      reason: 'state_unavailable',
+      rule: null,
+      tool: 'fetch',
+      destination: { host: '127.0.0.1' },
+    });
   }
-  t.match(proxy.events('egress.decision').at(-1), { reason: 'state_unavailable', verdict: 'deny', dispatched: false, session_id: 'flooded', policy_digest: /^[0-9a-f]{12}$/ });
+  t.match(proxy.events('egress.decision').at(-1), {
+    reason: 'state_unavailable',
+    verdict: 'deny',
+    dispatched: false,
+    session_id: 'flooded',
+    policy_digest: /^[0-9a-f]{12}$/,
+  });
   t.equal(upstream.requests.length, 0, 'nothing reached the upstream');
-  t.equal((await rawRequest(proxy.port, getRequest(`http://${target}/`, target, attributed('fetch', 'other', 'f-3')))).status, 200, 'other keys decide as usual');
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(`http://${target}/`, target, attributed('fetch', 'other', 'f-3')))).status,
+    200,
+    'other keys decide as usual',
+  );
 });
 
 /** A shared store's shape: reads answer with a promise (Redis), which may reject. */
@@ -141,7 +196,11 @@ t.test('a store that answers with promises: decided the same; a rejected read re
   const { proxy, upstream, target } = await proxyWithUpstream(t, { policy: SEQUENCE, start: { history: store } });
   const url = `http://${target}/`;
   t.equal((await rawRequest(proxy.port, getRequest(url, target, attributed('read_file', 'S', 'r-1')))).status, 200);
-  t.equal((await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'S', 'f-1')))).status, 403, 'the read, read through a promise, refuses the fetch');
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'S', 'f-1')))).status,
+    403,
+    'the read, read through a promise, refuses the fetch',
+  );
   store.failing = true;
   const r = await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'T', 'f-2')));
   t.equal(r.status, 503);
@@ -162,7 +221,11 @@ t.test('retention follows the serving policy: none kept without sequence clauses
   t.ok(await proxy.running.reload('test'));
   t.equal(proxy.running.history.retentionSeconds, 60);
   t.same(liveHistory(proxy, 'S', null), [], 'nothing was kept before the clause was loaded');
-  t.equal((await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'S', 'f-1')))).status, 200, 'a clause applies from when it is loaded');
+  t.equal(
+    (await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'S', 'f-1')))).status,
+    200,
+    'a clause applies from when it is loaded',
+  );
   await rawRequest(proxy.port, getRequest(url, target, attributed('read_file', 'S', 'r-2')));
   t.equal((await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'S', 'f-2')))).status, 403);
   await writeFile(proxy.policyFile, 'version: 1\ndefault_verdict: allow\n');
@@ -186,30 +249,72 @@ ${ADMIN}`;
   t.equal((await register('b'.repeat(32), 'fetch', 'fetcher', 'agent-1')).status, 201);
   t.equal((await register('c'.repeat(32), 'fetch', 'fetcher', 'agent-2')).status, 201);
   const h = await api(proxy, 'GET', '/v1/history?session=agent-1', { token: VIEWER });
-  t.match(h.json.calls, [{ tool: 'fetch', server: 'fetcher' }, { tool: 'read_file', server: 'reader', call_id: 'a'.repeat(32), host: null, address: null, dispatched: null }]);
+  t.match(h.json.calls, [
+    { tool: 'fetch', server: 'fetcher' },
+    { tool: 'read_file', server: 'reader', call_id: 'a'.repeat(32), host: null, address: null, dispatched: null },
+  ]);
 
-  const refused = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asFetcher}x-mcp-call-id: ${'b'.repeat(32)}\r\nx-mcp-session-id: agent-2\r\n`));
+  const refused = await rawRequest(
+    proxy.port,
+    getRequest(`http://${target}/`, target, `${asFetcher}x-mcp-call-id: ${'b'.repeat(32)}\r\nx-mcp-session-id: agent-2\r\n`),
+  );
   t.equal(refused.status, 403, "the reader's registered read refuses the fetcher's fetch (the header's session is ignored)");
   t.match(proxy.events('egress.decision').at(-1), { after: { tool: 'read_file', server: 'reader', session_id: 'agent-1', host: null } });
   const other = await rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asFetcher}x-mcp-call-id: ${'c'.repeat(32)}\r\n`));
   t.equal(other.status, 200, 'another agent session');
   t.equal(upstream.requests.length, 1);
-  t.match((await api(proxy, 'GET', '/v1/history?session=agent-2', { token: VIEWER })).json.calls, [{ call_id: 'c'.repeat(32), tool: 'fetch', dispatched: true }], 'a registered call that connects is one record');
+  t.match(
+    (await api(proxy, 'GET', '/v1/history?session=agent-2', { token: VIEWER })).json.calls,
+    [{ call_id: 'c'.repeat(32), tool: 'fetch', dispatched: true }],
+    'a registered call that connects is one record',
+  );
 
   // POST /v1/test with session_id and no history: the live history.
-  const dry = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: `http://${target}/`, tool: 'fetch', server: 'fetcher', session_id: 'agent-1' } });
+  const dry = await api(proxy, 'POST', '/v1/test', {
+    token: DEVELOPER,
+    body: { destination: `http://${target}/`, tool: 'fetch', server: 'fetcher', session_id: 'agent-1' },
+  });
   t.equal(dry.status, 200);
-  t.match(dry.json, { verdict: 'deny', dispatched: false, rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', server: 'reader' } });
-  const fresh = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: `http://${target}/`, tool: 'fetch', server: 'fetcher', session_id: 'agent-9' } });
+  t.match(dry.json, {
+    verdict: 'deny',
+    dispatched: false,
+    rule: { id: 'no-egress-after-read' },
+    after: { tool: 'read_file', server: 'reader' },
+  });
+  const fresh = await api(proxy, 'POST', '/v1/test', {
+    token: DEVELOPER,
+    body: { destination: `http://${target}/`, tool: 'fetch', server: 'fetcher', session_id: 'agent-9' },
+  });
   t.match(fresh.json, { verdict: 'allow', after: null });
-  const explicit = await api(proxy, 'POST', '/v1/test', { token: DEVELOPER, body: { destination: `http://${target}/`, tool: 'fetch', session_id: 'agent-1', history: [] } });
+  const explicit = await api(proxy, 'POST', '/v1/test', {
+    token: DEVELOPER,
+    body: { destination: `http://${target}/`, tool: 'fetch', session_id: 'agent-1', history: [] },
+  });
   t.match(explicit.json, { verdict: 'allow', after: null }, 'an explicit history is exactly what the decision sees');
 });
 
 t.test('GET /v1/history: one of session or server, strictly; viewer', async (t) => {
   const proxy = await startTestProxyFor(t, { policy: SEQUENCE, config: ADMIN });
-  proxy.running.history.record({ at: Date.now(), tool: 'read_file', callId: null, server: '::1', sessionId: null, host: null, address: null, dispatched: null });
-  for (const query of ['', '?session=a&server=b', '?session=', '?server=', '?session=a&session=b', '?sessions=a', '?session=a%00b', `?session=${'x'.repeat(257)}`]) {
+  proxy.running.history.record({
+    at: Date.now(),
+    tool: 'read_file',
+    callId: null,
+    server: '::1',
+    sessionId: null,
+    host: null,
+    address: null,
+    dispatched: null,
+  });
+  for (const query of [
+    '',
+    '?session=a&server=b',
+    '?session=',
+    '?server=',
+    '?session=a&session=b',
+    '?sessions=a',
+    '?session=a%00b',
+    `?session=${'x'.repeat(257)}`,
+  ]) {
     const r = await api(proxy, 'GET', `/v1/history${query}`, { token: VIEWER });
     t.equal(r.status, 400, `'${query.slice(0, 40)}'`);
     t.equal(r.json?.error?.code, 'bad_request');
@@ -217,7 +322,11 @@ t.test('GET /v1/history: one of session or server, strictly; viewer', async (t) 
   t.equal((await api(proxy, 'GET', '/v1/history?session=a')).status, 401, 'a token is needed (tokens are configured)');
   t.equal((await api(proxy, 'POST', '/v1/history?session=a', { token: DEVELOPER, body: {} })).status, 405);
   const v6 = await api(proxy, 'GET', '/v1/history?server=0:0:0:0:0:0:0:1', { token: VIEWER });
-  t.match(v6.json, { key: 'server:::1', calls: [{ tool: 'read_file', server: '::1', session_id: null }] }, 'an IP is canonical, as the data path names clients');
+  t.match(
+    v6.json,
+    { key: 'server:::1', calls: [{ tool: 'read_file', server: '::1', session_id: null }] },
+    'an IP is canonical, as the data path names clients',
+  );
   (proxy.running.history as MemoryHistoryStore).setRetention(0);
   t.same((await api(proxy, 'GET', '/v1/history?session=a', { token: VIEWER })).json, { key: 'session:a', calls: [] });
 });

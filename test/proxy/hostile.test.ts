@@ -15,7 +15,8 @@ t.test('hostile clients', async (t) => {
     await proxy.stop();
     await upstream.close();
   });
-  const healthy = async () => (await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/ok`, `127.0.0.1:${upstream.port}`))).status;
+  const healthy = async () =>
+    (await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/ok`, `127.0.0.1:${upstream.port}`))).status;
 
   const badRequests: Array<[string, string, number, string]> = [
     ['garbage', 'GARBAGE GARBAGE\r\n\r\n', 400, 'bad_request'],
@@ -39,8 +40,18 @@ t.test('hostile clients', async (t) => {
     ['empty label', connectRequest('a..test:443'), 400, 'bad_request'],
     ['Host names another authority', getRequest(`http://127.0.0.1:${upstream.port}/`, 'evil.test'), 400, 'bad_request'],
     ['Host names another port', getRequest(`http://127.0.0.1:${upstream.port}/`, '127.0.0.1:1'), 400, 'bad_request'],
-    ['duplicate tool header', getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: a\r\nx-mcp-tool: b\r\n'), 400, 'bad_request'],
-    ['100 KB header', `GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nx-big: ${'x'.repeat(100 * 1024)}\r\n\r\n`, 431, 'request_header_too_large'],
+    [
+      'duplicate tool header',
+      getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: a\r\nx-mcp-tool: b\r\n'),
+      400,
+      'bad_request',
+    ],
+    [
+      '100 KB header',
+      `GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nx-big: ${'x'.repeat(100 * 1024)}\r\n\r\n`,
+      431,
+      'request_header_too_large',
+    ],
   ];
   for (const [name, request, status, code] of badRequests) {
     const r = await rawRequest(proxy.port, request);

@@ -11,11 +11,21 @@ rules:
   - {id: deny-upstream, priority: 1, label: Deny the test upstream, verdict: deny, egress: {deny: [127.0.0.1]}}
 `,
   });
-  const r = await rawRequest(proxy.port, getRequest(`http://127.0.0.1:${upstream.port}/shadow`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: fetch\r\n'));
+  const r = await rawRequest(
+    proxy.port,
+    getRequest(`http://127.0.0.1:${upstream.port}/shadow`, `127.0.0.1:${upstream.port}`, 'x-mcp-tool: fetch\r\n'),
+  );
   t.equal(r.status, 200, 'dispatched');
   t.equal(upstream.requests.length, 1);
   const d = await proxy.waitFor((e) => e.event === 'egress.decision');
-  t.match(d, { verdict: 'deny', dispatched: true, shadow: true, reason: 'rule', rule: { id: 'deny-upstream' }, pinned_address: '127.0.0.1' });
+  t.match(d, {
+    verdict: 'deny',
+    dispatched: true,
+    shadow: true,
+    reason: 'rule',
+    rule: { id: 'deny-upstream' },
+    pinned_address: '127.0.0.1',
+  });
   t.match(d.msg, /^\[shadow\] would deny 127\.0\.0\.1:\d+ \(rule deny-upstream\)$/);
   const tunnel = await rawRequest(proxy.port, connectRequest(`127.0.0.1:${upstream.port}`), 500);
   t.match(tunnel.raw, /^HTTP\/1\.1 200 Connection Established/);
@@ -52,12 +62,18 @@ rules:
   const refusedByDefault = await rawRequest(proxy.port, getRequest(url, host, 'x-mcp-tool: search\r\n'));
   t.equal(refusedByDefault.status, 403, 'under default deny an uncovered call is refused and recorded');
   const discovered = proxy.events('egress.discovered');
-  t.same(discovered.map((e) => [e.tool, e.host, e.port, e.server]), [
-    ['search', '127.0.0.1', upstream.port, '127.0.0.1'],
-    ['fetch', '127.0.0.1', upstream.port, '127.0.0.1'],
-  ]);
+  t.same(
+    discovered.map((e) => [e.tool, e.host, e.port, e.server]),
+    [
+      ['search', '127.0.0.1', upstream.port, '127.0.0.1'],
+      ['fetch', '127.0.0.1', upstream.port, '127.0.0.1'],
+    ],
+  );
   const list = await proxy.running.discovered.list();
-  t.match(list, [{ tool: 'search', count: 3 }, { tool: 'fetch', count: 1 }]);
+  t.match(list, [
+    { tool: 'search', count: 3 },
+    { tool: 'fetch', count: 1 },
+  ]);
   t.ok(list.every((e) => typeof e.first_seen === 'string' && typeof e.last_seen === 'string'));
   t.equal(list.length, 2, 'a call a rule covered is not recorded');
 });

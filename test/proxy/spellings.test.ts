@@ -62,14 +62,21 @@ rules:
   t.equal(denied.connections, 0, 'the denied address saw no connection');
   const refusals = proxy.events('egress.decision').filter((e) => e.rule && (e.rule as { id: string }).id === 'deny-range');
   t.equal(refusals.length, spellings.length * 2, 'one refusal event per call');
-  t.ok(refusals.every((e) => e.dispatched === false && e.pinned_address === null), 'none was dialled');
+  t.ok(
+    refusals.every((e) => e.dispatched === false && e.pinned_address === null),
+    'none was dialled',
+  );
 
   // Control: the exempted neighbour is dialled, so the trap setup would have seen a dial.
   const ok = await send(proxy.port, 'CONNECT', `93.184.216.35:${port}`);
   t.equal(ok.status, 200, 'the exempt address is tunnelled');
   t.equal(exempt.connections, 1, 'and its trap saw the connection');
   const exemptNat64 = await send(proxy.port, 'CONNECT', `[64:ff9b::93.184.216.35]:${port}`);
-  t.not(exemptNat64.headers['x-egress-error'], 'firewall_blocked', 'the NAT64 spelling of the exempt address is exempt too (dialled; nothing routes it here)');
+  t.not(
+    exemptNat64.headers['x-egress-error'],
+    'firewall_blocked',
+    'the NAT64 spelling of the exempt address is exempt too (dialled; nothing routes it here)',
+  );
 });
 
 t.test('a broad baseline exemption does not open metadata', async (t) => {
@@ -89,7 +96,14 @@ t.test('a broad baseline exemption does not open metadata', async (t) => {
     await Promise.all([meta.close(), meta6.close(), internal.close()]);
   });
 
-  for (const authority of [`169.254.169.254:${port}`, `[fd00:ec2::254]:${port}`, `[64:ff9b::169.254.169.254]:${port}`, `[::ffff:169.254.169.254]:${port}`, `meta.test:${port}`, `meta6.test:${port}`]) {
+  for (const authority of [
+    `169.254.169.254:${port}`,
+    `[fd00:ec2::254]:${port}`,
+    `[64:ff9b::169.254.169.254]:${port}`,
+    `[::ffff:169.254.169.254]:${port}`,
+    `meta.test:${port}`,
+    `meta6.test:${port}`,
+  ]) {
     for (const form of ['CONNECT', 'GET'] as const) {
       const r = await send(proxy.port, form, authority);
       t.equal(r.status, 403, `${form} ${authority}: refused`);
@@ -118,7 +132,10 @@ t.test('a broad baseline exemption does not open metadata', async (t) => {
 
 t.test('metadata named exactly is exempt, and no warning is logged for it', async (t) => {
   const meta = await startTrap('169.254.169.254', 0);
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'baseline: {allow_cidrs: [169.254.169.254, 127.0.0.0/8]}' });
+  const proxy = await startTestProxy({
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: 'baseline: {allow_cidrs: [169.254.169.254, 127.0.0.0/8]}',
+  });
   t.teardown(async () => {
     await proxy.stop();
     await meta.close();

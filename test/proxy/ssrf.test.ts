@@ -18,7 +18,12 @@ const allowAll = 'version: 1\ndefault_verdict: allow\n';
 const dec = (a: number, b: number, c: number, d: number) => String(((a << 24) | (b << 16) | (c << 8) | d) >>> 0);
 
 t.test('encoded spellings, embeddings and names of internal addresses are refused', async (t) => {
-  const traps = await Promise.all([startTrap('169.254.169.254', 80), startTrap('10.1.2.3', 80), startTrap('100.100.100.200', 80), startTrap('fd00:ec2::254', 80)]);
+  const traps = await Promise.all([
+    startTrap('169.254.169.254', 80),
+    startTrap('10.1.2.3', 80),
+    startTrap('100.100.100.200', 80),
+    startTrap('fd00:ec2::254', 80),
+  ]);
   const dns = await startDnsServer({
     'meta.test': { A: ['169.254.169.254'] },
     'internal.test': { A: ['10.1.2.3'] },
@@ -83,23 +88,42 @@ t.test('encoded spellings, embeddings and names of internal addresses are refuse
       t.equal(r.headers['x-egress-error'], 'firewall_blocked');
       t.equal(r.headers['x-egress-rule'], undefined, 'no rule decided');
       const error = JSON.parse(r.body).error;
-      t.match(error, { code: 'firewall_blocked', reason: 'ssrf_baseline', address_class: addressClass, rule: null, destination: { host, port: 80 } }, `${form} ${authority}`);
+      t.match(
+        error,
+        { code: 'firewall_blocked', reason: 'ssrf_baseline', address_class: addressClass, rule: null, destination: { host, port: 80 } },
+        `${form} ${authority}`,
+      );
       // The destination host itself is in the body; no other address may be (a name's answers go to the log only).
-      t.notMatch(r.body.split(host).join(''), /10\.1\.2\.3|169\.254|100\.100\.100\.200|fd00:ec2|93\.184\.216\.34|2606:4700/i, `${form} ${authority}: resolved addresses are not shown to the client`);
+      t.notMatch(
+        r.body.split(host).join(''),
+        /10\.1\.2\.3|169\.254|100\.100\.100\.200|fd00:ec2|93\.184\.216\.34|2606:4700/i,
+        `${form} ${authority}: resolved addresses are not shown to the client`,
+      );
       t.notMatch(r.raw, /200 Connection Established/);
     }
   }
-  t.same(traps.map((x) => x.connections), [0, 0, 0, 0], 'the fake servers saw no connection');
+  t.same(
+    traps.map((x) => x.connections),
+    [0, 0, 0, 0],
+    'the fake servers saw no connection',
+  );
   const refusals = proxy.events('egress.decision').filter((e) => e.reason === 'ssrf_baseline');
   t.equal(refusals.length, cases.length * 2, 'one decision event per call');
   t.ok(refusals.every((e) => e.pinned_address === null && e.dispatched === false));
-  t.match(refusals.find((e) => e.host === 'mixed.test'), { addresses: ['93.184.216.34', '10.1.2.3'], address_class: 'private' }, 'the event log has the addresses');
+  t.match(
+    refusals.find((e) => e.host === 'mixed.test'),
+    { addresses: ['93.184.216.34', '10.1.2.3'], address_class: 'private' },
+    'the event log has the addresses',
+  );
 });
 
 t.test('shadow mode does not soften the baseline; allow_cidrs exempts only what it names; self is never exempt', async (t) => {
   const trap = await startTrap('10.1.2.3', 0);
   const meta = await startTrap('169.254.169.254', trap.port);
-  const proxy = await startTestProxy({ policy: 'version: 1\nshadow_mode: true\n', config: 'baseline: {allow_cidrs: [10.1.2.3/32, 127.0.0.0/8, 0.0.0.0/8, "::/128"]}' });
+  const proxy = await startTestProxy({
+    policy: 'version: 1\nshadow_mode: true\n',
+    config: 'baseline: {allow_cidrs: [10.1.2.3/32, 127.0.0.0/8, 0.0.0.0/8, "::/128"]}',
+  });
   t.teardown(async () => {
     await proxy.stop();
     await trap.close();
@@ -123,7 +147,11 @@ t.test('shadow mode does not soften the baseline; allow_cidrs exempts only what 
 });
 
 t.test('a wildcard listener is self on every local and loopback address', async (t) => {
-  const proxy = await startTestProxy({ policy: allowAll, listen: '0.0.0.0:0', config: 'baseline: {allow_cidrs: [127.0.0.0/8, 169.254.169.254/32]}' });
+  const proxy = await startTestProxy({
+    policy: allowAll,
+    listen: '0.0.0.0:0',
+    config: 'baseline: {allow_cidrs: [127.0.0.0/8, 169.254.169.254/32]}',
+  });
   t.teardown(() => proxy.stop());
   t.match(proxy.events('listening')[0], { address: '0.0.0.0' });
   for (const own of ['127.0.0.1', '127.0.0.5', '169.254.169.254']) {
@@ -150,8 +178,19 @@ t.test('DNS rebinding: the address checked is the address dialled', async (t) =>
 
   const first = await rawRequest(proxy.port, getRequest(`http://rebind.test:${upstream.port}/`, `rebind.test:${upstream.port}`));
   t.equal(first.status, 200);
-  t.same(upstream.connections.map((c) => c.localAddress), ['93.184.216.34'], 'one connection, to the first answer');
-  t.same(dns.queriesFor('rebind.test').map((q) => q.type).sort(), ['A', 'AAAA'], 'one A and one AAAA query for the call, none for the dial');
+  t.same(
+    upstream.connections.map((c) => c.localAddress),
+    ['93.184.216.34'],
+    'one connection, to the first answer',
+  );
+  t.same(
+    dns
+      .queriesFor('rebind.test')
+      .map((q) => q.type)
+      .sort(),
+    ['A', 'AAAA'],
+    'one A and one AAAA query for the call, none for the dial',
+  );
 
   const second = await rawRequest(proxy.port, connectRequest(`rebind.test:${upstream.port}`));
   t.equal(second.status, 403, 'TTL 0 is not reused: the next call sees the rebound answer and refuses it');
@@ -195,19 +234,36 @@ t.test('a name refused by name causes no DNS query', async (t) => {
   const allowedName = await rawRequest(proxy.port, connectRequest('api.example.com:443'));
   t.equal(allowedName.status, 502, 'an allowed name is resolved (and here has no answer)');
   t.equal(JSON.parse(allowedName.body).error.code, 'dns_error');
-  t.same(dns.queriesFor('api.example.com').map((q) => q.type).sort(), ['A', 'AAAA']);
+  t.same(
+    dns
+      .queriesFor('api.example.com')
+      .map((q) => q.type)
+      .sort(),
+    ['A', 'AAAA'],
+  );
 });
 
 t.test('connect timeouts and unreachable upstreams', async (t) => {
-  const proxy = await startTestProxy({ policy: allowAll, config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}\nlimits: {connect_timeout_ms: 300}' });
+  const proxy = await startTestProxy({
+    policy: allowAll,
+    config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}\nlimits: {connect_timeout_ms: 300}',
+  });
   t.teardown(() => proxy.stop());
   const closedPort = await startTrap('127.0.0.1', 0);
   await closedPort.close();
   for (const form of ['CONNECT', 'GET'] as const) {
-    const slow = await rawRequest(proxy.port, form === 'CONNECT' ? connectRequest('203.0.113.9:80') : getRequest('http://203.0.113.9/', '203.0.113.9'));
+    const slow = await rawRequest(
+      proxy.port,
+      form === 'CONNECT' ? connectRequest('203.0.113.9:80') : getRequest('http://203.0.113.9/', '203.0.113.9'),
+    );
     t.equal(slow.status, 504, `${form}: connect timeout`);
     t.equal(JSON.parse(slow.body).error.code, 'upstream_timeout');
-    const refused = await rawRequest(proxy.port, form === 'CONNECT' ? connectRequest(`127.0.0.1:${closedPort.port}`) : getRequest(`http://127.0.0.1:${closedPort.port}/`, `127.0.0.1:${closedPort.port}`));
+    const refused = await rawRequest(
+      proxy.port,
+      form === 'CONNECT'
+        ? connectRequest(`127.0.0.1:${closedPort.port}`)
+        : getRequest(`http://127.0.0.1:${closedPort.port}/`, `127.0.0.1:${closedPort.port}`),
+    );
     t.equal(refused.status, 502, `${form}: refused connection`);
     t.equal(JSON.parse(refused.body).error.code, 'upstream_unreachable');
   }
@@ -219,7 +275,11 @@ t.test('connect timeouts and unreachable upstreams', async (t) => {
 t.test('a CONNECT client that leaves during the dial abandons it: the next candidate is never dialled', async (t) => {
   const trap = await startTrap('127.0.0.1', 0);
   const dns = await startDnsServer({ 'slow.test': { A: ['203.0.113.9', '127.0.0.1'] } });
-  const proxy = await startTestProxy({ policy: allowAll, dns: dns.address, config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}\nlimits: {connect_timeout_ms: 400}' });
+  const proxy = await startTestProxy({
+    policy: allowAll,
+    dns: dns.address,
+    config: 'baseline: {allow_cidrs: [203.0.113.9/32, 127.0.0.0/8]}\nlimits: {connect_timeout_ms: 400}',
+  });
   t.teardown(async () => {
     await proxy.stop();
     await dns.close();

@@ -12,7 +12,8 @@ import type { TestProxy } from '../helpers/proxy.js';
 
 const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
 
-const proxyFor = (t: { teardown(fn: () => unknown): void }, config?: string): Promise<TestProxy> => startTestProxyFor(t, { policy: POLICY, config });
+const proxyFor = (t: { teardown(fn: () => unknown): void }, config?: string): Promise<TestProxy> =>
+  startTestProxyFor(t, { policy: POLICY, config });
 
 async function listen(t: { teardown(fn: () => unknown): void }, onSocket: (s: Socket) => void): Promise<number> {
   const server = createServer(onSocket);

@@ -65,10 +65,20 @@ async function concurrentCalls(t: Test, server: string): Promise<void> {
   });
   const plan: Array<{ tool: string; upstream: TestUpstream; allowed: boolean }> = [];
   for (let round = 0; round < 3; round++) {
-    plan.push({ tool: 'fetch_url', upstream: a, allowed: true }, { tool: 'fetch_url', upstream: b, allowed: false }, { tool: 'fetch_json', upstream: b, allowed: true }, { tool: 'fetch_json', upstream: a, allowed: false });
+    plan.push(
+      { tool: 'fetch_url', upstream: a, allowed: true },
+      { tool: 'fetch_url', upstream: b, allowed: false },
+      { tool: 'fetch_json', upstream: b, allowed: true },
+      { tool: 'fetch_json', upstream: a, allowed: false },
+    );
   }
   const results = (await Promise.all(
-    plan.map((p, i) => client.callTool({ name: p.tool, arguments: { url: `http://127.0.0.1:${p.upstream.port}/${p.tool}/${i}`, delay_ms: 20 + (i % 4) * 5 } })),
+    plan.map((p, i) =>
+      client.callTool({
+        name: p.tool,
+        arguments: { url: `http://127.0.0.1:${p.upstream.port}/${p.tool}/${i}`, delay_ms: 20 + (i % 4) * 5 },
+      }),
+    ),
   )) as ToolResult[];
   results.forEach((r, i) => {
     const p = plan[i]!;
@@ -77,12 +87,17 @@ async function concurrentCalls(t: Test, server: string): Promise<void> {
       t.match(JSON.parse(r.content[0]!.text), { url: `/${p.tool}/${i}` });
     } else {
       t.equal(r.isError, true, `${p.tool} → ${p.upstream.port} refused`);
-      t.match(r.content[0]!.text, new RegExp(`^fetch failed: firewall_blocked: default rule=none destination=127\\.0\\.0\\.1:${p.upstream.port} `), 'the tool error carries the refusal');
+      t.match(
+        r.content[0]!.text,
+        new RegExp(`^fetch failed: firewall_blocked: default rule=none destination=127\\.0\\.0\\.1:${p.upstream.port} `),
+        'the tool error carries the refusal',
+      );
     }
   });
   t.same(a.requests.map((r) => r.url.split('/')[1]).sort(), ['fetch_url', 'fetch_url', 'fetch_url'], 'only fetch_url reached A');
   t.same(b.requests.map((r) => r.url.split('/')[1]).sort(), ['fetch_json', 'fetch_json', 'fetch_json'], 'only fetch_json reached B');
-  for (const r of [...a.requests, ...b.requests]) t.notOk(r.rawHeaders.map((h) => h.toLowerCase()).includes('x-mcp-tool'), 'attribution headers are not forwarded');
+  for (const r of [...a.requests, ...b.requests])
+    t.notOk(r.rawHeaders.map((h) => h.toLowerCase()).includes('x-mcp-tool'), 'attribution headers are not forwarded');
 
   const decisions = proxy.events('egress.decision');
   t.equal(decisions.length, plan.length, 'one decision per call');
@@ -112,14 +127,19 @@ t.test('runAsToolCall attributes code the stdio path does not reach', async (t) 
     await proxy.stop();
     await a.close();
   });
-  const { stdout } = await run(process.execPath, ['--import', REGISTER, EXPLICIT, `http://127.0.0.1:${a.port}/x`], { env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' } });
+  const { stdout } = await run(process.execPath, ['--import', REGISTER, EXPLICIT, `http://127.0.0.1:${a.port}/x`], {
+    env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' },
+  });
   t.same(JSON.parse(stdout), [200, 200, 200]);
   const decisions = proxy.events('egress.decision');
-  t.same(decisions.map((d) => [d.tool, d.call_id]), [
-    ['webhook', 'explicit-1'],
-    ['webhook', 'explicit-1'],
-    [null, null],
-  ]);
+  t.same(
+    decisions.map((d) => [d.tool, d.call_id]),
+    [
+      ['webhook', 'explicit-1'],
+      ['webhook', 'explicit-1'],
+      [null, null],
+    ],
+  );
 });
 
 t.test('trust: registered through the gateway; forged and expired ids refused', async (t) => {
@@ -154,14 +174,26 @@ auth: {users: [{name: fetcher, password_sha256: ${sha('fetcher-secret')}}]}`;
   t.ok(decisions.every((d) => /^[0-9a-f]{32}$/.test(String(d.call_id))));
   t.equal(proxy.running.registry.size(), 0, 'every registration ended when its call returned');
 
-  const forged = (await client.callTool({ name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/forged` }, _meta: { [CALL_ID_META_KEY]: 'f'.repeat(32) } })) as ToolResult;
+  const forged = (await client.callTool({
+    name: 'fetch_url',
+    arguments: { url: `http://127.0.0.1:${a.port}/forged` },
+    _meta: { [CALL_ID_META_KEY]: 'f'.repeat(32) },
+  })) as ToolResult;
   t.equal(forged.isError, true);
   t.match(forged.content[0]!.text, /firewall_blocked: unattributed rule=none/, 'a forged call id is refused as unattributed');
 
   const expiredId = await gateway.register('fetch_url', { ttlMs: 1 });
   await new Promise((r) => setTimeout(r, 20));
-  const expired = (await client.callTool({ name: 'fetch_url', arguments: { url: `http://127.0.0.1:${a.port}/expired` }, _meta: { [CALL_ID_META_KEY]: expiredId } })) as ToolResult;
+  const expired = (await client.callTool({
+    name: 'fetch_url',
+    arguments: { url: `http://127.0.0.1:${a.port}/expired` },
+    _meta: { [CALL_ID_META_KEY]: expiredId },
+  })) as ToolResult;
   t.equal(expired.isError, true);
   t.match(expired.content[0]!.text, /firewall_blocked: unattributed rule=none/, 'an expired call id is refused as unattributed');
-  t.same(a.requests.map((r) => r.url), ['/g1'], 'nothing reached a destination through a refused call');
+  t.same(
+    a.requests.map((r) => r.url),
+    ['/g1'],
+    'nothing reached a destination through a refused call',
+  );
 });

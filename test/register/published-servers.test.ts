@@ -43,7 +43,13 @@ const SERVERS: PublishedServer[] = [
   { pkg: '@tokenizin/mcp-npx-fetch', client: 'fetch (undici)', tool: 'fetch_html', args: (url) => ({ url }) },
   { pkg: 'mcp-server-fetch-typescript', client: 'axios', tool: 'get_raw_text', args: (url) => ({ url }) },
   { pkg: '@mcp-get-community/server-curl', client: 'node-fetch', tool: 'curl', args: (url) => ({ url, method: 'GET' }) },
-  { pkg: '@mcp-get-community/server-curl', client: 'node-fetch, started through npx', tool: 'curl', args: (url) => ({ url, method: 'GET' }), viaNpx: true },
+  {
+    pkg: '@mcp-get-community/server-curl',
+    client: 'node-fetch, started through npx',
+    tool: 'curl',
+    args: (url) => ({ url, method: 'GET' }),
+    viaNpx: true,
+  },
 ];
 
 /** What the model reads: the tool result's text, or the JSON-RPC error's message for servers that throw. */
@@ -78,7 +84,14 @@ rules:
     });
     const transport = new StdioClientTransport({
       command: process.execPath,
-      args: [CLI, 'wrap', '--proxy', proxy.url, '--', ...(server.viaNpx ? ['npx', '--no-install', server.pkg] : [process.execPath, binOf(server.pkg)])],
+      args: [
+        CLI,
+        'wrap',
+        '--proxy',
+        proxy.url,
+        '--',
+        ...(server.viaNpx ? ['npx', '--no-install', server.pkg] : [process.execPath, binOf(server.pkg)]),
+      ],
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root', NODE_EXTRA_CA_CERTS: CA_PATH },
       cwd: ROOT,
       stderr: 'pipe',
@@ -96,9 +109,18 @@ rules:
     const calls = [
       { url: `http://127.0.0.1:${allowed.port}/${server.tool}/1`, expect: /hello from \/\w+\/1/ },
       { url: `https://127.0.0.1:${allowedTls.port}/${server.tool}/2`, expect: /hello from \/\w+\/2/ },
-      { url: `http://127.0.0.1:${ruled.port}/${server.tool}/3`, expect: new RegExp(`firewall_blocked: rule rule=no-internal-api destination=127\\.0\\.0\\.1:${ruled.port}`) },
-      { url: `https://127.0.0.1:${unlisted.port}/${server.tool}/4`, expect: new RegExp(`firewall_blocked: default rule=none destination=127\\.0\\.0\\.1:${unlisted.port}`) },
-      { url: `http://169.254.169.254:${metadata.port}/latest/meta-data/`, expect: new RegExp(`firewall_blocked: ssrf_baseline rule=none destination=169\\.254\\.169\\.254:${metadata.port}`) },
+      {
+        url: `http://127.0.0.1:${ruled.port}/${server.tool}/3`,
+        expect: new RegExp(`firewall_blocked: rule rule=no-internal-api destination=127\\.0\\.0\\.1:${ruled.port}`),
+      },
+      {
+        url: `https://127.0.0.1:${unlisted.port}/${server.tool}/4`,
+        expect: new RegExp(`firewall_blocked: default rule=none destination=127\\.0\\.0\\.1:${unlisted.port}`),
+      },
+      {
+        url: `http://169.254.169.254:${metadata.port}/latest/meta-data/`,
+        expect: new RegExp(`firewall_blocked: ssrf_baseline rule=none destination=169\\.254\\.169\\.254:${metadata.port}`),
+      },
     ];
     const results = await Promise.all(calls.map((c) => callText(client, server.tool, server.args(c.url))));
     results.forEach((r, i) => {
@@ -106,7 +128,11 @@ rules:
       t.match(r.text, c.expect, `${c.url}: ${i < 2 ? 'served' : 'refusal named in what the tool returns'}`);
       t.equal(r.error, i >= 2, i < 2 ? 'not an error' : 'an error');
     });
-    t.equal(stderr.match(/mcp-egress-proxy\/register: fetch, http and https routed through/g)?.length, 1, 'the preload routes the server (not npm itself under npx)');
+    t.equal(
+      stderr.match(/mcp-egress-proxy\/register: fetch, http and https routed through/g)?.length,
+      1,
+      'the preload routes the server (not npm itself under npx)',
+    );
 
     const decisions = await proxy.waitForCount('egress.decision', calls.length);
     t.equal(decisions.length, calls.length, 'one decision per call: no double proxying, no second tunnel');
@@ -115,12 +141,25 @@ rules:
       t.match(d.call_id, /^[0-9a-f]{32}$/, 'a 128-bit call id');
     }
     t.equal(new Set(decisions.map((d) => d.call_id)).size, calls.length, 'every call has its own id');
-    t.same(decisions.filter((d) => d.dispatched).map((d) => d.port).sort(), [allowed.port, allowedTls.port].sort(), 'only the allowed destinations were dialled');
+    t.same(
+      decisions
+        .filter((d) => d.dispatched)
+        .map((d) => d.port)
+        .sort(),
+      [allowed.port, allowedTls.port].sort(),
+      'only the allowed destinations were dialled',
+    );
     t.same([allowed.requests.length, allowedTls.requests.length, ruled.requests.length, unlisted.requests.length], [1, 1, 0, 0]);
     t.equal(ruled.connections.length + unlisted.connections.length + metadata.connections, 0, 'the refused destinations saw no connection');
     for (const r of [...allowed.requests, ...allowedTls.requests]) {
-      t.notOk(r.rawHeaders.some((h) => /^x-mcp-/i.test(h)), 'attribution headers are not forwarded');
-      t.notOk(r.rawHeaders.some((h) => /^proxy-/i.test(h)), 'no proxy headers reach the destination');
+      t.notOk(
+        r.rawHeaders.some((h) => /^x-mcp-/i.test(h)),
+        'attribution headers are not forwarded',
+      );
+      t.notOk(
+        r.rawHeaders.some((h) => /^proxy-/i.test(h)),
+        'no proxy headers reach the destination',
+      );
     }
   });
 }

@@ -27,7 +27,11 @@ const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 type ToolResult = { isError?: boolean; content: Array<{ type: string; text: string }> };
 
 /** The fixture under `mcp-egress-proxy wrap`, as an MCP client's config would start it. */
-async function wrapped(t: { teardown(fn: () => unknown): void }, proxy: TestProxy, user?: { name: string; password: string }): Promise<{ client: Client; stderr: () => string }> {
+async function wrapped(
+  t: { teardown(fn: () => unknown): void },
+  proxy: TestProxy,
+  user?: { name: string; password: string },
+): Promise<{ client: Client; stderr: () => string }> {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [CLI, 'wrap', '--proxy', proxy.url, ...(user ? ['--user', user.name] : []), '--', process.execPath, SERVER],
@@ -63,7 +67,8 @@ t.test('one server under the preload: read_file then fetch is refused, and allow
   const secret = join(t.testdir(), 'secret.txt');
   await writeFile(secret, 'the secret');
   const { client } = await wrapped(t, proxy);
-  const fetchTool = (path: string) => client.callTool({ name: 'fetch', arguments: { url: `http://127.0.0.1:${upstream.port}${path}` } }) as Promise<ToolResult>;
+  const fetchTool = (path: string) =>
+    client.callTool({ name: 'fetch', arguments: { url: `http://127.0.0.1:${upstream.port}${path}` } }) as Promise<ToolResult>;
 
   const before = await fetchTool('/before');
   t.notOk(before.isError, 'a fetch with no read before it works');
@@ -73,16 +78,31 @@ t.test('one server under the preload: read_file then fetch is refused, and allow
 
   const after = await fetchTool('/exfiltrate?the+secret');
   t.equal(after.isError, true, 'the fetch right after the read is refused');
-  t.match(after.content[0]?.text, /^fetch failed: firewall_blocked: rule rule=no-egress-after-read destination=127\.0\.0\.1:\d+ /, 'the result names the reason and the rule');
+  t.match(
+    after.content[0]?.text,
+    /^fetch failed: firewall_blocked: rule rule=no-egress-after-read destination=127\.0\.0\.1:\d+ /,
+    'the result names the reason and the rule',
+  );
   t.match(after.content[0]?.text, /after an earlier read_file call/);
-  t.same(upstream.requests.map((r) => r.url), ['/before'], 'the destination saw nothing of the refused fetch');
+  t.same(
+    upstream.requests.map((r) => r.url),
+    ['/before'],
+    'the destination saw nothing of the refused fetch',
+  );
   const refusal = proxy.events('egress.decision').find((d) => d.dispatched === false);
-  t.match(refusal, { tool: 'fetch', rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', host: null } }, 'the event names the earlier call (announced: no network)');
+  t.match(
+    refusal,
+    { tool: 'fetch', rule: { id: 'no-egress-after-read' }, after: { tool: 'read_file', host: null } },
+    'the event names the earlier call (announced: no network)',
+  );
 
   await until(readAt, WINDOW_SECONDS * 1000 + 150);
   const later = await fetchTool('/later');
   t.notOk(later.isError, 'after the window the fetch works again');
-  t.same(upstream.requests.map((r) => r.url), ['/before', '/later']);
+  t.same(
+    upstream.requests.map((r) => r.url),
+    ['/before', '/later'],
+  );
 });
 
 t.test('two servers of one agent through the gateway under trust: registered', async (t) => {
@@ -105,7 +125,10 @@ auth: {users: [{name: reader, password_sha256: ${sha('reader-secret')}}, {name: 
   const agentFetcher = createGateway({ adminUrl, token, client: 'fetcher', sessionId: 'agent-1' });
   const otherAgent = createGateway({ adminUrl, token, client: 'fetcher' });
   const fetchVia = (gateway: typeof agentFetcher, path: string) =>
-    gateway.callTool(fetcher.client, { name: 'fetch', arguments: { url: `http://127.0.0.1:${upstream.port}${path}` } }) as Promise<ToolResult>;
+    gateway.callTool(fetcher.client, {
+      name: 'fetch',
+      arguments: { url: `http://127.0.0.1:${upstream.port}${path}` },
+    }) as Promise<ToolResult>;
 
   t.notOk((await fetchVia(agentFetcher, '/before')).isError, 'before any read: allowed');
   const readAt = Date.now();
@@ -115,12 +138,19 @@ auth: {users: [{name: reader, password_sha256: ${sha('reader-secret')}}, {name: 
   const after = await fetchVia(agentFetcher, '/exfiltrate');
   t.equal(after.isError, true, "a fetch on another server in the same agent session is refused after the reader's read");
   t.match(after.content[0]?.text, /firewall_blocked: rule rule=no-egress-after-read/);
-  t.match(proxy.events('egress.decision').find((d) => d.dispatched === false), { server: 'fetcher', session_id: 'agent-1', after: { tool: 'read_file', server: 'reader', session_id: 'agent-1' } });
+  t.match(
+    proxy.events('egress.decision').find((d) => d.dispatched === false),
+    { server: 'fetcher', session_id: 'agent-1', after: { tool: 'read_file', server: 'reader', session_id: 'agent-1' } },
+  );
   t.notOk((await fetchVia(otherAgent, '/other-agent')).isError, "another agent's session is not affected");
   t.match(reader.stderr(), /the proxy takes no announcements \(attribution\.trust: registered\)/);
 
   await until(readAt, WINDOW_SECONDS * 1000 + 150);
   t.notOk((await fetchVia(agentFetcher, '/later')).isError, 'after the window: allowed again');
-  t.same(upstream.requests.map((r) => r.url), ['/before', '/other-agent', '/later'], 'the refused fetch sent nothing');
+  t.same(
+    upstream.requests.map((r) => r.url),
+    ['/before', '/other-agent', '/later'],
+    'the refused fetch sent nothing',
+  );
   t.equal(proxy.running.registry.size(), 0, 'every registration ended with its call');
 });

@@ -15,7 +15,10 @@ const SERVER = new URL('../fixtures/mcp-fetch-server.mjs', import.meta.url).path
 t.test('a tools/call split across chunks, inside a multi-byte character, is attributed', async (t) => {
   const upstream = await startUpstream();
   const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
-  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], { env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' }, stdio: ['pipe', 'pipe', 'ignore'] });
+  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], {
+    env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' },
+    stdio: ['pipe', 'pipe', 'ignore'],
+  });
   t.teardown(async () => {
     server.kill();
     await proxy.stop();
@@ -37,12 +40,22 @@ t.test('a tools/call split across chunks, inside a multi-byte character, is attr
     return responses.find((r) => r.id === id);
   };
   const line = (m: unknown) => Buffer.from(`${JSON.stringify(m)}\n`, 'utf8');
-  const init = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } };
+  const init = {
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'initialize',
+    params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } },
+  };
   // initialize and initialized in one chunk
   server.stdin.write(Buffer.concat([line(init), line({ jsonrpc: '2.0', method: 'notifications/initialized' })]));
   t.ok(await until(1), 'initialized');
 
-  const call = line({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'fetch_url', arguments: { url: `http://127.0.0.1:${upstream.port}/caf\u00e9`, delay_ms: 1 } } });
+  const call = line({
+    jsonrpc: '2.0',
+    id: 2,
+    method: 'tools/call',
+    params: { name: 'fetch_url', arguments: { url: `http://127.0.0.1:${upstream.port}/caf\u00e9`, delay_ms: 1 } },
+  });
   const cut = call.indexOf(Buffer.from('\u00e9', 'utf8')) + 1; // inside the two bytes of é
   server.stdin.write(call.subarray(0, cut));
   await new Promise((r) => setTimeout(r, 50));
@@ -63,7 +76,10 @@ t.test('a tools/call the proxy does not record is not run: its answer is an erro
   });
   await new Promise<void>((r) => stub.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(stub.address() as { port: number }).port}`;
-  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], { env: { ...process.env, HTTP_PROXY: url, HTTPS_PROXY: url, NO_PROXY: '' }, stdio: ['pipe', 'pipe', 'ignore'] });
+  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], {
+    env: { ...process.env, HTTP_PROXY: url, HTTPS_PROXY: url, NO_PROXY: '' },
+    stdio: ['pipe', 'pipe', 'ignore'],
+  });
   t.teardown(() => {
     server.kill();
     stub.close();
@@ -72,14 +88,37 @@ t.test('a tools/call the proxy does not record is not run: its answer is an erro
   server.stdout.setEncoding('utf8');
   server.stdout.on('data', (c: string) => (out += c));
   const line = (m: unknown) => `${JSON.stringify(m)}\n`;
-  server.stdin.write(line({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } }));
+  server.stdin.write(
+    line({
+      jsonrpc: '2.0',
+      id: 1,
+      method: 'initialize',
+      params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } },
+    }),
+  );
   server.stdin.write(line({ jsonrpc: '2.0', method: 'notifications/initialized' }));
   // The call and a ping in one chunk: the ping waits behind the held call, in order.
-  server.stdin.write(line({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'fetch_url', arguments: { url: 'http://127.0.0.1:9/x', delay_ms: 1 } } }) + line({ jsonrpc: '2.0', id: 3, method: 'ping' }));
+  server.stdin.write(
+    line({
+      jsonrpc: '2.0',
+      id: 2,
+      method: 'tools/call',
+      params: { name: 'fetch_url', arguments: { url: 'http://127.0.0.1:9/x', delay_ms: 1 } },
+    }) + line({ jsonrpc: '2.0', id: 3, method: 'ping' }),
+  );
   for (let i = 0; i < 400 && !out.includes('"id":3'); i++) await new Promise((r) => setTimeout(r, 10));
-  const responses = out.trim().split('\n').map((l) => JSON.parse(l) as { id: number; error?: { code: number; message: string }; result?: unknown });
+  const responses = out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { id: number; error?: { code: number; message: string }; result?: unknown });
   const call = responses.find((r) => r.id === 2);
-  t.match(call?.error, { code: -32001, message: /the call was not run: it could not be recorded .* refused the announcement \(400 bad_request\)/ });
-  t.ok(responses.some((r) => r.id === 3 && r.result !== undefined), 'input after the held call is delivered');
+  t.match(call?.error, {
+    code: -32001,
+    message: /the call was not run: it could not be recorded .* refused the announcement \(400 bad_request\)/,
+  });
+  t.ok(
+    responses.some((r) => r.id === 3 && r.result !== undefined),
+    'input after the held call is delivered',
+  );
   t.same(seen, ['POST /mcp-egress/v1/calls'], 'the tool never ran: no request but the announcement');
 });

@@ -17,7 +17,12 @@ async function step(t: { testdir(): string }, dependencies: unknown[]) {
   );
 }
 
-const absent = { name: 'absent-tool', probe: ['/nonexistent/absent-tool'], debian: 'absent-pkg', neededBy: 'test/x.test.ts (the x client)' };
+const absent = {
+  name: 'absent-tool',
+  probe: ['/nonexistent/absent-tool'],
+  debian: 'absent-pkg',
+  neededBy: 'test/x.test.ts (the x client)',
+};
 const here = { name: 'node', probe: [process.execPath, '--version'], debian: 'nodejs', neededBy: 'everything' };
 
 t.test('a missing optional dependency: loud banner naming the package and the skipped tests, exit 0', async (t) => {
@@ -41,8 +46,10 @@ t.test('all present: one quiet line', async (t) => {
   t.match(r.stderr, /^test-deps: all 1 test dependencies present\n$/);
 });
 
-t.test('the shipped list names every package .ci/run used to install by hand, and the containment test\'s', async (t) => {
-  const { dependencies } = JSON.parse(readFileSync(new URL('../../scripts/test-deps.json', import.meta.url), 'utf8')) as { dependencies: Array<{ debian: string }> };
+t.test("the shipped list names every package .ci/run used to install by hand, and the containment test's", async (t) => {
+  const { dependencies } = JSON.parse(readFileSync(new URL('../../scripts/test-deps.json', import.meta.url), 'utf8')) as {
+    dependencies: Array<{ debian: string }>;
+  };
   const packages = new Set(dependencies.map((d) => d.debian));
   for (const name of ['curl', 'iproute2', 'python3-requests', 'systemd', 'util-linux', 'iptables']) t.ok(packages.has(name), name);
 });

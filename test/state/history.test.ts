@@ -27,12 +27,16 @@ const ip = (text: string): IpAddress => {
 function call(at: number, fields: Partial<HistoryCall> = {}): HistoryCall {
   return { at, tool: 'read_file', callId: 'c1', server: 'srv', sessionId: 'S', host: null, address: null, dispatched: null, ...fields };
 }
-const leg = (at: number, host: string, address: string, fields: Partial<HistoryCall> = {}) => call(at, { tool: 'fetch', host, address: ip(address), dispatched: true, ...fields });
-const refusedLeg = (at: number, host: string, fields: Partial<HistoryCall> = {}) => call(at, { tool: 'fetch', host, dispatched: false, ...fields });
+const leg = (at: number, host: string, address: string, fields: Partial<HistoryCall> = {}) =>
+  call(at, { tool: 'fetch', host, address: ip(address), dispatched: true, ...fields });
+const refusedLeg = (at: number, host: string, fields: Partial<HistoryCall> = {}) =>
+  call(at, { tool: 'fetch', host, dispatched: false, ...fields });
 const S = historyKey('S', 'srv');
 /** What a history shows, compactly: tool@seconds-after-start[host]. */
 const shown = (calls: readonly HistoryCall[] | null) =>
-  calls === null ? null : calls.map((c) => `${c.callId}:${c.tool}@${(c.at - 1_000_000) / 1000}${c.host ? `[${c.host}${c.dispatched ? '' : ' refused'}]` : ''}`);
+  calls === null
+    ? null
+    : calls.map((c) => `${c.callId}:${c.tool}@${(c.at - 1_000_000) / 1000}${c.host ? `[${c.host}${c.dispatched ? '' : ' refused'}]` : ''}`);
 
 t.test('keys: the session when there is one, else the client identity; newest first', async (t) => {
   const { store, now } = clocked();
@@ -40,7 +44,11 @@ t.test('keys: the session when there is one, else the client identity; newest fi
   store.record(call(now() - 1000, { callId: 'b', sessionId: null }));
   store.record(call(now() - 2000, { callId: 'c', server: 'other' }));
   store.record(call(now(), { callId: 'd' }));
-  t.same(shown(store.read(S, now())), ['d:read_file@0', 'c:read_file@-2', 'a:read_file@-3'], 'one session across two client identities, newest first');
+  t.same(
+    shown(store.read(S, now())),
+    ['d:read_file@0', 'c:read_file@-2', 'a:read_file@-3'],
+    'one session across two client identities, newest first',
+  );
   t.same(shown(store.read(historyKey(null, 'srv'), now())), ['b:read_file@-1'], 'no session: the client identity');
   t.same(store.read(historyKey('T', 'srv'), now()), [], 'an unknown key is empty (nothing was lost)');
   t.equal(store.size, 2);
@@ -49,17 +57,61 @@ t.test('keys: the session when there is one, else the client identity; newest fi
 
 t.test('merging: a call once, each dispatched leg once, with its newest time', async (t) => {
   const rows: Array<[string, HistoryCall[], string[]]> = [
-    ['a registered call that then connects is one record', [call(0, { tool: 'fetch' }), leg(1, 'a.example', '93.184.216.34')], ['c1:fetch@0.001[a.example]']],
-    ['two hosts are two legs', [leg(0, 'a.example', '93.184.216.34'), leg(1, 'b.example', '93.184.216.35')], ['c1:fetch@0.001[b.example]', 'c1:fetch@0[a.example]']],
-    ['the same leg again keeps the newest time', [leg(0, 'a.example', '93.184.216.34'), leg(5, 'a.example', '93.184.216.34')], ['c1:fetch@0.005[a.example]']],
-    ['another address of the same host is another leg', [leg(0, 'a.example', '93.184.216.34'), leg(5, 'a.example', '93.184.216.35')], ['c1:fetch@0.005[a.example]', 'c1:fetch@0[a.example]']],
-    ['a refused leg after a dispatched one is kept (newer)', [leg(0, 'a.example', '93.184.216.34'), refusedLeg(5, 'evil.example')], ['c1:fetch@0.005[evil.example refused]', 'c1:fetch@0[a.example]']],
-    ['a refused leg no newer than a dispatched one adds nothing', [leg(5, 'a.example', '93.184.216.34'), refusedLeg(5, 'evil.example')], ['c1:fetch@0.005[a.example]']],
-    ['refused legs of one call are one record, the newest', [refusedLeg(0, 'a.example'), refusedLeg(3, 'b.example'), refusedLeg(2, 'c.example')], ['c1:fetch@0.003[b.example refused]']],
-    ['a bare call then its leg then a refusal then the leg again: two records', [call(0, { tool: 'fetch' }), leg(1, 'a.example', '93.184.216.34'), refusedLeg(2, 'x.example'), leg(3, 'a.example', '93.184.216.34')], ['c1:fetch@0.003[a.example]']],
-    ['another tool under the same call id is another call', [call(0, { tool: 'read_file' }), call(1, { tool: 'fetch' })], ['c1:fetch@0.001', 'c1:read_file@0']],
-    ['calls without a call id merge by tool and client alike', [call(0, { callId: null }), call(1, { callId: null }), call(2, { callId: null, tool: 'x' })], ['null:x@0.002', 'null:read_file@0.001']],
-    ['a record older than the newest goes in its place', [call(5, { callId: 'a' }), call(1, { callId: 'b' }), call(3, { callId: 'c' })], ['a:read_file@0.005', 'c:read_file@0.003', 'b:read_file@0.001']],
+    [
+      'a registered call that then connects is one record',
+      [call(0, { tool: 'fetch' }), leg(1, 'a.example', '93.184.216.34')],
+      ['c1:fetch@0.001[a.example]'],
+    ],
+    [
+      'two hosts are two legs',
+      [leg(0, 'a.example', '93.184.216.34'), leg(1, 'b.example', '93.184.216.35')],
+      ['c1:fetch@0.001[b.example]', 'c1:fetch@0[a.example]'],
+    ],
+    [
+      'the same leg again keeps the newest time',
+      [leg(0, 'a.example', '93.184.216.34'), leg(5, 'a.example', '93.184.216.34')],
+      ['c1:fetch@0.005[a.example]'],
+    ],
+    [
+      'another address of the same host is another leg',
+      [leg(0, 'a.example', '93.184.216.34'), leg(5, 'a.example', '93.184.216.35')],
+      ['c1:fetch@0.005[a.example]', 'c1:fetch@0[a.example]'],
+    ],
+    [
+      'a refused leg after a dispatched one is kept (newer)',
+      [leg(0, 'a.example', '93.184.216.34'), refusedLeg(5, 'evil.example')],
+      ['c1:fetch@0.005[evil.example refused]', 'c1:fetch@0[a.example]'],
+    ],
+    [
+      'a refused leg no newer than a dispatched one adds nothing',
+      [leg(5, 'a.example', '93.184.216.34'), refusedLeg(5, 'evil.example')],
+      ['c1:fetch@0.005[a.example]'],
+    ],
+    [
+      'refused legs of one call are one record, the newest',
+      [refusedLeg(0, 'a.example'), refusedLeg(3, 'b.example'), refusedLeg(2, 'c.example')],
+      ['c1:fetch@0.003[b.example refused]'],
+    ],
+    [
+      'a bare call then its leg then a refusal then the leg again: two records',
+      [call(0, { tool: 'fetch' }), leg(1, 'a.example', '93.184.216.34'), refusedLeg(2, 'x.example'), leg(3, 'a.example', '93.184.216.34')],
+      ['c1:fetch@0.003[a.example]'],
+    ],
+    [
+      'another tool under the same call id is another call',
+      [call(0, { tool: 'read_file' }), call(1, { tool: 'fetch' })],
+      ['c1:fetch@0.001', 'c1:read_file@0'],
+    ],
+    [
+      'calls without a call id merge by tool and client alike',
+      [call(0, { callId: null }), call(1, { callId: null }), call(2, { callId: null, tool: 'x' })],
+      ['null:x@0.002', 'null:read_file@0.001'],
+    ],
+    [
+      'a record older than the newest goes in its place',
+      [call(5, { callId: 'a' }), call(1, { callId: 'b' }), call(3, { callId: 'c' })],
+      ['a:read_file@0.005', 'c:read_file@0.003', 'b:read_file@0.001'],
+    ],
   ];
   for (const [name, calls, expected] of rows) {
     const { store, now } = clocked();
@@ -122,7 +174,11 @@ t.test('the per-key cap: the oldest goes, and the key is refused (null) while it
   advance(59_000);
   t.equal(store.read(S, now()), null, 'still inside the window (exactly 60 s)');
   advance(1);
-  t.equal((store.read(S, now()) as readonly HistoryCall[]).length, MAX_CALLS_PER_KEY, 'once the lost call has left the window, the key is whole again');
+  t.equal(
+    (store.read(S, now()) as readonly HistoryCall[]).length,
+    MAX_CALLS_PER_KEY,
+    'once the lost call has left the window, the key is whole again',
+  );
 });
 
 t.test('the total bound: the key written longest ago is evicted, and absent or recreated keys fail closed', async (t) => {
@@ -133,9 +189,13 @@ t.test('the total bound: the key written longest ago is evicted, and absent or r
   t.equal(store.calls, 4);
   store.record(call(now(), { sessionId: 'new' }));
   t.equal(store.calls, 4, 'still at the bound');
-  t.equal(store.read(historyKey('old', null), now()), null, "the evicted key: its read could be in the window");
+  t.equal(store.read(historyKey('old', null), now()), null, 'the evicted key: its read could be in the window');
   t.equal(store.read(historyKey('never-seen', null), now()), null, 'any absent key: it could have been evicted');
-  t.same(shown(store.read(historyKey('new', null), now())), ['c1:read_file@1'], 'the key whose write evicted: created before anything was lost');
+  t.same(
+    shown(store.read(historyKey('new', null), now())),
+    ['c1:read_file@1'],
+    'the key whose write evicted: created before anything was lost',
+  );
   t.equal(store.read(historyKey('a', null), now())?.length, 1, 'keys held since before the eviction are whole');
   store.record(call(now(), { sessionId: 'old', callId: 'x' }));
   t.equal(store.calls, 4, "writing the evicted key again evicts the next ('a')");
@@ -144,7 +204,11 @@ t.test('the total bound: the key written longest ago is evicted, and absent or r
   advance(29_000);
   t.equal(store.read(historyKey('old', null), now()), null, 'exactly the window after the evicted call: still refused');
   advance(1);
-  t.same(shown(store.read(historyKey('old', null), now())), ['x:read_file@1'], 'after the window: whole (the evicted call would have expired anyway)');
+  t.same(
+    shown(store.read(historyKey('old', null), now())),
+    ['x:read_file@1'],
+    'after the window: whole (the evicted call would have expired anyway)',
+  );
   t.equal(store.read(historyKey('never-seen', null), now()), null, "absent keys: 'a' was evicted a second later");
   advance(1_000);
   t.same(store.read(historyKey('never-seen', null), now()), [], 'absent keys are whole once every evicted call has left the window');

@@ -20,7 +20,12 @@ const reg = (callId: string, client = 'c1', ttlMs?: number) => ({ callId, tool: 
 
 t.test('the global cap refuses with registry_full, and frees as calls end or expire', async (t) => {
   const { registry, advance } = clocked({ maxTotal: 3 });
-  for (const [id, client] of [['a', 'c1'], ['b', 'c2'], ['c', 'c3']]) t.equal(refused(registry.register(reg(id as string, client))), null);
+  for (const [id, client] of [
+    ['a', 'c1'],
+    ['b', 'c2'],
+    ['c', 'c3'],
+  ])
+    t.equal(refused(registry.register(reg(id as string, client))), null);
   const full = refused(registry.register(reg('d', 'c4')));
   t.match(full, { code: 'registry_full', error: /max_registered_calls/ }, 'over the cap: refused, typed');
   t.equal(registry.size(), 3, 'nothing changed');
@@ -47,7 +52,7 @@ t.test('refusals by kind', async (t) => {
   for (const [name, input, code] of cases) t.equal(refused(registry.register(input))?.code ?? null, code, name);
 });
 
-t.test('expiry follows each call\'s own time, and stale entries never remove a live call', async (t) => {
+t.test("expiry follows each call's own time, and stale entries never remove a live call", async (t) => {
   const { registry, advance } = clocked();
   registry.register(reg('short', 'c1', 100));
   registry.register(reg('long', 'c1', 10_000));
@@ -59,7 +64,13 @@ t.test('expiry follows each call\'s own time, and stale entries never remove a l
   advance(200);
   registry.sweep();
   t.equal(registry.find('c1', 'short'), null, 'expired');
-  t.same(registry.open('c1').map((c) => c.callId).sort(), ['ended', 'long', 'renewed']);
+  t.same(
+    registry
+      .open('c1')
+      .map((c) => c.callId)
+      .sort(),
+    ['ended', 'long', 'renewed'],
+  );
   t.equal(registry.size(), 3);
   advance(10_000);
   registry.sweep();
@@ -87,7 +98,7 @@ t.test('register-and-end churn keeps the expiry heap bounded by the live registr
   t.ok(registry.find('c1', 'live'));
 });
 
-t.test('limits.max_registered_calls bounds the running proxy\'s registry (default 100,000)', async (t) => {
+t.test("limits.max_registered_calls bounds the running proxy's registry (default 100,000)", async (t) => {
   t.equal(parseProxyConfig('proxy.yaml', 'policy: p.yaml\n').config?.limits.maxRegisteredCalls, 100_000);
   const bad = parseProxyConfig('proxy.yaml', 'policy: p.yaml\nlimits: {max_registered_calls: 0}\n');
   t.equal(bad.config, null, 'zero is refused');

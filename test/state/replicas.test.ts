@@ -314,12 +314,20 @@ rules:
   const b = await startTestProxyFor(t, { policy, config });
   await until(() => a.running.state.up && b.running.state.up);
   const call = (proxy: TestProxy, tool: string, id: string) =>
-    rawRequest(proxy.port, getRequest(`http://${target}/`, target, `x-mcp-tool: ${tool}\r\nx-mcp-call-id: ${id}\r\nx-mcp-session-id: agent-7\r\n`));
+    rawRequest(
+      proxy.port,
+      getRequest(`http://${target}/`, target, `x-mcp-tool: ${tool}\r\nx-mcp-call-id: ${id}\r\nx-mcp-session-id: agent-7\r\n`),
+    );
   t.equal((await call(b, 'fetch', 'f0')).status, 200, 'no read yet: the fetch goes out');
   t.equal((await call(a, 'read_file', 'r1')).status, 200, 'the read, through A');
-  await until(async () => ((await admin(b, 'GET', '/v1/history?session=agent-7')).json.calls ?? []).some((c: { tool: string }) => c.tool === 'read_file'));
+  await until(async () =>
+    ((await admin(b, 'GET', '/v1/history?session=agent-7')).json.calls ?? []).some((c: { tool: string }) => c.tool === 'read_file'),
+  );
   const refused = await call(b, 'fetch', 'f1');
   t.equal(refused.status, 403, 'the fetch through B is refused');
   t.match(JSON.parse(refused.body).error, { reason: 'rule', rule: { id: 'no-fetch-after-read' } });
-  t.match(b.events('egress.decision').at(-1), { rule: { id: 'no-fetch-after-read' }, after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-7' } });
+  t.match(b.events('egress.decision').at(-1), {
+    rule: { id: 'no-fetch-after-read' },
+    after: { call_id: 'r1', tool: 'read_file', session_id: 'agent-7' },
+  });
 });

@@ -128,7 +128,8 @@ export class RedisHistoryStore implements HistoryStore {
       const now = this.now();
       for (const [k, u] of this.unreliable) if (u <= now) this.unreliable.delete(k);
     }
-    if (this.unreliable.size >= MAX_UNRELIABLE_KEYS && !this.unreliable.has(key)) this.allUnreliableUntil = Math.max(this.allUnreliableUntil, until);
+    if (this.unreliable.size >= MAX_UNRELIABLE_KEYS && !this.unreliable.has(key))
+      this.allUnreliableUntil = Math.max(this.allUnreliableUntil, until);
     else this.unreliable.set(key, Math.max(this.unreliable.get(key) ?? 0, until));
   }
 
