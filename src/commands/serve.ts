@@ -12,6 +12,7 @@ import { createResolver } from '../net/resolve.js';
 import { canonicalListeners, createSelfCheck } from '../net/self.js';
 import { createState } from '../state/create-state.js';
 import type { State } from '../state/create-state.js';
+import { withClientCopies } from '../state/client-copies.js';
 import { MemoryHistoryStore } from '../state/history.js';
 import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
@@ -128,7 +129,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   );
   const memory = state.history instanceof MemoryHistoryStore ? state.history : null;
   // store: redis gives the shared RedisHistoryStore; memory the bounded one in this process.
-  const history: HistoryStore = options.history ?? (state.history as HistoryStore);
+  // Session-less connections of a server see what it did in its sessions (state/client-copies.ts).
+  const history: HistoryStore = withClientCopies(options.history ?? (state.history as HistoryStore));
   const logLoad = (trigger: string, result: LoadResult) => {
     if (result.ok) {
       const g = result.generation;

@@ -42,7 +42,7 @@ export function isAnnounceTarget(target: string): boolean {
 }
 
 /** Reads and validates an announcement's body: the announcement, or the 400 to answer. */
-export async function readAnnouncement(req: IncomingMessage): Promise<Announcement | { readonly answer: Answer }> {
+export async function readAnnouncement(req: IncomingMessage, deadlineMs: number): Promise<Announcement | { readonly answer: Answer }> {
   const bad = (message: string) => ({ answer: failure('bad_request', `announcement: ${message}`, NO_CALL) });
   if (req.method !== 'POST') return bad(`use POST ${ANNOUNCE_PATH}`);
   if (!/^application\/json\s*(;|$)/i.test(req.headers['content-type'] ?? '')) return bad('send JSON (content-type: application/json)');
@@ -50,6 +50,8 @@ export async function readAnnouncement(req: IncomingMessage): Promise<Announceme
   if (declared !== undefined && Number(declared) > MAX_ANNOUNCE_BYTES) return bad(`the body is limited to ${MAX_ANNOUNCE_BYTES} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
+  // The body has the head's deadline: a stalled or trickled announcement must not hold a slot.
+  const deadline = setTimeout(() => req.socket.destroy(), deadlineMs).unref();
   try {
     for await (const chunk of req) {
       size += (chunk as Buffer).length;
@@ -58,6 +60,8 @@ export async function readAnnouncement(req: IncomingMessage): Promise<Announceme
     }
   } catch {
     return bad('the body could not be read');
+  } finally {
+    clearTimeout(deadline);
   }
   let body: unknown;
   try {
@@ -115,7 +119,7 @@ export async function answerAnnouncement(req: IncomingMessage, res: ServerRespon
   } else if (config.attribution.trust === 'registered') {
     answer = announceNotTrusted();
   } else {
-    const read = await readAnnouncement(req);
+    const read = await readAnnouncement(req, config.limits.headerTimeoutMs);
     if ('answer' in read) answer = read.answer;
     else deps.history.record(announcedCall(read, identity.client, Date.now()));
   }

@@ -32,7 +32,10 @@ const HEADER_ID = /^[\x21-\x7e]{1,256}$/;
 const ANNOUNCE_FAILED = -32001;
 
 function parseToolCall(line: string): { id: string | number; ctx: ToolCallContext } | null {
-  if (!line.includes('"tools/call"')) return null;
+  // Cheap filter, exact on any JSON spelling: "tools" can only be written literally or with a
+  // \u escape ("tools\/call" from PHP's json_encode, "tools\u002fcall"), so a line with
+  // neither cannot be a tools/call; anything else is parsed.
+  if (!line.includes('tools') && !line.includes('\\u')) return null;
   let message: { method?: unknown; id?: unknown; params?: { name?: unknown; _meta?: Record<string, unknown> } };
   try {
     message = JSON.parse(line) as typeof message;

@@ -5,6 +5,7 @@
  * nothing. The guarded server is the one announcing, so each refusal is also an attack tried.
  */
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import t from 'tap';
 import type { HistoryCall } from '../../src/policy/types.js';
 import { historyKey } from '../../src/state/types.js';
@@ -111,4 +112,21 @@ t.test('without a sequence clause nothing is kept', async (t) => {
   );
   t.same(calls(proxy, 'S', null), []);
   t.equal(proxy.running.history.retentionSeconds, 0);
+});
+
+t.test('a stalled or trickled announcement body is cut at header_timeout_ms (it holds no slot)', async (t) => {
+  const proxy = await startTestProxyFor(t, { policy: SEQUENCE, config: 'limits: {header_timeout_ms: 500}' });
+  const head = `POST /mcp-egress/v1/calls HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n`;
+  for (const trickle of [false, true]) {
+    const started = Date.now();
+    const socket = net.connect(proxy.port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.write(head + '{"tool":');
+    const timer = trickle ? setInterval(() => socket.writable && socket.write(' '), 100) : null;
+    await new Promise((resolve) => socket.once('close', resolve));
+    if (timer) clearInterval(timer);
+    const ms = Date.now() - started;
+    t.ok(ms >= 450 && ms < 2500, `${trickle ? 'trickled' : 'stalled'} body: closed after ${ms} ms`);
+  }
+  t.same(calls(proxy, null, '127.0.0.1'), [], 'nothing recorded');
 });

@@ -70,7 +70,11 @@ t.test('a fetch right after a read in the same session is refused by the sequenc
   const other = await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', 'T', 'f-3')));
   t.equal(other.status, 200, 'another session is not affected');
   const noSession = await rawRequest(proxy.port, getRequest(url, target, attributed('fetch', null, 'f-4')));
-  t.equal(noSession.status, 200, "no session: the client identity's own history (which has no read)");
+  t.equal(
+    noSession.status,
+    403,
+    "no session (a child process of the server): the client identity's history holds the server's read too (state/client-copies.ts)",
+  );
 
   // What was recorded: every decided call, refused ones too, with the address dialled.
   const h = await api(proxy, 'GET', '/v1/history?session=S', { token: VIEWER });
@@ -83,7 +87,17 @@ t.test('a fetch right after a read in the same session is refused by the sequenc
   ]);
   t.match(h.json.calls[0].at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   const byServer = await api(proxy, 'GET', '/v1/history?server=127.0.0.1', { token: VIEWER });
-  t.match(byServer.json, { key: 'server:127.0.0.1', calls: [{ call_id: 'f-4', dispatched: true, address: '127.0.0.1' }] });
+  t.match(byServer.json, {
+    key: 'server:127.0.0.1',
+    calls: [
+      { call_id: 'f-4', dispatched: false, address: null, session_id: null },
+      { call_id: 'f-3', dispatched: true, address: '127.0.0.1', session_id: null },
+    ],
+  });
+  t.ok(
+    (byServer.json.calls as Array<{ call_id: string }>).some((c) => c.call_id === 'r-1'),
+    "the session's read is in the client identity's history too",
+  );
 });
 
 t.test('hosts: only a dispatched leg to a listed source counts, whichever of the call legs it was', async (t) => {

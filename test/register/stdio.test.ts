@@ -122,3 +122,40 @@ t.test('a tools/call the proxy does not record is not run: its answer is an erro
   );
   t.same(seen, ['POST /mcp-egress/v1/calls'], 'the tool never ran: no request but the announcement');
 });
+
+t.test('a tools/call in any JSON spelling ("tools\\/call", "tools\\u002fcall") is attributed', async (t) => {
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  const server = spawn(process.execPath, ['--import', REGISTER, SERVER], {
+    env: { ...process.env, HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url, NO_PROXY: '' },
+    stdio: ['pipe', 'pipe', 'ignore'],
+  });
+  t.teardown(async () => {
+    server.kill();
+    await proxy.stop();
+    await upstream.close();
+  });
+  let output = '';
+  server.stdout.setEncoding('utf8');
+  server.stdout.on('data', (c: string) => (output += c));
+  const init = {
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'initialize',
+    params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } },
+  };
+  server.stdin.write(`${JSON.stringify(init)}\n${JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' })}\n`);
+  const url = `http://127.0.0.1:${upstream.port}/x`;
+  const call = (id: number) =>
+    JSON.stringify({ jsonrpc: '2.0', id, method: 'tools/call', params: { name: 'fetch_url', arguments: { url } } });
+  // PHP's json_encode escapes slashes; any character may be written as \uXXXX.
+  server.stdin.write(`${call(2).replace('"tools/call"', '"tools\\/call"')}\n`);
+  server.stdin.write(`${call(3).replace('"tools/call"', '"tools\\u002fcall"')}\n`);
+  const decisions = await proxy.waitForCount('egress.decision', 2);
+  t.same(
+    decisions.map((d) => d.tool),
+    ['fetch_url', 'fetch_url'],
+    'both calls attributed',
+  );
+  t.ok(output.length > 0);
+});
