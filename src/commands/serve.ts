@@ -2,6 +2,9 @@
  * `serve`: wires configuration, policy, resolver, registry, event log and listeners together,
  * and owns the process's signals. Fails closed: no valid config or no valid policy at start
  * means no listener at all.
+ *
+ * Over 300 lines because it is the one place the process is assembled (state, policy, watcher,
+ * proxy, admin, feed, signals, shutdown order); each piece lives in its own module.
  */
 import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import { isLoopbackHost } from '../net/address.js';

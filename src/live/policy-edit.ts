@@ -12,6 +12,9 @@
  * Layouts the splice does not handle (a flow-style `rules: [...]` list or a flow top-level
  * mapping) fall back to rendering the whole edited Document, which keeps comments and key
  * order but not every space.
+ *
+ * Over 300 lines: five edits (add, replace, delete a rule; replace the file; change settings),
+ * each splicing text byte for byte, are one idea and share their span arithmetic.
  */
 import { Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import type { Node, Pair, YAMLMap, YAMLSeq } from 'yaml';

@@ -11,6 +11,9 @@
  * IPv4-mapped IPv6 turned into the IPv4 address it carries.
  *
  * Scope: pure functions, no I/O. Classifying addresses (SSRF baseline) lives in baseline.ts.
+ *
+ * Over 300 lines: every spelling of a host (IPv4 shorthand, hex and octal, IPv6 with embedded
+ * IPv4, zones, trailing dots, IDNA) must be canonicalised in one place, or the checks disagree.
  */
 import ipaddr from 'ipaddr.js';
 import { domainToASCII } from 'node:url';

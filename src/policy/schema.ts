@@ -4,6 +4,9 @@
  * the later node of a two-node problem. Every problem is reported, not only the first. Rules
  * the egress surface does not enforce are kept in the spec and counted, with a warning for an
  * egress rule whose verdict is skipped.
+ *
+ * Over 300 lines: it is the whole policy language's validation, one checker per key of
+ * policy.md, kept together so every error of a file is reported at once with its position.
  */
 import { readFile } from 'node:fs/promises';
 import type { Node, Pair } from 'yaml';

@@ -3,6 +3,9 @@
  * decision and its trace laid out per candidate address; and Replay (`POST /v1/test/replay`):
  * the draft against the last N recorded decisions, listing the calls whose verdict would
  * change. Both are developer routes (a dry run resolves names); a viewer sees why not.
+ *
+ * Over 300 lines: two forms (dry run, replay) and the per-address trace table, built with DOM
+ * calls only (no innerHTML), which is verbose by design.
  */
 import { api } from '../api.js';
 import type { Context, View } from '../context.js';
