@@ -521,23 +521,21 @@ export async function runDatapathBench(): Promise<string> {
       const r4 = s1s2Only(kind) ? NaN : await bulk(port, bulkPort, proxied, 8, BULK_BYTES / 4);
       if (reader) feedNotes.push(reader.stop(r1.total + r2.total + S2_WARMUP));
       if (target.child) await stopProcess(target.child);
-      byKind
-        .get(kind)
-        ?.push({
-          rps: r1.rps,
-          p99: r1.p99,
-          stateRps: r1State?.rps ?? NaN,
-          stateP50: r1State?.p50 ?? NaN,
-          stateP99: r1State?.p99 ?? NaN,
-          setupP50: r2.p50,
-          rpsCpu,
-          setups: r2.perSecond,
-          setupP99: r2.p99,
-          setupCpu,
-          setupBenchCpu,
-          single: r3,
-          eight: r4,
-        });
+      byKind.get(kind)?.push({
+        rps: r1.rps,
+        p99: r1.p99,
+        stateRps: r1State?.rps ?? NaN,
+        stateP50: r1State?.p50 ?? NaN,
+        stateP99: r1State?.p99 ?? NaN,
+        setupP50: r2.p50,
+        rpsCpu,
+        setups: r2.perSecond,
+        setupP99: r2.p99,
+        setupCpu,
+        setupBenchCpu,
+        single: r3,
+        eight: r4,
+      });
     }
   }
   const rss = new Map<Kind, number>();
