@@ -79,6 +79,7 @@ export class RedisConnection {
   private readonly retryTimer: NodeJS.Timeout;
   private readonly maxQueued: number;
   private closed = false;
+  private readonly readScripts = new Set<Script>();
   readonly redactedUrl: string;
 
   constructor(private readonly options: RedisConnectionOptions) {
@@ -107,7 +108,12 @@ export class RedisConnection {
       }) as unknown as RedisClientType;
     this.client = make();
     this.writer = make();
-    this.client.on('ready', () => this.setReady(true));
+    this.client.on('ready', () => {
+      // Scripts a decision's read runs, loaded before it needs them: an EVALSHA that finds no
+      // script costs a second round trip (EVAL).
+      for (const script of this.readScripts) this.client.sendCommand(['SCRIPT', 'LOAD', script.source]).catch(() => undefined);
+      this.setReady(true);
+    });
     this.client.on('end', () => this.setReady(false));
     this.client.on('reconnecting', () => this.setReady(false));
     // Without a listener an 'error' event would end the process; the message never holds the URL's password.
@@ -222,6 +228,12 @@ export class RedisConnection {
 
   private drain(): void {
     while (this.writerReady && this.queue.length > 0 && this.inFlight < MAX_IN_FLIGHT) this.send(this.queue.shift() as Write);
+  }
+
+  /** A script decisions read with: loaded on every (re)connection. */
+  loadForReads(s: Script): void {
+    this.readScripts.add(s);
+    if (this.ready) this.client.sendCommand(['SCRIPT', 'LOAD', s.source]).catch(() => undefined);
   }
 
   /** EVALSHA, loading the script with EVAL when Redis does not know it (after a restart). */

@@ -11,7 +11,12 @@
  *   a registration or announcement whose id is known adds nothing; an egress call always adds
  *   its own member (its host, address and outcome are what `after.hosts` asks about).
  *
- * A read is one ZREVRANGEBYSCORE: one round trip. Recording is a background write (never blocks).
+ * - `P hlost:K`: set when the per-key cap drops calls still inside the window: until when the
+ *   newest of them leaves it. A read answers nil (`state_unavailable`) until then, as the memory
+ *   store does: flooding a session must not push its `read_file` out of sight.
+ *
+ * A read is one script (the lost mark, then ZREVRANGEBYSCORE): one round trip. Recording is a
+ * background write (never blocks). `hids` is capped at four times the calls per key.
  *
  * Losing a write fails open (a sequence rule would not see the call), so this replica keeps what
  * it has sent and not yet seen acknowledged: a read merges the key's pending calls (a `fetch`
@@ -38,11 +43,28 @@ if ARGV[3] ~= '' then
 end
 redis.call('ZADD', KEYS[1], at, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. horizon)
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[5]) + 1))
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
+if over > 0 then
+  -- Calls still inside the window are about to go: the key cannot be vouched for until the
+  -- newest of them has left it (read answers nil until then).
+  local gone = redis.call('ZRANGE', KEYS[1], over - 1, over - 1, 'WITHSCORES')
+  local lost = tonumber(gone[2]) + tonumber(ARGV[4])
+  local prev = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if lost > prev then redis.call('SET', KEYS[3], lost, 'PX', math.max(1, lost - tonumber(ARGV[6]))) end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. horizon)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(4 * tonumber(ARGV[5]) + 1))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
+`);
+
+/** A key's calls inside the window, newest first; nil while calls inside the window were lost to the cap. */
+const READ = script(`
+local lost = tonumber(redis.call('GET', KEYS[2]) or '0')
+if lost > tonumber(ARGV[2]) then return false end
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 `);
 
 type Stored = [
@@ -72,7 +94,9 @@ export class RedisHistoryStore implements HistoryStore {
     private readonly conn: RedisConnection,
     private readonly prefix: string,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    conn.loadForReads(READ);
+  }
 
   get retentionSeconds(): number {
     return this.retentionMs / 1000;
@@ -96,7 +120,7 @@ export class RedisHistoryStore implements HistoryStore {
       call.address?.text ?? null,
       call.dispatched,
     ];
-    const keys = [`${this.prefix}hist:${key}`, `${this.prefix}hids:${key}`];
+    const keys = [`${this.prefix}hist:${key}`, `${this.prefix}hids:${key}`, `${this.prefix}hlost:${key}`];
     // `now` is read when sent, so a retried write is trimmed against the time it lands.
     const args = (now: number) => [
       JSON.stringify(stored),
@@ -145,19 +169,31 @@ export class RedisHistoryStore implements HistoryStore {
     const local = this.pending.get(key)?.filter((c) => c.at >= from) ?? [];
     return this.conn
       .read(() =>
-        this.conn.command(['ZREVRANGEBYSCORE', `${this.prefix}hist:${key}`, '+inf', String(from), 'LIMIT', '0', String(MAX_CALLS_PER_KEY)]),
+        this.conn.eval(
+          READ,
+          [`${this.prefix}hist:${key}`, `${this.prefix}hlost:${key}`],
+          [String(from), String(now), String(MAX_CALLS_PER_KEY)],
+        ),
       )
       .then((reply) => {
+        if (reply === null) return null;
         const calls: HistoryCall[] = [];
         for (const member of Array.isArray(reply) ? reply : []) {
           const call = parseStored(String(member));
           if (call) calls.push(call);
         }
         if (local.length === 0) return calls;
-        // A pending call may have landed already: a duplicate in a history changes no match.
-        return [...local, ...calls].sort((a, b) => b.at - a.at).slice(0, MAX_CALLS_PER_KEY);
+        // A pending call that has landed already is in the answer: add only the others.
+        const seen = new Set(calls.map(identity));
+        const merged = [...local.filter((c) => !seen.has(identity(c))), ...calls];
+        return merged.sort((a, b) => b.at - a.at).slice(0, MAX_CALLS_PER_KEY);
       });
   }
+}
+
+/** What tells two records of a call apart (the stored nonce aside). */
+function identity(c: HistoryCall): string {
+  return JSON.stringify([c.at, c.tool, c.callId, c.server, c.sessionId, c.host, c.address?.text ?? null, c.dispatched]);
 }
 
 function parseStored(text: string): HistoryCall | null {
