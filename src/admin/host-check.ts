@@ -95,3 +95,20 @@ export function createHostCheck(options: HostCheckOptions): (host: string | unde
     return sameHost && samePort ? { ok: true } : refused;
   };
 }
+
+/**
+ * The API (`/v1/`) refuses what a browser marks as fetched for another site's page
+ * (`Sec-Fetch-Site: cross-site` or `same-site`, ports not counting): an `<iframe>` or a
+ * navigation carries no `Origin`, so without this a page on the same host could open the
+ * tokenless viewer's event streams or read nothing but hold them (all 16). The console's own
+ * requests are `same-origin`; a typed URL is `none`; curl and scripts send no such header.
+ */
+export function checkFetchSite(secFetchSite: string | undefined): HostVerdict {
+  if (secFetchSite === undefined || secFetchSite === 'same-origin' || secFetchSite === 'none') return { ok: true };
+  return {
+    ok: false,
+    status: 403,
+    code: 'forbidden_origin',
+    message: `requests made for another site's page are refused (Sec-Fetch-Site '${secFetchSite.slice(0, 40)}')`,
+  };
+}

@@ -1,6 +1,6 @@
 /** The admin API's Host and Origin rules (host-check.ts), table-driven over listener kinds. */
 import t from 'tap';
-import { createHostCheck, parseAuthority } from '../../src/admin/host-check.js';
+import { checkFetchSite, createHostCheck, parseAuthority } from '../../src/admin/host-check.js';
 
 const local = () => new Set(['127.0.0.1', '::1', '10.0.0.7', 'fd00::7']);
 const check = (address: string, port: number, allowedHosts: string[] = []) =>
@@ -79,4 +79,19 @@ t.test('parseAuthority', async (t) => {
   t.equal(parseAuthority('a.example:0'), null);
   t.equal(parseAuthority('[nope]:1'), null);
   t.equal(parseAuthority('a%2e.example'), null);
+});
+
+t.test("Sec-Fetch-Site: the console's own requests, typed URLs and non-browsers pass; another site's page does not", async (t) => {
+  for (const [value, ok] of [
+    [undefined, true],
+    ['same-origin', true],
+    ['none', true],
+    ['same-site', false],
+    ['cross-site', false],
+    ['garbage', false],
+  ] as const) {
+    const verdict = checkFetchSite(value);
+    t.equal(verdict.ok, ok, String(value));
+    if (!verdict.ok) t.match(verdict, { status: 403, code: 'forbidden_origin' });
+  }
 });
