@@ -106,7 +106,7 @@ export async function handlePolicyRoute(ctx: RouteContext, writer: Pick<PolicyWr
     for (const key of Object.keys(body))
       if (!allowed.includes(key)) throw badRequest(`unknown field '${key.slice(0, 64)}' (accepted: ${allowed.join(', ')})`);
     if (Object.keys(body).length === 0) throw badRequest(`nothing to change: give one or more of ${allowed.join(', ')}`);
-    if (body.default_verdict !== undefined && typeof body.default_verdict !== 'string')
+    if (body.default_verdict !== undefined && body.default_verdict !== 'allow' && body.default_verdict !== 'deny')
       throw badRequest("default_verdict must be 'allow' or 'deny'");
     for (const key of ['shadow_mode', 'observe_mode'])
       if (body[key] !== undefined && typeof body[key] !== 'boolean') throw badRequest(`${key} must be true or false`);

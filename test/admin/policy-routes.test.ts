@@ -212,8 +212,17 @@ t.test('PATCH /v1/policy switches settings in place; shadow mode takes effect', 
       '# refuse what no rule allows\nshadow_mode: false\nobserve_mode: true\n',
     ),
   );
-  for (const bad of [{}, { shadow_mode: 'yes' }, { rules: [] }, { default_verdict: 3 }]) {
-    t.equal((await write(proxy, 'PATCH', '/v1/policy', await etagOf(proxy), bad)).status, 400, JSON.stringify(bad));
+  for (const bad of [
+    {},
+    { shadow_mode: 'yes' },
+    { rules: [] },
+    { default_verdict: 3 },
+    { default_verdict: 'deny\nshadow_mode: true' },
+    { default_verdict: 'audit' },
+  ]) {
+    const r = await write(proxy, 'PATCH', '/v1/policy', await etagOf(proxy), bad);
+    t.equal(r.status, 400, JSON.stringify(bad));
+    t.equal(r.json?.error?.code, 'bad_request', 'refused up front, not by validating a rendered file');
   }
 });
 
