@@ -7,7 +7,7 @@
  * unseen), a stale one a 412. The edit itself is policy-edit.ts (text in, text out), the write
  * and the load policy-writer.ts; this module reads and checks requests and shapes answers.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { applyPolicyEdit } from '../live/policy-edit.js';
 import type { PolicyEdit } from '../live/policy-edit.js';
 import type { PolicyWriter, Produce, WriteOutcome } from '../live/policy-writer.js';
@@ -17,11 +17,16 @@ import { badRequest, HttpError } from './http-error.js';
 /** What the admin server gives a route: the caller's token name once its role is checked, and a way to answer. */
 export interface RouteContext {
   readonly req: IncomingMessage;
+  readonly res: ServerResponse;
   readonly method: string;
   readonly path: string;
+  /** The request target's query (its keys checked by the admin server: known to the route, once each). */
+  readonly query: URLSearchParams;
   /** Checks the role (401/403 otherwise) and returns the token's name (null: the tokenless loopback viewer). */
   requireRole(role: 'viewer' | 'developer'): string | null;
   send(status: number, body: unknown, headers?: Record<string, string>): void;
+  /** An answer that is not JSON (the metrics text, a YAML draft). */
+  sendAs(status: number, text: string, contentType: string): void;
 }
 
 const RULE_ID = /^[\x21-\x7e]{1,200}$/;

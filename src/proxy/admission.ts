@@ -4,11 +4,14 @@
  * client identity, attribution, one policy generation, one decision (no DNS for a name refused
  * by name; one resolution otherwise). Then the per-client tunnel cap, and from there the open
  * calls (drained on shutdown) and the events every call ends with: its decision line and its
- * closed line, each under the call's own `conn_id`.
+ * closed line, each under the call's own `conn_id` (built by call-events.ts, written here).
  *
  * Threat: the guarded server chooses every header and every destination. Scope: a refusal here
  * is decided before anything is dialled or forwarded; the answer goes back through the caller
  * (connect.ts, forward.ts), which owns the socket.
+ *
+ * Longer than 300 lines on purpose: admission, the tunnel cap and the per-call events share one
+ * connection id counter and one set of open calls; splitting them would spread that state.
  */
 import { randomBytes } from 'node:crypto';
 import type { AddressClass } from '../net/baseline.js';
@@ -26,6 +29,7 @@ import { decideCall } from '../decide/decide-call.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { failure, refusal } from './answers.js';
+import { closedLine, decisionLine, refusedBeforeDecision } from './call-events.js';
 import { readHistories, recordDecided } from './call-history.js';
 import type { Histories } from './call-history.js';
 import type { Answer, CallLabel } from './answers.js';
@@ -159,17 +163,7 @@ export class Admission {
 
     const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
-      const decision: Decision = {
-        verdict: 'deny',
-        dispatched: false,
-        shadow: false,
-        reason: 'unattributed',
-        rule: null,
-        after: null,
-        addresses: [],
-        trace: [],
-        uncovered: false,
-      };
+      const decision = refusedBeforeDecision('unattributed');
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
       const admitted: Admitted = {
         connId,
@@ -261,17 +255,7 @@ export class Admission {
     const message =
       `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
       "the policy's longest window, or the state store is unavailable); refused until it can";
-    const decision: Decision = {
-      verdict: 'deny',
-      dispatched: false,
-      shadow: false,
-      reason: 'state_unavailable',
-      rule: null,
-      after: null,
-      addresses: [],
-      trace: [],
-      uncovered: false,
-    };
+    const decision = refusedBeforeDecision('state_unavailable');
     const admitted: Admitted = {
       connId,
       client,
@@ -303,17 +287,7 @@ export class Admission {
   ): AdmissionResult {
     const generation = this.options.store.current;
     const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
-    const decision: Decision = {
-      verdict: 'deny',
-      dispatched: false,
-      shadow: false,
-      reason: 'state_unavailable',
-      rule: null,
-      after: null,
-      addresses: [],
-      trace: [],
-      uncovered: false,
-    };
+    const decision = refusedBeforeDecision('state_unavailable');
     const call: Attribution = { tool: null, callId: null, sessionId: null };
     const admitted: Admitted = {
       connId,
@@ -384,21 +358,7 @@ export class Admission {
    * the ticket to pass to `ensureWritten` before the client hears of the call.
    */
   logDecision(a: Admitted, pinned: string | null, detail?: string, deferred = false): number {
-    const event = {
-      conn_id: a.connId,
-      policy_generation: a.generation,
-      decision: a.decision,
-      tool: a.call.tool,
-      call_id: a.call.callId,
-      session_id: a.call.sessionId,
-      server: a.client,
-      host: a.target.host.host,
-      port: a.target.port,
-      method: a.method,
-      pinned_address: pinned,
-      policy_digest: a.digest,
-      ...(detail ? { detail } : {}),
-    };
+    const event = decisionLine(a, pinned, detail);
     // Session history: every decided call, with the address dialled (none when refused or the dial failed).
     if (this.options.history.retentionSeconds > 0) {
       const address = pinned === null ? null : (a.candidates.find((c) => c.text === pinned) ?? null);
@@ -411,8 +371,7 @@ export class Admission {
   }
 
   closedEvent(connId: string, up: number, down: number, started: number, end: EndReason, tunnel: boolean): void {
-    const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
-    this.options.events.closed({ conn_id: connId, bytes_up: up, bytes_down: down, duration_ms: durationMs, end });
+    this.options.events.closed(closedLine(connId, up, down, started, end));
     this.options.observer?.closed?.(up, down, end, tunnel);
   }
 
