@@ -31,7 +31,7 @@ import type { Listener } from '../net/self.js';
 import type { NameResolver } from '../net/resolve.js';
 import { endCall, listCalls, registerCall, sessionHistory } from './calls-routes.js';
 import { ConsoleAssets, isConsolePath } from './console-assets.js';
-import { createHostCheck } from './host-check.js';
+import { checkFetchSite, createHostCheck } from './host-check.js';
 import { EVENTS_QUERY_KEYS, serveEvents } from './events-route.js';
 import { handlePolicyRoute } from './policy-routes.js';
 import type { RouteContext } from './policy-routes.js';
@@ -204,6 +204,8 @@ export class AdminServer {
       const url = parseTarget(req.url);
       // The console's files: after the Host/Origin check, before any route (console-assets.ts).
       if (isConsolePath(url.path)) return this.console.serve(req, res, url.path);
+      const site = checkFetchSite(req.headers['sec-fetch-site']);
+      if (!site.ok) throw new HttpError(site.status, site.code, site.message);
       checkQuery(url.path, url.query);
       const route = `${req.method} ${url.path}`;
       const { running, config, metrics } = this.deps;

@@ -424,7 +424,14 @@ rules:
       const cross = await send(port, method, path, { ...auth, origin: 'http://evil.example' }, body);
       t.equal(cross.status, 403, `${method} ${path}: a cross-site Origin`);
       t.equal(cross.json?.error?.code, 'forbidden_origin');
+      // An iframe or a navigation from another page carries no Origin, but the browser says whose page it is for.
+      for (const site of ['same-site', 'cross-site']) {
+        const framed = await send(port, method, path, { ...auth, 'sec-fetch-site': site }, body);
+        t.equal(framed.status, 403, `${method} ${path}: Sec-Fetch-Site ${site}`);
+        t.equal(framed.json?.error?.code, 'forbidden_origin');
+      }
     }
+    t.equal((await send(port, 'GET', '/v1/policy', { ...auth, 'sec-fetch-site': 'same-origin' })).status, 200, "the console's own fetch");
     t.equal(proxy.running.registry.size(), 0, 'even with a developer token, nothing was registered');
     const refused = await proxy.waitFor((e) => e.event === 'admin.refused' && e.code === 'misdirected_request' && e.target === '/v1/calls');
     t.match(refused, { status: 421, method: 'POST', host: `evil.example:${port}`, remote: '127.0.0.1' }, 'refusals are logged');
