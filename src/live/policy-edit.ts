@@ -18,22 +18,11 @@
  */
 import { Document, isMap, isScalar, isSeq, parseDocument, visit } from 'yaml';
 import type { Node, Pair, YAMLMap, YAMLSeq } from 'yaml';
+import { RULE_KEYS, TOP_KEYS } from '../policy/schema.js';
 
-/** The keys of a rule in the order the policy language documents them (new keys go in this order). */
-const RULE_KEY_ORDER = [
-  'id',
-  'priority',
-  'label',
-  'stage',
-  'tool_name_glob',
-  'server_glob',
-  'verdict',
-  'egress',
-  'egress_json',
-  'ports',
-  'after',
-];
-const TOP_KEY_ORDER = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'];
+/** The keys of a rule and of the file, in the order the policy language documents them (new keys go in this order). */
+const RULE_KEY_ORDER: readonly string[] = RULE_KEYS;
+const TOP_KEY_ORDER: readonly string[] = TOP_KEYS;
 const RENDER = { lineWidth: 0, flowCollectionPadding: false, indent: 2 } as const;
 
 export type PolicySettings = { readonly default_verdict?: string; readonly shadow_mode?: boolean; readonly observe_mode?: boolean };

@@ -17,8 +17,8 @@ import { entryWarning, parseEntry } from './entries.js';
 import { isEnforcedEgressRule, RULE_VERDICTS, STAGES } from './types.js';
 import type { AfterSpec, EgressLists, Entry, PolicySpec, RuleSpec, RuleVerdict, Stage } from './types.js';
 
-const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
-const RULE_KEYS = [
+export const TOP_KEYS = ['version', 'default_verdict', 'shadow_mode', 'observe_mode', 'rules'] as const;
+export const RULE_KEYS = [
   'id',
   'priority',
   'label',

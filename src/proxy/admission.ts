@@ -24,7 +24,7 @@ import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DialError } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
-import type { Decision, HistoryCall } from '../policy/types.js';
+import type { Decision, DecisionReason, HistoryCall } from '../policy/types.js';
 import { decideCall } from '../decide/decide-call.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
@@ -163,22 +163,16 @@ export class Admission {
 
     const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
-      const decision = refusedBeforeDecision('unattributed');
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const admitted: Admitted = {
+      const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, {
         connId,
         client,
         limitKey,
-        call,
         calls: [call],
-        generation: generation.generation,
-        digest: generation.digest,
-        decision,
-        candidates: [],
+        generation,
         target,
         method,
-      };
-      this.logDecision(admitted, null, attribution.reason);
+      });
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
@@ -240,6 +234,38 @@ export class Admission {
     return { ok: true, admitted };
   }
 
+  /** Logs the decision line of a call refused before the policy could decide it (no candidates, no address). */
+  private logRefusedBeforeDecision(
+    reason: DecisionReason,
+    why: string,
+    c: {
+      connId: string;
+      client: string;
+      limitKey: string;
+      calls: readonly Attribution[];
+      generation: PolicyGeneration;
+      target: Target;
+      method: string;
+    },
+  ): Decision {
+    const decision = refusedBeforeDecision(reason);
+    const admitted: Admitted = {
+      connId: c.connId,
+      client: c.client,
+      limitKey: c.limitKey,
+      call: c.calls[0] as Attribution,
+      calls: c.calls,
+      generation: c.generation.generation,
+      digest: c.generation.digest,
+      decision,
+      candidates: [],
+      target: c.target,
+      method: c.method,
+    };
+    this.logDecision(admitted, null, why);
+    return decision;
+  }
+
   /** Fail closed: the history a sequence clause needs cannot be read (call-history.ts); no decision is made. */
   private stateUnavailable(
     connId: string,
@@ -255,21 +281,7 @@ export class Admission {
     const message =
       `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
       "the policy's longest window, or the state store is unavailable); refused until it can";
-    const decision = refusedBeforeDecision('state_unavailable');
-    const admitted: Admitted = {
-      connId,
-      client,
-      limitKey,
-      call,
-      calls,
-      generation: generation.generation,
-      digest: generation.digest,
-      decision,
-      candidates: [],
-      target,
-      method,
-    };
-    this.logDecision(admitted, null, message);
+    this.logRefusedBeforeDecision('state_unavailable', message, { connId, client, limitKey, calls, generation, target, method });
     return failure('state_unavailable', message, this.labelFor(target, call));
   }
 
@@ -287,22 +299,8 @@ export class Admission {
   ): AdmissionResult {
     const generation = this.options.store.current;
     const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
-    const decision = refusedBeforeDecision('state_unavailable');
     const call: Attribution = { tool: null, callId: null, sessionId: null };
-    const admitted: Admitted = {
-      connId,
-      client,
-      limitKey,
-      call,
-      calls: [call],
-      generation: generation.generation,
-      digest: generation.digest,
-      decision,
-      candidates: [],
-      target,
-      method,
-    };
-    this.logDecision(admitted, null, why);
+    this.logRefusedBeforeDecision('state_unavailable', why, { connId, client, limitKey, calls: [call], generation, target, method });
     this.options.observer?.failure?.('state_unavailable');
     return {
       ok: false,
