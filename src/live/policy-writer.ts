@@ -74,6 +74,12 @@ export interface PolicyWriterDeps {
 
 const READ_ONLY_CODES = new Set(['EROFS', 'EACCES', 'EPERM']);
 
+/** A write that failed: 409 when the file or its directory cannot be written here, else 500. */
+function writeFailed(file: string, code: string, err: unknown): WriteFailure {
+  if (READ_ONLY_CODES.has(code)) return readOnly(file, code);
+  return { ok: false, status: 500, code: 'policy_write_failed', message: `cannot write the policy file ${file}: ${code || String(err)}` };
+}
+
 function readOnly(file: string, why: string): WriteFailure {
   return {
     ok: false,
@@ -194,13 +200,7 @@ export class PolicyWriter {
       await access(dirname(real), constants.W_OK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? '';
-      if (READ_ONLY_CODES.has(code)) return readOnly(file, code);
-      return {
-        ok: false,
-        status: 500,
-        code: 'policy_write_failed',
-        message: `cannot write the policy file ${file}: ${code || String(err)}`,
-      };
+      return writeFailed(file, code, err);
     }
     const tmp = join(dirname(real), `.${basename(real)}.${randomBytes(6).toString('hex')}.tmp`);
     let created = false;
@@ -233,13 +233,7 @@ export class PolicyWriter {
       if (created) await unlink(tmp).catch(() => undefined);
       if (announced) this.deps.expectDigest?.(expected);
       const code = (err as NodeJS.ErrnoException).code ?? '';
-      if (READ_ONLY_CODES.has(code)) return readOnly(file, code);
-      return {
-        ok: false,
-        status: 500,
-        code: 'policy_write_failed',
-        message: `cannot write the policy file ${file}: ${code || String(err)}`,
-      };
+      return writeFailed(file, code, err);
     }
     // The rename itself is durable only once the directory is; some filesystems refuse a directory fsync.
     try {

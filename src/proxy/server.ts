@@ -18,18 +18,13 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { ProxyConfig } from '../config/proxy-config.js';
-import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
-import type { NameResolver } from '../net/resolve.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
-import type { EventSink } from '../events/events.js';
-import type { PolicyStore } from '../live/policy-store.js';
 import { destroyWhenFlushed, failure, sendRawAnswer } from './answers.js';
 import type { ErrorCode } from './answers.js';
 import { Admission } from './admission.js';
-import type { ProxyObserver } from './admission.js';
+import type { AdmissionOptions } from './admission.js';
 import { ConnectPath, destroyOnError } from './connect.js';
 import { armHeadDeadline, clearHeadDeadline, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
@@ -38,20 +33,11 @@ import { admitPipelined } from './pipeline.js';
 
 export type { ProxyObserver } from './admission.js';
 
-export interface ProxyServerOptions {
-  readonly config: ProxyConfig;
-  readonly store: PolicyStore;
-  readonly resolver: NameResolver;
-  readonly registry: CallStore;
-  readonly events: EventSink;
-  readonly discovered: DiscoveredLog;
-  /** Session history: every decided call is recorded; read when the policy has sequence clauses. */
-  readonly history: HistoryStore;
+/** What the server needs: the admission's dependencies (it derives the baseline's `classify` itself), and its other listeners. */
+export type ProxyServerOptions = Omit<AdmissionOptions, 'classify'> & {
   /** Other sockets of this process the proxy must never dial (the admin listener). */
   readonly otherListeners?: () => ReadonlyArray<{ address: string; port: number }>;
-  /** Observes every finished decision and closed call (metrics). */
-  readonly observer?: ProxyObserver;
-}
+};
 
 /** Requests read on a connection and not yet answered (watchNextHead). */
 const UNANSWERED = Symbol('unanswered requests');
