@@ -49,7 +49,7 @@ export function parseFeedFilter(query: URLSearchParams): FeedFilter {
 /** null without a filter: every decision, and the recorded ones need not be parsed back. */
 export function feedMatcher(f: FeedFilter): FeedMatcher {
   if (f.verdicts === null && f.tool === null && f.server === null && f.host === null) return null;
-  return (e) =>
+  return (e: DecisionEvent) =>
     (f.verdicts === null || f.verdicts.has(e.decision.verdict)) &&
     (f.tool === null || e.tool === f.tool) &&
     (f.server === null || e.server === f.server) &&
