@@ -30,7 +30,9 @@ export class LineRing {
     readonly capacity: number,
     byteSize: number,
   ) {
-    this.bytes = Buffer.allocUnsafeSlow(byteSize);
+    // Touched now (filled), not as lines arrive: a fixed footprint from the start, not memory
+    // that seems to grow with the first calls.
+    this.bytes = Buffer.allocUnsafeSlow(byteSize).fill(0);
     this.starts = new Int32Array(capacity);
     this.lengths = new Int32Array(capacity);
     this.ats = new Float64Array(capacity);

@@ -17,15 +17,16 @@ import { randomBytes } from 'node:crypto';
 import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { attribute } from '../attribution/attribute.js';
-import type { Attribution } from '../attribution/attribute.js';
+import type { Attribution, AttributionResult } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
-import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore, MaybePromise } from '../state/types.js';
 import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DialError } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { Decision, DecisionReason, HistoryCall } from '../policy/types.js';
 import { decideCall } from '../decide/decide-call.js';
+import type { CallOutcome } from '../decide/decide-call.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { failure, refusal } from './answers.js';
@@ -82,6 +83,15 @@ export interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
+/** A call being admitted, before its decision: who, where, and its own `conn_id`. */
+interface CallUnderWay {
+  readonly connId: string;
+  readonly client: string;
+  readonly limitKey: string;
+  readonly target: Target;
+  readonly method: string;
+}
+
 /** The history of every call when the policy has no sequence clause: one shared empty array, not one per call. */
 const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 
@@ -119,7 +129,11 @@ export class Admission {
     return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
   }
 
-  async admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): Promise<AdmissionResult> {
+  /**
+   * Admits one call. Answers at once when nothing is awaited (the memory store, an IP literal or
+   * a cached answer): a promise only when a shared store, a DNS query or a history read needs one.
+   */
+  admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): MaybePromise<AdmissionResult> {
     const { config, events } = this.options;
     const connId = this.nextConnId();
     // A scan of the raw list: cheaper than building req.headersDistinct for a few names.
@@ -143,69 +157,70 @@ export class Admission {
         }),
       };
     }
-    const client = identity.client;
-    const limitKey = identity.limitKey;
+    const call: CallUnderWay = { connId, client: identity.client, limitKey: identity.limitKey, target, method };
     const headerNames = {
       tool: config.attribution.toolHeader,
       call: config.attribution.callHeader,
       session: config.attribution.sessionHeader,
     };
-    let attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
+    const attribution = attribute(headerValues, call.client, headerNames, config.attribution.trust, this.options.registry);
     // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
-    if (attribution instanceof Promise) {
-      try {
-        attribution = await attribution;
-      } catch (err) {
-        return this.registrationsUnavailable(connId, client, limitKey, target, method, err);
-      }
-    }
-    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
+    if (attribution instanceof Promise)
+      return attribution.then(
+        (a) => this.attributed(call, a),
+        (err: unknown) => this.registrationsUnavailable(call, err),
+      );
+    return this.attributed(call, attribution);
+  }
 
+  /** The call's attribution is known: read the histories a sequence clause needs, then decide. */
+  private attributed(c: CallUnderWay, attribution: AttributionResult): MaybePromise<AdmissionResult> {
+    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(c.connId, attribution.reason, c.target, c.method) };
     const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, {
-        connId,
-        client,
-        limitKey,
-        calls: [call],
-        generation,
-        target,
-        method,
-      });
-      return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
+      const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, c, [call], generation);
+      const answer = refusal(decision, this.labelFor(c.target, call), this.options.config.denyStatus, attribution.reason);
+      return { ok: false, answer };
     }
-
     // History only when a rule has a sequence clause (call-history.ts); otherwise one shared empty one.
     const now = Date.now();
-    let histories: Histories | null = null;
-    if (generation.policy.hasSequenceRules) {
-      let read = readHistories(this.options.history, attribution.calls, client, now);
-      if (read instanceof Promise) read = await read;
-      if (read === null)
-        return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
-      histories = read;
-    }
-    const contexts = attribution.calls.map((c, i) => {
+    if (!generation.policy.hasSequenceRules) return this.decide(c, attribution.calls, generation, null, now);
+    const read = readHistories(this.options.history, attribution.calls, c.client, now);
+    const withHistories = (histories: Histories | null): MaybePromise<AdmissionResult> =>
+      histories === null
+        ? { ok: false, answer: this.stateUnavailable(c, attribution.calls, generation) }
+        : this.decide(c, attribution.calls, generation, histories, now);
+    return read instanceof Promise ? read.then(withHistories) : withHistories(read);
+  }
+
+  private decide(
+    c: CallUnderWay,
+    calls: readonly Attribution[],
+    generation: PolicyGeneration,
+    histories: Histories | null,
+    now: number,
+  ): MaybePromise<AdmissionResult> {
+    const contexts = calls.map((call, i) => {
       const history = histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY;
-      return { tool: c.tool, server: client, port: target.port, callId: c.callId, now, history };
+      return { tool: call.tool, server: c.client, port: c.target.port, callId: call.callId, now, history };
     });
-    const outcome = await decideCall(generation.policy, contexts, target, {
+    const outcome = decideCall(generation.policy, contexts, c.target, {
       resolver: this.options.resolver,
       classify: this.options.classify,
     });
-    const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
+    return outcome instanceof Promise
+      ? outcome.then((o) => this.decided(c, calls, generation, o))
+      : this.decided(c, calls, generation, outcome);
+  }
+
+  private decided(c: CallUnderWay, calls: readonly Attribution[], generation: PolicyGeneration, outcome: CallOutcome): AdmissionResult {
+    const { events, config } = this.options;
+    const call = calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
     if (outcome.kind === 'dns_error') {
-      const fields = {
-        conn_id: connId,
-        code: 'dns_error',
-        dns: outcome.error.kind,
-        host: target.host.host,
-        port: target.port,
-        method,
-        server: client,
-      };
+      const { connId, target, method, client } = c;
+      const fields = { conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client };
       events.error({ ...fields, tool: call.tool, call_id: call.callId }, outcome.error.message);
       this.options.observer?.failure?.('dns_error');
       return {
@@ -214,22 +229,22 @@ export class Admission {
       };
     }
     const admitted: Admitted = {
-      connId,
-      client,
-      limitKey,
+      connId: c.connId,
+      client: c.client,
+      limitKey: c.limitKey,
       call,
-      calls: attribution.calls,
+      calls,
       generation: generation.generation,
       digest: generation.digest,
       decision: outcome.decision,
       candidates: outcome.candidates,
-      target,
-      method,
+      target: c.target,
+      method: c.method,
     };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
-      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
+      return { ok: false, answer: refusal(outcome.decision, this.labelFor(c.target, call), config.denyStatus) };
     }
     return { ok: true, admitted };
   }
@@ -238,25 +253,19 @@ export class Admission {
   private logRefusedBeforeDecision(
     reason: DecisionReason,
     why: string,
-    c: {
-      connId: string;
-      client: string;
-      limitKey: string;
-      calls: readonly Attribution[];
-      generation: PolicyGeneration;
-      target: Target;
-      method: string;
-    },
+    c: CallUnderWay,
+    calls: readonly Attribution[],
+    generation: PolicyGeneration,
   ): Decision {
     const decision = refusedBeforeDecision(reason);
     const admitted: Admitted = {
       connId: c.connId,
       client: c.client,
       limitKey: c.limitKey,
-      call: c.calls[0] as Attribution,
-      calls: c.calls,
-      generation: c.generation.generation,
-      digest: c.generation.digest,
+      call: calls[0] as Attribution,
+      calls,
+      generation: generation.generation,
+      digest: generation.digest,
       decision,
       candidates: [],
       target: c.target,
@@ -267,44 +276,29 @@ export class Admission {
   }
 
   /** Fail closed: the history a sequence clause needs cannot be read (call-history.ts); no decision is made. */
-  private stateUnavailable(
-    connId: string,
-    client: string,
-    limitKey: string,
-    calls: readonly Attribution[],
-    generation: PolicyGeneration,
-    target: Target,
-    method: string,
-  ): Answer {
+  private stateUnavailable(c: CallUnderWay, calls: readonly Attribution[], generation: PolicyGeneration): Answer {
     const call = calls[0] as Attribution;
-    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${client}`;
+    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${c.client}`;
     const message =
       `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
       "the policy's longest window, or the state store is unavailable); refused until it can";
-    this.logRefusedBeforeDecision('state_unavailable', message, { connId, client, limitKey, calls, generation, target, method });
-    return failure('state_unavailable', message, this.labelFor(target, call));
+    this.logRefusedBeforeDecision('state_unavailable', message, c, calls, generation);
+    return failure('state_unavailable', message, this.labelFor(c.target, call));
   }
 
   /**
    * Fail closed: attribution needed the registered calls and the shared store could not give
    * them (down, or slower than `state.timeout_ms`): refused with 503 `state_unavailable`.
    */
-  private registrationsUnavailable(
-    connId: string,
-    client: string,
-    limitKey: string,
-    target: Target,
-    method: string,
-    err: unknown,
-  ): AdmissionResult {
+  private registrationsUnavailable(c: CallUnderWay, err: unknown): AdmissionResult {
     const generation = this.options.store.current;
     const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
     const call: Attribution = { tool: null, callId: null, sessionId: null };
-    this.logRefusedBeforeDecision('state_unavailable', why, { connId, client, limitKey, calls: [call], generation, target, method });
+    this.logRefusedBeforeDecision('state_unavailable', why, c, [call], generation);
     this.options.observer?.failure?.('state_unavailable');
     return {
       ok: false,
-      answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)),
+      answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(c.target)),
     };
   }
 
