@@ -191,7 +191,8 @@ export async function monitorRedis(t: { teardown(fn: () => unknown): void }, por
     for (const line of lines) {
       if (line === '+OK') ok();
       // +1733000000.123456 [0 127.0.0.1:40000] "evalsha" "..." ...; a script's own commands say [0 lua].
-      else if (line.startsWith('+') && !/^\+[\d.]+ \[\d+ lua\]/.test(line)) seen.push([...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1] as string));
+      else if (line.startsWith('+') && !/^\+[\d.]+ \[\d+ lua\]/.test(line))
+        seen.push([...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1] as string));
     }
   });
   socket.on('error', () => {});

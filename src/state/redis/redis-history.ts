@@ -268,8 +268,10 @@ export class RedisHistoryStore implements HistoryStore {
       )
       .then(
         (reply) => {
+          // Completed before the read is done: what it merges may be pruned once it is.
+          const history = this.completed(key, reply, out.tick, from, now);
           this.readDone(out);
-          return this.completed(key, reply, out.tick, from, now);
+          return history;
         },
         (err: unknown) => {
           this.readDone(out);
@@ -295,8 +297,9 @@ export class RedisHistoryStore implements HistoryStore {
       .read(() => this.conn.eval(READ_WITH_REGISTRATIONS, [registrationsKey(this.prefix, lookup.client)], args))
       .then(
         (reply) => {
+          const found = this.withRegistrations(lookup, reply, out.tick, from, now);
           this.readDone(out);
-          return this.withRegistrations(lookup, reply, out.tick, from, now);
+          return found;
         },
         (err: unknown) => {
           this.readDone(out);
@@ -334,9 +337,10 @@ export class RedisHistoryStore implements HistoryStore {
 
   /** A key's history from READ's answer, merged with this replica's calls pending when the read was sent. */
   private completed(key: string, reply: unknown, sentAt: number, from: number, now: number): readonly HistoryCall[] | null {
-    if (reply === null || reply === undefined || !this.vouched(key, now)) return null;
+    // Nil (calls lost to the cap), or anything but a list: not vouched for.
+    if (!Array.isArray(reply) || !this.vouched(key, now)) return null;
     const calls: HistoryCall[] = [];
-    for (const member of Array.isArray(reply) ? reply : []) {
+    for (const member of reply) {
       const call = parseStored(String(member));
       if (call) calls.push(call);
     }
