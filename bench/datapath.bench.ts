@@ -27,6 +27,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createState } from '../src/state/create-state.js';
+import type { State } from '../src/state/create-state.js';
+import { historyKey } from '../src/state/types.js';
 import { median, summarize, table } from './stats.js';
 
 const HOST = '127.0.0.1';
@@ -189,19 +191,62 @@ async function s2(
   return { perSecond: total / ((performance.now() - started) / 1000), p50: summary.median, p99: summary.p99, total };
 }
 
-/** The p50 of the read a call without attribution headers waits on (RedisCallStore.open), in a row. */
-async function decisionReadMs(url: string): Promise<number> {
+interface DecisionReads {
+  /** A call without attribution headers: the client's open calls (RedisCallStore.open, one HGETALL). */
+  open: number;
+  /** `trust: registered` with sequence rules, as before: the registration (HGET), then its session's history (a script). */
+  inTurn: number;
+  /** The same in one script (RedisHistoryStore.readWithRegistrations), as the data path now reads it. */
+  combined: number;
+}
+
+/**
+ * The p50 of the reads a decision waits on, each in a row of 2,000 after 200 unmeasured, the
+ * three kinds alternating so that a noisy neighbour weighs on each alike. The session's history
+ * holds 20 calls (a `read_file` among them), as a sequence rule would see it.
+ */
+async function decisionReadMs(url: string): Promise<DecisionReads> {
   const state = await createState({ store: 'redis', redisUrl: url, keyPrefix: 'bench-read:', timeoutMs: 1000 }, { defaultTtlMs: 60_000 });
   while (!state.up) await new Promise((r) => setTimeout(r, 10));
-  await state.calls.register({ callId: 'c1', tool: 'bench', client: '127.0.0.1' });
-  const times: number[] = [];
+  const history = state.history as NonNullable<State['history']>;
+  history.setRetention(600);
+  const client = '127.0.0.1';
+  await state.calls.register({ callId: 'c1', tool: 'bench', client, sessionId: 'agent-1' });
+  for (let i = 0; i < 20; i++)
+    history.record({
+      at: Date.now(),
+      tool: i === 0 ? 'read_file' : 'bench',
+      callId: `h${i}`,
+      server: client,
+      sessionId: 'agent-1',
+      host: null,
+      address: null,
+      dispatched: null,
+    });
+  while (state.queuedWrites > 0) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 100));
+  const query = { client, callId: 'c1', fallbackKey: historyKey(null, client) };
+  const reads: Record<keyof DecisionReads, () => unknown> = {
+    open: () => state.calls.open(client),
+    inTurn: async () => {
+      const call = await state.calls.find(client, 'c1');
+      return history.read(historyKey(call?.sessionId ?? null, client), Date.now());
+    },
+    combined: async () => {
+      const found = await history.readWithRegistrations?.(state.calls, query, Date.now());
+      if (found?.histories[0]?.length !== 20) throw new Error('the combined read did not find the history');
+    },
+  };
+  const times: Record<keyof DecisionReads, number[]> = { open: [], inTurn: [], combined: [] };
   for (let i = 0; i < 2200; i++) {
-    const t0 = performance.now();
-    await state.calls.open('127.0.0.1');
-    if (i >= 200) times.push(performance.now() - t0);
+    for (const kind of Object.keys(reads) as Array<keyof DecisionReads>) {
+      const t0 = performance.now();
+      await reads[kind]();
+      if (i >= 200) times[kind].push(performance.now() - t0);
+    }
   }
   await state.close();
-  return summarize(times).median;
+  return { open: summarize(times.open).median, inTurn: summarize(times.inTurn).median, combined: summarize(times.combined).median };
 }
 
 /**
@@ -506,8 +551,9 @@ export async function runDatapathBench(): Promise<string> {
       const cpu = () => (pid === undefined ? 0 : cpuMs(pid));
       let c0 = cpu();
       const r1 = await s1(port, upstreamPort, proxied);
-      const r1State = kind === 'egress' || kind === 'egress-redis' ? await s1(port, upstreamPort, proxied, false) : null;
+      // The CPU of S1's own requests (the run without the tool header is not counted in it).
       const rpsCpu = ((cpu() - c0) * 1000) / r1.total;
+      const r1State = kind === 'egress' || kind === 'egress-redis' ? await s1(port, upstreamPort, proxied, false) : null;
       // Warm-up first, as S1 has: the JIT compiles the CONNECT path during the first thousands of
       // tunnels, and a short count would measure compilation more than the proxy.
       await s2(proxied ? port : upstreamPort, upstreamPort, proxied, S2_WARMUP);
@@ -540,7 +586,7 @@ export async function runDatapathBench(): Promise<string> {
   }
   const rss = new Map<Kind, number>();
   for (const kind of kinds) if (kind !== 'direct' && kind !== 'egress-redis' && !s1s2Only(kind)) rss.set(kind, await s5(kind, holdPort));
-  const readMs = redis ? await decisionReadMs(redis.url) : NaN;
+  const readMs = redis ? await decisionReadMs(redis.url) : null;
   if (profile) {
     // BENCH_PROFILE_KIND=egress-redis profiles the proxy with its state in Redis instead.
     const profileDir = await mkdtemp(join(tmpdir(), 'mep-prof-'));
@@ -612,7 +658,6 @@ export async function runDatapathBench(): Promise<string> {
       `egress-events / egress, median of the per-round ratios: S1 ${ratioOf('egress-events', 'egress', (r) => r.rps)}, S2 ${ratioOf('egress-events', 'egress', (r) => r.setups)} (target: within noise, about 1)`,
     );
   }
-  if (!kinds.includes('proxy-chain') || !kinds.includes('egress')) return [...out, profileText].join('\n');
   const ratio = (pick: (r: Round) => number) => {
     if (!byKind.get('proxy-chain')?.length || !byKind.get('egress')?.length) return 'n/a';
     const per = Array.from(
@@ -621,12 +666,13 @@ export async function runDatapathBench(): Promise<string> {
     );
     return `${median(per).toFixed(2)}x (rounds ${Math.min(...per).toFixed(2)}-${Math.max(...per).toFixed(2)})`;
   };
-  out.push(
-    '',
-    `egress / proxy-chain, median of the per-round ratios: S1 ${ratio((r) => r.rps)} (target >= 2), S2 ${ratio((r) => r.setups)} (target >= 1.1), ` +
-      `S3 ${ratio((r) => r.single)}, S4 ${ratio((r) => r.eight)} (targets >= 1), S5 ${((rss.get('egress') ?? NaN) / 1024).toFixed(1)} KiB (target <= 20)`,
-  );
-  if (redis) {
+  if (kinds.includes('proxy-chain') && kinds.includes('egress'))
+    out.push(
+      '',
+      `egress / proxy-chain, median of the per-round ratios: S1 ${ratio((r) => r.rps)} (target >= 2), S2 ${ratio((r) => r.setups)} (target >= 1.1), ` +
+        `S3 ${ratio((r) => r.single)}, S4 ${ratio((r) => r.eight)} (targets >= 1), S5 ${((rss.get('egress') ?? NaN) / 1024).toFixed(1)} KiB (target <= 20)`,
+    );
+  if (redis && readMs && kinds.includes('egress') && kinds.includes('egress-redis')) {
     const s = (kind: Kind) => [
       kind,
       med(kind, (r) => r.rps).toFixed(0),
@@ -657,7 +703,8 @@ export async function runDatapathBench(): Promise<string> {
       ),
       '',
       `Redis's added latency per call that needs state (median, redis - memory): S1 p50 ${added((r) => r.stateP50)} ms, S2 p50 ${added((r) => r.setupP50)} ms; ` +
-        `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs); the decision's read itself (the store's open(), one HGETALL with its timeout, p50 of 2,000 in a row): ${readMs.toFixed(3)} ms. Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,
+        `a loopback Redis round trip alone: ${redis.roundTripMs.toFixed(3)} ms (p50 of 2,000 PINGs); the decision's read itself (the store's open(), one HGETALL with its timeout, p50 of 2,000 in a row): ${readMs.open.toFixed(3)} ms. Calls with a tool header need no state: S1 req/s ${med('egress-redis', (r) => r.rps).toFixed(0)} vs ${med('egress', (r) => r.rps).toFixed(0)}.`,
+      `trust: registered with sequence rules, the decision's reads (p50 of 2,000, alternating): the registration then its session's history in turn ${readMs.inTurn.toFixed(3)} ms (two round trips, before), in one script ${readMs.combined.toFixed(3)} ms (one round trip, now).`,
     );
   }
   if (profileText) out.push('', profileText);

@@ -7,11 +7,11 @@
  * unknown or expired call id is refused as `unattributed`. Without any attribution the call is
  * evaluated with no tool, which only `*` globs match.
  *
- * A registration lookup answers at once from the memory store and with a promise from Redis
- * (which rejects with `StateUnavailableError` when it cannot answer): no promise is made when
- * the store answers at once or when no lookup is needed.
+ * This module is the rule, without I/O: what the headers decide, and what a registration
+ * lookup's answer means. The lookup itself (with the histories a decision needs, in one round
+ * trip to a shared store) is decision-reads.ts.
  */
-import type { CallStore, MaybePromise, RegisteredCall } from '../state/types.js';
+import type { RegisteredCall } from '../state/types.js';
 
 export interface Attribution {
   readonly tool: string | null;

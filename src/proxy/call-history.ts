@@ -8,7 +8,6 @@
  */
 import type { Attribution } from '../attribution/attribute.js';
 import type { IpAddress } from '../net/address.js';
-import type { HistoryCall } from '../policy/types.js';
 import type { HistoryStore } from '../state/types.js';
 
 /**

@@ -17,7 +17,7 @@ import { RedisConnection } from '../../src/state/redis/connection.js';
 import { RedisCallStore } from '../../src/state/redis/redis-calls.js';
 import { MAX_UNRELIABLE_KEYS, RedisHistoryStore } from '../../src/state/redis/redis-history.js';
 import { historyKey, StateUnavailableError } from '../../src/state/types.js';
-import type { CallStore, DiscoveredDestination } from '../../src/state/types.js';
+import type { CallStore, DiscoveredDestination, RegistrationsWithHistories } from '../../src/state/types.js';
 import { missing } from '../helpers/requires.js';
 import { delayingRelay, startRedis } from '../helpers/redis.js';
 import { TLS } from '../helpers/upstream.js';
@@ -510,10 +510,11 @@ t.test('redis combined read: registrations with their histories, pending calls m
     dispatched: null,
   });
   const ask = (callId: string | null) =>
-    history.readWithRegistrations(calls, { client: 'srv', callId, fallbackKey: historyKey(null, 'srv') }, now) as Promise<{
-      calls: Array<{ callId: string; sessionId: string | null }>;
-      histories: Array<HistoryCall[] | null>;
-    }>;
+    history.readWithRegistrations(
+      calls,
+      { client: 'srv', callId, fallbackKey: historyKey(null, 'srv') },
+      now,
+    ) as Promise<RegistrationsWithHistories>;
   const answer = async (reply: unknown) => {
     await sleep(0);
     replies.shift()?.(reply);
@@ -578,4 +579,5 @@ t.test('redis combined read: registrations with their histories, pending calls m
   const dropped = ask('f4');
   await answer([['f4', stored('fetch', 's4', now - 5), 'session:s4', []]]);
   t.same((await dropped).histories, [null], 'a key with a dropped write is not vouched for');
+  t.equal((history as unknown as { pending: Map<string, unknown> }).pending.size, 0, 'nothing pending kept once every read is answered');
 });
