@@ -408,6 +408,7 @@ export function topFunctions(dir: string): string {
     ['event lines (formatting and writing)', /dist\/src\/proxy\/(events|event-destination)\.js/],
     ['attribution and identity', /dist\/src\/attribution\//],
     ['metrics (prom-client)', /dist\/src\/admin\/metrics\.js/],
+    ['shared state (@redis/client, src/state/redis)', /node_modules\/@redis\/|dist\/src\/state\/redis\//],
   ];
   const inArea = new Array<number>(areas.length).fill(0);
   const self = new Map<string, number>();
@@ -439,7 +440,7 @@ export function topFunctions(dir: string): string {
     .slice(0, 15)
     .map(([k, v]) => [`${((100 * v) / total).toFixed(1)}%`, k]);
   return [
-    `CPU profile of mcp-egress-proxy during S1 (${file}), self time:`,
+    `CPU profile of mcp-egress-proxy (${process.env.BENCH_PROFILE_KIND === 'egress-redis' ? 'egress-redis' : 'egress'}) during S1 (${file}), self time:`,
     '',
     table(['self', 'function'], rows),
     '',
