@@ -10,7 +10,7 @@ import t from 'tap';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
-import { monitorRedis, startRedis } from '../helpers/redis.js';
+import { delayingRelay, monitorRedis, startRedis } from '../helpers/redis.js';
 import { missing } from '../helpers/requires.js';
 import { startUpstream } from '../helpers/upstream.js';
 
@@ -168,3 +168,44 @@ for (const c of cases) {
     else t.ok(sent.includes('history write'), 'the decided call is recorded (in the background)');
   });
 }
+
+t.test('the combined read fails closed: slower than timeout_ms or down, 503 state_unavailable; heals by itself', { skip }, async (t) => {
+  const redis = await startRedis(t);
+  const relay = await delayingRelay(t, redis.port);
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const target = `127.0.0.1:${upstream.port}`;
+  const config = [
+    'attribution: {trust: registered}',
+    `auth: {users: [{name: team-a, password_sha256: ${sha('pa')}}]}`,
+    `admin: {listen: "127.0.0.1:0", tokens: [{name: gateway, sha256: ${sha(GATEWAY)}, role: developer}]}`,
+    `state: {store: redis, redis_url: "redis://127.0.0.1:${relay.port}/0", timeout_ms: 150}`,
+  ].join('\n');
+  const proxy = await startTestProxyFor(t, { policy: SEQUENCE, config });
+  while (!proxy.running.state.up) await sleep(10);
+  t.equal(await admin(proxy, 'POST', '/v1/calls', { client: 'team-a', session_id: 'agent-1', call_id: FETCH, tool: 'fetch' }), 201);
+  const fetchCall = () => rawRequest(proxy.port, getRequest(`http://${target}/`, target, `${asA}x-mcp-call-id: ${FETCH}\r\n`));
+  t.equal((await fetchCall()).status, 200, 'no read yet: served');
+
+  relay.delayMs = 1000;
+  const started = Date.now();
+  const slow = await fetchCall();
+  t.equal(slow.status, 503, 'slower than timeout_ms: refused');
+  t.ok(Date.now() - started < 900, 'at about timeout_ms');
+  t.match(JSON.parse(slow.body).error, { code: 'state_unavailable', reason: 'state_unavailable' });
+  t.match(proxy.events('egress.decision').at(-1), { reason: 'state_unavailable', dispatched: false });
+  relay.delayMs = 0;
+  await sleep(1100);
+
+  await redis.stop();
+  while (proxy.running.state.up) await sleep(10);
+  const down = await fetchCall();
+  t.equal(down.status, 503, 'down: refused');
+  t.match(JSON.parse(down.body).error, { code: 'state_unavailable' });
+  await redis.restart();
+  while (!proxy.running.state.up) await sleep(20);
+  // Redis restarted empty: the registration is gone, so the call is unattributed (not allowed).
+  const after = await fetchCall();
+  t.equal(after.status, 403, 'back: decided again (the registration died with Redis: unattributed)');
+  t.match(JSON.parse(after.body).error, { reason: 'unattributed' });
+});
