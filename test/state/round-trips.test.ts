@@ -3,7 +3,8 @@
  * needs state, none for a call that needs none. Counted by Redis itself (MONITOR lists every
  * command it executes; a script's own commands are left out, only its EVALSHA counts). Two replicas
  * on one Redis: the calls are registered through A and decided through B, so what B reads comes
- * from Redis, not from anything A or B holds in memory.
+ * from Redis, not from anything A or B holds in memory. Then the combined read's faults: slow
+ * and down, refused `state_unavailable`.
  */
 import { createHash } from 'node:crypto';
 import t from 'tap';
