@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
-import { attribute } from '../attribution/attribute.js';
+import { readForDecision } from '../attribution/decision-reads.js';
 import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
 import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
@@ -30,8 +30,7 @@ import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { failure, refusal } from './answers.js';
 import { closedLine, decisionLine, refusedBeforeDecision } from './call-events.js';
-import { readHistories, recordDecided } from './call-history.js';
-import type { Histories } from './call-history.js';
+import { recordDecided } from './call-history.js';
 import type { Answer, CallLabel } from './answers.js';
 
 /** Observes every finished decision and closed call (metrics). */
@@ -150,18 +149,29 @@ export class Admission {
       call: config.attribution.callHeader,
       session: config.attribution.sessionHeader,
     };
-    let attribution = attribute(headerValues, client, headerNames, config.attribution.trust, this.options.registry);
-    // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
-    if (attribution instanceof Promise) {
+    // The generation whose needs are read is the one that decides. Attribution and, with sequence
+    // clauses, histories: one read (decision-reads.ts); only a shared store answers with a promise,
+    // and then the decision waits (at most state.timeout_ms).
+    const generation = this.options.store.current;
+    const now = Date.now();
+    let reads = readForDecision(headerValues, client, {
+      names: headerNames,
+      trust: config.attribution.trust,
+      registry: this.options.registry,
+      history: this.options.history,
+      withHistories: generation.policy.hasSequenceRules,
+      now,
+    });
+    if (reads instanceof Promise) {
       try {
-        attribution = await attribution;
+        reads = await reads;
       } catch (err) {
         return this.registrationsUnavailable(connId, client, limitKey, target, method, err);
       }
     }
+    const attribution = reads.attribution;
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
 
-    const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
       const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, {
@@ -176,16 +186,10 @@ export class Admission {
       return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
     }
 
-    // History only when a rule has a sequence clause (call-history.ts); otherwise one shared empty one.
-    const now = Date.now();
-    let histories: Histories | null = null;
-    if (generation.policy.hasSequenceRules) {
-      let read = readHistories(this.options.history, attribution.calls, client, now);
-      if (read instanceof Promise) read = await read;
-      if (read === null)
-        return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
-      histories = read;
-    }
+    // History only when a rule has a sequence clause; otherwise one shared empty one.
+    const histories = reads.histories;
+    if (generation.policy.hasSequenceRules && histories === null)
+      return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
     const contexts = attribution.calls.map((c, i) => {
       const history = histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY;
       return { tool: c.tool, server: client, port: target.port, callId: c.callId, now, history };
