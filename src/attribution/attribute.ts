@@ -7,11 +7,11 @@
  * unknown or expired call id is refused as `unattributed`. Without any attribution the call is
  * evaluated with no tool, which only `*` globs match.
  *
- * A registration lookup answers at once from the memory store and with a promise from Redis
- * (which rejects with `StateUnavailableError` when it cannot answer): no promise is made when
- * the store answers at once or when no lookup is needed.
+ * This module is the rule, without I/O: what the headers decide, and what a registration
+ * lookup's answer means. The lookup itself (with the histories a decision needs, in one round
+ * trip to a shared store) is decision-reads.ts.
  */
-import type { CallStore, MaybePromise, RegisteredCall } from '../state/types.js';
+import type { RegisteredCall } from '../state/types.js';
 
 export interface Attribution {
   readonly tool: string | null;
@@ -44,13 +44,21 @@ function single(get: HeaderGetter, name: string): string | null | { error: strin
   return value;
 }
 
-export function attribute(
+/** What the headers leave to the registry: one call id's registration (`find`), or the client's open calls. */
+export interface RegistrationLookup {
+  readonly kind: 'lookup';
+  /** The call id to find (`trust: registered`), or null for every open call of the client. */
+  readonly callId: string | null;
+  /** The session of the call when no open call is found (the header's under `trust: header`; none under `registered`). */
+  readonly fallbackSessionId: string | null;
+}
+
+/** The headers' part of attribution (no I/O): a result, or the registration lookup still needed. */
+export function attributionFromHeaders(
   get: HeaderGetter,
-  client: string,
   names: AttributionHeaders,
   trust: 'header' | 'registered',
-  registry: CallStore,
-): MaybePromise<AttributionResult> {
+): AttributionResult | RegistrationLookup {
   const tool = single(get, names.tool);
   const callId = single(get, names.call);
   const sessionId = single(get, names.session);
@@ -58,25 +66,24 @@ export function attribute(
   const t = tool as string | null;
   const c = callId as string | null;
   const s = sessionId as string | null;
-
   if (trust === 'registered') {
-    if (c !== null) {
-      const found = registry.find(client, c);
-      const fromFound = (call: RegisteredCall | null): AttributionResult => {
-        if (!call)
-          return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: c };
-        return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
-      };
-      return found instanceof Promise ? found.then(fromFound) : fromFound(found);
-    }
+    if (c !== null) return { kind: 'lookup', callId: c, fallbackSessionId: null };
   } else if (t !== null || c !== null) {
     return { kind: 'attributed', calls: [{ tool: t, callId: c, sessionId: s }] };
   }
-  const open = registry.open(client);
-  const fromOpen = (calls: RegisteredCall[]): AttributionResult => {
-    if (calls.length > 0)
-      return { kind: 'attributed', calls: calls.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
-    return { kind: 'attributed', calls: [{ tool: null, callId: null, sessionId: trust === 'header' ? s : null }] };
-  };
-  return open instanceof Promise ? open.then(fromOpen) : fromOpen(open);
+  return { kind: 'lookup', callId: null, fallbackSessionId: trust === 'header' ? s : null };
+}
+
+/** Attribution by the registration `lookup.callId` names (null: unknown, expired, or another client's). */
+export function fromFound(client: string, lookup: RegistrationLookup, call: RegisteredCall | null): AttributionResult {
+  if (!call)
+    return { kind: 'unattributed', reason: `call id is not registered for client ${client} (unknown or expired)`, callId: lookup.callId };
+  return { kind: 'attributed', calls: [{ tool: call.tool, callId: call.callId, sessionId: call.sessionId }] };
+}
+
+/** Attribution by the client's open registered calls (every one is evaluated), or none of them. */
+export function fromOpen(lookup: RegistrationLookup, calls: readonly RegisteredCall[]): AttributionResult {
+  if (calls.length > 0)
+    return { kind: 'attributed', calls: calls.map((call) => ({ tool: call.tool, callId: call.callId, sessionId: call.sessionId })) };
+  return { kind: 'attributed', calls: [{ tool: null, callId: null, sessionId: lookup.fallbackSessionId }] };
 }

@@ -16,8 +16,9 @@
 import { randomBytes } from 'node:crypto';
 import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
-import { attribute } from '../attribution/attribute.js';
-import type { Attribution, AttributionResult } from '../attribution/attribute.js';
+import { readForDecision } from '../attribution/decision-reads.js';
+import type { DecisionReads, Histories } from '../attribution/decision-reads.js';
+import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
 import type { CallStore, DiscoveredLog, HistoryStore, MaybePromise } from '../state/types.js';
 import type { IpAddress } from '../net/address.js';
@@ -31,8 +32,7 @@ import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { failure, refusal } from './answers.js';
 import { closedLine, decisionLine, refusedBeforeDecision } from './call-events.js';
-import { readHistories, recordDecided } from './call-history.js';
-import type { Histories } from './call-history.js';
+import { recordDecided } from './call-history.js';
 import type { Answer, CallLabel } from './answers.js';
 
 /** Observes every finished decision and closed call (metrics). */
@@ -163,35 +163,42 @@ export class Admission {
       call: config.attribution.callHeader,
       session: config.attribution.sessionHeader,
     };
-    const attribution = attribute(headerValues, call.client, headerNames, config.attribution.trust, this.options.registry);
-    // Only a shared store answers with a promise: then the decision waits (at most state.timeout_ms).
-    if (attribution instanceof Promise)
-      return attribution.then(
-        (a) => this.attributed(call, a),
+    // The generation whose needs are read is the one that decides. Attribution and, with sequence
+    // clauses, histories: one read (decision-reads.ts); only a shared store answers with a promise,
+    // and then the decision waits (at most state.timeout_ms).
+    const generation = this.options.store.current;
+    const now = Date.now();
+    const reads = readForDecision(headerValues, call.client, {
+      names: headerNames,
+      trust: config.attribution.trust,
+      registry: this.options.registry,
+      history: this.options.history,
+      withHistories: generation.policy.hasSequenceRules,
+      now,
+    });
+    if (reads instanceof Promise)
+      return reads.then(
+        (r) => this.read(call, r, generation, now),
         (err: unknown) => this.registrationsUnavailable(call, err),
       );
-    return this.attributed(call, attribution);
+    return this.read(call, reads, generation, now);
   }
 
-  /** The call's attribution is known: read the histories a sequence clause needs, then decide. */
-  private attributed(c: CallUnderWay, attribution: AttributionResult): MaybePromise<AdmissionResult> {
+  /** The call's attribution (and the histories a sequence clause needs) are read: decide. */
+  private read(c: CallUnderWay, reads: DecisionReads, generation: PolicyGeneration, now: number): MaybePromise<AdmissionResult> {
+    const attribution = reads.attribution;
     if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(c.connId, attribution.reason, c.target, c.method) };
-    const generation = this.options.store.current;
     if (attribution.kind === 'unattributed') {
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
       const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, c, [call], generation);
       const answer = refusal(decision, this.labelFor(c.target, call), this.options.config.denyStatus, attribution.reason);
       return { ok: false, answer };
     }
-    // History only when a rule has a sequence clause (call-history.ts); otherwise one shared empty one.
-    const now = Date.now();
-    if (!generation.policy.hasSequenceRules) return this.decide(c, attribution.calls, generation, null, now);
-    const read = readHistories(this.options.history, attribution.calls, c.client, now);
-    const withHistories = (histories: Histories | null): MaybePromise<AdmissionResult> =>
-      histories === null
-        ? { ok: false, answer: this.stateUnavailable(c, attribution.calls, generation) }
-        : this.decide(c, attribution.calls, generation, histories, now);
-    return read instanceof Promise ? read.then(withHistories) : withHistories(read);
+    // History only when a rule has a sequence clause; otherwise one shared empty one.
+    const histories = reads.histories;
+    if (generation.policy.hasSequenceRules && histories === null)
+      return { ok: false, answer: this.stateUnavailable(c, attribution.calls, generation) };
+    return this.decide(c, attribution.calls, generation, histories, now);
   }
 
   private decide(

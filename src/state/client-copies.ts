@@ -13,7 +13,7 @@ import type { HistoryCall } from '../policy/types.js';
 import type { HistoryStore, MaybePromise } from './types.js';
 
 export function withClientCopies(store: HistoryStore): HistoryStore {
-  return {
+  const copies: HistoryStore = {
     record(call: HistoryCall): void {
       store.record(call);
       if (call.sessionId !== null && call.server !== null) store.record({ ...call, sessionId: null });
@@ -24,4 +24,8 @@ export function withClientCopies(store: HistoryStore): HistoryStore {
       return store.retentionSeconds;
     },
   };
+  // Only where the store has it (a shared store): its absence is what tells the caller to read in turn.
+  const combined = store.readWithRegistrations?.bind(store);
+  if (combined) copies.readWithRegistrations = combined;
+  return copies;
 }

@@ -31,6 +31,33 @@ export interface HistoryStore {
   /** The longest `within_seconds` of the serving policy (0: keep nothing). */
   setRetention(seconds: number): void;
   readonly retentionSeconds: number;
+  /**
+   * A shared store's one round trip for a decision that needs both a registration lookup and
+   * history: finds `lookup.client`'s registrations in `registry` and reads, in the same round
+   * trip, the history of each one found (its session, else the client), or `lookup.fallbackKey`'s
+   * when an open-calls lookup finds none. null when `registry` is not this store's own (the
+   * caller then reads the two in turn). Rejects as `CallStore` reads do. Absent on the memory
+   * store, whose reads cost no round trip.
+   */
+  readWithRegistrations?(registry: CallStore, lookup: RegistrationsQuery, now: number): Promise<RegistrationsWithHistories> | null;
+}
+
+/** `callId`: that one registration (none found: no history is read); null: every open call of the client. */
+export interface RegistrationsQuery {
+  readonly client: string;
+  readonly callId: string | null;
+  /** The history key read when an open-calls lookup finds no call. */
+  readonly fallbackKey: string;
+}
+
+/**
+ * The live registrations found (open calls in registration order) and the history of each, in
+ * the same order; with no call found by an open-calls lookup, `histories` holds the fallback
+ * key's alone. A history is null when the store cannot vouch for it (`state_unavailable`).
+ */
+export interface RegistrationsWithHistories {
+  readonly calls: readonly RegisteredCall[];
+  readonly histories: ReadonlyArray<readonly HistoryCall[] | null>;
 }
 
 /** A registered tool call (registry.ts), as both stores hold it. */

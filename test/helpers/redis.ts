@@ -166,3 +166,40 @@ export async function delayingRelay(t: { teardown(fn: () => unknown): void }, ta
   t.teardown(() => relay.close());
   return relay;
 }
+
+export interface RedisMonitor {
+  /** Every command Redis executed since the monitor started (or since `mark`), each as its words. */
+  since(): string[][];
+  /** Forgets what was seen so far. */
+  mark(): void;
+}
+
+/**
+ * Redis's own list of the commands it executes (MONITOR), to count what the proxy sends: a
+ * script's own commands are left out, only the EVALSHA that ran it is listed.
+ */
+export async function monitorRedis(t: { teardown(fn: () => unknown): void }, port: number): Promise<RedisMonitor> {
+  const socket = createConnection({ port, host: '127.0.0.1' });
+  t.teardown(() => socket.destroy());
+  let seen: string[][] = [];
+  let partial = '';
+  let ok: () => void = () => {};
+  const started = new Promise<void>((resolve) => (ok = resolve));
+  socket.on('data', (d: Buffer) => {
+    const lines = (partial + d.toString('latin1')).split('\r\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line === '+OK') ok();
+      // +1733000000.123456 [0 127.0.0.1:40000] "evalsha" "..." ...; a script's own commands say [0 lua].
+      else if (line.startsWith('+') && !/^\+[\d.]+ \[\d+ lua\]/.test(line))
+        seen.push([...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1] as string));
+    }
+  });
+  socket.on('error', () => {});
+  socket.write('MONITOR\r\n');
+  await started;
+  return {
+    since: () => seen,
+    mark: () => (seen = []),
+  };
+}

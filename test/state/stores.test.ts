@@ -17,7 +17,7 @@ import { RedisConnection } from '../../src/state/redis/connection.js';
 import { RedisCallStore } from '../../src/state/redis/redis-calls.js';
 import { MAX_UNRELIABLE_KEYS, RedisHistoryStore } from '../../src/state/redis/redis-history.js';
 import { historyKey, StateUnavailableError } from '../../src/state/types.js';
-import type { CallStore, DiscoveredDestination } from '../../src/state/types.js';
+import type { CallStore, DiscoveredDestination, RegistrationsWithHistories } from '../../src/state/types.js';
 import { missing } from '../helpers/requires.js';
 import { delayingRelay, startRedis } from '../helpers/redis.js';
 import { TLS } from '../helpers/upstream.js';
@@ -482,4 +482,102 @@ t.test('redis history: a call not yet acknowledged is seen by reads here; a drop
   t.equal(await history.read(historyKey('never-seen', 'srv'), now + 1), null, 'past the bound of remembered keys, every key fails closed');
   now += 60_001;
   t.same(await history.read(historyKey('never-seen', 'srv'), now), [], 'until the window has passed');
+});
+
+t.test('redis combined read: registrations with their histories, pending calls merged as of sending, keys checked', async (t) => {
+  // A connection whose reads answer when the test says, and whose background writes wait to be settled.
+  const writes: Array<(applied: boolean) => void> = [];
+  const replies: Array<(reply: unknown) => void> = [];
+  const conn = {
+    write: (_run: () => Promise<unknown>, _idempotent: boolean, settled?: (applied: boolean) => void) => writes.push(settled ?? (() => {})),
+    read: <T>(run: () => Promise<T>) => run(),
+    eval: () => new Promise((resolve) => replies.push(resolve)),
+    loadForReads: () => undefined,
+  } as unknown as RedisConnection;
+  const now = 1_000_000;
+  const calls = new RedisCallStore(conn, { prefix: 'p:', defaultTtlMs: 60_000 });
+  const history = new RedisHistoryStore(conn, 'p:', () => now, calls);
+  history.setRetention(60);
+  const stored = (tool: string, session: string | null, at: number) => `${now + 30_000}|${JSON.stringify([tool, session, at])}`;
+  const read = (callId: string, sessionId: string | null): HistoryCall => ({
+    at: now - 10,
+    tool: 'read_file',
+    callId,
+    server: 'srv',
+    sessionId,
+    host: null,
+    address: null,
+    dispatched: null,
+  });
+  const ask = (callId: string | null) =>
+    history.readWithRegistrations(
+      calls,
+      { client: 'srv', callId, fallbackKey: historyKey(null, 'srv') },
+      now,
+    ) as Promise<RegistrationsWithHistories>;
+  const answer = async (reply: unknown) => {
+    await sleep(0);
+    replies.shift()?.(reply);
+  };
+
+  t.equal(
+    history.readWithRegistrations(
+      new RedisCallStore(conn, { prefix: 'p:', defaultTtlMs: 1 }),
+      { client: 'srv', callId: null, fallbackKey: 'x' },
+      now,
+    ),
+    null,
+    'another registry: not combined (the caller reads in turn)',
+  );
+
+  history.record(read('r1', 's1'));
+  const sent = ask('f1');
+  // Acknowledged after the read was sent: that read may have missed it in Redis, so it still merges it.
+  writes.shift()?.(true);
+  await answer([['f1', stored('fetch', 's1', now - 5), 'session:s1', []]]);
+  const first = await sent;
+  t.same(
+    first.calls.map((c) => [c.callId, c.sessionId]),
+    [['f1', 's1']],
+    'the registration found',
+  );
+  t.same(
+    first.histories.map((h) => h?.map((c) => c.callId)),
+    [['r1']],
+    "its session's history holds the call pending when the read was sent",
+  );
+  const later = ask('f1');
+  await answer([['f1', stored('fetch', 's1', now - 5), 'session:s1', []]]);
+  t.same((await later).histories, [[]], 'a read sent after the acknowledgement has it from Redis only (empty here)');
+
+  const open = ask(null);
+  await answer([
+    ['f2', stored('fetch', null, now - 1), 'server:srv', []],
+    ['f1', stored('fetch', 's1', now - 5), 'session:s1', false],
+    ['f3', stored('fetch', 's3', now - 3), 'server:srv', []],
+  ]);
+  const o = await open;
+  t.same(
+    o.calls.map((c) => c.callId),
+    ['f1', 'f3', 'f2'],
+    'open calls in registration order, histories alongside',
+  );
+  t.same(o.histories, [null, null, []], "a key lost to the cap (nil) and a key other than the registration's own are not vouched for");
+
+  const none = ask(null);
+  await answer([['', '', 'server:srv', []]]);
+  t.same(await none, { calls: [], histories: [[]] }, "no open call: the fallback key's history");
+  const wrongFallback = ask(null);
+  await answer([['', '', 'session:other', []]]);
+  t.same(await wrongFallback, { calls: [], histories: [null] }, 'a fallback for another key is not vouched for');
+  const notFound = ask('f9');
+  await answer([]);
+  t.same(await notFound, { calls: [], histories: [] }, 'a call id not found: nothing (unattributed)');
+
+  history.record(read('r2', 's4'));
+  writes.shift()?.(false);
+  const dropped = ask('f4');
+  await answer([['f4', stored('fetch', 's4', now - 5), 'session:s4', []]]);
+  t.same((await dropped).histories, [null], 'a key with a dropped write is not vouched for');
+  t.equal((history as unknown as { pending: Map<string, unknown> }).pending.size, 0, 'nothing pending kept once every read is answered');
 });

@@ -82,7 +82,7 @@ export class RedisCallStore implements CallStore {
   }
 
   private clientKey(client: string): string {
-    return `${this.options.prefix}client:${client}`;
+    return registrationsKey(this.options.prefix, client);
   }
 
   async register(input: Registration): Promise<RegisteredCall | RegistrationRefused> {
@@ -126,7 +126,7 @@ export class RedisCallStore implements CallStore {
 
   async find(client: string, callId: string): Promise<RegisteredCall | null> {
     const value = await this.conn.read(() => this.conn.command(['HGET', this.clientKey(client), callId]));
-    return typeof value === 'string' ? this.parse(client, callId, value, this.now()) : null;
+    return typeof value === 'string' ? parseRegistration(client, callId, value, this.now()) : null;
   }
 
   async open(client: string): Promise<RegisteredCall[]> {
@@ -134,36 +134,15 @@ export class RedisCallStore implements CallStore {
     const now = this.now();
     const live: RegisteredCall[] = [];
     for (const [callId, value] of pairs(reply)) {
-      const call = this.parse(client, callId, value, now);
+      const call = parseRegistration(client, callId, value, now);
       if (call) live.push(call);
     }
-    return live.sort((a, b) => a.registeredAt - b.registeredAt || (a.callId < b.callId ? -1 : 1));
+    return live.sort(inRegistrationOrder);
   }
 
   async size(): Promise<number> {
     const n = await this.conn.read(() => this.conn.command(['ZCOUNT', this.allKey, `(${this.now()}`, '+inf']));
     return Number(n);
-  }
-
-  /** A stored registration, or null when it has expired (or does not parse: never trusted). */
-  private parse(client: string, callId: string, value: string, now: number): RegisteredCall | null {
-    const bar = value.indexOf('|');
-    const expiresAt = Number(value.slice(0, bar));
-    if (bar < 1 || !(expiresAt > now)) return null;
-    try {
-      const [tool, sessionId, registeredAt] = JSON.parse(value.slice(bar + 1)) as [string, string | null, number];
-      if (typeof tool !== 'string') return null;
-      return {
-        callId,
-        tool,
-        client,
-        sessionId: typeof sessionId === 'string' ? sessionId : null,
-        registeredAt: Number(registeredAt),
-        expiresAt,
-      };
-    } catch {
-      return null;
-    }
   }
 }
 
@@ -176,4 +155,35 @@ export function pairs(reply: unknown): Array<[string, string]> {
     for (const [k, v] of Object.entries(reply as Record<string, unknown>)) out.push([k, String(v)]);
   }
   return out;
+}
+
+/** The hash of `client`'s registrations (call id -> `<expiresAt>|<JSON>`). */
+export function registrationsKey(prefix: string, client: string): string {
+  return `${prefix}client:${client}`;
+}
+
+/** Open calls in the order they were registered (ties by call id), as the memory registry lists them. */
+export function inRegistrationOrder(a: RegisteredCall, b: RegisteredCall): number {
+  return a.registeredAt - b.registeredAt || (a.callId < b.callId ? -1 : 1);
+}
+
+/** A stored registration, or null when it has expired (or does not parse: never trusted). */
+export function parseRegistration(client: string, callId: string, value: string, now: number): RegisteredCall | null {
+  const bar = value.indexOf('|');
+  const expiresAt = Number(value.slice(0, bar));
+  if (bar < 1 || !(expiresAt > now)) return null;
+  try {
+    const [tool, sessionId, registeredAt] = JSON.parse(value.slice(bar + 1)) as [string, string | null, number];
+    if (typeof tool !== 'string') return null;
+    return {
+      callId,
+      tool,
+      client,
+      sessionId: typeof sessionId === 'string' ? sessionId : null,
+      registeredAt: Number(registeredAt),
+      expiresAt,
+    };
+  } catch {
+    return null;
+  }
 }

@@ -19,18 +19,20 @@ export function createRedisState(config: StateConfig, options: StateOptions): St
     warn: options.warn,
   });
   conn.start();
+  const calls = new RedisCallStore(conn, {
+    prefix: config.keyPrefix,
+    defaultTtlMs: options.defaultTtlMs,
+    maxPerClient: options.maxPerClient,
+    maxTotal: options.maxTotal,
+    now: options.now,
+  });
   return {
     store: 'redis',
     description: conn.redactedUrl,
-    calls: new RedisCallStore(conn, {
-      prefix: config.keyPrefix,
-      defaultTtlMs: options.defaultTtlMs,
-      maxPerClient: options.maxPerClient,
-      maxTotal: options.maxTotal,
-      now: options.now,
-    }),
+    calls,
     discovered: new RedisDiscoveredLog(conn, config.keyPrefix),
-    history: new RedisHistoryStore(conn, config.keyPrefix, options.now),
+    // With the registrations beside it: a lookup and the histories it leads to are one round trip.
+    history: new RedisHistoryStore(conn, config.keyPrefix, options.now, calls),
     get up() {
       return conn.up;
     },
