@@ -203,17 +203,6 @@ export function closedLine(e: ClosedEvent): string {
   );
 }
 
-/**
- * The line as one flat string. A line is built by concatenation, which V8 keeps as a tree of
- * pieces (about 70 objects, 5 KiB, for a decision line) until something flattens it; the feed
- * keeps the last 1,000 lines, so unflattened they were most of what each scavenge copied and
- * promoted. `Number()` flattens in place (the result is ignored: it is NaN).
- */
-function flat(line: string): string {
-  void Number(line);
-  return line;
-}
-
 export function createEventSink(logger: Logger): EventSink {
   const stream = destinations.get(logger);
   if (stream === undefined) throw new Error('createEventSink needs a logger made by createLogger');
@@ -230,14 +219,14 @@ export function createEventSink(logger: Logger): EventSink {
     decision(e) {
       const logged = logger.isLevelEnabled('info');
       if (!logged && tap === null) return;
-      const line = flat(decisionLine(e));
+      const line = decisionLine(e);
       if (logged) stream.write(line);
       tap?.decision(e, line);
     },
     deferredDecision(e) {
       const logged = logger.isLevelEnabled('info');
       if (!logged && tap === null) return 0;
-      const line = flat(decisionLine(e));
+      const line = decisionLine(e);
       tap?.decision(e, line);
       return logged ? defer(line) : 0;
     },

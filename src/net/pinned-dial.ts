@@ -53,7 +53,12 @@ export function dialPinned(
 }
 
 /** The promise form of `dialPinned` (the plain-HTTP pool). */
-export function pinnedDial(candidates: readonly IpAddress[], port: number, timeoutMs: number, cancel?: DialCancel): Promise<PinnedConnection> {
+export function pinnedDial(
+  candidates: readonly IpAddress[],
+  port: number,
+  timeoutMs: number,
+  cancel?: DialCancel,
+): Promise<PinnedConnection> {
   return new Promise((resolve, reject) =>
     dialPinned(candidates, port, timeoutMs, cancel, (err, conn) => (err ? reject(err) : resolve(conn as PinnedConnection))),
   );

@@ -227,7 +227,15 @@ export class Admission {
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
     if (outcome.kind === 'dns_error') {
       const { connId, target, method, client } = c;
-      const fields = { conn_id: connId, code: 'dns_error', dns: outcome.error.kind, host: target.host.host, port: target.port, method, server: client };
+      const fields = {
+        conn_id: connId,
+        code: 'dns_error',
+        dns: outcome.error.kind,
+        host: target.host.host,
+        port: target.port,
+        method,
+        server: client,
+      };
       events.error({ ...fields, tool: call.tool, call_id: call.callId }, outcome.error.message);
       this.options.observer?.failure?.('dns_error');
       return {

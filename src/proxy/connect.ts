@@ -20,6 +20,11 @@ import type { TunnelOwner } from './tunnel.js';
 export class ConnectPath implements TunnelOwner {
   /** Closes tunnels idle for `tunnel_idle_timeout_ms`. */
   private readonly idle: IdleSweep<Tunnel>;
+  /** Tunnels dialled in this event-loop turn, and what their clients sent after the head: answered together (openDialled). */
+  private readonly dialled: Tunnel[] = [];
+  private readonly dialledHeads: Buffer[] = [];
+  /** The newest decision line's ticket among them. */
+  private dialledTicket = 0;
 
   constructor(private readonly admission: Admission) {
     this.idle = new IdleSweep(admission.config.limits.tunnelIdleTimeoutMs);
@@ -81,12 +86,29 @@ export class ConnectPath implements TunnelOwner {
         admission.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
         return;
       }
-      admission.logDecision(a, conn.address.text);
+      // Deferred: the decision lines of every tunnel dialled in this turn go out in one write, before any of their 200s.
+      this.dialledTicket = admission.logDecision(a, conn.address.text, undefined, true);
       const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
       admission.active.add(tunnel);
-      if (tunnel.open(head)) this.idle.add(tunnel);
+      if (this.dialled.push(tunnel) === 1) setImmediate(this.openDialled);
+      this.dialledHeads.push(head);
     });
   }
+
+  /**
+   * Answers `200` to the tunnels dialled in the last turn, once their decision lines are written
+   * (one write for all of them). A tunnel whose client left meanwhile is ended, not opened.
+   */
+  private readonly openDialled = (): void => {
+    this.admission.events.ensureWritten(this.dialledTicket);
+    const tunnels = this.dialled;
+    const heads = this.dialledHeads;
+    for (let i = 0; i < tunnels.length; i++) {
+      const tunnel = tunnels[i] as Tunnel;
+      if (tunnel.open(heads[i] as Buffer)) this.idle.add(tunnel);
+    }
+    tunnels.length = heads.length = 0;
+  };
 
   /** TunnelOwner: both sockets of a tunnel are closed. */
   tunnelEnded(tunnel: Tunnel): void {
