@@ -87,7 +87,7 @@ export class ConnectPath implements TunnelOwner {
         return;
       }
       // Deferred: the decision lines of every tunnel dialled in this turn go out in one write, before any of their 200s.
-      this.dialledTicket = admission.logDecision(a, conn.address.text, undefined, true);
+      this.dialledTicket = Math.max(this.dialledTicket, admission.logDecision(a, conn.address.text, undefined, true));
       const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
       admission.active.add(tunnel);
       if (this.dialled.push(tunnel) === 1) setImmediate(this.openDialled);
@@ -100,14 +100,18 @@ export class ConnectPath implements TunnelOwner {
    * (one write for all of them). A tunnel whose client left meanwhile is ended, not opened.
    */
   private readonly openDialled = (): void => {
-    this.admission.events.ensureWritten(this.dialledTicket);
     const tunnels = this.dialled;
     const heads = this.dialledHeads;
-    for (let i = 0; i < tunnels.length; i++) {
-      const tunnel = tunnels[i] as Tunnel;
-      if (tunnel.open(heads[i] as Buffer)) this.idle.add(tunnel);
+    try {
+      this.admission.events.ensureWritten(this.dialledTicket);
+      for (let i = 0; i < tunnels.length; i++) {
+        const tunnel = tunnels[i] as Tunnel;
+        if (tunnel.open(heads[i] as Buffer)) this.idle.add(tunnel);
+      }
+    } finally {
+      // Emptied whatever happens: the next dialled tunnel schedules the next batch.
+      tunnels.length = heads.length = 0;
     }
-    tunnels.length = heads.length = 0;
   };
 
   /** TunnelOwner: both sockets of a tunnel are closed. */
