@@ -17,7 +17,10 @@ t.test('each 200 comes after the decision lines of every tunnel answered so far'
   t.teardown(() => upstream.close());
   const dir = await mkdtemp(join(tmpdir(), 'mep-order-'));
   await writeFile(join(dir, 'policy.yaml'), 'version: 1\ndefault_verdict: allow\n');
-  await writeFile(join(dir, 'proxy.yaml'), 'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\n');
+  await writeFile(
+    join(dir, 'proxy.yaml'),
+    'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\n',
+  );
   const log = join(dir, 'events.log');
   const child = spawn(process.execPath, ['dist/src/cli.js', 'serve', '--config', join(dir, 'proxy.yaml')], {
     stdio: ['ignore', openSync(log, 'w'), 'pipe'],
