@@ -7,7 +7,7 @@
 import type { ServerResponse } from 'node:http';
 import { canonicalHost } from '../net/address.js';
 import { LABEL } from '../decide/dry-run-history.js';
-import type { DecisionFeed } from '../events/decision-feed.js';
+import type { DecisionFeed, FeedMatcher } from '../events/decision-feed.js';
 import type { DecisionEvent } from '../events/events.js';
 import { badRequest, HttpError } from './http-error.js';
 import type { RouteContext } from './policy-routes.js';
@@ -46,8 +46,10 @@ export function parseFeedFilter(query: URLSearchParams): FeedFilter {
   return { verdicts, tool: label('tool'), server: label('server'), host };
 }
 
-export function feedMatcher(f: FeedFilter): (e: DecisionEvent) => boolean {
-  return (e) =>
+/** null without a filter: every decision, and the recorded ones need not be parsed back. */
+export function feedMatcher(f: FeedFilter): FeedMatcher {
+  if (f.verdicts === null && f.tool === null && f.server === null && f.host === null) return null;
+  return (e: DecisionEvent) =>
     (f.verdicts === null || f.verdicts.has(e.decision.verdict)) &&
     (f.tool === null || e.tool === f.tool) &&
     (f.server === null || e.server === f.server) &&

@@ -133,7 +133,9 @@ export class Metrics {
     return {
       decision: (d: Decision) => {
         const rule = d.rule?.id ?? '';
-        this.decisionTally.add(`${d.verdict}|${d.reason}|${d.dispatched}|${d.shadow}|${rule}`, () => ({
+        // Keyed by the rule id and the outcome's flags, not a string built per call.
+        const flags = (d.dispatched ? 1 : 0) | (d.shadow ? 2 : 0);
+        this.decisionTally.addDecision(rule, d.verdict, d.reason, flags, () => ({
           verdict: d.verdict,
           reason: d.reason,
           rule,
@@ -157,14 +159,34 @@ export class Metrics {
   }
 }
 
+interface TallyEntry {
+  readonly labels: Record<string, string>;
+  n: number;
+}
+
 /** Counts by label set, keyed by a string the caller builds (cheaper than hashing the labels). */
 class Tally {
-  private readonly counts = new Map<string, { labels: Record<string, string>; n: number }>();
+  private readonly counts = new Map<string, TallyEntry>();
+  /** Decisions: rule id → verdict → reason → flags → the entry in `counts`' place. */
+  private readonly decisions = new Map<string, Map<string, Map<string, TallyEntry[]>>>();
 
   add(key: string, labels: () => Record<string, string>, n = 1): void {
     let entry = this.counts.get(key);
     if (!entry) this.counts.set(key, (entry = { labels: labels(), n: 0 }));
     entry.n += n;
+  }
+
+  /** One decision: the strings come from the policy and the engine (no key is built per call). */
+  addDecision(rule: string, verdict: string, reason: string, flags: number, labels: () => Record<string, string>): void {
+    let byVerdict = this.decisions.get(rule);
+    if (!byVerdict) this.decisions.set(rule, (byVerdict = new Map<string, Map<string, TallyEntry[]>>()));
+    let byReason = byVerdict.get(verdict);
+    if (!byReason) byVerdict.set(verdict, (byReason = new Map<string, TallyEntry[]>()));
+    let byFlags = byReason.get(reason);
+    if (!byFlags) byReason.set(reason, (byFlags = []));
+    let entry = byFlags[flags];
+    if (!entry) this.counts.set(`${verdict}|${reason}|${flags}|${rule}`, (entry = byFlags[flags] = { labels: labels(), n: 0 }));
+    entry.n++;
   }
 
   /** Sets `counter` to these counts (called by prom-client when the registry is read). */

@@ -12,6 +12,7 @@ import { combineDecisions, decide, decideByName, forDecision, lookupName, mostSe
 import type { Classify, DestinationHost } from '../policy/evaluate.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { CallContext, Decision } from '../policy/types.js';
+import type { MaybePromise } from '../state/types.js';
 
 export interface DecisionDeps {
   readonly resolver: NameResolver;
@@ -30,13 +31,17 @@ export type CallOutcome =
     }
   | { readonly kind: 'dns_error'; readonly error: DnsError; readonly dnsMs: number | null };
 
-/** Decides one call for each of `contexts` (several registered calls share one resolution). */
-export async function decideCall(
+/**
+ * Decides one call for each of `contexts` (several registered calls share one resolution).
+ * Answers at once when no DNS query is needed (an IP literal, a name refused by name, a fresh
+ * cached answer): the data path makes no promise for those calls.
+ */
+export function decideCall(
   policy: CompiledPolicy,
   contexts: readonly CallContext[],
   target: Target,
   deps: DecisionDeps,
-): Promise<CallOutcome> {
+): MaybePromise<CallOutcome> {
   const options = { classify: deps.classify, explain: deps.explain ?? false };
   // One memo of sequence clauses per call, shared by the by-name step and the full decision.
   if (policy.hasSequenceRules) contexts = contexts.map((ctx) => forDecision(policy, ctx));
@@ -49,18 +54,19 @@ export async function decideCall(
   const byName = contexts.map((ctx) => decideByName(policy, ctx, dest, options));
   const blocked = byName.findIndex((d) => d !== null);
   if (blocked !== -1) return { kind: 'decided', decision: byName[blocked] as Decision, index: blocked, candidates: [], dnsMs: null };
-  let addresses: readonly IpAddress[];
-  let dnsMs: number;
-  try {
-    const resolution = await deps.resolver.resolve(host.host);
-    addresses = resolution.addresses;
-    dnsMs = resolution.durationMs;
-  } catch (err) {
-    if (err instanceof DnsError) return { kind: 'dns_error', error: err, dnsMs: null };
-    throw err;
-  }
-  const decisions = contexts.map((ctx) => decide(policy, ctx, dest, addresses, options));
-  return { kind: 'decided', ...combine(decisions), candidates: addresses, dnsMs };
+  const decideFor = (addresses: readonly IpAddress[], dnsMs: number): CallOutcome => {
+    const decisions = contexts.map((ctx) => decide(policy, ctx, dest, addresses, options));
+    return { kind: 'decided', ...combine(decisions), candidates: addresses, dnsMs };
+  };
+  const cached = deps.resolver.peek?.(host.host);
+  if (cached) return decideFor(cached.addresses, cached.durationMs);
+  return deps.resolver.resolve(host.host).then(
+    (resolution) => decideFor(resolution.addresses, resolution.durationMs),
+    (err: unknown) => {
+      if (err instanceof DnsError) return { kind: 'dns_error', error: err, dnsMs: null };
+      throw err;
+    },
+  );
 }
 
 /** The decision for the call, and which context it speaks for (one context, the common case: that one). */

@@ -4,17 +4,23 @@
  *
  * Threat and scope: the reader is a browser tab or a script, and may be slow, stalled, or the
  * guarded server itself (a viewer on a tokenless loopback listener). Nothing it does may slow
- * the data path or grow the proxy's memory. So the data path only stores the line the event
- * sink already serialised (no second formatting) in a fixed ring; streams are served from a
+ * the data path or grow the proxy's memory. So the data path only copies the line the event
+ * sink already serialised (no second formatting) into a fixed ring of bytes off the heap
+ * (line-ring.ts: kept on the heap, the last 1,000 lines cost a quarter of the CPU of a plain-HTTP
+ * request in garbage collection); the recent decisions are read back from their lines. Streams are served from a
  * timer in batches, each stream with a byte budget for what its socket has not taken yet: at or
  * over budget, decisions are dropped for that stream and counted (a metric, and a `dropped`
  * event on the stream once it drains), and a stream that stays over budget for a minute is
  * closed. So a stream holds at most its budget plus one batch. The number of streams is capped.
  */
+import { parseDecisionLine } from './events.js';
 import type { DecisionEvent, DecisionTap } from './events.js';
+import { LineRing } from './line-ring.js';
 
 /** Decisions kept for new streams and replay (interface.md: the last 1,000). */
 export const FEED_CAPACITY = 1000;
+/** Room for the last 1,000 lines up to 2 KiB each on average (a decision line is about 700 bytes). */
+const FEED_BYTES_PER_LINE = 2048;
 export const MAX_SUBSCRIBERS = 16;
 /** Bytes a stream may have waiting for its client before decisions are dropped for it (plus one batch). */
 export const SUBSCRIBER_BUDGET_BYTES = 1024 * 1024;
@@ -23,13 +29,22 @@ const HEARTBEAT_MS = 15_000;
 /** A stream over budget this long is closed (it frees its slot; the client reconnects when it can). */
 const STALLED_MS = 60_000;
 
-export interface FeedEntry {
-  /** 1, 2, ... since start: the SSE `id`. */
-  readonly seq: number;
-  /** ms since the epoch, when the decision was logged. */
-  readonly at: number;
-  readonly event: DecisionEvent;
-  readonly line: string;
+/** A recorded decision, read back from its line. */
+export class FeedEntry {
+  private parsed: DecisionEvent | null = null;
+
+  constructor(
+    /** 1, 2, ... since start: the SSE `id`. */
+    readonly seq: number,
+    /** ms since the epoch, when the decision was logged. */
+    readonly at: number,
+    readonly line: string,
+  ) {}
+
+  /** The decision as its line tells it (parsed on first use: no `trace`, `uncovered` false). */
+  get event(): DecisionEvent {
+    return (this.parsed ??= parseDecisionLine(this.line));
+  }
 }
 
 /** The writable side of a stream (an http.ServerResponse). */
@@ -48,9 +63,12 @@ export interface FeedOptions {
   readonly stalledMs?: number;
 }
 
+/** Which decisions a stream wants; null: all of them. */
+export type FeedMatcher = ((e: DecisionEvent) => boolean) | null;
+
 interface Subscriber {
   readonly stream: FeedStream;
-  readonly matches: (e: DecisionEvent) => boolean;
+  readonly matches: FeedMatcher;
   /** Dropped since the last `dropped` notice. */
   dropped: number;
   overSince: number | null;
@@ -68,13 +86,10 @@ export class DecisionFeed implements DecisionTap {
   private readonly flushMs: number;
   private readonly heartbeatMs: number;
   private readonly stalledMs: number;
-  // Parallel arrays, written in place: nothing is allocated per decision.
-  private readonly lines: string[];
-  private readonly events: DecisionEvent[];
-  private readonly ats: number[];
-  private count = 0;
-  /** seq of the first decision not yet sent to the streams. */
-  private sentUpTo = 0;
+  private readonly ring: LineRing;
+  /** The decisions since the last flush, kept only while a stream is open (for its filter). */
+  private readonly unsentEvents: DecisionEvent[] = [];
+  private readonly unsentLines: string[] = [];
   private readonly subscribers = new Set<Subscriber>();
   private flushTimer: NodeJS.Timeout | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
@@ -88,24 +103,21 @@ export class DecisionFeed implements DecisionTap {
     this.flushMs = options.flushMs ?? FLUSH_MS;
     this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
     this.stalledMs = options.stalledMs ?? STALLED_MS;
-    this.lines = new Array<string>(this.capacity);
-    this.events = new Array<DecisionEvent>(this.capacity);
-    this.ats = new Array<number>(this.capacity).fill(0);
+    this.ring = new LineRing(this.capacity, this.capacity * FEED_BYTES_PER_LINE);
   }
 
-  /** The data path: keeps the line; streams get it from the timer. */
+  private get count(): number {
+    return this.ring.count;
+  }
+
+  /** The data path: copies the line into the ring; open streams get it from the timer. */
   decision(event: DecisionEvent, line: string): void {
-    const i = this.count % this.capacity;
-    this.lines[i] = line;
-    this.events[i] = event;
-    this.ats[i] = Date.now();
-    this.count++;
-    if (this.subscribers.size === 0) {
-      this.sentUpTo = this.count;
-      return;
-    }
-    // More unsent decisions than the ring holds: send now, before the oldest are overwritten.
-    if (this.count - this.sentUpTo >= this.capacity) this.flush();
+    this.ring.push(line, Date.now());
+    if (this.subscribers.size === 0) return;
+    this.unsentEvents.push(event);
+    this.unsentLines.push(line);
+    // As many unsent decisions as the ring holds: send now (a batch is at most `capacity`).
+    if (this.unsentLines.length >= this.capacity) this.flush();
     else if (this.flushTimer === null) this.flushTimer = setTimeout(this.onFlushTimer, this.flushMs).unref();
   }
 
@@ -126,11 +138,10 @@ export class DecisionFeed implements DecisionTap {
 
   /** The recorded decisions, oldest first: at most `limit`, the most recent ones. */
   recent(limit = this.capacity): FeedEntry[] {
-    const n = Math.min(limit, this.count, this.capacity);
     const out: FeedEntry[] = [];
-    for (let seq = this.count - n + 1; seq <= this.count; seq++) {
-      const i = (seq - 1) % this.capacity;
-      out.push({ seq, at: this.ats[i] as number, event: this.events[i] as DecisionEvent, line: this.lines[i] as string });
+    for (let seq = Math.max(this.ring.first, this.count - limit + 1); seq <= this.count; seq++) {
+      const held = this.ring.get(seq);
+      if (held !== null) out.push(new FeedEntry(seq, held.at, held.line));
     }
     return out;
   }
@@ -139,7 +150,7 @@ export class DecisionFeed implements DecisionTap {
    * Starts a stream: the recorded decisions that match (after `lastEventId` when given), then
    * each new one. Null when the subscriber cap is reached. The returned function ends it.
    */
-  subscribe(stream: FeedStream, matches: (e: DecisionEvent) => boolean, lastEventId: number | null = null): (() => void) | null {
+  subscribe(stream: FeedStream, matches: FeedMatcher, lastEventId: number | null = null): (() => void) | null {
     if (this.subscribers.size >= this.maxSubscribers) return null;
     // Anything recorded but not yet flushed goes out now, so the new stream neither misses nor repeats it.
     this.flush();
@@ -149,7 +160,7 @@ export class DecisionFeed implements DecisionTap {
     let backlog = `retry: 2000\n\n`;
     for (const e of this.recent()) {
       if (lastEventId !== null && e.seq <= lastEventId) continue;
-      if (!matches(e.event)) continue;
+      if (matches !== null && !matches(e.event)) continue;
       const f = frame(e.seq, e.line);
       if (backlog.length + f.length > this.budget) {
         sub.dropped++;
@@ -164,7 +175,10 @@ export class DecisionFeed implements DecisionTap {
 
   private unsubscribe(sub: Subscriber): void {
     this.subscribers.delete(sub);
-    if (this.subscribers.size === 0 && this.heartbeat !== null) {
+    if (this.subscribers.size > 0) return;
+    // Nobody to send them to: the unsent decisions are in the ring for the next stream.
+    this.unsentEvents.length = this.unsentLines.length = 0;
+    if (this.heartbeat !== null) {
       clearInterval(this.heartbeat);
       this.heartbeat = null;
     }
@@ -191,10 +205,11 @@ export class DecisionFeed implements DecisionTap {
    * waits for a client is at most the budget plus one batch (at most `capacity` decisions).
    */
   flush(): void {
-    const from = Math.max(this.sentUpTo + 1, this.count - this.capacity + 1);
-    const to = this.count;
-    this.sentUpTo = to;
-    if (from > to || this.subscribers.size === 0) return;
+    const events = this.unsentEvents;
+    const lines = this.unsentLines;
+    if (lines.length === 0) return;
+    // The unsent decisions are the newest ones (kept only while a stream is open).
+    const from = this.count - lines.length + 1;
     for (const sub of this.subscribers) {
       const full = sub.stream.writableLength >= this.budget;
       let out = '';
@@ -203,11 +218,10 @@ export class DecisionFeed implements DecisionTap {
         sub.dropped = 0;
       }
       let dropped = 0;
-      for (let seq = from; seq <= to; seq++) {
-        const i = (seq - 1) % this.capacity;
-        if (!sub.matches(this.events[i] as DecisionEvent)) continue;
+      for (let i = 0; i < lines.length; i++) {
+        if (sub.matches !== null && !sub.matches(events[i] as DecisionEvent)) continue;
         if (full) dropped++;
-        else out += frame(seq, this.lines[i] as string);
+        else out += frame(from + i, lines[i] as string);
       }
       if (out !== '') sub.stream.write(out);
       sub.dropped += dropped;
@@ -215,6 +229,7 @@ export class DecisionFeed implements DecisionTap {
       if (!full) sub.overSince = null;
       else sub.overSince ??= Date.now();
     }
+    events.length = lines.length = 0;
   }
 
   private readonly onHeartbeat = (): void => {

@@ -151,6 +151,50 @@ export function decisionLine(e: DecisionEvent): string {
   );
 }
 
+/**
+ * The decision event a line of `decisionLine` tells (the feed keeps lines, not objects). What the
+ * line does not carry is empty: no `trace`, `uncovered` false.
+ */
+export function parseDecisionLine(line: string): DecisionEvent {
+  const o = JSON.parse(line) as Record<string, unknown> & {
+    verdict: Decision['verdict'];
+    dispatched: boolean;
+    shadow: boolean;
+    reason: Decision['reason'];
+    rule: RuleRef | null;
+    addresses: string[];
+    after: AfterMatch | null;
+    address_class: Decision['address_class'] | null;
+  };
+  const decision: Decision = {
+    verdict: o.verdict,
+    dispatched: o.dispatched,
+    shadow: o.shadow,
+    reason: o.reason,
+    rule: o.rule,
+    addresses: o.addresses,
+    trace: [],
+    after: o.after,
+    ...(o.address_class !== null && o.address_class !== undefined ? { address_class: o.address_class } : {}),
+    uncovered: false,
+  };
+  return {
+    conn_id: o.conn_id as string,
+    policy_generation: o.policy_generation as number,
+    decision,
+    tool: o.tool as string | null,
+    call_id: o.call_id as string | null,
+    session_id: o.session_id as string | null,
+    server: o.server as string,
+    host: o.host as string,
+    port: o.port as number,
+    method: o.method as string,
+    pinned_address: o.pinned_address as string | null,
+    policy_digest: o.policy_digest as string,
+    ...(typeof o.detail === 'string' ? { detail: o.detail } : {}),
+  };
+}
+
 /** One `egress.closed` line. */
 export function closedLine(e: ClosedEvent): string {
   return (

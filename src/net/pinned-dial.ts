@@ -32,57 +32,113 @@ export interface PinnedConnection {
   readonly address: IpAddress;
 }
 
-function dialOne(ip: IpAddress, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: ip.text, port, family: ip.family, noDelay: true });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.removeListener('error', onError);
-      resolve(socket);
-    });
-    const onError = (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(err);
-    };
-    socket.once('error', onError);
-  });
-}
-
 /** Set `aborted` to abandon a dial (the client went away); an AbortSignal will do. */
 export interface DialCancel {
   readonly aborted: boolean;
 }
 
 /**
- * Connects to the first of `candidates` that accepts, in order. `signal` abandons the dial
- * between attempts. Rejects with DialError when none accepts.
+ * Connects to the first of `candidates` that accepts, in order, and calls `done` once: with the
+ * connection, or with a DialError when none accepts. `cancel` abandons the dial between
+ * attempts. Callbacks, not a promise: this is on every CONNECT.
  */
-export async function pinnedDial(
+export function dialPinned(
   candidates: readonly IpAddress[],
   port: number,
   timeoutMs: number,
-  signal?: DialCancel,
-): Promise<PinnedConnection> {
-  const attempts: Array<{ address: string; error: string }> = [];
-  for (const address of candidates) {
-    if (signal?.aborted) break;
-    try {
-      const socket = await dialOne(address, port, timeoutMs);
-      if (signal?.aborted) {
-        socket.destroy();
-        break;
-      }
-      return { socket, address };
-    } catch (err) {
-      attempts.push({ address: address.text, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message });
-    }
-  }
-  if (signal?.aborted) attempts.push({ address: '-', error: 'aborted' });
-  const allTimeouts = attempts.length > 0 && attempts.every((a) => a.error === 'ETIMEDOUT');
-  throw new DialError(allTimeouts ? 'timeout' : 'unreachable', attempts);
+  cancel: DialCancel | undefined,
+  done: (err: DialError | null, conn: PinnedConnection | null) => void,
+): void {
+  new PinnedDial(candidates, port, timeoutMs, cancel, done).next();
 }
+
+/** The promise form of `dialPinned` (the plain-HTTP pool). */
+export function pinnedDial(
+  candidates: readonly IpAddress[],
+  port: number,
+  timeoutMs: number,
+  cancel?: DialCancel,
+): Promise<PinnedConnection> {
+  return new Promise((resolve, reject) =>
+    dialPinned(candidates, port, timeoutMs, cancel, (err, conn) => (err ? reject(err) : resolve(conn as PinnedConnection))),
+  );
+}
+
+/** One dial: the attempts so far, and the socket and timer of the current one. */
+class PinnedDial {
+  private readonly attempts: Array<{ address: string; error: string }> = [];
+  private index = 0;
+  private socket: Socket | null = null;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly candidates: readonly IpAddress[],
+    private readonly port: number,
+    private readonly timeoutMs: number,
+    private readonly cancel: DialCancel | undefined,
+    private readonly done: (err: DialError | null, conn: PinnedConnection | null) => void,
+  ) {}
+
+  /** Tries the next candidate, or gives up. */
+  next(): void {
+    const ip = this.candidates[this.index];
+    if (ip === undefined || this.cancel?.aborted) return this.fail();
+    let socket: Socket;
+    try {
+      socket = connect({ host: ip.text, port: this.port, family: ip.family, noDelay: true });
+    } catch (err) {
+      // Refused before any socket exists (a port net.connect will not take): this attempt failed.
+      this.attempts.push({ address: ip.text, error: (err as NodeJS.ErrnoException).code ?? String(err) });
+      this.index++;
+      return this.next();
+    }
+    this.socket = socket;
+    this.timer = setTimeout(this.onTimeout, this.timeoutMs);
+    socket.once('connect', this.onConnect);
+    socket.once('error', this.onError);
+  }
+
+  private readonly onConnect = (): void => {
+    const socket = this.socket as Socket;
+    const address = this.candidates[this.index] as IpAddress;
+    this.settle();
+    socket.removeListener('error', this.onError);
+    if (this.cancel?.aborted) {
+      socket.destroy();
+      return this.fail();
+    }
+    this.done(null, { socket, address });
+  };
+
+  private readonly onError = (err: NodeJS.ErrnoException): void => this.attemptFailed(err.code ?? err.message);
+
+  private readonly onTimeout = (): void => this.attemptFailed('ETIMEDOUT');
+
+  private attemptFailed(error: string): void {
+    const socket = this.socket as Socket;
+    this.settle();
+    socket.removeListener('connect', this.onConnect);
+    socket.removeListener('error', this.onError);
+    // A late error from the abandoned socket must not reach the process as an uncaught one.
+    socket.on('error', ignore);
+    socket.destroy();
+    this.attempts.push({ address: (this.candidates[this.index] as IpAddress).text, error });
+    this.index++;
+    this.next();
+  }
+
+  private settle(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.socket = null;
+  }
+
+  private fail(): void {
+    const attempts = this.attempts;
+    if (this.cancel?.aborted) attempts.push({ address: '-', error: 'aborted' });
+    const allTimeouts = attempts.length > 0 && attempts.every((a) => a.error === 'ETIMEDOUT');
+    this.done(new DialError(allTimeouts ? 'timeout' : 'unreachable', attempts), null);
+  }
+}
+
+function ignore(): void {}

@@ -36,6 +36,8 @@ export interface Resolution {
 
 export interface NameResolver {
   resolve(name: string): Promise<Resolution>;
+  /** The cached answer for `name`, if one is fresh: lets a decision skip the promise (null: ask `resolve`). */
+  peek?(name: string): Resolution | null;
 }
 
 export interface ResolverOptions {
@@ -90,13 +92,19 @@ export function createResolver(options: ResolverOptions = {}): NameResolver {
     }
   }
 
+  const peek = (name: string): Resolution | null => {
+    const hit = cache.get(name);
+    if (!hit) return null;
+    if (hit.expires > now()) return { addresses: hit.addresses, cached: true, durationMs: 0 };
+    cache.delete(name);
+    return null;
+  };
+
   return {
+    peek,
     async resolve(name: string): Promise<Resolution> {
-      const hit = cache.get(name);
-      if (hit) {
-        if (hit.expires > now()) return { addresses: hit.addresses, cached: true, durationMs: 0 };
-        cache.delete(name);
-      }
+      const hit = peek(name);
+      if (hit) return hit;
       const started = performance.now();
       const [a, aaaa] = await Promise.all([query(name, 4), query(name, 6)]);
       const durationMs = performance.now() - started;

@@ -17,15 +17,17 @@ import { randomBytes } from 'node:crypto';
 import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { readForDecision } from '../attribution/decision-reads.js';
+import type { DecisionReads, Histories } from '../attribution/decision-reads.js';
 import type { Attribution } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
-import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
+import type { CallStore, DiscoveredLog, HistoryStore, MaybePromise } from '../state/types.js';
 import type { IpAddress } from '../net/address.js';
 import type { Target } from '../net/destination.js';
 import { DialError } from '../net/pinned-dial.js';
 import type { NameResolver } from '../net/resolve.js';
 import type { Decision, DecisionReason, HistoryCall } from '../policy/types.js';
 import { decideCall } from '../decide/decide-call.js';
+import type { CallOutcome } from '../decide/decide-call.js';
 import type { EndReason, EventSink } from '../events/events.js';
 import type { PolicyGeneration, PolicyStore } from '../live/policy-store.js';
 import { failure, refusal } from './answers.js';
@@ -81,6 +83,15 @@ export interface ActiveCall {
   abort(reason: EndReason): void;
 }
 
+/** A call being admitted, before its decision: who, where, and its own `conn_id`. */
+interface CallUnderWay {
+  readonly connId: string;
+  readonly client: string;
+  readonly limitKey: string;
+  readonly target: Target;
+  readonly method: string;
+}
+
 /** The history of every call when the policy has no sequence clause: one shared empty array, not one per call. */
 const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 
@@ -118,7 +129,11 @@ export class Admission {
     return { tool: call?.tool ?? null, callId: call?.callId ?? null, host: target?.host.host ?? null, port: target?.port ?? null };
   }
 
-  async admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): Promise<AdmissionResult> {
+  /**
+   * Admits one call. Answers at once when nothing is awaited (the memory store, an IP literal or
+   * a cached answer): a promise only when a shared store, a DNS query or a history read needs one.
+   */
+  admit(raw: readonly string[], remoteAddress: string | undefined, target: Target, method: string): MaybePromise<AdmissionResult> {
     const { config, events } = this.options;
     const connId = this.nextConnId();
     // A scan of the raw list: cheaper than building req.headersDistinct for a few names.
@@ -142,8 +157,7 @@ export class Admission {
         }),
       };
     }
-    const client = identity.client;
-    const limitKey = identity.limitKey;
+    const call: CallUnderWay = { connId, client: identity.client, limitKey: identity.limitKey, target, method };
     const headerNames = {
       tool: config.attribution.toolHeader,
       call: config.attribution.callHeader,
@@ -154,7 +168,7 @@ export class Admission {
     // and then the decision waits (at most state.timeout_ms).
     const generation = this.options.store.current;
     const now = Date.now();
-    let reads = readForDecision(headerValues, client, {
+    const reads = readForDecision(headerValues, call.client, {
       names: headerNames,
       trust: config.attribution.trust,
       registry: this.options.registry,
@@ -162,45 +176,57 @@ export class Admission {
       withHistories: generation.policy.hasSequenceRules,
       now,
     });
-    if (reads instanceof Promise) {
-      try {
-        reads = await reads;
-      } catch (err) {
-        return this.registrationsUnavailable(connId, client, limitKey, target, method, err);
-      }
-    }
-    const attribution = reads.attribution;
-    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(connId, attribution.reason, target, method) };
+    if (reads instanceof Promise)
+      return reads.then(
+        (r) => this.read(call, r, generation, now),
+        (err: unknown) => this.registrationsUnavailable(call, err),
+      );
+    return this.read(call, reads, generation, now);
+  }
 
+  /** The call's attribution (and the histories a sequence clause needs) are read: decide. */
+  private read(c: CallUnderWay, reads: DecisionReads, generation: PolicyGeneration, now: number): MaybePromise<AdmissionResult> {
+    const attribution = reads.attribution;
+    if (attribution.kind === 'bad_request') return { ok: false, answer: this.badRequest(c.connId, attribution.reason, c.target, c.method) };
     if (attribution.kind === 'unattributed') {
       const call: Attribution = { tool: null, callId: attribution.callId, sessionId: null };
-      const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, {
-        connId,
-        client,
-        limitKey,
-        calls: [call],
-        generation,
-        target,
-        method,
-      });
-      return { ok: false, answer: refusal(decision, this.labelFor(target, call), config.denyStatus, attribution.reason) };
+      const decision = this.logRefusedBeforeDecision('unattributed', attribution.reason, c, [call], generation);
+      const answer = refusal(decision, this.labelFor(c.target, call), this.options.config.denyStatus, attribution.reason);
+      return { ok: false, answer };
     }
-
     // History only when a rule has a sequence clause; otherwise one shared empty one.
     const histories = reads.histories;
     if (generation.policy.hasSequenceRules && histories === null)
-      return { ok: false, answer: this.stateUnavailable(connId, client, limitKey, attribution.calls, generation, target, method) };
-    const contexts = attribution.calls.map((c, i) => {
+      return { ok: false, answer: this.stateUnavailable(c, attribution.calls, generation) };
+    return this.decide(c, attribution.calls, generation, histories, now);
+  }
+
+  private decide(
+    c: CallUnderWay,
+    calls: readonly Attribution[],
+    generation: PolicyGeneration,
+    histories: Histories | null,
+    now: number,
+  ): MaybePromise<AdmissionResult> {
+    const contexts = calls.map((call, i) => {
       const history = histories ? (histories[i] as readonly HistoryCall[]) : NO_HISTORY;
-      return { tool: c.tool, server: client, port: target.port, callId: c.callId, now, history };
+      return { tool: call.tool, server: c.client, port: c.target.port, callId: call.callId, now, history };
     });
-    const outcome = await decideCall(generation.policy, contexts, target, {
+    const outcome = decideCall(generation.policy, contexts, c.target, {
       resolver: this.options.resolver,
       classify: this.options.classify,
     });
-    const call = attribution.calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
+    return outcome instanceof Promise
+      ? outcome.then((o) => this.decided(c, calls, generation, o))
+      : this.decided(c, calls, generation, outcome);
+  }
+
+  private decided(c: CallUnderWay, calls: readonly Attribution[], generation: PolicyGeneration, outcome: CallOutcome): AdmissionResult {
+    const { events, config } = this.options;
+    const call = calls[outcome.kind === 'decided' ? outcome.index : 0] as Attribution;
     if (outcome.dnsMs !== null) this.options.observer?.dns?.(outcome.dnsMs);
     if (outcome.kind === 'dns_error') {
+      const { connId, target, method, client } = c;
       const fields = {
         conn_id: connId,
         code: 'dns_error',
@@ -218,22 +244,22 @@ export class Admission {
       };
     }
     const admitted: Admitted = {
-      connId,
-      client,
-      limitKey,
+      connId: c.connId,
+      client: c.client,
+      limitKey: c.limitKey,
       call,
-      calls: attribution.calls,
+      calls,
       generation: generation.generation,
       digest: generation.digest,
       decision: outcome.decision,
       candidates: outcome.candidates,
-      target,
-      method,
+      target: c.target,
+      method: c.method,
     };
     if (outcome.decision.uncovered) this.recordDiscovered(admitted);
     if (!outcome.decision.dispatched) {
       this.logDecision(admitted, null);
-      return { ok: false, answer: refusal(outcome.decision, this.labelFor(target, call), config.denyStatus) };
+      return { ok: false, answer: refusal(outcome.decision, this.labelFor(c.target, call), config.denyStatus) };
     }
     return { ok: true, admitted };
   }
@@ -242,25 +268,19 @@ export class Admission {
   private logRefusedBeforeDecision(
     reason: DecisionReason,
     why: string,
-    c: {
-      connId: string;
-      client: string;
-      limitKey: string;
-      calls: readonly Attribution[];
-      generation: PolicyGeneration;
-      target: Target;
-      method: string;
-    },
+    c: CallUnderWay,
+    calls: readonly Attribution[],
+    generation: PolicyGeneration,
   ): Decision {
     const decision = refusedBeforeDecision(reason);
     const admitted: Admitted = {
       connId: c.connId,
       client: c.client,
       limitKey: c.limitKey,
-      call: c.calls[0] as Attribution,
-      calls: c.calls,
-      generation: c.generation.generation,
-      digest: c.generation.digest,
+      call: calls[0] as Attribution,
+      calls,
+      generation: generation.generation,
+      digest: generation.digest,
       decision,
       candidates: [],
       target: c.target,
@@ -271,44 +291,29 @@ export class Admission {
   }
 
   /** Fail closed: the history a sequence clause needs cannot be read (call-history.ts); no decision is made. */
-  private stateUnavailable(
-    connId: string,
-    client: string,
-    limitKey: string,
-    calls: readonly Attribution[],
-    generation: PolicyGeneration,
-    target: Target,
-    method: string,
-  ): Answer {
+  private stateUnavailable(c: CallUnderWay, calls: readonly Attribution[], generation: PolicyGeneration): Answer {
     const call = calls[0] as Attribution;
-    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${client}`;
+    const key = call.sessionId !== null ? `session ${call.sessionId}` : `client ${c.client}`;
     const message =
       `the session history of ${key} cannot be read completely now (a history bound dropped calls still inside ` +
       "the policy's longest window, or the state store is unavailable); refused until it can";
-    this.logRefusedBeforeDecision('state_unavailable', message, { connId, client, limitKey, calls, generation, target, method });
-    return failure('state_unavailable', message, this.labelFor(target, call));
+    this.logRefusedBeforeDecision('state_unavailable', message, c, calls, generation);
+    return failure('state_unavailable', message, this.labelFor(c.target, call));
   }
 
   /**
    * Fail closed: attribution needed the registered calls and the shared store could not give
    * them (down, or slower than `state.timeout_ms`): refused with 503 `state_unavailable`.
    */
-  private registrationsUnavailable(
-    connId: string,
-    client: string,
-    limitKey: string,
-    target: Target,
-    method: string,
-    err: unknown,
-  ): AdmissionResult {
+  private registrationsUnavailable(c: CallUnderWay, err: unknown): AdmissionResult {
     const generation = this.options.store.current;
     const why = `the shared state store cannot answer (${(err as Error)?.message ?? String(err)})`;
     const call: Attribution = { tool: null, callId: null, sessionId: null };
-    this.logRefusedBeforeDecision('state_unavailable', why, { connId, client, limitKey, calls: [call], generation, target, method });
+    this.logRefusedBeforeDecision('state_unavailable', why, c, [call], generation);
     this.options.observer?.failure?.('state_unavailable');
     return {
       ok: false,
-      answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(target)),
+      answer: failure('state_unavailable', `${why}; the call is refused rather than decided without it`, this.labelFor(c.target)),
     };
   }
 

@@ -9,17 +9,32 @@
  */
 import type { Socket } from 'node:net';
 import { parseAuthority } from '../net/destination.js';
-import { pinnedDial } from '../net/pinned-dial.js';
-import type { PinnedConnection } from '../net/pinned-dial.js';
+import { dialPinned } from '../net/pinned-dial.js';
+import type { MaybePromise } from '../state/types.js';
 import { sendRawAnswer } from './answers.js';
 import type { Admission, AdmissionResult } from './admission.js';
+import { IdleSweep } from './idle-sweep.js';
 import { Tunnel } from './tunnel.js';
 import type { TunnelOwner } from './tunnel.js';
 
 export class ConnectPath implements TunnelOwner {
-  constructor(private readonly admission: Admission) {}
+  /** Closes tunnels idle for `tunnel_idle_timeout_ms`. */
+  private readonly idle: IdleSweep<Tunnel>;
+  /** Tunnels dialled in this event-loop turn, and what their clients sent after the head: answered together (openDialled). */
+  private readonly dialled: Tunnel[] = [];
+  private readonly dialledHeads: Buffer[] = [];
+  /** The newest decision line's ticket among them. */
+  private dialledTicket = 0;
 
-  async serve(requestTarget: string, rawHeaders: readonly string[], client: Socket, head: Buffer): Promise<void> {
+  constructor(private readonly admission: Admission) {
+    this.idle = new IdleSweep(admission.config.limits.tunnelIdleTimeoutMs);
+  }
+
+  /**
+   * Serves one CONNECT. No promise unless the admission needs one (a shared store, a DNS query):
+   * an IP literal or a cached name goes from head to dial in one turn.
+   */
+  serve(requestTarget: string, rawHeaders: readonly string[], client: Socket, head: Buffer): void {
     const admission = this.admission;
     client.on('error', destroyOnError);
     const target = parseAuthority(requestTarget, null);
@@ -27,13 +42,24 @@ export class ConnectPath implements TunnelOwner {
       sendRawAnswer(client, admission.badRequest(admission.nextConnId(), `bad CONNECT target: ${target.error}`, null, 'CONNECT'));
       return;
     }
-    let result: AdmissionResult;
+    let result: MaybePromise<AdmissionResult>;
     try {
-      result = await admission.admit(rawHeaders, client.remoteAddress, target, 'CONNECT');
+      result = admission.admit(rawHeaders, client.remoteAddress, target, 'CONNECT');
     } catch (err) {
       sendRawAnswer(client, admission.internalError(err, null));
       return;
     }
+    if (result instanceof Promise)
+      result.then(
+        (r) => this.admitted(r, client, head),
+        (err: unknown) => sendRawAnswer(client, admission.internalError(err, null)),
+      );
+    else this.admitted(result, client, head);
+  }
+
+  /** Decided: answer a refusal, or take a tunnel slot and dial the vetted candidates. */
+  private admitted(result: AdmissionResult, client: Socket, head: Buffer): void {
+    const admission = this.admission;
     if (!result.ok) {
       sendRawAnswer(client, result.answer);
       return;
@@ -45,32 +71,54 @@ export class ConnectPath implements TunnelOwner {
       return;
     }
     const started = performance.now();
-    let conn: PinnedConnection;
-    try {
-      // A client gone during the dial (a reset, or shutdown) abandons it; read when the dial
-      // checks, so no 'close' listener is added and removed on every CONNECT.
-      conn = await pinnedDial(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, {
-        get aborted() {
-          return client.destroyed;
-        },
-      });
-    } catch (err) {
-      admission.releaseTunnel(a.limitKey);
-      admission.logDecision(a, null);
-      sendRawAnswer(client, admission.dialFailure(a, err));
-      admission.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
-      return;
-    }
-    admission.logDecision(a, conn.address.text);
-    const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
-    admission.active.add(tunnel);
-    tunnel.open(head, admission.config.limits.tunnelIdleTimeoutMs);
+    // A client gone during the dial (a reset, or shutdown) abandons it; read when the dial
+    // checks, so no 'close' listener is added and removed on every CONNECT.
+    const cancel = {
+      get aborted() {
+        return client.destroyed;
+      },
+    };
+    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, cancel, (err, conn) => {
+      if (err !== null || conn === null) {
+        admission.releaseTunnel(a.limitKey);
+        admission.logDecision(a, null);
+        sendRawAnswer(client, admission.dialFailure(a, err));
+        admission.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
+        return;
+      }
+      // Deferred: the decision lines of every tunnel dialled in this turn go out in one write, before any of their 200s.
+      this.dialledTicket = Math.max(this.dialledTicket, admission.logDecision(a, conn.address.text, undefined, true));
+      const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
+      admission.active.add(tunnel);
+      if (this.dialled.push(tunnel) === 1) setImmediate(this.openDialled);
+      this.dialledHeads.push(head);
+    });
   }
+
+  /**
+   * Answers `200` to the tunnels dialled in the last turn, once their decision lines are written
+   * (one write for all of them). A tunnel whose client left meanwhile is ended, not opened.
+   */
+  private readonly openDialled = (): void => {
+    const tunnels = this.dialled;
+    const heads = this.dialledHeads;
+    try {
+      this.admission.events.ensureWritten(this.dialledTicket);
+      for (let i = 0; i < tunnels.length; i++) {
+        const tunnel = tunnels[i] as Tunnel;
+        if (tunnel.open(heads[i] as Buffer)) this.idle.add(tunnel);
+      }
+    } finally {
+      // Emptied whatever happens: the next dialled tunnel schedules the next batch.
+      tunnels.length = heads.length = 0;
+    }
+  };
 
   /** TunnelOwner: both sockets of a tunnel are closed. */
   tunnelEnded(tunnel: Tunnel): void {
     const admission = this.admission;
     admission.active.delete(tunnel);
+    this.idle.delete(tunnel);
     admission.releaseTunnel(tunnel.limitKey);
     const { bytesWritten, bytesRead } = tunnel.upstream;
     admission.closedEvent(tunnel.connId, bytesWritten, bytesRead, tunnel.started, tunnel.end ?? 'client_closed', true);

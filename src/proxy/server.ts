@@ -91,7 +91,7 @@ export class ProxyServer {
     this.server.removeListener('connection', httpConnection);
     this.startLimits = { maxHeaderBytes: config.limits.maxHeaderBytes, headerTimeoutMs: config.limits.headerTimeoutMs };
     this.startHandlers = {
-      connect: (socket, target, rawHeaders, rest) => void this.connect.serve(target, rawHeaders, socket, rest),
+      connect: (socket, target, rawHeaders, rest) => this.connect.serve(target, rawHeaders, socket, rest),
       http: (socket) => httpConnection.call(this.server, socket),
       refuse: (socket, code, message) => this.refuseHead(socket, code, message),
     };
@@ -108,7 +108,7 @@ export class ProxyServer {
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       clearHeadDeadline(socket);
-      void this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head);
+      this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head);
     });
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
       clearHeadDeadline(socket);

@@ -4,12 +4,13 @@
  *
  * Shaped for many long idle tunnels: the state is one object, the sockets point at it, and the
  * listeners are shared module functions (`this` is the socket), so an idle tunnel holds no
- * per-tunnel closures or timers beyond the one idle timeout. The relay is written out rather
+ * per-tunnel closures or timers (the idle timeout is idle-sweep.ts's, one timer for all). The relay is written out rather
  * than `pipe()`d for the same reason: pipe() adds nine closures per direction (a third of an
  * idle tunnel's heap) and their set-up and tear-down on every CONNECT.
  */
 import type { Socket } from 'node:net';
 import type { EndReason } from '../events/events.js';
+import type { IdleWatched } from './idle-sweep.js';
 
 const TUNNEL = Symbol('tunnel');
 const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
@@ -20,9 +21,12 @@ export interface TunnelOwner {
   tunnelEnded(tunnel: Tunnel): void;
 }
 
-export class Tunnel {
+export class Tunnel implements IdleWatched {
   end: EndReason | null = null;
   private closedSockets = 0;
+  /** The idle sweep's bookkeeping (idle-sweep.ts). */
+  idleBytes = 0;
+  idleSince = 0;
 
   /**
    * Takes both sockets: from here a close or an error on either ends the tunnel (and is
@@ -48,16 +52,12 @@ export class Tunnel {
    * Answers `200`, forwards what the client sent after its CONNECT head, and starts relaying;
    * only ends the tunnel if a socket is already gone (destroyed, its 'close' still to come).
    */
-  open(head: Buffer, idleMs: number): void {
+  open(head: Buffer): boolean {
     const { client, upstream } = this;
     if (client.destroyed || upstream.destroyed) {
       this.abort(client.destroyed ? 'client_closed' : 'upstream_closed');
-      return;
+      return false;
     }
-    // A socket's timer restarts on its reads and its writes, so the client side alone sees
-    // traffic in both directions: one timer per tunnel, not two.
-    client.setTimeout(idleMs);
-    client.on('timeout', onIdle);
     client.write(CONNECTION_ESTABLISHED);
     if (head.length > 0) upstream.write(head);
     for (const socket of [client, upstream]) {
@@ -65,6 +65,12 @@ export class Tunnel {
       socket.on('drain', onDrain);
       socket.on('end', onEnd);
     }
+    return true;
+  }
+
+  /** No byte either way for the idle timeout (idle-sweep.ts). */
+  idleExpired(): void {
+    this.abort('idle_timeout');
   }
 
   /** Records the first reason the tunnel is ending for. */
@@ -91,10 +97,6 @@ export class Tunnel {
     this.other(socket).destroy();
     if (++this.closedSockets === 2) this.owner.tunnelEnded(this);
   }
-}
-
-function onIdle(this: TunnelSocket): void {
-  this[TUNNEL]?.abort('idle_timeout');
 }
 
 /** Relays a chunk; a peer that cannot take more pauses this side until it drains. */

@@ -2,6 +2,7 @@
 import t from 'tap';
 import { DecisionFeed } from '../../src/events/decision-feed.js';
 import type { FeedStream } from '../../src/events/decision-feed.js';
+import { decisionLine } from '../../src/events/events.js';
 import type { DecisionEvent } from '../../src/events/events.js';
 
 function event(n: number, verdict: 'allow' | 'deny' = 'deny', tool: string | null = 'fetch'): DecisionEvent {
@@ -30,7 +31,14 @@ function event(n: number, verdict: 'allow' | 'deny' = 'deny', tool: string | nul
     policy_digest: '0123456789ab',
   };
 }
-const line = (n: number) => `{"event":"egress.decision","conn_id":"c-${n}","pad":"${'x'.repeat(80)}"}\n`;
+/** The line last written for each conn_id (the feed keeps lines and reads decisions back from them). */
+const lines = new Map<string, string>();
+function record(feed: DecisionFeed, e: DecisionEvent): void {
+  const written = decisionLine(e);
+  lines.set(e.conn_id, written);
+  feed.decision(e, written);
+}
+const line = (n: number): string => lines.get(`c-${n}`) ?? decisionLine(event(n));
 
 /** A stream whose client takes nothing (`stalled`) or everything at once. */
 class FakeStream implements FeedStream {
@@ -58,7 +66,7 @@ class FakeStream implements FeedStream {
 
 t.test('the ring keeps the last N decisions, oldest first', async (t) => {
   const feed = new DecisionFeed({ capacity: 5 });
-  for (let i = 1; i <= 12; i++) feed.decision(event(i), line(i));
+  for (let i = 1; i <= 12; i++) record(feed, event(i));
   t.same(
     feed.recent().map((e) => e.event.conn_id),
     ['c-8', 'c-9', 'c-10', 'c-11', 'c-12'],
@@ -72,7 +80,7 @@ t.test('the ring keeps the last N decisions, oldest first', async (t) => {
 
 t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new decisions as SSE frames', async (t) => {
   const feed = new DecisionFeed({ flushMs: 5 });
-  for (let i = 1; i <= 6; i++) feed.decision(event(i, i % 2 ? 'deny' : 'allow'), line(i));
+  for (let i = 1; i <= 6; i++) record(feed, event(i, i % 2 ? 'deny' : 'allow'));
   const all = new FakeStream(false);
   const denies = new FakeStream(false);
   const resumed = new FakeStream(false);
@@ -85,15 +93,18 @@ t.test('a new stream starts full, filtered, after Last-Event-ID; then gets new d
   t.same(denies.ids(), [1, 3, 5]);
   t.same(resumed.ids(), [5, 6]);
   t.same(afterRestart.ids(), [1, 2, 3, 4, 5, 6], 'an id this process never gave (a restart) starts full');
-  t.match(all.text, /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"event":"egress.decision","conn_id":"c-1",/);
+  t.match(
+    all.text,
+    /^retry: 2000\n\nid: 1\nevent: decision\ndata: \{"level":"info","time":"[^"]+","pid":\d+,"event":"egress.decision","conn_id":"c-1",/,
+  );
   t.notMatch(all.text, /\n\n\n/, "the line's own newline is not a second blank line");
-  feed.decision(event(7), line(7));
-  feed.decision(event(8, 'allow'), line(8));
+  record(feed, event(7));
+  record(feed, event(8, 'allow'));
   await new Promise((r) => setTimeout(r, 30));
   t.same(all.ids(), [1, 2, 3, 4, 5, 6, 7, 8]);
   t.same(denies.ids(), [1, 3, 5, 7]);
   endAll?.();
-  feed.decision(event(9), line(9));
+  record(feed, event(9));
   await new Promise((r) => setTimeout(r, 30));
   t.same(all.ids(), [1, 2, 3, 4, 5, 6, 7, 8], 'an ended stream gets nothing more');
   feed.close();
@@ -112,7 +123,7 @@ t.test(
     const batchBytes = batch * (line(1000).length + 30);
     let most = 0;
     for (let i = 1; i <= 500; i++) {
-      feed.decision(event(i), line(i));
+      record(feed, event(i));
       if (i % batch === 0) {
         feed.flush();
         most = Math.max(most, feed.maxBacklog());
@@ -126,16 +137,16 @@ t.test(
     // The client takes what was waiting: the next flush says how many it missed.
     stalled.taken = stalled.text.length;
     stalled.stalled = false;
-    feed.decision(event(501), line(501));
+    record(feed, event(501));
     feed.flush();
     t.match(stalled.text, new RegExp(`event: dropped\\ndata: \\{"dropped":${500 - kept}\\}\\n\\n`));
     t.equal(stalled.ids().at(-1), 501);
     // Stalled again and for longer than stalledMs: closed, its slot freed.
     stalled.stalled = true;
     stalled.taken = 0;
-    for (let i = 502; i <= 900; i++) feed.decision(event(i), line(i));
+    for (let i = 502; i <= 900; i++) record(feed, event(i));
     feed.flush();
-    feed.decision(event(901), line(901));
+    record(feed, event(901));
     feed.flush();
     await new Promise((r) => setTimeout(r, 120));
     t.ok(stalled.destroyed, 'the stalled stream is closed');
@@ -173,13 +184,13 @@ t.test('heartbeats keep an idle stream open', async (t) => {
 
 t.test('with no stream, a decision costs a slot in the ring and no timer', async (t) => {
   const feed = new DecisionFeed();
-  for (let i = 0; i < 3000; i++) feed.decision(event(i), line(i));
+  for (let i = 0; i < 3000; i++) record(feed, event(i));
   t.equal(feed.recent().length, 1000);
   t.equal((feed as unknown as { flushTimer: unknown }).flushTimer, null);
 });
 
 t.test('the event sink hands the feed the very line it writes, also when the log level hides decisions', async (t) => {
-  const { createEventSink, createLogger, decisionLine } = await import('../../src/events/events.js');
+  const { createEventSink, createLogger } = await import('../../src/events/events.js');
   for (const level of ['info', 'warn']) {
     const written: string[] = [];
     const sink = createEventSink(createLogger(level, { write: (s: string) => void written.push(s) }));

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import t from 'tap';
 import pino from 'pino';
 import { BatchedDestination, DEFER_MS } from '../../src/events/event-destination.js';
-import { closedLine, createEventSink, createLogger, decisionLine } from '../../src/events/events.js';
+import { closedLine, createEventSink, createLogger, decisionLine, parseDecisionLine } from '../../src/events/events.js';
 import type { ClosedEvent, DecisionEvent } from '../../src/events/events.js';
 import type { Decision } from '../../src/policy/types.js';
 
@@ -140,6 +140,15 @@ t.test('decision lines are what pino would write, field for field and in order',
     t.equal(withoutTime(decisionLine(e)), withoutTime(reference));
   }
   t.match(JSON.parse(decisionLine(events[1] as DecisionEvent)).msg, /^\[shadow\] would deny xn--bcher-kva\.example:80 \(rule no-/);
+});
+
+t.test('a decision line reads back as the event it was written from (the feed keeps lines only)', async (t) => {
+  for (const e of events) {
+    // What a line does not carry: the trace, and observe mode's `uncovered`.
+    const expected: DecisionEvent = { ...e, decision: { ...e.decision, trace: [], uncovered: false } };
+    t.same(parseDecisionLine(decisionLine(e)), expected, e.conn_id);
+    t.strictSame(parseDecisionLine(decisionLine(e)), expected, `${e.conn_id}: no field more or less`);
+  }
 });
 
 t.test('closed lines are what pino would write', async (t) => {
