@@ -404,8 +404,9 @@ export function topFunctions(dir: string): string {
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   // Inclusive shares: a sample counts for an area when any frame of its stack is in it.
   const areas: Array<[string, RegExp]> = [
-    ['policy evaluation, baseline, addresses, DNS cache', /dist\/src\/(policy\/|net\/(baseline|address|resolve)\.js|proxy\/decision\.js)/],
-    ['event lines (formatting and writing)', /dist\/src\/proxy\/(events|event-destination)\.js/],
+    ['policy evaluation, baseline, addresses, DNS cache', /dist\/src\/(policy\/|decide\/|net\/(baseline|address|resolve)\.js)/],
+    ['event lines (formatting, writing, the console feed)', /dist\/src\/events\//],
+    ['session history (memory store, src/proxy/call-history)', /dist\/src\/(state\/history|proxy\/call-history)\.js/],
     ['attribution and identity', /dist\/src\/attribution\//],
     ['metrics (prom-client)', /dist\/src\/admin\/metrics\.js/],
     ['shared state (@redis/client, src/state/redis)', /node_modules\/@redis\/|dist\/src\/state\/redis\//],
