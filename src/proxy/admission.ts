@@ -18,7 +18,7 @@ import type { AddressClass } from '../net/baseline.js';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { readForDecision } from '../attribution/decision-reads.js';
 import type { DecisionReads, Histories } from '../attribution/decision-reads.js';
-import type { Attribution } from '../attribution/attribute.js';
+import type { Attribution, AttributionHeaders } from '../attribution/attribute.js';
 import { identify } from '../attribution/identity.js';
 import type { CallStore, DiscoveredLog, HistoryStore, MaybePromise } from '../state/types.js';
 import type { IpAddress } from '../net/address.js';
@@ -103,7 +103,13 @@ export class Admission {
   private readonly connPrefix = randomBytes(4).toString('hex');
   private connCounter = 0;
 
-  constructor(private readonly options: AdmissionOptions) {}
+  /** The attribution headers' names (config, fixed for the process): one object, not one per call. */
+  private readonly headerNames: AttributionHeaders;
+
+  constructor(private readonly options: AdmissionOptions) {
+    const { attribution } = options.config;
+    this.headerNames = { tool: attribution.toolHeader, call: attribution.callHeader, session: attribution.sessionHeader };
+  }
 
   get config(): ProxyConfig {
     return this.options.config;
@@ -158,18 +164,13 @@ export class Admission {
       };
     }
     const call: CallUnderWay = { connId, client: identity.client, limitKey: identity.limitKey, target, method };
-    const headerNames = {
-      tool: config.attribution.toolHeader,
-      call: config.attribution.callHeader,
-      session: config.attribution.sessionHeader,
-    };
     // The generation whose needs are read is the one that decides. Attribution and, with sequence
     // clauses, histories: one read (decision-reads.ts); only a shared store answers with a promise,
     // and then the decision waits (at most state.timeout_ms).
     const generation = this.options.store.current;
     const now = Date.now();
     const reads = readForDecision(headerValues, call.client, {
-      names: headerNames,
+      names: this.headerNames,
       trust: config.attribution.trust,
       registry: this.options.registry,
       history: this.options.history,

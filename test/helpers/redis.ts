@@ -203,3 +203,14 @@ export async function monitorRedis(t: { teardown(fn: () => unknown): void }, por
     mark: () => (seen = []),
   };
 }
+
+/** The lethal-trifecta rule the replica tests share: no `fetch` within ten minutes after a `read_*` call. */
+export const FETCH_AFTER_READ_POLICY = `version: 1
+default_verdict: allow
+rules:
+  - id: no-fetch-after-read
+    priority: 1
+    verdict: deny
+    tool_name_glob: fetch
+    after: {tool_name_glob: "read_*", within_seconds: 600}
+`;

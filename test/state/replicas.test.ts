@@ -10,7 +10,7 @@ import type { Test } from 'tap';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
-import { delayingRelay, startRedis } from '../helpers/redis.js';
+import { delayingRelay, FETCH_AFTER_READ_POLICY, startRedis } from '../helpers/redis.js';
 import { missing } from '../helpers/requires.js';
 import { files, serve } from '../helpers/serve-process.js';
 import { startUpstream } from '../helpers/upstream.js';
@@ -300,15 +300,7 @@ t.test('a replica killed with SIGKILL: the other keeps deciding with the same st
 t.test('a sequence rule fires when the read went through replica A and the fetch through replica B', { skip }, async (t) => {
   const redis = await startRedis(t);
   const { target } = await upstreamFor(t);
-  const policy = `version: 1
-default_verdict: allow
-rules:
-  - id: no-fetch-after-read
-    priority: 1
-    verdict: deny
-    tool_name_glob: fetch
-    after: {tool_name_glob: "read_*", within_seconds: 600}
-`;
+  const policy = FETCH_AFTER_READ_POLICY;
   const config = `state: {store: redis, redis_url: "${redis.url}"}\nadmin: {listen: "127.0.0.1:0"}`;
   const a = await startTestProxyFor(t, { policy, config });
   const b = await startTestProxyFor(t, { policy, config });

@@ -11,7 +11,7 @@ import t from 'tap';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
-import { delayingRelay, monitorRedis, startRedis } from '../helpers/redis.js';
+import { delayingRelay, FETCH_AFTER_READ_POLICY, monitorRedis, startRedis } from '../helpers/redis.js';
 import { missing } from '../helpers/requires.js';
 import { startUpstream } from '../helpers/upstream.js';
 
@@ -23,15 +23,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const FETCH = 'f'.repeat(32);
 const READ = 'r'.repeat(32);
 
-const SEQUENCE = `version: 1
-default_verdict: allow
-rules:
-  - id: no-fetch-after-read
-    priority: 1
-    verdict: deny
-    tool_name_glob: fetch
-    after: {tool_name_glob: "read_*", within_seconds: 600}
-`;
+const SEQUENCE = FETCH_AFTER_READ_POLICY;
 const NO_SEQUENCE = `version: 1
 default_verdict: allow
 rules:
