@@ -29,6 +29,7 @@ import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';
 import type { CommandIO } from './io.js';
+import { capYoungGeneration } from './young-generation.js';
 
 export interface ServeOptions {
   readonly config?: string;
@@ -280,6 +281,8 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
 
   const logger = createLogger(config.log.level);
   const events = createEventSink(logger);
+  // Less memory per idle tunnel at the same throughput (young-generation.ts).
+  capYoungGeneration();
   let running: Running | null;
   try {
     running = await startProxy(config, events);
