@@ -4,9 +4,15 @@
  * checked (SHA-256, constant-time) and a missing or wrong credential is refused with 407; with
  * none configured any user name is a label (and per-client limits count by source address). The
  * header's value never reaches a log line.
+ *
+ * A label is bounded like every other label a client writes (the attribution headers, announced
+ * tools and sessions): 1 to 256 characters without control characters, else `bad_request`.
+ * Unbounded, it was written into every decision line of the client (red-team F3: an 11 KB name
+ * made each line 11 KB and pushed other clients' decisions out of the console's feed).
  */
 import type { ProxyUser } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
+import { LABEL } from '../decide/dry-run-history.js';
 
 export type IdentityResult =
   | {
@@ -20,7 +26,12 @@ export type IdentityResult =
        */
       readonly limitKey: string;
     }
-  | { readonly ok: false; readonly reason: string };
+  | {
+      readonly ok: false;
+      readonly reason: string;
+      /** 407 for credentials users require; 400 for a label no one may use. */
+      readonly code: 'proxy_auth_required' | 'bad_request';
+    };
 
 function parseBasic(header: string): { user: string; password: string } | null {
   const m = /^Basic[ \t]+([A-Za-z0-9+/=]+)[ \t]*$/i.exec(header);
@@ -45,10 +56,24 @@ export function identify(
   const basic = authorization ? parseBasic(authorization) : null;
   if (users.length === 0) {
     const source = sourceAddress(remoteAddress);
-    if (basic && basic.user !== '') return { ok: true, client: basic.user, viaCredentials: true, limitKey: source };
+    if (basic && basic.user !== '') {
+      if (!LABEL.test(basic.user))
+        return {
+          ok: false,
+          code: 'bad_request',
+          reason: 'the Proxy-Authorization user name must be 1 to 256 characters without control characters',
+        };
+      return { ok: true, client: basic.user, viaCredentials: true, limitKey: source };
+    }
     return { ok: true, client: source, viaCredentials: false, limitKey: source };
   }
-  if (!basic) return { ok: false, reason: authorization ? 'unsupported Proxy-Authorization' : 'proxy credentials required' };
+  // With users the name is checked against theirs (a long one matches none: 407, never a label).
+  if (!basic)
+    return {
+      ok: false,
+      code: 'proxy_auth_required',
+      reason: authorization ? 'unsupported Proxy-Authorization' : 'proxy credentials required',
+    };
   const digest = sha256Hex(basic.password);
   // Compare against every user so the time taken does not say which names exist.
   let match: ProxyUser | null = null;
@@ -58,5 +83,5 @@ export function identify(
   }
   return match
     ? { ok: true, client: match.name, viaCredentials: true, limitKey: match.name }
-    : { ok: false, reason: 'invalid proxy credentials' };
+    : { ok: false, code: 'proxy_auth_required', reason: 'invalid proxy credentials' };
 }

@@ -153,6 +153,8 @@ export class Admission {
     };
     // The first Proxy-Authorization counts, as in node:http's req.headers (later ones are dropped).
     const identity = identify(headerValues('proxy-authorization')?.[0], remoteAddress, config.auth.users);
+    if (!identity.ok && identity.code === 'bad_request')
+      return { ok: false, answer: this.badRequest(connId, identity.reason, target, method) };
     if (!identity.ok) {
       events.error({ conn_id: connId, code: 'proxy_auth_required', host: target.host.host, port: target.port, method }, identity.reason);
       this.options.observer?.failure?.('proxy_auth_required');

@@ -114,7 +114,9 @@ export async function answerAnnouncement(req: IncomingMessage, res: ServerRespon
   const authorization = req.headers['proxy-authorization'];
   const identity = identify(authorization, req.socket.remoteAddress, config.auth.users);
   let answer: Answer | null = null;
-  if (!identity.ok) {
+  if (!identity.ok && identity.code === 'bad_request') {
+    answer = failure('bad_request', `announcement: ${identity.reason}`, NO_CALL);
+  } else if (!identity.ok) {
     answer = failure('proxy_auth_required', identity.reason, NO_CALL, { 'proxy-authenticate': 'Basic realm="mcp-egress-proxy"' });
   } else if (config.attribution.trust === 'registered') {
     answer = announceNotTrusted();

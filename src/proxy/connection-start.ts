@@ -33,7 +33,9 @@ export interface ConnectionStartLimits {
 
 /** The pending header deadline of a socket handed to node:http, until `clearHeadDeadline`. */
 const HEAD_DEADLINE = Symbol('head deadline');
-type StartingSocket = Duplex & { [HEAD_DEADLINE]?: NodeJS.Timeout | undefined };
+/** Set once a connection is a tunnel (or about to be): it reads no more heads, so it has no deadline. */
+const NO_MORE_HEADS = Symbol('no more heads');
+type StartingSocket = Duplex & { [HEAD_DEADLINE]?: NodeJS.Timeout | undefined; [NO_MORE_HEADS]?: true };
 
 /** The connection's first request head is complete (or the connection is gone): no deadline. */
 export function clearHeadDeadline(socket: Duplex): void {
@@ -45,6 +47,16 @@ export function clearHeadDeadline(socket: Duplex): void {
 }
 
 /**
+ * The connection read its last head (a CONNECT): clears the deadline and keeps `armHeadDeadline`
+ * from arming another, so an earlier request answered later cannot put a 408 into the tunnel
+ * (red-team F2).
+ */
+export function endHeadDeadlines(socket: Duplex): void {
+  (socket as StartingSocket)[NO_MORE_HEADS] = true;
+  clearHeadDeadline(socket);
+}
+
+/**
  * A kept-alive connection's next head must be complete within `ms` of the previous answer's end
  * (node:http's own header timer starts only at the head's first byte and is checked once a
  * period, so a trickled second head could hold the connection well past the limit). Cleared by
@@ -52,6 +64,7 @@ export function clearHeadDeadline(socket: Duplex): void {
  * since (nothing: an idle connection, closed quietly; something: an unfinished head, 408).
  */
 export function armHeadDeadline(socket: Socket, ms: number, expired: (socket: Socket, sentSomething: boolean) => void): void {
+  if ((socket as StartingSocket)[NO_MORE_HEADS]) return;
   clearHeadDeadline(socket);
   const readBefore = socket.bytesRead;
   const timer = setTimeout(() => {

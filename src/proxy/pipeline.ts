@@ -8,6 +8,13 @@
  * connection are served (admitted and unanswered) at a time; the rest wait, unadmitted (no
  * decision, no dial), while the socket is not read, and are dropped when the client goes.
  * Answers the client does not read stop the reading too (writableNeedDrain).
+ *
+ * A CONNECT pipelined behind requests still unanswered (red-team F1/F2) waits here too, as the
+ * connection's last entry: it is served once every earlier request is answered, so no answer of
+ * theirs can land in the tunnel (an Upgrade head, refused, waits the same way so its 400 comes
+ * after them). Waiting rather than refusing: pipelining before a CONNECT is
+ * legal HTTP/1.1 and the wait costs nothing new (the socket is simply not read meanwhile); a
+ * refusal would need the same wait for the earlier answers anyway.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -15,10 +22,12 @@ import type { Socket } from 'node:net';
 /** Pipelined requests per connection admitted and not yet answered (README, "Connections and limits"). */
 export const PIPELINE_LIMIT = 32;
 
-/** One client connection's pipeline: requests in flight, and those read but not yet served. */
+/** One client connection's pipeline: requests in flight, those read but not yet served, and a CONNECT after them. */
 interface Pipeline {
   inFlight: number;
   readonly waiting: Array<[IncomingMessage, ServerResponse]>;
+  /** Serves the CONNECT (or Upgrade) node:http read after the requests above: nothing is read after it. */
+  lastHead: (() => void) | null;
 }
 const PIPELINE = Symbol('pipeline');
 type PipelinedSocket = Socket & { [PIPELINE]?: Pipeline };
@@ -30,10 +39,13 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   const socket = req.socket as PipelinedSocket;
   let pipeline = socket[PIPELINE];
   if (pipeline === undefined) {
-    const created: Pipeline = { inFlight: 0, waiting: [] };
+    const created: Pipeline = { inFlight: 0, waiting: [], lastHead: null };
     socket[PIPELINE] = pipeline = created;
     // Gone before their turn: never admitted, never dialled, no events.
-    socket.once('close', () => (created.waiting.length = 0));
+    socket.once('close', () => {
+      created.waiting.length = 0;
+      created.lastHead = null;
+    });
   }
   if (pipeline.inFlight >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain) {
     pipeline.waiting.push([req, res]);
@@ -42,6 +54,40 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
     return;
   }
   start(socket, pipeline, req, res, serve);
+}
+
+/**
+ * A CONNECT (or Upgrade) head node:http read on a kept-alive connection, after which node:http
+ * lets go of the socket: served now if every request before it is answered, otherwise once the
+ * last of them is. The socket is not read meanwhile (node:http leaves it paused, and `next` does
+ * not resume it while a last head waits).
+ */
+export function admitLastHead(socket: Socket, serve: () => void): void {
+  const pipeline = (socket as PipelinedSocket)[PIPELINE];
+  const served = () => {
+    readAgain(socket);
+    serve();
+  };
+  if (pipeline === undefined || (pipeline.inFlight === 0 && pipeline.waiting.length === 0)) served();
+  else pipeline.lastHead = served;
+}
+
+type StreamHandle = { reading: boolean; readStart(): number };
+
+/**
+ * Restarts reading a socket node:http let go of. While node:http read it natively, a pause of
+ * ours (above) stopped the handle through node:http's own 'pause' listener; node:http took its
+ * 'resume' listener off with the socket, and the stream still counts a read as pending, so no
+ * `resume()` starts the handle again: the tunnel would never hear the client. This does what
+ * that listener did. Unread bytes then wait in the stream's buffer (up to its high-water mark)
+ * until the tunnel relays them.
+ */
+function readAgain(socket: Socket): void {
+  const handle = (socket as Socket & { _handle?: StreamHandle | null })._handle;
+  if (handle && !handle.reading && !socket.destroyed) {
+    handle.reading = true;
+    handle.readStart();
+  }
 }
 
 function start(socket: PipelinedSocket, pipeline: Pipeline, req: IncomingMessage, res: ServerResponse, serve: Serve): void {
@@ -59,7 +105,12 @@ function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
   while (pipeline.inFlight < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
     if (waiting === undefined) {
-      socket.resume();
+      if (pipeline.lastHead === null) socket.resume();
+      else if (pipeline.inFlight === 0) {
+        const serveLast = pipeline.lastHead;
+        pipeline.lastHead = null;
+        serveLast();
+      }
       return;
     }
     start(socket, pipeline, waiting[0], waiting[1], serve);

@@ -7,7 +7,8 @@
  *     plain HTTP: node:http → pipeline.ts → forward.ts (admission.ts, pinned-pool.ts) → closed event
  *
  * A CONNECT later on a kept-alive connection comes from node:http's 'connect' event into the
- * same connect.ts. Every call has its own `conn_id`, decision event and closed event.
+ * same connect.ts, once every request before it is answered (pipeline.ts). Every call has its
+ * own `conn_id`, decision event and closed event.
  *
  * Written on `node:http` rather than proxy-chain: proxy-chain gives no answer on a failed CONNECT
  * dial, counts bytes per client socket rather than per request, forwards `Proxy-Connection` and
@@ -26,10 +27,10 @@ import type { ErrorCode } from './answers.js';
 import { Admission } from './admission.js';
 import type { AdmissionOptions } from './admission.js';
 import { ConnectPath, destroyOnError } from './connect.js';
-import { armHeadDeadline, clearHeadDeadline, readConnectionStart } from './connection-start.js';
+import { armHeadDeadline, clearHeadDeadline, endHeadDeadlines, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { PlainHttpPath } from './forward.js';
-import { admitPipelined } from './pipeline.js';
+import { admitLastHead, admitPipelined } from './pipeline.js';
 
 export type { ProxyObserver } from './admission.js';
 
@@ -107,14 +108,14 @@ export class ProxyServer {
       admitPipelined(req, res, this.plain.accept);
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      clearHeadDeadline(socket);
-      this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head);
+      this.lastHead(socket, () => this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, head));
     });
-    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
-      clearHeadDeadline(socket);
-      sendRawAnswer(
-        socket,
-        failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)),
+    this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
+      this.lastHead(socket, () =>
+        sendRawAnswer(
+          socket,
+          failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)),
+        ),
       );
     });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
@@ -177,6 +178,20 @@ export class ProxyServer {
       if (s[UNANSWERED] > 0 || socket.destroyed || !res.writableFinished) return;
       armHeadDeadline(socket, this.options.config.limits.headerTimeoutMs, this.nextHeadExpired);
     });
+  }
+
+  /**
+   * A CONNECT or Upgrade head: node:http has let go of the socket and reads nothing after it.
+   * Served once every request before it on the connection is answered (pipeline.ts), so that
+   * no earlier answer lands in a tunnel or after a refusal.
+   */
+  private lastHead(socket: Duplex, serve: () => void): void {
+    // No head follows: no deadline now, nor armed later by an earlier answer's end (a 408 in a tunnel).
+    endHeadDeadlines(socket);
+    // node:http took its error listener off: a reset while earlier answers are pending must
+    // close the socket, not reach the process.
+    socket.on('error', destroyOnError);
+    admitLastHead(socket as Socket, serve);
   }
 
   private readonly nextHeadExpired = (socket: Socket, sentSomething: boolean): void => {

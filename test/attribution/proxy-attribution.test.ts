@@ -56,6 +56,45 @@ t.test('without users, the Basic user name is a label and the source IP the fall
   t.match(byIp, { server: '127.0.0.1', rule: { id: 'everyone-local' } });
 });
 
+t.test('without users, a user name label is 1 to 256 characters without control characters, else 400', async (t) => {
+  const { proxy, upstream, target } = await proxyWithUpstream(t, { policy });
+  const longest = `team-${'é'.repeat(251)}`;
+  for (const request of [
+    connectRequest(target, basic(longest, 'x')),
+    getRequest(`http://${target}/`, target, `${basic(longest, 'x')}x-mcp-tool: http_get\r\n`),
+  ]) {
+    const r = await rawRequest(proxy.port, request, 300);
+    t.match(r.raw, /^HTTP\/1\.1 200 /, 'a 256-character user name is a label');
+  }
+  const decided = proxy.events('egress.decision');
+  t.equal(decided.length, 2);
+  t.ok(
+    decided.every((e) => e.server === longest),
+    'and is the server label',
+  );
+  const forwarded = upstream.requests.length;
+  // Red-team F3: an ~11 KB user name made every decision line ~11 KB, evicting the console's feed.
+  for (const [name, user] of [
+    ['257 characters', `team-${'é'.repeat(252)}`],
+    ['about 11 KB', 'x'.repeat(11_000)],
+    ['a control character', 'team-a\u001b[2J'],
+  ] as const) {
+    for (const request of [connectRequest(target, basic(user, 'x')), getRequest(`http://${target}/`, target, basic(user, 'x'))]) {
+      const r = await rawRequest(proxy.port, request);
+      t.equal(r.status, 400, `${name}: refused`);
+      t.match(JSON.parse(r.body).error, {
+        code: 'bad_request',
+        message: /user name must be 1 to 256 characters without control characters/,
+      });
+    }
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(proxy.events('egress.decision').length, 2, 'no decision line for a refused user name');
+  t.equal(upstream.requests.length, forwarded, 'nothing more was forwarded');
+  const longestLine = Math.max(...proxy.events().map((e) => JSON.stringify(e).length));
+  t.ok(longestLine < 4096, `no event line carries the long name (longest ${longestLine} characters)`);
+});
+
 t.test('socket tags: registered calls attribute connections without headers', async (t) => {
   const { proxy, target } = await proxyWithUpstream(t, { policy });
   const { registry } = proxy.running;

@@ -59,6 +59,8 @@ t.test('malformed announcements are 400 and record nothing', async (t) => {
     ['an empty session', announce('{"tool":"read_file","session_id":""}')],
     ['a session that is not a string', announce('{"tool":"read_file","session_id":["S"]}')],
     ['over 4 KiB', announce(JSON.stringify({ tool: 'read_file', session_id: 'S', call_id: 'x'.repeat(256) }) + ' '.repeat(4000))],
+    // The user name is the history's `server` (and an earlier call's in decision lines): bounded as a label.
+    ['a user name over 256 characters', announce('{"tool":"read_file","session_id":"S"}', basic('u'.repeat(257), 'x'))],
   ];
   for (const [name, request] of cases) {
     const r = await rawRequest(proxy.port, request);

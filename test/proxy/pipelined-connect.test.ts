@@ -1,0 +1,205 @@
+/**
+ * Red-team F1/F2 (pipelined CONNECT): a CONNECT pipelined on a kept-alive plain-HTTP connection
+ * behind a GET whose answer is still pending waits for that answer; the tunnel then carries only
+ * the upstream's bytes, and no next-head deadline (408) ever reaches it. Also: behind more than
+ * PIPELINE_LIMIT requests (the pipeline paused the socket while node:http read it) the tunnel
+ * still hears the client; a client resetting meanwhile crashes nothing; an Upgrade head is
+ * refused only after the earlier answers.
+ */
+import { connect, createServer } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
+import type { ServerResponse } from 'node:http';
+import t from 'tap';
+import { PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
+import { startTestProxy } from '../helpers/proxy.js';
+import { connectRequest, rawRequest } from '../helpers/raw.js';
+import { startUpstream } from '../helpers/upstream.js';
+
+const HEADER_TIMEOUT_MS = 600;
+const BANNER = 'tunnel-upstream-banner\n';
+
+/** A raw TCP upstream for the tunnel: sends a banner, then echoes with a prefix. */
+async function startTunnelUpstream(): Promise<{ port: number; server: Server }> {
+  const server = createServer((socket) => {
+    socket.on('error', () => {});
+    socket.write(BANNER);
+    socket.on('data', (d: Buffer) => socket.write(`echo:${d.toString('latin1')}`));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  return { port: (server.address() as AddressInfo).port, server };
+}
+
+t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 reaches the tunnel', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: `limits: {header_timeout_ms: ${HEADER_TIMEOUT_MS}}`,
+  });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  const closed = new Promise<void>((resolve) => client.on('close', () => resolve()));
+  // One write: the GET, the CONNECT and the client's first tunnel bytes.
+  client.write(
+    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` +
+      'early-bytes\n',
+  );
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+  // The GET is in flight: nothing may have been answered yet (no 200 before the GET's answer).
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(data, '', 'nothing is answered while the earlier GET is pending');
+  t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, 'the CONNECT is not yet decided');
+
+  const body = 'slow-answer-body';
+  (held[0] as ServerResponse).setHeader('content-length', String(body.length));
+  (held[0] as ServerResponse).end(body);
+  const established = 'HTTP/1.1 200 Connection Established\r\n\r\n';
+  const deadline = Date.now() + 5000;
+  while (!data.includes(`echo:early-bytes\n`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  const getEnd = data.indexOf(body) + body.length;
+  t.match(data.slice(0, getEnd), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslow-answer-body$/, 'the GET answer comes first, whole');
+  t.equal(data.slice(getEnd), `${established}${BANNER}echo:early-bytes\n`, 'then the 200 and exactly the upstream bytes');
+
+  // Past the header timeout (and node:http's keep-alive timeout) the tunnel is still open and clean.
+  await new Promise((r) => setTimeout(r, HEADER_TIMEOUT_MS * 3));
+  t.notOk(client.destroyed, 'the tunnel is still open after header_timeout_ms');
+  client.write('later\n');
+  const later = Date.now() + 2000;
+  while (!data.endsWith('echo:later\n') && Date.now() < later) await new Promise((r) => setTimeout(r, 10));
+  t.equal(data.slice(getEnd), `${established}${BANNER}echo:early-bytes\necho:later\n`, 'no 408 nor anything else in the tunnel');
+
+  client.end();
+  await closed;
+  const decisions = proxy.events('egress.decision');
+  const get = decisions.find((e) => e.port === slow.port);
+  const tunnel = decisions.find((e) => e.port === tunnelUp.port);
+  t.equal(get?.method, 'GET', 'the GET was decided');
+  t.equal(tunnel?.method, 'CONNECT', 'the CONNECT was decided');
+  const closedTunnel = await proxy.waitFor((e) => e.event === 'egress.closed' && e.conn_id === tunnel?.conn_id);
+  t.equal(closedTunnel.end, 'client_closed', 'the tunnel closed when the client ended it');
+  t.equal(closedTunnel.bytes_up, 'early-bytes\nlater\n'.length, 'the upstream got exactly the client bytes');
+  t.equal(closedTunnel.bytes_down, BANNER.length + 'echo:early-bytes\necho:later\n'.length, 'and sent exactly its own');
+  const closedGet = await proxy.waitFor((e) => e.event === 'egress.closed' && e.conn_id === get?.conn_id);
+  t.ok(closedGet, 'the GET has its closed event');
+  t.equal(proxy.events().filter((e) => e.code === 'request_timeout').length, 0, 'no request_timeout was logged');
+});
+
+t.test('a CONNECT behind more than PIPELINE_LIMIT requests: the socket is not read until the tunnel opens', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const requests = PIPELINE_LIMIT + 8;
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  client.write(
+    `GET http://${slowTarget}/q HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n`.repeat(requests) +
+      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
+  );
+  const waitHeld = async (n: number) => {
+    const deadline = Date.now() + 5000;
+    while (held.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  };
+  await waitHeld(PIPELINE_LIMIT);
+  // The first PIPELINE_LIMIT answers let the last 8 requests in: none wait any more, 8 are in flight.
+  for (const res of held.splice(0)) res.end('a');
+  await waitHeld(requests - PIPELINE_LIMIT);
+  t.equal(held.length, requests - PIPELINE_LIMIT, 'the last requests are in flight');
+  // Sent now, these bytes belong to the tunnel to be: they must stay unread, not be lost.
+  client.write('mid-bytes\n');
+  await new Promise((r) => setTimeout(r, 200));
+  for (const res of held.splice(0)) res.end('a');
+  const deadline = Date.now() + 5000;
+  while (!data.includes('echo:mid-bytes\n') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  const established = data.indexOf('HTTP/1.1 200 Connection Established\r\n\r\n');
+  t.equal((data.slice(0, established).match(/HTTP\/1\.1 200 OK\r\n/g) ?? []).length, requests, 'every GET answer precedes the 200');
+  t.equal(
+    data.slice(established),
+    `HTTP/1.1 200 Connection Established\r\n\r\n${BANNER}echo:mid-bytes\n`,
+    'the tunnel got the bytes sent while it waited',
+  );
+  client.destroy();
+});
+
+t.test('a client resetting while its pipelined CONNECT waits: no tunnel, no crash', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  await new Promise((resolve) => client.once('connect', resolve));
+  client.write(
+    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
+  );
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+  client.resetAndDestroy();
+  await new Promise((r) => setTimeout(r, 100));
+  // The proxy's write of the answer meets the reset (an 'error' on a socket node:http let go of).
+  (held[0] as ServerResponse).end('late answer');
+  const get = await proxy.waitFor((e) => e.event === 'egress.decision' && e.port === slow.port);
+  await proxy.waitFor((e) => e.event === 'egress.closed' && e.conn_id === get.conn_id);
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, 'the CONNECT was never decided');
+  const after = await rawRequest(proxy.port, connectRequest(tunnelTarget), 1000);
+  t.equal(after.status, 200, 'the proxy still serves');
+});
+
+t.test('an Upgrade pipelined behind a pending GET is refused after the GET is answered', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  const closed = new Promise<void>((resolve) => client.on('close', () => resolve()));
+  client.write(
+    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+      `GET http://${slowTarget}/ws HTTP/1.1\r\nHost: ${slowTarget}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+  );
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(data, '', 'nothing is answered while the earlier GET is pending');
+  (held[0] as ServerResponse).end('first');
+  await closed;
+  t.match(data, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nfirst(HTTP\/1\.1 400 [^]*)$/, 'the GET answer, then the 400');
+  t.match(data, /"code":"bad_request"/, 'the refusal says why');
+});
