@@ -10,6 +10,7 @@
 import type { Socket } from 'node:net';
 import { parseAuthority } from '../net/destination.js';
 import { dialPinned } from '../net/pinned-dial.js';
+import type { DialCancel } from '../net/pinned-dial.js';
 import type { MaybePromise } from '../state/types.js';
 import { sendRawAnswer } from './answers.js';
 import type { Admission, AdmissionResult } from './admission.js';
@@ -71,14 +72,7 @@ export class ConnectPath implements TunnelOwner {
       return;
     }
     const started = performance.now();
-    // A client gone during the dial (a reset, or shutdown) abandons it; read when the dial
-    // checks, so no 'close' listener is added and removed on every CONNECT.
-    const cancel = {
-      get aborted() {
-        return client.destroyed;
-      },
-    };
-    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, cancel, (err, conn) => {
+    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, cancelWhenGone(client), (err, conn) => {
       if (err !== null || conn === null) {
         admission.releaseTunnel(a.limitKey);
         admission.logDecision(a, null);
@@ -123,6 +117,21 @@ export class ConnectPath implements TunnelOwner {
     const { bytesWritten, bytesRead } = tunnel.upstream;
     admission.closedEvent(tunnel.connId, bytesWritten, bytesRead, tunnel.started, tunnel.end ?? 'client_closed', true);
   }
+}
+
+/**
+ * A client gone during the dial (a reset, or shutdown) abandons it; read when the dial checks, so
+ * no 'close' listener is added and removed on every CONNECT. Made here, not inline in `admitted`:
+ * a getter there would share that call's closure context and keep the whole admitted call
+ * reachable for as long as the dial's objects are (measured: 28% more bytes promoted per scavenge
+ * on S2).
+ */
+function cancelWhenGone(client: Socket): DialCancel {
+  return {
+    get aborted() {
+      return client.destroyed;
+    },
+  };
 }
 
 export function destroyOnError(this: Socket): void {

@@ -95,7 +95,13 @@ export class Tunnel implements IdleWatched {
   socketClosed(socket: Socket): void {
     this.finish(this.endedBy(socket));
     this.other(socket).destroy();
-    if (++this.closedSockets === 2) this.owner.tunnelEnded(this);
+    if (++this.closedSockets === 2) {
+      this.owner.tunnelEnded(this);
+      // A closed socket's object outlives its connection until the next full collection (its
+      // native handle keeps it past scavenges): let it keep nothing of the call's.
+      (this.client as TunnelSocket)[TUNNEL] = undefined;
+      (this.upstream as TunnelSocket)[TUNNEL] = undefined;
+    }
   }
 }
 

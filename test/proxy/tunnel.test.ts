@@ -122,3 +122,29 @@ t.test('an idle tunnel is closed after the idle timeout, whichever side is quiet
   t.equal(closed.end, 'idle_timeout');
   t.equal(proxy.running.proxy.activeCalls, 0);
 });
+
+t.test('an ended tunnel leaves nothing of itself on its sockets (they outlive it until a full GC)', async (t) => {
+  const { Tunnel } = await import('../../src/proxy/tunnel.js');
+  /** A connected loopback pair: [the end we hand the tunnel, the far end]. */
+  const pair = async (): Promise<[Socket, Socket]> => {
+    let far: Socket | undefined;
+    const port = await listen(t, (s) => (far = s));
+    const near = connect({ host: '127.0.0.1', port });
+    await once(near, 'connect');
+    while (far === undefined) await new Promise((r) => setImmediate(r));
+    return [near, far];
+  };
+  const [client, clientFar] = await pair();
+  const [upstream, upstreamFar] = await pair();
+  let ended: unknown = null;
+  const tunnel = new Tunnel('c-1', 'k', client, upstream, 0, { tunnelEnded: (x) => (ended = x) });
+  t.ok(tunnel.open(Buffer.alloc(0)));
+  const holders = (s: Socket) => Object.getOwnPropertySymbols(s).filter((sym) => (s as unknown as Record<symbol, unknown>)[sym] === tunnel);
+  t.equal(holders(client).length, 1, 'while open, the socket points at its tunnel');
+  clientFar.destroy();
+  upstreamFar.on('error', () => {});
+  while (ended === null) await new Promise((r) => setTimeout(r, 5));
+  t.equal(ended, tunnel);
+  t.same(holders(client), [], 'client socket');
+  t.same(holders(upstream), [], 'upstream socket');
+});
