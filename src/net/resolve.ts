@@ -14,7 +14,17 @@ import { Resolver as DnsResolver } from 'node:dns/promises';
 import { parseIpLiteral } from './address.js';
 import type { IpAddress } from './address.js';
 
-export type DnsErrorKind = 'nxdomain' | 'no_data' | 'servfail' | 'timeout' | 'refused' | 'error';
+export type DnsErrorKind = 'nxdomain' | 'no_data' | 'servfail' | 'timeout' | 'refused' | 'too_many_addresses' | 'error';
+
+/**
+ * The most distinct addresses a name may resolve to (A and AAAA together). Every candidate is
+ * vetted and written into the call's decision line, so an unbounded answer is an unbounded line:
+ * a name whose DNS its owner controls answered 2,000 A and 2,000 AAAA records, made 109 KB
+ * decision lines and pushed the decisions before it out of the console's feed in 20 calls
+ * (red team, this project). Real names resolve to a handful; more is refused, not truncated (the
+ * policy judges every address a name resolves to, policy.md step 1).
+ */
+export const MAX_ADDRESSES = 32;
 
 export class DnsError extends Error {
   constructor(
@@ -127,6 +137,8 @@ export function createResolver(options: ResolverOptions = {}): NameResolver {
         const detail = errors.find((e) => kindOf(e.code) === kind)?.code ?? 'no A or AAAA records';
         throw new DnsError(kind, name, detail);
       }
+      if (addresses.length > MAX_ADDRESSES)
+        throw new DnsError('too_many_addresses', name, `${addresses.length} addresses (at most ${MAX_ADDRESSES})`);
       const ttl = Math.min(...records.map((r) => r.ttl));
       if (ttl > 0 && maxTtlMs > 0) {
         if (cache.size >= cacheSize) cache.delete(cache.keys().next().value as string);

@@ -1,6 +1,6 @@
 /** The resolver against a real UDP DNS server on loopback. */
 import t from 'tap';
-import { DnsError, createResolver, staticResolver } from '../../src/net/resolve.js';
+import { DnsError, MAX_ADDRESSES, createResolver, staticResolver } from '../../src/net/resolve.js';
 import { startDnsServer } from '../helpers/dns-server.js';
 import { ip } from '../helpers/policy.js';
 
@@ -13,6 +13,17 @@ t.test('resolver', async (t) => {
     'fail.test': { rcode: 'SERVFAIL' },
     'slow.test': { silent: true },
     'empty.test': { A: [], AAAA: [] },
+    // 17 + 16 distinct: one over the bound (each answer fits a 512-byte UDP reply).
+    'many.test': {
+      A: Array.from({ length: 17 }, (_, i) => `93.184.216.${i + 1}`),
+      AAAA: Array.from({ length: 16 }, (_, i) => `2606:4700::${i + 1}`),
+      ttl: 30,
+    },
+    'bound.test': {
+      A: Array.from({ length: 16 }, (_, i) => `93.184.216.${i + 1}`),
+      AAAA: Array.from({ length: 16 }, (_, i) => `2606:4700::${i + 1}`),
+      ttl: 30,
+    },
   });
   t.teardown(() => dns.close());
   let now = 1_000_000;
@@ -42,6 +53,7 @@ t.test('resolver', async (t) => {
     ['fail.test', 'servfail'],
     ['slow.test', 'timeout'],
     ['empty.test', 'no_data'],
+    ['many.test', 'too_many_addresses'],
   ] as const) {
     const err = await resolver.resolve(name).catch((e: unknown) => e);
     t.ok(err instanceof DnsError, `${name} fails`);
@@ -54,6 +66,12 @@ t.test('resolver', async (t) => {
       .sort(),
     ['A', 'AAAA'],
     'A and AAAA asked, once each',
+  );
+
+  t.equal((await resolver.resolve('bound.test')).addresses.length, MAX_ADDRESSES, 'at the bound: served');
+  t.equal(
+    (await resolver.resolve('many.test').catch((e: Error) => e.message)) as string,
+    'DNS too_many_addresses for many.test: 33 addresses (at most 32)',
   );
 
   const small = createResolver({ servers: [dns.address], cacheSize: 1, now: () => now });

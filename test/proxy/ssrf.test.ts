@@ -297,3 +297,26 @@ t.test('a CONNECT client that leaves during the dial abandons it: the next candi
   await new Promise((r) => setTimeout(r, 300)); // past the first candidate's timeout
   t.equal(trap.connections, 0, 'the second candidate was not dialled for a client that is gone');
 });
+
+t.test('a name answering more than 32 addresses is a dns_error: no decision line of thousands of addresses, nothing dialled', async (t) => {
+  const trap = await startTrap('93.184.216.34');
+  const dns = await startDnsServer({
+    'many.attacker.test': {
+      A: Array.from({ length: 17 }, (_, i) => `93.184.216.${34 + i}`),
+      AAAA: Array.from({ length: 16 }, (_, i) => `2606:4700::${i + 1}`),
+      ttl: 30,
+    },
+  });
+  const proxy = await startTestProxy({ policy: allowAll, dns: dns.address });
+  t.teardown(async () => {
+    await proxy.stop();
+    await Promise.all([trap.close(), dns.close()]);
+  });
+  const r = await rawRequest(proxy.port, connectRequest(`many.attacker.test:${trap.port}`));
+  t.equal(r.status, 502);
+  t.match(JSON.parse(r.body).error, { code: 'dns_error', message: /too_many_addresses/ });
+  const error = await proxy.waitFor((e) => e.event === 'egress.error');
+  t.match(error, { code: 'dns_error', dns: 'too_many_addresses', host: 'many.attacker.test' });
+  t.same(proxy.events('egress.decision'), [], 'no decision line');
+  t.equal(trap.connections, 0, 'nothing dialled');
+});
