@@ -12,9 +12,9 @@
  * A CONNECT pipelined behind requests still unanswered (red-team F1/F2) waits here too, as the
  * connection's last entry: it is served once every earlier request is answered, so no answer of
  * theirs can land in the tunnel (an Upgrade head, refused, waits the same way so its 400 comes
- * after them). Waiting rather than refusing: pipelining before a CONNECT is
- * legal HTTP/1.1 and the wait costs nothing new (the socket is simply not read meanwhile); a
- * refusal would need the same wait for the earlier answers anyway.
+ * after them). Waiting rather than refusing: pipelining before a CONNECT is legal HTTP/1.1,
+ * and a refusal would need the same wait for the earlier answers anyway. While it waits the
+ * socket is read for the client leaving (admitLastHead).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -56,21 +56,56 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   start(socket, pipeline, req, res, serve);
 }
 
+/** What a client may send after a waiting CONNECT's head (its first tunnel bytes) that is read while it waits. */
+export const EARLY_BYTES_LIMIT = 64 * 1024;
+
 /**
  * A CONNECT (or Upgrade) head node:http read on a kept-alive connection, after which node:http
  * lets go of the socket: served now if every request before it is answered, otherwise once the
- * last of them is. The socket is not read meanwhile (node:http leaves it paused, and `next` does
- * not resume it while a last head waits).
+ * last of them is. `serve` gets what the client sent after the head meanwhile.
+ *
+ * While it waits the socket is read (up to `EARLY_BYTES_LIMIT`, kept for the tunnel): a socket
+ * nobody reads never reports the client's FIN or reset, so a client could pipeline a request to
+ * a slow upstream and a CONNECT, leave, and hold its connection slot until the upstream timeout
+ * (red team, found after the wait was added). A client that finishes sending (FIN) or resets
+ * before its CONNECT is served has left: the socket is closed, which aborts the requests before
+ * it as node:http does on a FIN, and the CONNECT is dropped undecided. So is a CONNECT behind an
+ * answer that closed the connection (`Connection: close`).
  */
-export function admitLastHead(socket: Socket, serve: () => void): void {
+export function admitLastHead(socket: Socket, serve: (early: Buffer) => void): void {
   const pipeline = (socket as PipelinedSocket)[PIPELINE];
-  const served = () => {
+  if (pipeline === undefined || (pipeline.inFlight === 0 && pipeline.waiting.length === 0)) {
     readAgain(socket);
-    serve();
+    serve(EMPTY);
+    return;
+  }
+  const early: Buffer[] = [];
+  let earlyBytes = 0;
+  const onReadable = () => {
+    // Past the limit the stream keeps the rest (to its high-water mark) and stops reading.
+    while (earlyBytes < EARLY_BYTES_LIMIT) {
+      const chunk = socket.read() as Buffer | null;
+      if (chunk === null) return;
+      early.push(chunk);
+      earlyBytes += chunk.length;
+    }
   };
-  if (pipeline === undefined || (pipeline.inFlight === 0 && pipeline.waiting.length === 0)) served();
-  else pipeline.lastHead = served;
+  const left = () => socket.destroy();
+  socket.on('readable', onReadable);
+  socket.once('end', left);
+  readAgain(socket);
+  pipeline.lastHead = () => {
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('end', left);
+    if (socket.destroyed || socket.writableEnded) {
+      socket.destroy();
+      return;
+    }
+    serve(early.length === 0 ? EMPTY : Buffer.concat(early));
+  };
 }
+
+const EMPTY = Buffer.alloc(0);
 
 type StreamHandle = { reading: boolean; readStart(): number };
 

@@ -65,6 +65,9 @@ export class Tunnel implements IdleWatched {
       socket.on('drain', onDrain);
       socket.on('end', onEnd);
     }
+    // The client finished sending before its 200 (its FIN came with the head, its 'end' before
+    // these listeners): the upstream gets the FIN after the head, as it would have in the relay.
+    if (client.readableEnded) onEnd.call(client);
     return true;
   }
 

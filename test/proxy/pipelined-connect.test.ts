@@ -96,7 +96,7 @@ t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 re
   t.equal(proxy.events().filter((e) => e.code === 'request_timeout').length, 0, 'no request_timeout was logged');
 });
 
-t.test('a CONNECT behind more than PIPELINE_LIMIT requests: the socket is not read until the tunnel opens', async (t) => {
+t.test('a CONNECT behind more than PIPELINE_LIMIT requests: what the client sends meanwhile reaches the tunnel', async (t) => {
   const held: ServerResponse[] = [];
   const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
   const tunnelUp = await startTunnelUpstream();
@@ -127,7 +127,7 @@ t.test('a CONNECT behind more than PIPELINE_LIMIT requests: the socket is not re
   for (const res of held.splice(0)) res.end('a');
   await waitHeld(requests - PIPELINE_LIMIT);
   t.equal(held.length, requests - PIPELINE_LIMIT, 'the last requests are in flight');
-  // Sent now, these bytes belong to the tunnel to be: they must stay unread, not be lost.
+  // Sent now, these bytes belong to the tunnel to be: kept for it, not lost nor parsed.
   client.write('mid-bytes\n');
   await new Promise((r) => setTimeout(r, 200));
   for (const res of held.splice(0)) res.end('a');
@@ -202,4 +202,130 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
   await closed;
   t.match(data, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nfirst(HTTP\/1\.1 400 [^]*)$/, 'the GET answer, then the 400');
   t.match(data, /"code":"bad_request"/, 'the refusal says why');
+});
+
+t.test('a client that leaves while its CONNECT waits is seen at once: the GET is aborted, the CONNECT never decided', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  for (const leave of ['end', 'reset'] as const) {
+    const before = held.length;
+    const client = connect({ host: '127.0.0.1', port: proxy.port });
+    client.on('error', () => {});
+    client.write(
+      `GET http://${slowTarget}/never HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+        `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
+    );
+    while (held.length === before) await new Promise((r) => setTimeout(r, 10));
+    const upstreamClosed = new Promise<void>((resolve) => (held[before] as ServerResponse).on('close', () => resolve()));
+    if (leave === 'end') client.end();
+    else client.resetAndDestroy();
+    const started = Date.now();
+    await upstreamClosed;
+    t.ok(Date.now() - started < 2000, `${leave}: the pending GET's upstream request is aborted at once`);
+    await proxy.waitFor((e) => e.event === 'egress.closed' && e.end === 'client_closed');
+    await new Promise((r) => setTimeout(r, 100));
+    t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, `${leave}: the CONNECT is never decided`);
+  }
+  t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
+});
+
+t.test('tunnel bytes sent while the CONNECT waits reach the upstream, in order, after the head', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  client.write(
+    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\nA`,
+  );
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+  for (const part of ['B', 'C']) {
+    await new Promise((r) => setTimeout(r, 50));
+    client.write(part);
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  (held[0] as ServerResponse).setHeader('content-length', '2');
+  (held[0] as ServerResponse).end('ok');
+  const deadline = Date.now() + 5000;
+  while (!data.includes('echo:') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 100));
+  t.match(data, /\r\n\r\nokHTTP\/1\.1 200 Connection Established\r\n\r\ntunnel-upstream-banner\necho:ABC$/, 'A, B and C, in order');
+  client.destroy();
+});
+
+t.test('a CONNECT behind a refusal (which closes the connection) is never decided', async (t) => {
+  const tunnelUp = await startTunnelUpstream();
+  const proxy = await startTestProxy({
+    policy: 'version: 1\ndefault_verdict: allow\nrules:\n  - {id: no-discard, priority: 1, verdict: deny, ports: [9]}\n',
+  });
+  t.teardown(async () => {
+    await proxy.stop();
+    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  });
+  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const r = await rawRequest(
+    proxy.port,
+    `GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n` +
+      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\nEARLY`,
+  );
+  t.equal(r.status, 403, 'the GET is refused, and the connection closed');
+  t.notMatch(r.body, /Connection Established/, 'no tunnel after it');
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(
+    proxy.events('egress.decision').map((e) => e.method),
+    ['GET'],
+    'only the GET has a decision line',
+  );
+});
+
+t.test('a client that half-closes with its CONNECT head: the upstream gets the bytes and the FIN', async (t) => {
+  let upstreamGot = '';
+  const upstreamEnded = new Promise<void>((resolve) => {
+    const server = createServer((socket) => {
+      socket.on('error', () => {});
+      socket.on('data', (d: Buffer) => (upstreamGot += d.toString('latin1')));
+      socket.on('end', () => {
+        socket.end('bye');
+        resolve();
+      });
+    });
+    t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+    server.listen(0, '127.0.0.1', () => (port = (server.address() as AddressInfo).port));
+  });
+  let port = 0;
+  while (port === 0) await new Promise((r) => setTimeout(r, 5));
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(() => proxy.stop());
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  client.end(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\nlast-words`);
+  await upstreamEnded;
+  t.equal(upstreamGot, 'last-words', 'the bytes after the head, then the FIN');
+  await new Promise<void>((resolve) => client.on('close', () => resolve()));
+  t.equal(data, 'HTTP/1.1 200 Connection Established\r\n\r\nbye', "and the upstream's answer back");
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'client_closed');
 });
