@@ -157,17 +157,28 @@ export class DecisionFeed implements DecisionTap {
     // An id from before a restart (ids start again at 1) means nothing here: start full.
     if (lastEventId !== null && lastEventId > this.count) lastEventId = null;
     const sub: Subscriber = { stream, matches, dropped: 0, overSince: null };
-    let backlog = `retry: 2000\n\n`;
-    for (const e of this.recent()) {
-      if (lastEventId !== null && e.seq <= lastEventId) continue;
+    // Over the budget the oldest are left out, not the newest: an operator opening the console
+    // sees the latest decisions (a client making fat lines must not hide its latest calls behind
+    // its earlier ones). The newest first, then written oldest first.
+    const header = `retry: 2000\n\n`;
+    const frames: string[] = [];
+    let size = header.length;
+    const recent = this.recent();
+    for (let i = recent.length - 1; i >= 0; i--) {
+      const e = recent[i] as FeedEntry;
+      if (lastEventId !== null && e.seq <= lastEventId) break;
       if (matches !== null && !matches(e.event)) continue;
       const f = frame(e.seq, e.line);
-      if (backlog.length + f.length > this.budget) {
+      if (size + f.length > this.budget) {
         sub.dropped++;
         this.droppedTotal++;
-      } else backlog += f;
+        size = this.budget; // nothing older after a gap
+      } else {
+        frames.push(f);
+        size += f.length;
+      }
     }
-    stream.write(backlog);
+    stream.write(header + frames.reverse().join(''));
     this.subscribers.add(sub);
     if (this.heartbeat === null) this.heartbeat = setInterval(this.onHeartbeat, this.heartbeatMs).unref();
     return () => this.unsubscribe(sub);

@@ -157,6 +157,18 @@ t.test(
   },
 );
 
+t.test('a new stream over its budget starts with the newest decisions, not the oldest', async (t) => {
+  const one = decisionLine(event(1)).length;
+  // Room for about three frames of ~one line each.
+  const feed = new DecisionFeed({ budgetBytes: Math.floor(one * 3.5), flushMs: 5 });
+  for (let i = 1; i <= 10; i++) record(feed, event(i));
+  const stream = new FakeStream(false);
+  feed.subscribe(stream, () => true);
+  t.same(stream.ids(), [8, 9, 10], 'the newest three, oldest first');
+  t.equal(feed.droppedTotal, 7, 'the older seven counted as dropped');
+  feed.close();
+});
+
 t.test('the number of streams is capped', async (t) => {
   const feed = new DecisionFeed({ maxSubscribers: 2 });
   t.ok(feed.subscribe(new FakeStream(false), () => true));
