@@ -56,7 +56,7 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   start(socket, pipeline, req, res, serve);
 }
 
-/** What a client may send after a waiting CONNECT's head (its first tunnel bytes) that is read while it waits. */
+/** What a client may send after a waiting CONNECT's head (its first tunnel bytes, kept for the tunnel); more closes the connection. */
 export const EARLY_BYTES_LIMIT = 64 * 1024;
 
 /**
@@ -64,7 +64,7 @@ export const EARLY_BYTES_LIMIT = 64 * 1024;
  * lets go of the socket: served now if every request before it is answered, otherwise once the
  * last of them is. `serve` gets what the client sent after the head meanwhile.
  *
- * While it waits the socket is read (up to `EARLY_BYTES_LIMIT`, kept for the tunnel): a socket
+ * While it waits the socket is read (at most `EARLY_BYTES_LIMIT`, kept for the tunnel): a socket
  * nobody reads never reports the client's FIN or reset, so a client could pipeline a request to
  * a slow upstream and a CONNECT, leave, and hold its connection slot until the upstream timeout
  * (red team, found after the wait was added). A client that finishes sending (FIN) or resets
@@ -82,13 +82,13 @@ export function admitLastHead(socket: Socket, serve: (early: Buffer) => void): v
   const early: Buffer[] = [];
   let earlyBytes = 0;
   const onReadable = () => {
-    // Past the limit the stream keeps the rest (to its high-water mark) and stops reading.
-    while (earlyBytes < EARLY_BYTES_LIMIT) {
-      const chunk = socket.read() as Buffer | null;
-      if (chunk === null) return;
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
       early.push(chunk);
       earlyBytes += chunk.length;
     }
+    // No client sends that much before its 200 (a TLS hello is a few KiB). Left unread instead,
+    // the socket would stop telling when the client leaves, and the slot would be held again.
+    if (earlyBytes > EARLY_BYTES_LIMIT) socket.destroy();
   };
   const left = () => socket.destroy();
   socket.on('readable', onReadable);

@@ -10,7 +10,7 @@ import { connect, createServer } from 'node:net';
 import type { AddressInfo, Server } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import t from 'tap';
-import { PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
+import { EARLY_BYTES_LIMIT, PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
 import { startTestProxy } from '../helpers/proxy.js';
 import { connectRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
@@ -217,7 +217,8 @@ t.test('a client that leaves while its CONNECT waits is seen at once: the GET is
   });
   const slowTarget = `127.0.0.1:${slow.port}`;
   const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
-  for (const leave of ['end', 'reset'] as const) {
+  // 'flood': more than EARLY_BYTES_LIMIT before the 200 (left unread, a later leaving would go unseen).
+  for (const leave of ['end', 'reset', 'flood'] as const) {
     const before = held.length;
     const client = connect({ host: '127.0.0.1', port: proxy.port });
     client.on('error', () => {});
@@ -228,7 +229,8 @@ t.test('a client that leaves while its CONNECT waits is seen at once: the GET is
     while (held.length === before) await new Promise((r) => setTimeout(r, 10));
     const upstreamClosed = new Promise<void>((resolve) => (held[before] as ServerResponse).on('close', () => resolve()));
     if (leave === 'end') client.end();
-    else client.resetAndDestroy();
+    else if (leave === 'reset') client.resetAndDestroy();
+    else client.write(Buffer.alloc(EARLY_BYTES_LIMIT + 1024, 0x61));
     const started = Date.now();
     await upstreamClosed;
     t.ok(Date.now() - started < 2000, `${leave}: the pending GET's upstream request is aborted at once`);
