@@ -100,8 +100,8 @@ export class Tunnel implements IdleWatched {
     this.other(socket).destroy();
     if (++this.closedSockets === 2) {
       this.owner.tunnelEnded(this);
-      // A closed socket's object outlives its connection until the next full collection (its
-      // native handle keeps it past scavenges): let it keep nothing of the call's.
+      // A closed socket's object outlives its connection past scavenges (measured: promoted,
+      // with whatever it points at): let it keep nothing of the call's.
       (this.client as TunnelSocket)[TUNNEL] = undefined;
       (this.upstream as TunnelSocket)[TUNNEL] = undefined;
     }
