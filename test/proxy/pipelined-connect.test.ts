@@ -29,27 +29,37 @@ async function startTunnelUpstream(): Promise<{ port: number; server: Server }> 
   return { port: (server.address() as AddressInfo).port, server };
 }
 
-t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 reaches the tunnel', async (t) => {
+/** A raw client of the proxy: what it has received so far, and when it closes. */
+function openClient(port: number) {
+  const client = connect({ host: '127.0.0.1', port });
+  client.on('error', () => {});
+  let data = '';
+  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
+  const closed = new Promise<void>((resolve) => client.on('close', () => resolve()));
+  return { client, received: () => data, closed };
+}
+
+/** A proxy, an HTTP upstream that holds every request (`held`) until the test answers it, and a tunnel upstream. */
+async function slowAndTunnel(t: { teardown(fn: () => unknown): void }, options: Parameters<typeof startTestProxy>[0]) {
   const held: ServerResponse[] = [];
   const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
   const tunnelUp = await startTunnelUpstream();
-  const proxy = await startTestProxy({
-    policy: 'version: 1\ndefault_verdict: allow\n',
-    config: `limits: {header_timeout_ms: ${HEADER_TIMEOUT_MS}}`,
-  });
+  const proxy = await startTestProxy(options);
   t.teardown(async () => {
     for (const res of held) res.destroy();
     await proxy.stop();
     await slow.close();
     await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
   });
-  const slowTarget = `127.0.0.1:${slow.port}`;
-  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
-  const client = connect({ host: '127.0.0.1', port: proxy.port });
-  client.on('error', () => {});
-  let data = '';
-  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
-  const closed = new Promise<void>((resolve) => client.on('close', () => resolve()));
+  return { held, proxy, slowPort: slow.port, slowTarget: `127.0.0.1:${slow.port}`, tunnelUp, tunnelTarget: `127.0.0.1:${tunnelUp.port}` };
+}
+
+t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 reaches the tunnel', async (t) => {
+  const { held, proxy, slowPort, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, {
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: `limits: {header_timeout_ms: ${HEADER_TIMEOUT_MS}}`,
+  });
+  const { client, received, closed } = openClient(proxy.port);
   // One write: the GET, the CONNECT and the client's first tunnel bytes.
   client.write(
     `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
@@ -59,7 +69,7 @@ t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 re
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
   // The GET is in flight: nothing may have been answered yet (no 200 before the GET's answer).
   await new Promise((r) => setTimeout(r, 200));
-  t.equal(data, '', 'nothing is answered while the earlier GET is pending');
+  t.equal(received(), '', 'nothing is answered while the earlier GET is pending');
   t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, 'the CONNECT is not yet decided');
 
   const body = 'slow-answer-body';
@@ -67,23 +77,23 @@ t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 re
   (held[0] as ServerResponse).end(body);
   const established = 'HTTP/1.1 200 Connection Established\r\n\r\n';
   const deadline = Date.now() + 5000;
-  while (!data.includes(`echo:early-bytes\n`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-  const getEnd = data.indexOf(body) + body.length;
-  t.match(data.slice(0, getEnd), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslow-answer-body$/, 'the GET answer comes first, whole');
-  t.equal(data.slice(getEnd), `${established}${BANNER}echo:early-bytes\n`, 'then the 200 and exactly the upstream bytes');
+  while (!received().includes(`echo:early-bytes\n`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  const getEnd = received().indexOf(body) + body.length;
+  t.match(received().slice(0, getEnd), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslow-answer-body$/, 'the GET answer comes first, whole');
+  t.equal(received().slice(getEnd), `${established}${BANNER}echo:early-bytes\n`, 'then the 200 and exactly the upstream bytes');
 
   // Past the header timeout (and node:http's keep-alive timeout) the tunnel is still open and clean.
   await new Promise((r) => setTimeout(r, HEADER_TIMEOUT_MS * 3));
   t.notOk(client.destroyed, 'the tunnel is still open after header_timeout_ms');
   client.write('later\n');
   const later = Date.now() + 2000;
-  while (!data.endsWith('echo:later\n') && Date.now() < later) await new Promise((r) => setTimeout(r, 10));
-  t.equal(data.slice(getEnd), `${established}${BANNER}echo:early-bytes\necho:later\n`, 'no 408 nor anything else in the tunnel');
+  while (!received().endsWith('echo:later\n') && Date.now() < later) await new Promise((r) => setTimeout(r, 10));
+  t.equal(received().slice(getEnd), `${established}${BANNER}echo:early-bytes\necho:later\n`, 'no 408 nor anything else in the tunnel');
 
   client.end();
   await closed;
   const decisions = proxy.events('egress.decision');
-  const get = decisions.find((e) => e.port === slow.port);
+  const get = decisions.find((e) => e.port === slowPort);
   const tunnel = decisions.find((e) => e.port === tunnelUp.port);
   t.equal(get?.method, 'GET', 'the GET was decided');
   t.equal(tunnel?.method, 'CONNECT', 'the CONNECT was decided');
@@ -97,18 +107,10 @@ t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 re
 });
 
 t.test('a CONNECT behind more than PIPELINE_LIMIT requests: what the client sends meanwhile reaches the tunnel', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const tunnelUp = await startTunnelUpstream();
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
-    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  const { held, proxy, slowTarget, tunnelTarget } = await slowAndTunnel(t, {
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: 'limits: {header_timeout_ms: 5000}',
   });
-  const slowTarget = `127.0.0.1:${slow.port}`;
-  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
   const requests = PIPELINE_LIMIT + 8;
   const client = connect({ host: '127.0.0.1', port: proxy.port });
   client.on('error', () => {});
@@ -144,18 +146,10 @@ t.test('a CONNECT behind more than PIPELINE_LIMIT requests: what the client send
 });
 
 t.test('a client resetting while its pipelined CONNECT waits: no tunnel, no crash', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const tunnelUp = await startTunnelUpstream();
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
-    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
+  const { held, proxy, slowPort, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, {
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: 'limits: {header_timeout_ms: 5000}',
   });
-  const slowTarget = `127.0.0.1:${slow.port}`;
-  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
   const client = connect({ host: '127.0.0.1', port: proxy.port });
   client.on('error', () => {});
   await new Promise((resolve) => client.once('connect', resolve));
@@ -168,7 +162,7 @@ t.test('a client resetting while its pipelined CONNECT waits: no tunnel, no cras
   await new Promise((r) => setTimeout(r, 100));
   // The proxy's write of the answer meets the reset (an 'error' on a socket node:http let go of).
   (held[0] as ServerResponse).end('late answer');
-  const get = await proxy.waitFor((e) => e.event === 'egress.decision' && e.port === slow.port);
+  const get = await proxy.waitFor((e) => e.event === 'egress.decision' && e.port === slowPort);
   await proxy.waitFor((e) => e.event === 'egress.closed' && e.conn_id === get.conn_id);
   await new Promise((r) => setTimeout(r, 200));
   t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, 'the CONNECT was never decided');
@@ -186,37 +180,22 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
     await slow.close();
   });
   const slowTarget = `127.0.0.1:${slow.port}`;
-  const client = connect({ host: '127.0.0.1', port: proxy.port });
-  client.on('error', () => {});
-  let data = '';
-  client.on('data', (d: Buffer) => (data += d.toString('latin1')));
-  const closed = new Promise<void>((resolve) => client.on('close', () => resolve()));
+  const { client, received, closed } = openClient(proxy.port);
   client.write(
     `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
       `GET http://${slowTarget}/ws HTTP/1.1\r\nHost: ${slowTarget}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
   );
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
   await new Promise((r) => setTimeout(r, 100));
-  t.equal(data, '', 'nothing is answered while the earlier GET is pending');
+  t.equal(received(), '', 'nothing is answered while the earlier GET is pending');
   (held[0] as ServerResponse).end('first');
   await closed;
-  t.match(data, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nfirst(HTTP\/1\.1 400 [^]*)$/, 'the GET answer, then the 400');
-  t.match(data, /"code":"bad_request"/, 'the refusal says why');
+  t.match(received(), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nfirst(HTTP\/1\.1 400 [^]*)$/, 'the GET answer, then the 400');
+  t.match(received(), /"code":"bad_request"/, 'the refusal says why');
 });
 
 t.test('a client that leaves while its CONNECT waits is seen at once: the GET is aborted, the CONNECT never decided', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const tunnelUp = await startTunnelUpstream();
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
-    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
-  });
-  const slowTarget = `127.0.0.1:${slow.port}`;
-  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const { held, proxy, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   // 'flood': more than EARLY_BYTES_LIMIT before the 200 (left unread, a later leaving would go unseen).
   for (const leave of ['end', 'reset', 'flood'] as const) {
     const before = held.length;
@@ -242,18 +221,7 @@ t.test('a client that leaves while its CONNECT waits is seen at once: the GET is
 });
 
 t.test('tunnel bytes sent while the CONNECT waits reach the upstream, in order, after the head', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const tunnelUp = await startTunnelUpstream();
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
-    await new Promise<void>((resolve) => tunnelUp.server.close(() => resolve()));
-  });
-  const slowTarget = `127.0.0.1:${slow.port}`;
-  const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
+  const { held, proxy, slowTarget, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   const client = connect({ host: '127.0.0.1', port: proxy.port });
   client.on('error', () => {});
   let data = '';
