@@ -72,7 +72,7 @@ export class ConnectPath implements TunnelOwner {
       return;
     }
     const started = performance.now();
-    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, cancelWhenGone(client), (err, conn) => {
+    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, new ClientGone(client), (err, conn) => {
       if (err !== null || conn === null) {
         admission.releaseTunnel(a.limitKey);
         admission.logDecision(a, null);
@@ -121,17 +121,16 @@ export class ConnectPath implements TunnelOwner {
 
 /**
  * A client gone during the dial (a reset, or shutdown) abandons it; read when the dial checks, so
- * no 'close' listener is added and removed on every CONNECT. Made here, not inline in `admitted`:
- * a getter there would share that call's closure context and keep the whole admitted call
- * reachable for as long as the dial's objects are (measured: 28% more bytes promoted per scavenge
- * on S2).
+ * no 'close' listener is added and removed on every CONNECT. A class, not an inline getter in
+ * `admitted`: that one shared the call's closure context (keeping the whole admitted call reachable
+ * as long as the dial's objects are: 28% more bytes promoted per scavenge on S2), and an object
+ * literal with an accessor is built through the runtime on every call (~1% of a CONNECT's CPU).
  */
-function cancelWhenGone(client: Socket): DialCancel {
-  return {
-    get aborted() {
-      return client.destroyed;
-    },
-  };
+class ClientGone implements DialCancel {
+  constructor(private readonly client: Socket) {}
+  get aborted(): boolean {
+    return this.client.destroyed;
+  }
 }
 
 export function destroyOnError(this: Socket): void {
