@@ -111,6 +111,8 @@ class Forward implements ActiveCall {
   private bytesUp = 0;
   private bytesDown = 0;
   private current: Attempt | null = null;
+  /** The closed event is written (once, whichever way the call ended). */
+  private ended = false;
 
   constructor(
     private readonly admission: Admission,
@@ -137,6 +139,9 @@ class Forward implements ActiveCall {
     this.finish(reason);
     this.dialCancel.aborted = true;
     this.settle(false);
+    // A response not yet given the socket (behind another on a pipelined connection) gets no
+    // 'close' when destroyed: the call ends here, or it would never have its closed event.
+    if (this.res.socket === null) this.clientSideClosed();
     this.res.destroy();
   }
 
@@ -262,6 +267,8 @@ class Forward implements ActiveCall {
   }
 
   private clientSideClosed(): void {
+    if (this.ended) return;
+    this.ended = true;
     if (!this.res.writableFinished) {
       this.finish('client_closed');
       this.dialCancel.aborted = true;

@@ -24,7 +24,8 @@ export const PIPELINE_LIMIT = 32;
 
 /** One client connection's pipeline: requests in flight, those read but not yet served, and a CONNECT after them. */
 interface Pipeline {
-  inFlight: number;
+  /** Requests admitted and not yet answered (their responses not closed). */
+  readonly inFlight: Set<IncomingMessage>;
   readonly waiting: Array<[IncomingMessage, ServerResponse]>;
   /** Serves the CONNECT (or Upgrade) node:http read after the requests above: nothing is read after it. */
   lastHead: (() => void) | null;
@@ -39,15 +40,19 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   const socket = req.socket as PipelinedSocket;
   let pipeline = socket[PIPELINE];
   if (pipeline === undefined) {
-    const created: Pipeline = { inFlight: 0, waiting: [], lastHead: null };
+    const created: Pipeline = { inFlight: new Set(), waiting: [], lastHead: null };
     socket[PIPELINE] = pipeline = created;
-    // Gone before their turn: never admitted, never dialled, no events.
     socket.once('close', () => {
+      // Gone before their turn: never admitted, never dialled, no events.
       created.waiting.length = 0;
       created.lastHead = null;
+      // Those in flight end as node:http ends them when a client leaves (its abortIncoming), which
+      // it no longer does once it has handed the socket over for a CONNECT behind them: else their
+      // upstream requests would stay open until the upstream answers (red team).
+      for (const req of created.inFlight) if (!req.destroyed) req.destroy(clientLeft());
     });
   }
-  if (pipeline.inFlight >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain) {
+  if (pipeline.inFlight.size >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain) {
     pipeline.waiting.push([req, res]);
     socket.pause();
     if (socket.writableNeedDrain) socket.once('drain', () => next(socket, pipeline, serve));
@@ -62,7 +67,8 @@ export const EARLY_BYTES_LIMIT = 64 * 1024;
 /**
  * A CONNECT (or Upgrade) head node:http read on a kept-alive connection, after which node:http
  * lets go of the socket: served now if every request before it is answered, otherwise once the
- * last of them is. `serve` gets what the client sent after the head meanwhile.
+ * last of them is. `serve` gets what the client sent after the head meanwhile (`alreadyRead`:
+ * what node:http had read past the head, handed over with it).
  *
  * While it waits the socket is read (at most `EARLY_BYTES_LIMIT`, kept for the tunnel): a socket
  * nobody reads never reports the client's FIN or reset, so a client could pipeline a request to
@@ -72,15 +78,16 @@ export const EARLY_BYTES_LIMIT = 64 * 1024;
  * it as node:http does on a FIN, and the CONNECT is dropped undecided. So is a CONNECT behind an
  * answer that closed the connection (`Connection: close`).
  */
-export function admitLastHead(socket: Socket, serve: (early: Buffer) => void): void {
+export function admitLastHead(socket: Socket, alreadyRead: number, serve: (early: Buffer) => void): void {
   const pipeline = (socket as PipelinedSocket)[PIPELINE];
-  if (pipeline === undefined || (pipeline.inFlight === 0 && pipeline.waiting.length === 0)) {
+  if (pipeline === undefined || (pipeline.inFlight.size === 0 && pipeline.waiting.length === 0)) {
     readAgain(socket);
     serve(EMPTY);
     return;
   }
   const early: Buffer[] = [];
-  let earlyBytes = 0;
+  // What node:http read past the head counts too (red team: uncounted, the bound was one read more).
+  let earlyBytes = alreadyRead;
   const onReadable = () => {
     for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
       early.push(chunk);
@@ -107,6 +114,13 @@ export function admitLastHead(socket: Socket, serve: (early: Buffer) => void): v
 
 const EMPTY = Buffer.alloc(0);
 
+/** The error node:http gives the requests of a connection the client closed. */
+function clientLeft(): NodeJS.ErrnoException {
+  const err: NodeJS.ErrnoException = new Error('aborted');
+  err.code = 'ECONNRESET';
+  return err;
+}
+
 type StreamHandle = { reading: boolean; readStart(): number };
 
 /**
@@ -126,9 +140,9 @@ function readAgain(socket: Socket): void {
 }
 
 function start(socket: PipelinedSocket, pipeline: Pipeline, req: IncomingMessage, res: ServerResponse, serve: Serve): void {
-  pipeline.inFlight++;
+  pipeline.inFlight.add(req);
   res.once('close', () => {
-    pipeline.inFlight--;
+    pipeline.inFlight.delete(req);
     next(socket, pipeline, serve);
   });
   serve(req, res);
@@ -137,11 +151,11 @@ function start(socket: PipelinedSocket, pipeline: Pipeline, req: IncomingMessage
 /** Serves waiting requests while there is room, and reads the socket again once none wait. */
 function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
   if (socket.destroyed) return;
-  while (pipeline.inFlight < PIPELINE_LIMIT && !socket.writableNeedDrain) {
+  while (pipeline.inFlight.size < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
     if (waiting === undefined) {
       if (pipeline.lastHead === null) socket.resume();
-      else if (pipeline.inFlight === 0) {
+      else if (pipeline.inFlight.size === 0) {
         const serveLast = pipeline.lastHead;
         pipeline.lastHead = null;
         serveLast();

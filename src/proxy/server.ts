@@ -108,12 +108,12 @@ export class ProxyServer {
       admitPipelined(req, res, this.plain.accept);
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      this.lastHead(socket, (early) =>
+      this.lastHead(socket, head.length, (early) =>
         this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, early.length === 0 ? head : Buffer.concat([head, early])),
       );
     });
-    this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
-      this.lastHead(socket, () =>
+    this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.lastHead(socket, head.length, () =>
         sendRawAnswer(
           socket,
           failure('bad_request', 'protocol upgrades are not proxied in absolute form; use CONNECT', this.admission.labelFor(null)),
@@ -187,13 +187,13 @@ export class ProxyServer {
    * Served once every request before it on the connection is answered (pipeline.ts), so that
    * no earlier answer lands in a tunnel or after a refusal.
    */
-  private lastHead(socket: Duplex, serve: (early: Buffer) => void): void {
+  private lastHead(socket: Duplex, alreadyRead: number, serve: (early: Buffer) => void): void {
     // No head follows: no deadline now, nor armed later by an earlier answer's end (a 408 in a tunnel).
     endHeadDeadlines(socket);
     // node:http took its error listener off: a reset while earlier answers are pending must
     // close the socket, not reach the process.
     socket.on('error', destroyOnError);
-    admitLastHead(socket as Socket, serve);
+    admitLastHead(socket as Socket, alreadyRead, serve);
   }
 
   private readonly nextHeadExpired = (socket: Socket, sentSomething: boolean): void => {

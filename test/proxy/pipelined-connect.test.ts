@@ -197,19 +197,21 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
 t.test('a client that leaves while its CONNECT waits is seen at once: the GET is aborted, the CONNECT never decided', async (t) => {
   const { held, proxy, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   // 'flood': more than EARLY_BYTES_LIMIT before the 200 (left unread, a later leaving would go unseen).
-  for (const leave of ['end', 'reset', 'flood'] as const) {
+  // 'flood-head': the same, most of it read by node:http with the CONNECT head.
+  for (const leave of ['end', 'reset', 'flood', 'flood-head'] as const) {
     const before = held.length;
     const client = connect({ host: '127.0.0.1', port: proxy.port });
     client.on('error', () => {});
     client.write(
       `GET http://${slowTarget}/never HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
-        `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
+        `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` +
+        (leave === 'flood-head' ? 'a'.repeat(EARLY_BYTES_LIMIT - 512) : ''),
     );
     while (held.length === before) await new Promise((r) => setTimeout(r, 10));
     const upstreamClosed = new Promise<void>((resolve) => (held[before] as ServerResponse).on('close', () => resolve()));
     if (leave === 'end') client.end();
     else if (leave === 'reset') client.resetAndDestroy();
-    else client.write(Buffer.alloc(EARLY_BYTES_LIMIT + 1024, 0x61));
+    else client.write(Buffer.alloc(leave === 'flood' ? EARLY_BYTES_LIMIT + 1024 : 1024, 0x61));
     const started = Date.now();
     await upstreamClosed;
     t.ok(Date.now() - started < 2000, `${leave}: the pending GET's upstream request is aborted at once`);
@@ -298,4 +300,27 @@ t.test('a client that half-closes with its CONNECT head: the upstream gets the b
   t.equal(data, 'HTTP/1.1 200 Connection Established\r\n\r\nbye', "and the upstream's answer back");
   const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
   t.equal(closed.end, 'client_closed');
+});
+
+t.test('a client leaving ends every request in flight on its connection, with or without a CONNECT behind them', async (t) => {
+  const { held, proxy, slowTarget, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
+  for (const withConnect of [true, false]) {
+    const before = held.length;
+    const closedBefore = proxy.events('egress.closed').length;
+    const { client } = openClient(proxy.port);
+    const gets = [1, 2, 3].map((i) => `GET http://${slowTarget}/hang${i} HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n`).join('');
+    client.write(gets + (withConnect ? `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` : ''));
+    while (held.length < before + 3) await new Promise((r) => setTimeout(r, 10));
+    const upstreamClosed = held.slice(before).map((res) => new Promise<void>((resolve) => res.on('close', () => resolve())));
+    client.end();
+    await Promise.all(upstreamClosed);
+    t.pass(`${withConnect ? 'with' : 'without'} a CONNECT: all three upstream requests aborted`);
+    const closed = await proxy.waitForCount('egress.closed', closedBefore + 3);
+    t.same(
+      closed.slice(closedBefore).map((e) => e.end),
+      ['client_closed', 'client_closed', 'client_closed'],
+      'each has its closed event',
+    );
+    t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
+  }
 });
