@@ -61,8 +61,12 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   start(socket, pipeline, req, res, serve);
 }
 
-/** What a client may send after a waiting CONNECT's head (its first tunnel bytes, kept for the tunnel); more closes the connection. */
-export const EARLY_BYTES_LIMIT = 64 * 1024;
+/**
+ * What a client may send after a waiting CONNECT's head (its first tunnel bytes, kept for the
+ * tunnel); more closes the connection. Held in the proxy's memory for every waiting connection
+ * (at `max_connections` 10,000, 16 KiB each is 160 MiB at most), so about one TLS record.
+ */
+export const EARLY_BYTES_LIMIT = 16 * 1024;
 
 /**
  * A CONNECT (or Upgrade) head node:http read on a kept-alive connection, after which node:http

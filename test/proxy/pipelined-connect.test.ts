@@ -29,6 +29,9 @@ async function startTunnelUpstream(): Promise<{ port: number; server: Server }> 
   return { port: (server.address() as AddressInfo).port, server };
 }
 
+/** A GET to `target` through the proxy that keeps the connection open (pipelining). */
+const keptAliveGet = (target: string, path: string) => `GET http://${target}${path} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+
 /** A raw client of the proxy: what it has received so far, and when it closes. */
 function openClient(port: number) {
   const client = connect({ host: '127.0.0.1', port });
@@ -61,11 +64,7 @@ t.test('a CONNECT pipelined behind a pending GET waits for its answer; no 408 re
   });
   const { client, received, closed } = openClient(proxy.port);
   // One write: the GET, the CONNECT and the client's first tunnel bytes.
-  client.write(
-    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
-      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` +
-      'early-bytes\n',
-  );
+  client.write(keptAliveGet(slowTarget, '/slow') + connectRequest(tunnelTarget) + 'early-bytes\n');
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
   // The GET is in flight: nothing may have been answered yet (no 200 before the GET's answer).
   await new Promise((r) => setTimeout(r, 200));
@@ -116,10 +115,7 @@ t.test('a CONNECT behind more than PIPELINE_LIMIT requests: what the client send
   client.on('error', () => {});
   let data = '';
   client.on('data', (d: Buffer) => (data += d.toString('latin1')));
-  client.write(
-    `GET http://${slowTarget}/q HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n`.repeat(requests) +
-      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
-  );
+  client.write(keptAliveGet(slowTarget, '/q').repeat(requests) + connectRequest(tunnelTarget));
   const waitHeld = async (n: number) => {
     const deadline = Date.now() + 5000;
     while (held.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -153,10 +149,7 @@ t.test('a client resetting while its pipelined CONNECT waits: no tunnel, no cras
   const client = connect({ host: '127.0.0.1', port: proxy.port });
   client.on('error', () => {});
   await new Promise((resolve) => client.once('connect', resolve));
-  client.write(
-    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
-      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n`,
-  );
+  client.write(keptAliveGet(slowTarget, '/slow') + connectRequest(tunnelTarget));
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
   client.resetAndDestroy();
   await new Promise((r) => setTimeout(r, 100));
@@ -182,7 +175,7 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
   const slowTarget = `127.0.0.1:${slow.port}`;
   const { client, received, closed } = openClient(proxy.port);
   client.write(
-    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
+    keptAliveGet(slowTarget, '/slow') +
       `GET http://${slowTarget}/ws HTTP/1.1\r\nHost: ${slowTarget}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
   );
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
@@ -203,8 +196,8 @@ t.test('a client that leaves while its CONNECT waits is seen at once: the GET is
     const client = connect({ host: '127.0.0.1', port: proxy.port });
     client.on('error', () => {});
     client.write(
-      `GET http://${slowTarget}/never HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
-        `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` +
+      keptAliveGet(slowTarget, '/never') +
+        connectRequest(tunnelTarget) +
         (leave === 'flood-head' ? 'a'.repeat(EARLY_BYTES_LIMIT - 512) : ''),
     );
     while (held.length === before) await new Promise((r) => setTimeout(r, 10));
@@ -228,10 +221,7 @@ t.test('tunnel bytes sent while the CONNECT waits reach the upstream, in order, 
   client.on('error', () => {});
   let data = '';
   client.on('data', (d: Buffer) => (data += d.toString('latin1')));
-  client.write(
-    `GET http://${slowTarget}/slow HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n` +
-      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\nA`,
-  );
+  client.write(keptAliveGet(slowTarget, '/slow') + connectRequest(tunnelTarget) + 'A');
   while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
   for (const part of ['B', 'C']) {
     await new Promise((r) => setTimeout(r, 50));
@@ -259,8 +249,7 @@ t.test('a CONNECT behind a refusal (which closes the connection) is never decide
   const tunnelTarget = `127.0.0.1:${tunnelUp.port}`;
   const r = await rawRequest(
     proxy.port,
-    `GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n` +
-      `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\nEARLY`,
+    `GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n` + connectRequest(tunnelTarget) + 'EARLY',
   );
   t.equal(r.status, 403, 'the GET is refused, and the connection closed');
   t.notMatch(r.body, /Connection Established/, 'no tunnel after it');
@@ -308,8 +297,8 @@ t.test('a client leaving ends every request in flight on its connection, with or
     const before = held.length;
     const closedBefore = proxy.events('egress.closed').length;
     const { client } = openClient(proxy.port);
-    const gets = [1, 2, 3].map((i) => `GET http://${slowTarget}/hang${i} HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n`).join('');
-    client.write(gets + (withConnect ? `CONNECT ${tunnelTarget} HTTP/1.1\r\nHost: ${tunnelTarget}\r\n\r\n` : ''));
+    const gets = [1, 2, 3].map((i) => keptAliveGet(slowTarget, `/hang${i}`)).join('');
+    client.write(gets + (withConnect ? connectRequest(tunnelTarget) : ''));
     while (held.length < before + 3) await new Promise((r) => setTimeout(r, 10));
     const upstreamClosed = held.slice(before).map((res) => new Promise<void>((resolve) => res.on('close', () => resolve())));
     client.end();
