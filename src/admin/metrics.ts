@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Decision } from '../policy/types.js';
+import type { EndReason } from '../events/events.js';
 import type { DecisionFeed } from '../events/decision-feed.js';
 import type { ProxyObserver } from '../proxy/admission.js';
 
@@ -15,6 +16,8 @@ export class Metrics {
   private readonly decisionTally = new Tally();
   private readonly bytesTally = new Tally();
   private readonly closedTally = new Tally();
+  /** The closed tally's entries by end reason, then [http, tunnel]. */
+  private readonly closedByEnd: Partial<Record<EndReason, [TallyEntry | null, TallyEntry | null]>> = {};
   private readonly decisions: Counter<string> = new Counter({
     name: 'egress_decisions_total',
     help: 'Calls decided, by verdict, reason and deciding rule',
@@ -128,8 +131,8 @@ export class Metrics {
   }
 
   observer(): ProxyObserver {
-    const up = { direction: 'up' };
-    const down = { direction: 'down' };
+    const upLabels = (): Record<string, string> => ({ direction: 'up' });
+    const downLabels = (): Record<string, string> => ({ direction: 'down' });
     return {
       decision: (d: Decision) => {
         const rule = d.rule?.id ?? '';
@@ -145,10 +148,17 @@ export class Metrics {
         if (d.address_class) this.refusals.inc({ address_class: d.address_class });
       },
       closed: (bytesUp, bytesDown, end, tunnel) => {
-        this.bytesTally.add('up', () => up, bytesUp);
-        this.bytesTally.add('down', () => down, bytesDown);
-        const kind = tunnel ? 'tunnel' : 'http';
-        this.closedTally.add(`${end}|${kind}`, () => ({ end, kind }));
+        this.bytesTally.add('up', upLabels, bytesUp);
+        this.bytesTally.add('down', downLabels, bytesDown);
+        // On every call: one entry per end reason and kind, found without building a key.
+        const byKind = (this.closedByEnd[end] ??= [null, null]);
+        const slot = tunnel ? 1 : 0;
+        let entry = byKind[slot];
+        if (!entry) {
+          const kind = tunnel ? 'tunnel' : 'http';
+          byKind[slot] = entry = this.closedTally.entry(`${end}|${kind}`, () => ({ end, kind }));
+        }
+        entry.n++;
       },
       dns: (ms) => this.dns.observe(ms / 1000),
       failure: (code) => this.failures.inc({ code }),
@@ -171,9 +181,14 @@ class Tally {
   private readonly decisions = new Map<string, Map<string, Map<string, TallyEntry[]>>>();
 
   add(key: string, labels: () => Record<string, string>, n = 1): void {
+    this.entry(key, labels).n += n;
+  }
+
+  /** The count of `key`, made (at 0) the first time. */
+  entry(key: string, labels: () => Record<string, string>): TallyEntry {
     let entry = this.counts.get(key);
     if (!entry) this.counts.set(key, (entry = { labels: labels(), n: 0 }));
-    entry.n += n;
+    return entry;
   }
 
   /** One decision: the strings come from the policy and the engine (no key is built per call). */
