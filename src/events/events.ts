@@ -195,11 +195,31 @@ export function parseDecisionLine(line: string): DecisionEvent {
   };
 }
 
+/**
+ * `String(ms)` for a duration rounded to the microsecond, as call-events.ts rounds it, without
+ * V8's shortest-double formatting: every call's duration is a new number, so it missed the
+ * number-string cache and cost about a microsecond of each closed line. Integer arithmetic gives
+ * the same text; anything not a whole number of microseconds falls back to `String`.
+ */
+export function millisText(ms: number): string {
+  const us = Math.round(ms * 1000);
+  if (!(us >= 0 && us <= Number.MAX_SAFE_INTEGER) || us / 1000 !== ms) return String(ms);
+  const whole = Math.floor(us / 1000);
+  let fraction = us - whole * 1000;
+  if (fraction === 0) return String(whole);
+  let digits = 3;
+  while (fraction % 10 === 0) {
+    fraction /= 10;
+    digits--;
+  }
+  return `${whole}.${String(fraction).padStart(digits, '0')}`;
+}
+
 /** One `egress.closed` line. */
 export function closedLine(e: ClosedEvent): string {
   return (
     `${infoHead()},"event":"egress.closed","conn_id":${JSON.stringify(e.conn_id)},"bytes_up":${e.bytes_up},"bytes_down":${e.bytes_down}` +
-    `,"duration_ms":${e.duration_ms},"end":"${e.end}","msg":${JSON.stringify(`closed ${e.conn_id} (${e.end})`)}}\n`
+    `,"duration_ms":${millisText(e.duration_ms)},"end":"${e.end}","msg":${JSON.stringify(`closed ${e.conn_id} (${e.end})`)}}\n`
   );
 }
 

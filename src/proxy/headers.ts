@@ -8,17 +8,23 @@
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
-/** Names listed in Connection header values, lower-cased. */
-function connectionListed(raw: readonly string[]): Set<string> {
-  const listed = new Set<string>();
+const NONE: ReadonlySet<string> = new Set();
+
+/**
+ * Names listed in Connection header values, lower-cased, but for the hop-by-hop names dropped
+ * anyway: on every request and response, and `Connection: keep-alive` builds no set.
+ */
+function connectionListed(raw: readonly string[]): ReadonlySet<string> {
+  let listed: Set<string> | null = null;
   for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
+    const key = raw[i] as string;
+    if (key.length !== 10 || key.toLowerCase() !== 'connection') continue;
     for (const token of (raw[i + 1] as string).split(',')) {
       const name = token.trim().toLowerCase();
-      if (name) listed.add(name);
+      if (name && !HOP_BY_HOP.has(name)) (listed ??= new Set()).add(name);
     }
   }
-  return listed;
+  return listed ?? NONE;
 }
 
 /**

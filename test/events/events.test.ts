@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import t from 'tap';
 import pino from 'pino';
 import { BatchedDestination, DEFER_MS } from '../../src/events/event-destination.js';
-import { closedLine, createEventSink, createLogger, decisionLine, parseDecisionLine } from '../../src/events/events.js';
+import { closedLine, createEventSink, createLogger, decisionLine, millisText, parseDecisionLine } from '../../src/events/events.js';
 import type { ClosedEvent, DecisionEvent } from '../../src/events/events.js';
 import type { Decision } from '../../src/policy/types.js';
 
@@ -149,6 +149,25 @@ t.test('a decision line reads back as the event it was written from (the feed ke
     t.same(parseDecisionLine(decisionLine(e)), expected, e.conn_id);
     t.strictSame(parseDecisionLine(decisionLine(e)), expected, `${e.conn_id}: no field more or less`);
   }
+});
+
+t.test('a duration is written as String (and JSON) would write it', async (t) => {
+  let differ = 0;
+  let checked = 0;
+  const check = (ms: number) => {
+    checked++;
+    if (millisText(ms) !== String(ms)) differ++;
+  };
+  // Every duration up to 20 minutes at microsecond resolution would take a while: every
+  // microsecond of the first 3 seconds, then strides and random ones up to years.
+  for (let us = 0; us <= 3_000_000; us++) check(us / 1000);
+  for (let us = 3_000_000; us < 3e12; us = Math.floor(us * 1.0007) + 1) check(us / 1000);
+  let seed = 11;
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (let i = 0; i < 200_000; i++) check(Math.round(next() * 10 ** Math.floor(next() * 15)) / 1000);
+  // Not whole microseconds, negative, huge, not finite: String's own text.
+  for (const ms of [1.2345, 0.0001, -1.5, -0, 1e300, 2 ** 60, Number.NaN, Infinity, 0.1 + 0.2]) check(ms);
+  t.equal(differ, 0, `${checked} durations`);
 });
 
 t.test('closed lines are what pino would write', async (t) => {

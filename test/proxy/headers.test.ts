@@ -62,3 +62,26 @@ t.test('response headers', async (t) => {
   ];
   t.same(forwardResponseHeaders(raw), ['Content-Type', 'text/plain', 'Set-Cookie', 'a', 'Set-Cookie', 'b', 'Host', 'kept']);
 });
+
+t.test('every Connection header counts, whatever its case, and every name it lists is dropped', async (t) => {
+  const raw = [
+    'CONNECTION',
+    ' Close ,X-A',
+    'connection',
+    'x-b,, keep-alive',
+    'Close',
+    'c',
+    'X-A',
+    'a',
+    'x-B',
+    'b',
+    'Keep-Alive',
+    'k',
+    'X-C',
+    'kept',
+  ];
+  t.same(forwardRequestHeaders(raw, new Set()), ['X-C', 'kept']);
+  t.same(forwardResponseHeaders(raw), ['X-C', 'kept']);
+  // Only hop-by-hop names listed: nothing else goes.
+  t.same(forwardResponseHeaders(['Connection', 'keep-alive', 'Content-Length', '5']), ['Content-Length', '5']);
+});
