@@ -1,7 +1,8 @@
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, constants, openSync, readFileSync } from 'node:fs';
 import t from 'tap';
 import pino from 'pino';
-import { BatchedDestination, DEFER_MS } from '../../src/events/event-destination.js';
+import { BatchedDestination, createEventDestination, DEFER_MS, FdWriter } from '../../src/events/event-destination.js';
 import { closedLine, createEventSink, createLogger, decisionLine, millisText, parseDecisionLine } from '../../src/events/events.js';
 import type { ClosedEvent, DecisionEvent } from '../../src/events/events.js';
 import type { Decision } from '../../src/policy/types.js';
@@ -255,17 +256,54 @@ t.test('pending lines are written when the process exits', async (t) => {
   t.equal(child.stdout, 'deferred-1\ndeferred-2\n');
 });
 
-t.test('pino.destination under it: a real file receives every line', async (t) => {
+t.test('the event destination: a real file receives every line, in order', async (t) => {
   const dir = t.testdir();
   const file = `${dir}/events.log`;
-  const dest = new BatchedDestination(pino.destination({ dest: file, sync: true }));
+  const fd = openSync(file, 'a');
+  const dest = createEventDestination(fd);
   const sink = createEventSink(createLogger('info', dest));
   for (let i = 0; i < 1000; i++) sink.closed({ conn_id: `c-${i}`, bytes_up: i, bytes_down: 0, duration_ms: 0, end: 'upstream_closed' });
+  sink.info({ event: 'x.y', note: 'é ✓ 😀' }, 'multi-byte');
   dest.close();
-  const { readFileSync } = await import('node:fs');
+  closeSync(fd);
   const lines = readFileSync(file, 'utf8').trim().split('\n');
-  t.equal(lines.length, 1000);
-  t.equal(JSON.parse(lines[999] as string).conn_id, 'c-999');
+  t.equal(lines.length, 1001);
+  t.same(
+    lines.slice(0, 1000).map((l) => JSON.parse(l).conn_id),
+    Array.from({ length: 1000 }, (_, i) => `c-${i}`),
+  );
+  t.equal(JSON.parse(lines[1000] as string).note, 'é ✓ 😀');
+});
+
+t.test('a full non-blocking pipe is waited for: partial writes go on, EAGAIN loses nothing', async (t) => {
+  const dir = t.testdir();
+  const fifo = `${dir}/events.fifo`;
+  const out = `${dir}/events.out`;
+  execFileSync('mkfifo', [fifo]);
+  // Read and write ends both ours (O_RDWR opens at once), non-blocking as a piped stdout can be;
+  // the reader is another process that starts draining only after the pipe has been full a while.
+  const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+  const reader = spawn('sh', ['-c', 'exec 3<"$1"; sleep 0.3; cat <&3 >"$2"', 'drain', fifo, out], { stdio: 'ignore' });
+  const exited = new Promise<number | null>((resolve) => reader.on('exit', resolve));
+  const writer = new FdWriter(fd);
+  const line = (i: number) => `${JSON.stringify({ i, pad: 'x'.repeat(200), mb: 'ü✓' })}\n`;
+  const started = Date.now();
+  // 10,000 lines in batches of 10 and of 400 (92 KB, more than the 64 KiB pipe holds: written
+  // in parts): about 2.3 MB in all.
+  for (let i = 0; i < 10_000;) {
+    let batch = '';
+    for (const end = Math.min(10_000, i + (i % 1000 === 0 ? 400 : 10)); i < end; i++) batch += line(i);
+    writer.write(batch);
+  }
+  const waited = Date.now() - started;
+  closeSync(fd);
+  t.equal(await exited, 0);
+  const lines = readFileSync(out, 'utf8').trim().split('\n');
+  t.equal(lines.length, 10_000);
+  let outOfPlace = 0;
+  for (let i = 0; i < lines.length; i++) if (lines[i] !== line(i).trimEnd()) outOfPlace++;
+  t.equal(outOfPlace, 0, 'every line whole and in order');
+  t.ok(waited >= 250, `the writer waited for the reader (${waited} ms)`);
 });
 
 t.test('the time field is the ISO time pino would write, at every millisecond spelling', async (t) => {
