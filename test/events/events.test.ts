@@ -1,7 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, constants, openSync, readFileSync } from 'node:fs';
 import t from 'tap';
-import pino from 'pino';
 import { BatchedDestination, createEventDestination, DEFER_MS, FdWriter } from '../../src/events/event-destination.js';
 import { closedLine, createEventSink, createLogger, decisionLine, millisText, parseDecisionLine } from '../../src/events/events.js';
 import type { ClosedEvent, DecisionEvent } from '../../src/events/events.js';
