@@ -103,8 +103,9 @@ export class BatchedDestination implements DestinationStream {
 
 /**
  * Writes each batch to a file descriptor synchronously and whole: a partial write goes on from
- * where it stopped, and a full non-blocking pipe (EAGAIN) is waited for, not dropped. Other
- * errors are thrown to the writer, as SonicBoom's would be.
+ * where it stopped, and a full non-blocking pipe (EAGAIN) is waited for, not dropped. When the
+ * reader has gone (EPIPE) nothing more is written and the proxy goes on serving, as pino's own
+ * destination did; other errors are thrown to the writer, as they were.
  *
  * Why not pino's SonicBoom in sync mode, which did this before: around every write it measured
  * the string (`Buffer.byteLength`) and copied it into a new Buffer again after the write: three
@@ -115,9 +116,13 @@ export class FdWriter implements LineSink {
   /** Where a batch is encoded: one buffer for every write, so a batch allocates nothing. */
   private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
 
+  /** The reader went away (EPIPE): later lines have nowhere to go. */
+  private readerGone = false;
+
   constructor(private readonly fd: number) {}
 
   write(text: string): void {
+    if (this.readerGone) return;
     // A UTF-16 unit is at most 3 UTF-8 bytes: a batch that may not fit gets its own buffer.
     const bytes =
       text.length * 3 <= this.scratch.length ? this.scratch.subarray(0, this.scratch.write(text, 0, 'utf8')) : Buffer.from(text, 'utf8');
@@ -128,6 +133,10 @@ export class FdWriter implements LineSink {
         offset += written;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EPIPE') {
+          this.readerGone = true;
+          return;
+        }
         if (code !== 'EAGAIN' && code !== 'EBUSY') throw err;
         // The reader is behind: wait for it (the lines are the record; they are not dropped).
         Atomics.wait(PAUSE, 0, 0, FULL_WAIT_MS);

@@ -305,6 +305,22 @@ t.test('a full non-blocking pipe is waited for: partial writes go on, EAGAIN los
   t.ok(waited >= 250, `the writer waited for the reader (${waited} ms)`);
 });
 
+t.test('a reader gone (EPIPE) ends the writing, not the process; other errors are thrown', async (t) => {
+  const dir = t.testdir();
+  const fifo = `${dir}/gone.fifo`;
+  execFileSync('mkfifo', [fifo]);
+  const readEnd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  const writer = new FdWriter(fd);
+  writer.write('read by nobody\n');
+  closeSync(readEnd);
+  t.doesNotThrow(() => writer.write('the reader is gone\n'));
+  t.doesNotThrow(() => writer.write('and stays gone\n'));
+  closeSync(fd);
+  const closed = new FdWriter(fd);
+  t.throws(() => closed.write('to a closed descriptor\n'), { code: 'EBADF' });
+});
+
 t.test('the time field is the ISO time pino would write, at every millisecond spelling', async (t) => {
   const realNow = Date.now;
   t.teardown(() => {
