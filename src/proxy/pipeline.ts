@@ -89,16 +89,21 @@ export function admitLastHead(socket: Socket, alreadyRead: number, serve: (early
     serve(EMPTY);
     return;
   }
+  // No client sends that much before its 200 (a TLS hello is a few KiB). Left unread instead,
+  // the socket would stop telling when the client leaves, and the slot would be held again.
+  // What node:http read past the head counts too (red team: uncounted, the bound was one read more),
+  // and may be over the limit already.
+  if (alreadyRead > EARLY_BYTES_LIMIT) {
+    socket.destroy();
+    return;
+  }
   const early: Buffer[] = [];
-  // What node:http read past the head counts too (red team: uncounted, the bound was one read more).
   let earlyBytes = alreadyRead;
   const onReadable = () => {
     for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
       early.push(chunk);
       earlyBytes += chunk.length;
     }
-    // No client sends that much before its 200 (a TLS hello is a few KiB). Left unread instead,
-    // the socket would stop telling when the client leaves, and the slot would be held again.
     if (earlyBytes > EARLY_BYTES_LIMIT) socket.destroy();
   };
   const left = () => socket.destroy();

@@ -215,6 +215,22 @@ t.test('a client that leaves while its CONNECT waits is seen at once: the GET is
   t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
 });
 
+t.test('more than EARLY_BYTES_LIMIT sent with a waiting CONNECT head closes the connection at once', async (t) => {
+  const { proxy, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
+  const client = connect({ host: '127.0.0.1', port: proxy.port });
+  client.on('error', () => {});
+  const clientClosed = new Promise<boolean>((resolve) => client.on('close', () => resolve(true)));
+  // One write: node:http reads the bytes after the CONNECT head with it, and nothing follows them.
+  client.write(keptAliveGet(slowTarget, '/never') + connectRequest(tunnelTarget) + 'a'.repeat(EARLY_BYTES_LIMIT + 512));
+  const closedInTime = await Promise.race([clientClosed, new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+  t.ok(closedInTime, 'the connection is closed without waiting for more bytes or for the GET');
+  client.destroy();
+  const deadline = Date.now() + 2000;
+  while (proxy.running.proxy.activeCalls > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.equal(proxy.running.proxy.activeCalls, 0, 'the GET is not left open');
+  t.equal(proxy.events('egress.decision').filter((e) => e.port === tunnelUp.port).length, 0, 'the CONNECT is never decided');
+});
+
 t.test('tunnel bytes sent while the CONNECT waits reach the upstream, in order, after the head', async (t) => {
   const { held, proxy, slowTarget, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   const client = connect({ host: '127.0.0.1', port: proxy.port });
