@@ -12,7 +12,7 @@
  * caller's (baseline.ts, policy/evaluate.ts); TLS is the client's, end to end through the tunnel.
  */
 import { connect } from 'node:net';
-import type { Socket } from 'node:net';
+import type { OnReadOpts, Socket } from 'node:net';
 import type { IpAddress } from './address.js';
 
 export class DialError extends Error {
@@ -41,6 +41,9 @@ export interface DialCancel {
  * Connects to the first of `candidates` that accepts, in order, and calls `done` once: with the
  * connection, or with a DialError when none accepts. `cancel` abandons the dial between
  * attempts. Callbacks, not a promise: this is on every CONNECT.
+ *
+ * With `readInto` (Node's `onread`), the socket reads into the buffers it gives and starts
+ * paused: nothing is read before the caller resumes it.
  */
 export function dialPinned(
   candidates: readonly IpAddress[],
@@ -48,8 +51,9 @@ export function dialPinned(
   timeoutMs: number,
   cancel: DialCancel | undefined,
   done: (err: DialError | null, conn: PinnedConnection | null) => void,
+  readInto?: OnReadOpts,
 ): void {
-  new PinnedDial(candidates, port, timeoutMs, cancel, done).next();
+  new PinnedDial(candidates, port, timeoutMs, cancel, done, readInto).next();
 }
 
 /** The promise form of `dialPinned` (the plain-HTTP pool). */
@@ -77,6 +81,7 @@ class PinnedDial {
     private readonly timeoutMs: number,
     private readonly cancel: DialCancel | undefined,
     private readonly done: (err: DialError | null, conn: PinnedConnection | null) => void,
+    private readonly readInto: OnReadOpts | undefined,
   ) {}
 
   /** Tries the next candidate, or gives up. */
@@ -85,7 +90,11 @@ class PinnedDial {
     if (ip === undefined || this.cancel?.aborted) return this.fail();
     let socket: Socket;
     try {
-      socket = connect({ host: ip.text, port: this.port, family: ip.family, noDelay: true });
+      const { readInto } = this;
+      socket = connect({ host: ip.text, port: this.port, family: ip.family, noDelay: true, onread: readInto });
+      // Paused before it connects: no read starts at 'connect' (an `onread` socket reads, and
+      // calls back, as soon as it may).
+      if (readInto !== undefined) socket.pause();
     } catch (err) {
       // Refused before any socket exists (a port net.connect will not take): this attempt failed.
       this.attempts.push({ address: ip.text, error: (err as NodeJS.ErrnoException).code ?? String(err) });

@@ -15,7 +15,7 @@ import type { MaybePromise } from '../state/types.js';
 import { sendRawAnswer } from './answers.js';
 import type { Admission, AdmissionResult } from './admission.js';
 import { IdleSweep } from './idle-sweep.js';
-import { Tunnel } from './tunnel.js';
+import { Tunnel, UPSTREAM_READS } from './tunnel.js';
 import type { TunnelOwner } from './tunnel.js';
 
 export class ConnectPath implements TunnelOwner {
@@ -72,21 +72,28 @@ export class ConnectPath implements TunnelOwner {
       return;
     }
     const started = performance.now();
-    dialPinned(a.candidates, a.target.port, admission.config.limits.connectTimeoutMs, new ClientGone(client), (err, conn) => {
-      if (err !== null || conn === null) {
-        admission.releaseTunnel(a.limitKey);
-        admission.logDecision(a, null);
-        sendRawAnswer(client, admission.dialFailure(a, err));
-        admission.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
-        return;
-      }
-      // Deferred: the decision lines of every tunnel dialled in this turn go out in one write, before any of their 200s.
-      this.dialledTicket = Math.max(this.dialledTicket, admission.logDecision(a, conn.address.text, undefined, true));
-      const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
-      admission.active.add(tunnel);
-      if (this.dialled.push(tunnel) === 1) setImmediate(this.openDialled);
-      this.dialledHeads.push(head);
-    });
+    dialPinned(
+      a.candidates,
+      a.target.port,
+      admission.config.limits.connectTimeoutMs,
+      new ClientGone(client),
+      (err, conn) => {
+        if (err !== null || conn === null) {
+          admission.releaseTunnel(a.limitKey);
+          admission.logDecision(a, null);
+          sendRawAnswer(client, admission.dialFailure(a, err));
+          admission.closedEvent(a.connId, 0, 0, started, client.destroyed ? 'client_closed' : 'error', true);
+          return;
+        }
+        // Deferred: the decision lines of every tunnel dialled in this turn go out in one write, before any of their 200s.
+        this.dialledTicket = Math.max(this.dialledTicket, admission.logDecision(a, conn.address.text, undefined, true));
+        const tunnel = new Tunnel(a.connId, a.limitKey, client, conn.socket, started, this);
+        admission.active.add(tunnel);
+        if (this.dialled.push(tunnel) === 1) setImmediate(this.openDialled);
+        this.dialledHeads.push(head);
+      },
+      UPSTREAM_READS,
+    );
   }
 
   /**

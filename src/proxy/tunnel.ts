@@ -1,6 +1,8 @@
 /**
  * One open CONNECT tunnel: the client's socket and the pinned upstream socket piped both ways,
  * one idle timer, one end reason, and a single report to its owner when both sockets are closed.
+ * The upstream is read into buffers the relay keeps (relay-buffers.ts; `UPSTREAM_READS` is its
+ * dial option), the client as Node reads it.
  *
  * Shaped for many long idle tunnels: the state is one object, the sockets point at it, and the
  * listeners are shared module functions (`this` is the socket), so an idle tunnel holds no
@@ -8,9 +10,10 @@
  * than `pipe()`d for the same reason: pipe() adds nine closures per direction (a third of an
  * idle tunnel's heap) and their set-up and tear-down on every CONNECT.
  */
-import type { Socket } from 'node:net';
+import type { OnReadOpts, Socket } from 'node:net';
 import type { EndReason } from '../events/events.js';
 import type { IdleWatched } from './idle-sweep.js';
+import { giveBackOwnedBuffer, nextReadBuffer, readNextInto, takeOwnedBuffer } from './relay-buffers.js';
 
 const TUNNEL = Symbol('tunnel');
 const CONNECTION_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
@@ -24,6 +27,8 @@ export interface TunnelOwner {
 export class Tunnel implements IdleWatched {
   end: EndReason | null = null;
   private closedSockets = 0;
+  /** The upstream's own read buffer (relay-buffers.ts), while it has one. */
+  private ownReadBuffer: Buffer | null = null;
   /** The idle sweep's bookkeeping (idle-sweep.ts). */
   idleBytes = 0;
   idleSince = 0;
@@ -65,6 +70,9 @@ export class Tunnel implements IdleWatched {
       socket.on('drain', onDrain);
       socket.on('end', onEnd);
     }
+    // Dialled with UPSTREAM_READS, the upstream waits paused and emits no 'data' (its reads come
+    // to onUpstreamRead); a plain socket flows with its 'data' listener either way.
+    upstream.resume();
     // The client finished sending before its 200 (its FIN came with the head, its 'end' before
     // these listeners): the upstream gets the FIN after the head, as it would have in the relay.
     if (client.readableEnded) onEnd.call(client);
@@ -99,6 +107,9 @@ export class Tunnel implements IdleWatched {
     this.finish(this.endedBy(socket));
     this.other(socket).destroy();
     if (++this.closedSockets === 2) {
+      // Both handles are closed, so no read or pending write points into it any more.
+      if (this.ownReadBuffer !== null) giveBackOwnedBuffer(this.ownReadBuffer);
+      this.ownReadBuffer = null;
       this.owner.tunnelEnded(this);
       // A closed socket's object outlives its connection past scavenges (measured: promoted,
       // with whatever it points at): let it keep nothing of the call's.
@@ -106,6 +117,58 @@ export class Tunnel implements IdleWatched {
       (this.upstream as TunnelSocket)[TUNNEL] = undefined;
     }
   }
+
+  /**
+   * Relays `length` bytes the upstream read into `buffer` (relay-buffers.ts) to the client, and
+   * says which buffer its next read goes into. False: stop reading until the client's 'drain'.
+   */
+  relayUpstream(length: number, buffer: Buffer): boolean {
+    const client = this.client;
+    const own = this.ownReadBuffer;
+    if (buffer !== own || length < client.writableHighWaterMark) {
+      // Copied out. The shared buffer is overwritten by the next read of any socket. A short read
+      // from the socket's own buffer is copied too: a write under the high-water mark that the
+      // kernel does not take at once gets no 'drain', so nothing would say when it is done with
+      // the buffer; and a short read means the sender has slowed, so the buffer goes back.
+      const chunk = Buffer.allocUnsafe(length);
+      buffer.copy(chunk, 0, 0, length);
+      if (buffer === own) {
+        this.ownReadBuffer = null;
+        giveBackOwnedBuffer(own);
+      } else if (length === buffer.length) {
+        // The shared buffer filled: a sender with more waiting gets a buffer of its own (if one is left).
+        this.ownReadBuffer = takeOwnedBuffer();
+        if (this.ownReadBuffer !== null) readNextInto(this.ownReadBuffer);
+      }
+      return client.write(chunk);
+    }
+    // At or over the high-water mark, this write returns false and 'drain' follows once the
+    // kernel has taken all of it: until then it points into the buffer, and the socket waits.
+    client.write(length === buffer.length ? buffer : buffer.subarray(0, length));
+    if (client.writableLength > 0) {
+      readNextInto(buffer);
+      return false;
+    }
+    if (length * 2 < buffer.length) {
+      // Taken at once, and the sender has slowed: back to the shared buffer.
+      this.ownReadBuffer = null;
+      giveBackOwnedBuffer(buffer);
+    } else readNextInto(buffer);
+    return true;
+  }
+}
+
+/**
+ * The dial option of tunnel upstreams (pinned-dial.ts `readInto`): reads go into the relay's
+ * buffers and to onUpstreamRead, not to a new Buffer and 'data' each.
+ */
+export const UPSTREAM_READS: OnReadOpts = { buffer: nextReadBuffer, callback: onUpstreamRead };
+
+/** `onread.callback`: Node calls it as a method of the socket that read. */
+function onUpstreamRead(this: TunnelSocket, length: number, buffer: Buffer): boolean {
+  const tunnel = this[TUNNEL];
+  // Not a tunnel's (any more): nothing to relay to. The next read stays on the shared buffer.
+  return tunnel === undefined ? false : tunnel.relayUpstream(length, buffer);
 }
 
 /** Relays a chunk; a peer that cannot take more pauses this side until it drains. */
