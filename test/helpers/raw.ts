@@ -1,5 +1,7 @@
 /** Raw HTTP over a socket, for requests no client library would send (odd spellings, garbage). */
+import { once } from 'node:events';
 import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 
 export interface RawResponse {
   status: number;
@@ -45,3 +47,13 @@ export function rawRequest(port: number, request: string | Buffer, timeoutMs = 5
 export const connectRequest = (authority: string, extra = '') => `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n${extra}\r\n`;
 export const getRequest = (url: string, host: string, extra = '') =>
   `GET ${url} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n${extra}\r\n`;
+
+/** Opens a CONNECT tunnel through the proxy; resolves once the `200` has been read, with anything after it. */
+export async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
+  const socket = connect({ host: '127.0.0.1', port: proxyPort });
+  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  let data = Buffer.alloc(0);
+  while (data.indexOf('\r\n\r\n') === -1) data = Buffer.concat([data, (await once(socket, 'data'))[0] as Buffer]);
+  if (!data.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(data.toString());
+  return { socket, rest: data.subarray(data.indexOf('\r\n\r\n') + 4) };
+}

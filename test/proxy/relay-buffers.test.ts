@@ -7,7 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
-import { connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import t from 'tap';
 import {
@@ -20,6 +20,7 @@ import {
   takeOwnedBuffer,
 } from '../../src/proxy/relay-buffers.js';
 import { startTestProxyFor } from '../helpers/proxy.js';
+import { openTunnel } from '../helpers/raw.js';
 
 const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
 
@@ -66,16 +67,6 @@ async function streamServer(t: { teardown(fn: () => unknown): void }, total: num
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => server.close());
   return (server.address() as AddressInfo).port;
-}
-
-/** A tunnel through the proxy, resolved after its `200` with whatever followed it. */
-async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
-  const socket = connect({ host: '127.0.0.1', port: proxyPort });
-  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
-  let data = Buffer.alloc(0);
-  while (data.indexOf('\r\n\r\n') === -1) data = Buffer.concat([data, (await once(socket, 'data'))[0] as Buffer]);
-  if (!data.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(data.toString());
-  return { socket, rest: data.subarray(data.indexOf('\r\n\r\n') + 4) };
 }
 
 /** Reads stream `seed` to its end, stalling `stallMs` after each MiB; resolves with the first mismatch, if any. */

@@ -8,6 +8,7 @@ import { connect, createServer } from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import t from 'tap';
 import { startTestProxyFor } from '../helpers/proxy.js';
+import { openTunnel } from '../helpers/raw.js';
 import type { TestProxy } from '../helpers/proxy.js';
 
 const POLICY = 'version: 1\ndefault_verdict: allow\nrules: []\n';
@@ -20,16 +21,6 @@ async function listen(t: { teardown(fn: () => unknown): void }, onSocket: (s: So
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => server.close());
   return (server.address() as AddressInfo).port;
-}
-
-/** Opens a tunnel and resolves once the `200` has been read (with anything after it). */
-async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
-  const socket = connect({ host: '127.0.0.1', port: proxyPort });
-  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
-  let data = Buffer.alloc(0);
-  while (data.indexOf('\r\n\r\n') === -1) data = Buffer.concat([data, (await once(socket, 'data'))[0] as Buffer]);
-  if (!data.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(data.toString());
-  return { socket, rest: data.subarray(data.indexOf('\r\n\r\n') + 4) };
 }
 
 t.test('half-closes travel both ways: the client ends, the upstream still answers', async (t) => {
