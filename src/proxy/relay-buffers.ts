@@ -20,8 +20,10 @@
  * - A read that fills the shared buffer (a sender with more waiting) gives its socket a buffer of
  *   its own. What lands there is written as it is, and the socket reads again only once the
  *   client has taken all of it (tunnel.ts: no bytes pending, or 'drain').
- * - A read that fills less than half of its own buffer gives the buffer back when no write points
- *   into it, and the socket returns to the shared one: an idle tunnel holds no buffer.
+ * - A read from its own buffer that is shorter than the client's high-water mark is copied too (a
+ *   write under the mark that the kernel leaves pending gets no 'drain' to say it is done), and a
+ *   read under half the buffer gives the buffer back once no write points into it: the socket
+ *   returns to the shared one, so an idle tunnel holds no buffer.
  * - At most `MAX_OWNED_BUFFERS` are out at once (16 MiB); beyond that, sockets stay on the shared
  *   buffer and copy.
  */
