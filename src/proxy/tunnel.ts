@@ -105,7 +105,13 @@ export class Tunnel implements IdleWatched {
 
   socketClosed(socket: Socket): void {
     this.finish(this.endedBy(socket));
-    this.other(socket).destroy();
+    const other = this.other(socket);
+    // A side that ended cleanly had its FIN passed on (onEnd): bytes it sent that still wait to be
+    // written to the other go out first, then the other closes. Destroyed at once, they were lost
+    // and the stream arrived short with a clean FIN (red team). The idle sweep bounds a reader
+    // that never takes them. Anything else (a reset, an abort) closes the other at once.
+    if (socket.readableEnded && other.writableLength > 0 && !other.destroyed) other.end(() => other.destroy());
+    else other.destroy();
     if (++this.closedSockets === 2) {
       // Both handles are closed, so no read or pending write points into it any more.
       if (this.ownReadBuffer !== null) giveBackOwnedBuffer(this.ownReadBuffer);

@@ -51,7 +51,7 @@ export const getRequest = (url: string, host: string, extra = '') =>
 /** Opens a CONNECT tunnel through the proxy; resolves once the `200` has been read, with anything after it. */
 export async function openTunnel(proxyPort: number, port: number): Promise<{ socket: Socket; rest: Buffer }> {
   const socket = connect({ host: '127.0.0.1', port: proxyPort });
-  socket.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  socket.write(connectRequest(`127.0.0.1:${port}`));
   let data = Buffer.alloc(0);
   while (data.indexOf('\r\n\r\n') === -1) data = Buffer.concat([data, (await once(socket, 'data'))[0] as Buffer]);
   if (!data.toString('latin1').startsWith('HTTP/1.1 200')) throw new Error(data.toString());

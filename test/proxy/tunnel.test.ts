@@ -139,3 +139,54 @@ t.test('an ended tunnel leaves nothing of itself on its sockets (they outlive it
   t.same(holders(client), [], 'client socket');
   t.same(holders(upstream), [], 'upstream socket');
 });
+
+t.test('a side that ended cleanly lets what it sent go out before the other closes; a reset does not wait', async (t) => {
+  const { Tunnel } = await import('../../src/proxy/tunnel.js');
+  const { EventEmitter } = await import('node:events');
+  /** Stands in for a socket: what the tunnel reads of it, and what it calls. */
+  class StandIn extends EventEmitter {
+    readableEnded = false;
+    writableLength = 0;
+    destroyed = false;
+    calls: string[] = [];
+    private onFinished: (() => void) | null = null;
+    end(cb?: () => void): void {
+      this.calls.push('end');
+      this.onFinished = cb ?? null;
+    }
+    destroy(): void {
+      this.calls.push('destroy');
+      this.destroyed = true;
+    }
+    /** The queued bytes are out and the FIN sent. */
+    finished(): void {
+      this.writableLength = 0;
+      this.onFinished?.();
+    }
+  }
+  const tunnelOf = (client: StandIn, upstream: StandIn) =>
+    new Tunnel('c-1', 'k', client as unknown as Socket, upstream as unknown as Socket, 0, { tunnelEnded: () => {} });
+
+  const client = new StandIn();
+  const upstream = new StandIn();
+  const tunnel = tunnelOf(client, upstream);
+  upstream.readableEnded = true; // its FIN came (and was passed on)
+  client.writableLength = 10_032; // bytes of it still queued for the client
+  tunnel.socketClosed(upstream as unknown as Socket);
+  t.same(client.calls, ['end'], 'the client is not destroyed while the last bytes of the upstream wait');
+  client.finished();
+  t.same(client.calls, ['end', 'destroy'], 'closed once they are out');
+  t.equal(tunnel.end, 'upstream_closed');
+
+  const resetClient = new StandIn();
+  const resetUpstream = new StandIn();
+  resetClient.writableLength = 10_032;
+  tunnelOf(resetClient, resetUpstream).socketClosed(resetUpstream as unknown as Socket);
+  t.same(resetClient.calls, ['destroy'], 'an upstream that did not end cleanly: the client closes at once');
+
+  const idleClient = new StandIn();
+  const endedUpstream = new StandIn();
+  endedUpstream.readableEnded = true;
+  tunnelOf(idleClient, endedUpstream).socketClosed(endedUpstream as unknown as Socket);
+  t.same(idleClient.calls, ['destroy'], 'nothing queued: at once, as before');
+});
