@@ -34,6 +34,7 @@ import { failure, refusal } from './answers.js';
 import { closedLine, decisionLine, refusedBeforeDecision } from './call-events.js';
 import { recordDecided } from './call-history.js';
 import type { Answer, CallLabel } from './answers.js';
+import { LiveSet } from './live-set.js';
 
 /** Observes every finished decision and closed call (metrics). */
 export interface ProxyObserver {
@@ -97,7 +98,7 @@ const NO_HISTORY: readonly HistoryCall[] = Object.freeze([]);
 
 export class Admission {
   /** Open calls (tunnels and forwarded requests): what shutdown waits for, then aborts. */
-  readonly active = new Set<ActiveCall>();
+  readonly active = new LiveSet<ActiveCall>();
   private readonly tunnelsByClient = new Map<string, number>();
   private openTunnels = 0;
   private readonly connPrefix = randomBytes(4).toString('hex');

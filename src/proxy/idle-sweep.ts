@@ -10,6 +10,7 @@
  * (a period is a tenth of the timeout, at most a second).
  */
 import type { Socket } from 'node:net';
+import { LiveSet } from './live-set.js';
 
 /** What the sweep watches: the two sockets, and what to do when they have been quiet too long. */
 export interface IdleWatched {
@@ -22,7 +23,7 @@ export interface IdleWatched {
 }
 
 export class IdleSweep<T extends IdleWatched> {
-  private readonly watched = new Set<T>();
+  private readonly watched = new LiveSet<T>();
   private timer: NodeJS.Timeout | null = null;
   private readonly periodMs: number;
 

@@ -31,6 +31,7 @@ import { armHeadDeadline, clearHeadDeadline, endHeadDeadlines, readConnectionSta
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { PlainHttpPath } from './forward.js';
 import { admitLastHead, admitPipelined } from './pipeline.js';
+import { LiveSet } from './live-set.js';
 
 export type { ProxyObserver } from './admission.js';
 
@@ -55,7 +56,7 @@ export class ProxyServer {
   /** Our listeners, which the baseline refuses as `self`. */
   private readonly ownListeners: OwnListeners;
   /** Every client connection, whoever reads it (closed after the grace period on shutdown). */
-  private readonly sockets = new Set<Socket>();
+  private readonly sockets = new LiveSet<Socket>();
   /** Shared by every connection (one function, `this` is the socket): forget it when it closes. */
   private readonly connectionClosed: (this: Socket) => void;
   /**
