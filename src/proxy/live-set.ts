@@ -68,7 +68,7 @@ export class LiveSet<T extends object> implements Iterable<T> {
 
   *[Symbol.iterator](): Iterator<T> {
     const head = this.head;
-    for (let node = head.next; node !== head; ) {
+    for (let node = head.next; node !== head;) {
       const next = node.next;
       // A node removed since its predecessor was visited has no item (and leads to the end).
       if (node.item !== undefined) yield node.item;
