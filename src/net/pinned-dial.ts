@@ -163,6 +163,8 @@ function ignore(): void {}
  * way; those the proxy does not construct.)
  */
 export function connectOptions(ip: IpAddress, port: number, readInto: OnReadOpts | undefined): NetConnectOpts {
+  // Built, then returned: as a literal in the return, TypeScript would refuse the three stream
+  // options that `NetConnectOpts` does not list.
   const options = {
     host: ip.text,
     port,
