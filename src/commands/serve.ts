@@ -21,7 +21,7 @@ import type { CallStore, DiscoveredLog, HistoryStore } from '../state/types.js';
 import { createEventSink, createLogger } from '../events/events.js';
 import type { EventSink } from '../events/events.js';
 import { PolicyStore } from '../live/policy-store.js';
-import type { LoadResult } from '../live/policy-store.js';
+import type { LoadAttempt } from '../live/policy-store.js';
 import { PolicyWatcher } from '../live/policy-watch.js';
 import { PolicyWriter } from '../live/policy-writer.js';
 import { DecisionFeed } from '../events/decision-feed.js';
@@ -29,6 +29,7 @@ import { AdminServer } from '../admin/server.js';
 import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';
 import type { CommandIO } from './io.js';
+import { holdSignals } from './held-signals.js';
 import { capYoungGeneration } from './young-generation.js';
 
 export interface ServeOptions {
@@ -99,7 +100,6 @@ export interface StartOptions {
 
 export async function startProxy(config: ProxyConfig, events: EventSink, options: StartOptions = {}): Promise<Running | null> {
   const metrics = new Metrics();
-  const store = new PolicyStore(config.policy);
   const state = await createState(config.state, {
     defaultTtlMs: config.attribution.defaultTtlMs,
     maxTotal: config.limits.maxRegisteredCalls,
@@ -135,7 +135,13 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   // store: redis gives the shared RedisHistoryStore; memory the bounded one in this process.
   // Session-less connections of a server see what it did in its sessions (state/client-copies.ts).
   const history: HistoryStore = withClientCopies(options.history ?? (state.history as HistoryStore));
-  const logLoad = (trigger: string, result: LoadResult) => {
+  // Each read of the file is logged once, by the first of those who asked for it: a generation
+  // is announced even when a read asked for meanwhile finds nothing new.
+  let watcher: PolicyWatcher | null = null;
+  const logLoad = (result: LoadAttempt) => {
+    const { trigger } = result;
+    // Bytes this process has read need no second read when the watcher sees them.
+    if (result.bytesSha256 !== null) watcher?.expect(result.bytesSha256);
     if (result.ok) {
       const g = result.generation;
       // Before any call can be decided under the new generation: history kept for its longest window.
@@ -158,7 +164,7 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
           `policy generation ${g.generation} loaded from ${g.source}`,
         );
       }
-      return true;
+      return;
     }
     metrics.reloads.inc({ result: 'rejected', trigger });
     metrics.policyError.set(1);
@@ -166,9 +172,10 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
       { event: 'policy.rejected', trigger, source: config.policy, errors: result.error.errors },
       `policy rejected; ${store.loaded ? `generation ${store.current.generation} keeps serving` : 'nothing is served'}`,
     );
-    return false;
   };
-  if (!logLoad('start', await store.load())) return null;
+  const store = new PolicyStore(config.policy, { report: logLoad });
+
+  if (!(await store.load('start')).ok) return null;
 
   if (config.baseline.allowCidrs.length > 0) {
     events.warn(
@@ -212,8 +219,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     `proxy listening on ${bound.address}:${bound.port}`,
   );
 
-  const reload = async (trigger: string) => logLoad(trigger, await store.load());
-  const watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
+  const reload = async (trigger: string) => (await store.load(trigger)).ok;
+  watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
   await watcher?.start();
   const policyWriter = new PolicyWriter({ store, reload, events, expectDigest: (digest) => watcher?.expect(digest) });
 
@@ -283,15 +290,19 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
   const events = createEventSink(logger);
   // Less memory per idle tunnel at the same throughput (young-generation.ts).
   capYoungGeneration();
+  // Signals are ours before anything listens, held until the proxy is up (held-signals.ts).
+  const signals = holdSignals();
   let running: Running | null;
   try {
     running = await startProxy(config, events);
   } catch (err) {
+    signals.release();
     events.warn({ event: 'startup_failed', err: (err as Error).message }, 'could not start');
     io.err(`error: ${(err as Error).message}\n`);
     return 1;
   }
   if (!running) {
+    signals.release();
     io.err(`error: the policy ${config.policy} is not valid; not serving (see the policy.rejected event)\n`);
     return 1;
   }
@@ -308,8 +319,6 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
       events.flush();
       resolve(0);
     };
-    process.on('SIGTERM', () => void stop('SIGTERM'));
-    process.on('SIGINT', () => void stop('SIGINT'));
-    process.on('SIGHUP', () => void r.reload('SIGHUP'));
+    signals.deliver((signal) => void (signal === 'SIGHUP' ? r.reload('SIGHUP') : stop(signal)));
   });
 }

@@ -33,14 +33,44 @@ export type LoadResult =
   | { readonly ok: true; readonly generation: PolicyGeneration; readonly changed: boolean }
   | { readonly ok: false; readonly error: LoadError };
 
+/** One read of the file, reported once, whoever asked for it and however many asked. */
+export type LoadAttempt = LoadResult & {
+  /** Who asked first (`start`, `SIGHUP`, `watch`, `api`, ...). */
+  readonly trigger: string;
+  /** The SHA-256 of the bytes read, or null when the file could not be read. */
+  readonly bytesSha256: string | null;
+};
+
+export interface PolicyStoreOptions {
+  /** Called once per read of the file, before anyone who asked for it hears the result. */
+  readonly report?: (attempt: LoadAttempt) => void;
+  /** Reads and parses the file (tests give their own). */
+  readonly read?: (file: string) => ReturnType<typeof loadPolicyFile>;
+}
+
+/** Those waiting for the next read: the first asker names it. */
+interface Askers {
+  readonly trigger: string;
+  readonly resolvers: Array<(result: LoadResult) => void>;
+}
+
 export class PolicyStore {
   private serving: PolicyGeneration | null = null;
   private failure: LoadError | null = null;
   private counter = 0;
-  private loading: Promise<LoadResult> | null = null;
-  private again = false;
+  /** Asked for a load since the running read began: the next read is theirs. */
+  private waiting: Askers | null = null;
+  private draining = false;
+  private readonly report: (attempt: LoadAttempt) => void;
+  private readonly read: (file: string) => ReturnType<typeof loadPolicyFile>;
 
-  constructor(readonly source: string) {}
+  constructor(
+    readonly source: string,
+    options: PolicyStoreOptions = {},
+  ) {
+    this.report = options.report ?? (() => {});
+    this.read = options.read ?? loadPolicyFile;
+  }
 
   /** The serving generation. Throws before the first successful load. */
   get current(): PolicyGeneration {
@@ -58,36 +88,56 @@ export class PolicyStore {
   }
 
   /**
-   * Loads the file. Concurrent calls share one load, and a call made during a load causes one
-   * more load after it, so the newest bytes always win.
+   * Loads the file, and resolves with the result of a read that began after this call, so the
+   * newest bytes always win. Calls made while a read is running share the next one. Each read
+   * is reported once (`options.report`): a generation made by a read is announced even when a
+   * later read, asked for meanwhile, finds nothing new.
    */
-  load(): Promise<LoadResult> {
-    if (this.loading) {
-      this.again = true;
-      return this.loading;
+  load(trigger: string): Promise<LoadResult> {
+    const result = new Promise<LoadResult>((resolve) => {
+      if (this.waiting) this.waiting.resolvers.push(resolve);
+      else this.waiting = { trigger, resolvers: [resolve] };
+    });
+    if (!this.draining) {
+      this.draining = true;
+      void this.drain();
     }
-    this.loading = (async () => {
-      let result: LoadResult;
-      do {
-        this.again = false;
-        result = await this.loadOnce();
-      } while (this.again);
-      this.loading = null;
-      return result;
-    })();
-    return this.loading;
+    return result;
   }
 
-  private async loadOnce(): Promise<LoadResult> {
-    const loaded = await loadPolicyFile(this.source);
-    const errors = loaded.diagnostics.filter((d: Diagnostic) => d.severity === 'error').map(formatDiagnostic);
-    if (!loaded.spec || !loaded.bytes) {
-      this.failure = { at: new Date().toISOString(), errors };
-      return { ok: false, error: this.failure };
+  private async drain(): Promise<void> {
+    try {
+      for (let askers = this.waiting; askers !== null; askers = this.waiting) {
+        this.waiting = null;
+        const { result, bytesSha256 } = await this.loadOnce().catch((err: unknown) => this.unexpected(err));
+        try {
+          this.report({ ...result, trigger: askers.trigger, bytesSha256 });
+        } finally {
+          for (const resolve of askers.resolvers) resolve(result);
+        }
+      }
+    } finally {
+      this.draining = false;
     }
-    const sha256 = sha256Hex(loaded.bytes);
+  }
+
+  /** A read or compile that threw: rejected like a broken file, so the last good policy keeps serving. */
+  private unexpected(err: unknown): { result: LoadResult; bytesSha256: null } {
+    this.failure = { at: new Date().toISOString(), errors: [`${this.source}: cannot load policy: ${(err as Error).message}`] };
+    return { result: { ok: false, error: this.failure }, bytesSha256: null };
+  }
+
+  private async loadOnce(): Promise<{ result: LoadResult; bytesSha256: string | null }> {
+    const loaded = await this.read(this.source);
+    const errors = loaded.diagnostics.filter((d: Diagnostic) => d.severity === 'error').map(formatDiagnostic);
+    const sha256 = loaded.bytes ? sha256Hex(loaded.bytes) : null;
+    if (!loaded.spec || !sha256) {
+      this.failure = { at: new Date().toISOString(), errors };
+      return { result: { ok: false, error: this.failure }, bytesSha256: sha256 };
+    }
     this.failure = null;
-    if (this.serving && this.serving.sha256 === sha256) return { ok: true, generation: this.serving, changed: false };
+    if (this.serving && this.serving.sha256 === sha256)
+      return { result: { ok: true, generation: this.serving, changed: false }, bytesSha256: sha256 };
     const generation: PolicyGeneration = Object.freeze({
       generation: ++this.counter,
       policy: compilePolicy(loaded.spec),
@@ -100,6 +150,6 @@ export class PolicyStore {
       warnings: loaded.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic),
     });
     this.serving = generation;
-    return { ok: true, generation, changed: true };
+    return { result: { ok: true, generation, changed: true }, bytesSha256: sha256 };
   }
 }

@@ -1,7 +1,9 @@
 /**
  * `serve` as a real process: listening events with real ports, SIGHUP reload (a broken file
- * changes nothing), SIGTERM with an open tunnel (stop accepting, let it finish, write every
- * event, exit 0), and refusing to start on a broken config or policy.
+ * changes nothing; every new generation announced once, however reloads overlap), signals from
+ * the first line on (none ends the process unhandled), SIGTERM with an open tunnel (stop
+ * accepting, let it finish, write every event, exit 0), and refusing to start on a broken
+ * config or policy.
  */
 import { writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
@@ -18,6 +20,7 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   t.teardown(() => upstream.close());
   const f = await files('version: 1\ndefault_verdict: allow\n', config);
   const s = serve([], { MCP_EGRESS_CONFIG: f.config });
+  t.teardown(() => s.kill());
   const listening = await s.waitFor((e) => e.event === 'listening');
   t.match(listening, { listener: 'proxy', address: '127.0.0.1' });
   const port = listening.port as number;
@@ -45,6 +48,8 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   s.child.kill('SIGHUP');
   await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === 3);
   const tunnel = connect({ host: '127.0.0.1', port });
+  const tunnelClosed = new Promise((r) => tunnel.once('close', r));
+  tunnel.on('error', () => {});
   let got = '';
   tunnel.on('data', (d: Buffer) => (got += d.toString()));
   tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
@@ -54,7 +59,7 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   const refusedNew = await rawRequest(port, connectRequest(`127.0.0.1:${upstream.port}`), 1000).catch((e: Error) => e);
   t.ok(refusedNew instanceof Error || refusedNew.status === 0, 'no new connections after SIGTERM');
   tunnel.write(`GET /during-shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`);
-  await new Promise((r) => tunnel.on('close', r));
+  await tunnelClosed;
   t.match(got, /during-shutdown/, 'the open tunnel finished its request');
   t.equal(await s.exit, 0, 'exit 0');
   const connectDecision = s.lines.find((e) => e.event === 'egress.decision' && e.method === 'CONNECT');
@@ -68,6 +73,7 @@ t.test('open calls past the grace period end with shutdown', async (t) => {
   t.teardown(() => upstream.close());
   const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', 'shutdown_grace_ms: 200'));
   const s = serve(['--config', f.config, '--listen', '127.0.0.1:0', '--admin-listen', 'off']);
+  t.teardown(() => s.kill());
   const port = (await s.waitFor((e) => e.event === 'listening')).port as number;
   const tunnel = connect({ host: '127.0.0.1', port });
   tunnel.on('data', () => {});
@@ -78,6 +84,63 @@ t.test('open calls past the grace period end with shutdown', async (t) => {
   t.ok(
     s.lines.find((e) => e.event === 'egress.closed' && e.end === 'shutdown'),
     'ended by shutdown, and logged',
+  );
+});
+
+t.test('overlapping reloads: every generation announced once', async (t) => {
+  // A SIGHUP right after each write while the watcher sees the same write: two loads overlap,
+  // and the one that makes the generation must announce it even when the other finds nothing new.
+  const f = await files('version: 1\ndefault_verdict: allow\n', config);
+  const s = serve(['--config', f.config]);
+  t.teardown(() => s.kill());
+  await s.waitFor((e) => e.event === 'listening');
+  const rounds = 12;
+  for (let round = 2, wrote = 0; round <= rounds + 1; round++) {
+    // The watcher reads about 100 ms (its debounce) after the previous write: write then.
+    await new Promise((r) => setTimeout(r, wrote + 95 + (round % 4) * 5 - Date.now()));
+    await writeFile(f.policy, `version: 1\ndefault_verdict: ${round % 2 ? 'allow' : 'deny'}\n# round ${round}\n`);
+    wrote = Date.now();
+    s.child.kill('SIGHUP');
+    await s.waitFor((e) => e.event === 'policy.loaded' && e.generation === round);
+  }
+  // Let the watcher's loads of the last write finish before counting.
+  await new Promise((r) => setTimeout(r, 300));
+  const loaded = s.lines.filter((e) => e.event === 'policy.loaded').map((e) => e.generation);
+  t.same(
+    loaded,
+    Array.from({ length: rounds + 1 }, (_, i) => i + 1),
+    'each generation once, in order',
+  );
+});
+
+t.test('signals from the first line on: a SIGHUP is a reload, a SIGTERM a clean stop', async (t) => {
+  const f = await files('version: 1\ndefault_verdict: allow\n', config);
+  // Sent the moment the first event line (state.store) is read: the proxy is still starting.
+  const hup = serve(['--config', f.config]);
+  t.teardown(() => hup.kill());
+  hup.child.stdout?.once('data', () => hup.child.kill('SIGHUP'));
+  const port = (await hup.waitFor((e) => e.event === 'listening')).port as number;
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(hup.child.exitCode ?? hup.child.signalCode, null, 'alive after the SIGHUP');
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const served = await rawRequest(port, getRequest(`http://127.0.0.1:${upstream.port}/`, `127.0.0.1:${upstream.port}`));
+  t.equal(served.status, 200, 'and serving');
+  hup.child.kill('SIGTERM');
+  t.equal(await hup.exit, 0);
+
+  const term = serve(['--config', f.config]);
+  t.teardown(() => term.kill());
+  term.child.stdout?.once('data', () => term.child.kill('SIGTERM'));
+  t.equal(await term.exit, 0, 'exit 0, not death by signal');
+  t.match(
+    term.lines.map((e) => e.event),
+    ['state.store', 'policy.loaded', 'baseline.exemptions', 'listening', 'shutdown', 'stopped'],
+    'it started, then stopped as it would have once running',
+  );
+  t.match(
+    term.lines.find((e) => e.event === 'shutdown'),
+    { signal: 'SIGTERM' },
   );
 });
 

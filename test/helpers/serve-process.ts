@@ -10,6 +10,8 @@ export interface Served {
   lines: Array<Record<string, unknown>>;
   stderr: () => string;
   exit: Promise<number | null>;
+  /** Ends the process if it is still running (a test's teardown: a failed test leaves none behind). */
+  kill(): void;
   waitFor(pred: (e: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
 }
 
@@ -36,6 +38,9 @@ export function serve(args: string[], env: Record<string, string> = {}): Served 
     lines,
     stderr: () => err,
     exit,
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
     async waitFor(pred, ms = 5000) {
       const deadline = Date.now() + ms;
       while (Date.now() < deadline) {
