@@ -119,6 +119,26 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
     warn: (fields, msg) => events.warn(fields, msg),
     memoryHistory: options.history ? undefined : () => new MemoryHistoryStore({ maxCalls: config.limits.maxHistoryCalls }),
   });
+  // A start that fails closes the state store again: an open Redis connection would keep the
+  // process alive after `serve` has returned its exit code.
+  try {
+    const running = await assemble(config, events, options, metrics, state);
+    if (!running) await state.close();
+    return running;
+  } catch (err) {
+    await state.close();
+    throw err;
+  }
+}
+
+/** Everything but the state store, which `startProxy` opens first and closes if this fails. */
+async function assemble(
+  config: ProxyConfig,
+  events: EventSink,
+  options: StartOptions,
+  metrics: Metrics,
+  state: State,
+): Promise<Running | null> {
   metrics.stateUp.set(state.up ? 1 : 0);
   metrics.stateQueued = () => state.queuedWrites;
   events.info(
@@ -140,8 +160,9 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
   let watcher: PolicyWatcher | null = null;
   const logLoad = (result: LoadAttempt) => {
     const { trigger } = result;
-    // Bytes this process has read need no second read when the watcher sees them.
-    if (result.bytesSha256 !== null) watcher?.expect(result.bytesSha256);
+    // Bytes this process has read need no second read when the watcher sees them; bytes it
+    // could not read (null) are read again at the next event or poll.
+    watcher?.expect(result.bytesSha256);
     if (result.ok) {
       const g = result.generation;
       // Before any call can be decided under the new generation: history kept for its longest window.
@@ -221,7 +242,8 @@ export async function startProxy(config: ProxyConfig, events: EventSink, options
 
   const reload = async (trigger: string) => (await store.load(trigger)).ok;
   watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload });
-  await watcher?.start();
+  // Seen is what the start read: an edit since then differs from it and is loaded.
+  watcher?.start(store.current.sha256);
   const policyWriter = new PolicyWriter({ store, reload, events, expectDigest: (digest) => watcher?.expect(digest) });
 
   let admin: AdminServer | null = null;
@@ -291,7 +313,11 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
   // Less memory per idle tunnel at the same throughput (young-generation.ts).
   capYoungGeneration();
   // Signals are ours before anything listens, held until the proxy is up (held-signals.ts).
-  const signals = holdSignals();
+  const signals = holdSignals(process, (signal) => {
+    // Ending by the signal itself: the deferred event lines go out first.
+    events.flush();
+    process.kill(process.pid, signal);
+  });
   let running: Running | null;
   try {
     running = await startProxy(config, events);
@@ -319,6 +345,11 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
       events.flush();
       resolve(0);
     };
-    signals.deliver((signal) => void (signal === 'SIGHUP' ? r.reload('SIGHUP') : stop(signal)));
+    signals.deliver((signal) => {
+      if (signal === 'SIGHUP') void r.reload('SIGHUP');
+      // A second stop signal does not wait for the grace period (held-signals.ts).
+      else if (stopping) signals.force(signal);
+      else void stop(signal);
+    });
   });
 }

@@ -51,7 +51,7 @@ export interface PolicyStoreOptions {
 /** Those waiting for the next read: the first asker names it. */
 interface Askers {
   readonly trigger: string;
-  readonly resolvers: Array<(result: LoadResult) => void>;
+  readonly waiters: Array<{ resolve: (result: LoadResult) => void; reject: (err: unknown) => void }>;
 }
 
 export class PolicyStore {
@@ -94,9 +94,9 @@ export class PolicyStore {
    * later read, asked for meanwhile, finds nothing new.
    */
   load(trigger: string): Promise<LoadResult> {
-    const result = new Promise<LoadResult>((resolve) => {
-      if (this.waiting) this.waiting.resolvers.push(resolve);
-      else this.waiting = { trigger, resolvers: [resolve] };
+    const result = new Promise<LoadResult>((resolve, reject) => {
+      if (this.waiting) this.waiting.waiters.push({ resolve, reject });
+      else this.waiting = { trigger, waiters: [{ resolve, reject }] };
     });
     if (!this.draining) {
       this.draining = true;
@@ -106,24 +106,29 @@ export class PolicyStore {
   }
 
   private async drain(): Promise<void> {
-    try {
-      for (let askers = this.waiting; askers !== null; askers = this.waiting) {
-        this.waiting = null;
-        const { result, bytesSha256 } = await this.loadOnce().catch((err: unknown) => this.unexpected(err));
-        try {
-          this.report({ ...result, trigger: askers.trigger, bytesSha256 });
-        } finally {
-          for (const resolve of askers.resolvers) resolve(result);
-        }
+    for (let askers = this.waiting; askers !== null; askers = this.waiting) {
+      this.waiting = null;
+      const { result, bytesSha256 } = await this.loadOnce().catch((err: unknown) => this.unexpected(err));
+      // A report that throws (the event log cannot be written) fails this read's callers, not
+      // the store: the next load reads again.
+      let reportFailed: { err: unknown } | null = null;
+      try {
+        this.report({ ...result, trigger: askers.trigger, bytesSha256 });
+      } catch (err) {
+        reportFailed = { err };
       }
-    } finally {
-      this.draining = false;
+      for (const w of askers.waiters) {
+        if (reportFailed) w.reject(reportFailed.err);
+        else w.resolve(result);
+      }
     }
+    this.draining = false;
   }
 
   /** A read or compile that threw: rejected like a broken file, so the last good policy keeps serving. */
   private unexpected(err: unknown): { result: LoadResult; bytesSha256: null } {
-    this.failure = { at: new Date().toISOString(), errors: [`${this.source}: cannot load policy: ${(err as Error).message}`] };
+    const message = err instanceof Error ? err.message : String(err);
+    this.failure = { at: new Date().toISOString(), errors: [`${this.source}: cannot load policy: ${message}`] };
     return { result: { ok: false, error: this.failure }, bytesSha256: null };
   }
 

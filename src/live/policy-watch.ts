@@ -5,6 +5,11 @@
  * of events are debounced; the store compares the bytes' SHA-256, so an event that changed
  * nothing makes no new generation. A slow poll backs the watch up (watches can be lost when a
  * directory is replaced), so a change is never missed for long.
+ *
+ * What counts as seen is what was read: the loader tells the watcher the digest of every read
+ * (`expect`), starting with the one it served at start. A read that failed (null) or an edit
+ * made between the start's read and the watch is therefore loaded by the next event or poll,
+ * never taken as already loaded.
  */
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
@@ -27,8 +32,9 @@ export class PolicyWatcher {
 
   constructor(private readonly options: PolicyWatcherOptions) {}
 
-  async start(): Promise<void> {
-    this.lastDigest = await this.digest();
+  /** Starts watching; `loadedDigest` is the digest of the bytes the serving policy was read from. */
+  start(loadedDigest: string | null): void {
+    this.lastDigest = loadedDigest;
     try {
       this.watcher = watch(dirname(this.options.file), { persistent: false }, () => this.schedule('watch'));
       this.watcher.on('error', () => this.restartWatch());
@@ -81,18 +87,19 @@ export class PolicyWatcher {
   }
 
   /**
-   * The digest the file is about to have because this process writes it (the admin API's edits,
-   * which load it themselves): the events of that write then cause no second load.
+   * The digest of bytes just read by a load (null: the read failed), or that the file is about to
+   * have because this process writes it (the admin API's edits, which load it themselves): the
+   * events of that write or read then cause no second load.
    */
-  expect(digest: string): void {
+  expect(digest: string | null): void {
     this.lastDigest = digest;
   }
 
   private async fire(trigger: string): Promise<void> {
     const digest = await this.digest();
-    // Bytes already handed to a load (or written and loaded by us): nothing new to load.
-    if (digest !== null && digest === this.lastDigest) return;
-    this.lastDigest = digest;
+    // Bytes already read by a load (or written and loaded by us): nothing new to load. The load
+    // itself records what it read (`expect`): bytes it could not read stay unseen.
+    if (digest === this.lastDigest) return;
     await this.options.reload(trigger);
   }
 }

@@ -68,7 +68,7 @@ export interface PolicyWriterDeps {
   /** Loads the file as a new generation (serve.ts: logs policy.loaded / policy.rejected). */
   readonly reload: (trigger: string) => Promise<boolean>;
   /** Told the digest about to be written, so the file watcher does not load our own write a second time. */
-  readonly expectDigest?: (digest: string) => void;
+  readonly expectDigest?: (digest: string | null) => void;
   readonly events: { info(fields: Record<string, unknown>, msg: string): void };
 }
 
@@ -231,7 +231,9 @@ export class PolicyWriter {
       created = false;
     } catch (err) {
       if (created) await unlink(tmp).catch(() => undefined);
-      if (announced) this.deps.expectDigest?.(expected);
+      // Nothing was written: the watcher checks the file again (a hand edit it had not read
+      // yet may carry the digest the client sent).
+      if (announced) this.deps.expectDigest?.(null);
       const code = (err as NodeJS.ErrnoException).code ?? '';
       return writeFailed(file, code, err);
     }

@@ -144,6 +144,27 @@ t.test('signals from the first line on: a SIGHUP is a reload, a SIGTERM a clean 
   );
 });
 
+t.test('a second SIGTERM does not wait for the grace period', async (t) => {
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', 'shutdown_grace_ms: 60000'));
+  const s = serve(['--config', f.config]);
+  t.teardown(() => s.kill());
+  const port = (await s.waitFor((e) => e.event === 'listening')).port as number;
+  const tunnel = connect({ host: '127.0.0.1', port });
+  tunnel.on('error', () => {});
+  tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
+  await s.waitFor((e) => e.event === 'egress.decision');
+  s.child.kill('SIGTERM');
+  await s.waitFor((e) => e.event === 'shutdown');
+  const began = Date.now();
+  s.child.kill('SIGTERM');
+  await s.exit;
+  t.equal(s.child.signalCode, 'SIGTERM', 'ended by the signal itself');
+  t.ok(Date.now() - began < 10_000, 'at once, not after the 60 s grace');
+  tunnel.destroy();
+});
+
 t.test('refuses to start on a broken config or policy', async (t) => {
   const badPolicy = await files('version: 1\nrules:\n  - {priority: x, verdict: deny}\n', config);
   const a = serve(['--config', badPolicy.config]);
@@ -187,6 +208,14 @@ t.test('refuses to start on a broken config or policy', async (t) => {
     g.lines.some((l) => l.event === 'listening'),
     'nothing listens',
   );
+  // With Redis as the state store (here one that refuses connections) a broken policy still
+  // ends the process: the store's connection is closed again.
+  const withRedis = await files('version: 1\nrules: [\n', `${config}state: {store: redis, redis_url: "redis://127.0.0.1:1/0"}\n`);
+  const r = serve(['--config', withRedis.config]);
+  t.teardown(() => r.kill());
+  const ended = await Promise.race([r.exit, new Promise((resolve) => setTimeout(() => resolve('still running after 10 s'), 10_000))]);
+  t.equal(ended, 1, 'exit 1, not left running');
+
   // trust: registered without tokens and users: refused, naming both keys.
   const registered = await files('version: 1\n', `${config}attribution: {trust: registered}\n`);
   const h = serve(['--config', registered.config]);

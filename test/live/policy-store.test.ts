@@ -2,7 +2,8 @@
  * The serving policy's loads, with the file's reads in the test's hands (each read waits until
  * the test answers it): every read is reported once, so a generation is announced even when a
  * read asked for meanwhile finds nothing new; callers during a read share the next one and get
- * its result; a read that throws or a broken file changes nothing.
+ * its result; a read that throws or a broken file changes nothing, and a report that throws
+ * fails its read's callers without stopping the store.
  */
 import t from 'tap';
 import { PolicyStore } from '../../src/live/policy-store.js';
@@ -123,4 +124,37 @@ t.test('the report comes before the caller hears, and from the real file by defa
   await store.load('start').then((r) => order.push(`caller ${r.ok}`));
   t.same(order, ['report start true', 'caller true']);
   t.throws(() => new PolicyStore('nowhere.yaml').current, /no policy loaded/);
+});
+
+t.test('a report that throws fails the callers of its read, and the next load reads again', async (t) => {
+  let throwing = true;
+  const reported: string[] = [];
+  const reads: string[] = [ALLOW, DENY, DENY];
+  const store = new PolicyStore('policy.yaml', {
+    report: (attempt) => {
+      reported.push(attempt.trigger);
+      if (throwing) throw new Error('log write ENOSPC');
+    },
+    read: async (file) => {
+      const text = reads.shift() ?? DENY;
+      return { ...parsePolicy(file, text), bytes: Buffer.from(text) };
+    },
+  });
+  await t.rejects(store.load('start'), /ENOSPC/);
+  t.equal(store.current.generation, 1, 'the read itself took effect');
+  throwing = false;
+  const next = await store.load('SIGHUP');
+  t.equal(next.ok && next.generation.generation, 2, 'the store was not left waiting');
+  t.same(reported, ['start', 'SIGHUP']);
+
+  // A read that throws something other than an Error is still a rejected read.
+  const odd = new PolicyStore('policy.yaml', {
+    read: async () => {
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- what is tested: a throw that is no Error
+      throw null;
+    },
+  });
+  const result = await odd.load('start');
+  t.equal(result.ok, false);
+  t.same(odd.lastError?.errors, ['policy.yaml: cannot load policy: null']);
 });
