@@ -126,7 +126,7 @@ export class PolicyStore {
   }
 
   /** A read or compile that threw: rejected like a broken file, so the last good policy keeps serving. */
-  private unexpected(err: unknown): { result: LoadResult; bytesSha256: null } {
+  private unexpected(err: unknown): { result: LoadResult; bytesSha256: string | null } {
     const message = err instanceof Error ? err.message : String(err);
     this.failure = { at: new Date().toISOString(), errors: [`${this.source}: cannot load policy: ${message}`] };
     return { result: { ok: false, error: this.failure }, bytesSha256: null };
@@ -140,12 +140,21 @@ export class PolicyStore {
       this.failure = { at: new Date().toISOString(), errors };
       return { result: { ok: false, error: this.failure }, bytesSha256: sha256 };
     }
-    this.failure = null;
-    if (this.serving && this.serving.sha256 === sha256)
+    if (this.serving && this.serving.sha256 === sha256) {
+      this.failure = null;
       return { result: { ok: true, generation: this.serving, changed: false }, bytesSha256: sha256 };
+    }
+    let policy: CompiledPolicy;
+    try {
+      policy = compilePolicy(loaded.spec);
+    } catch (err) {
+      // Judged bytes all the same: the watcher is told their digest, so they are not read again.
+      return { ...this.unexpected(err), bytesSha256: sha256 };
+    }
+    this.failure = null;
     const generation: PolicyGeneration = Object.freeze({
       generation: ++this.counter,
-      policy: compilePolicy(loaded.spec),
+      policy,
       loadedAt: new Date().toISOString(),
       sha256,
       digest: sha256.slice(0, 12),

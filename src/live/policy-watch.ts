@@ -14,7 +14,7 @@
 import { watch } from 'node:fs';
 import type { FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { sha256Hex } from '../config/secret-hash.js';
 
 export interface PolicyWatcherOptions {
@@ -29,43 +29,56 @@ export class PolicyWatcher {
   private timer: NodeJS.Timeout | null = null;
   private poller: NodeJS.Timeout | null = null;
   private lastDigest: string | null = null;
+  private stopped = false;
+  /** The names whose events concern the file: itself, and a ConfigMap's `..data` symlink. */
+  private readonly names: ReadonlySet<string>;
 
-  constructor(private readonly options: PolicyWatcherOptions) {}
+  constructor(private readonly options: PolicyWatcherOptions) {
+    this.names = new Set([basename(options.file), '..data']);
+  }
 
   /** Starts watching; `loadedDigest` is the digest of the bytes the serving policy was read from. */
   start(loadedDigest: string | null): void {
     this.lastDigest = loadedDigest;
-    try {
-      this.watcher = watch(dirname(this.options.file), { persistent: false }, () => this.schedule('watch'));
-      this.watcher.on('error', () => this.restartWatch());
-    } catch {
-      // The directory may not be watchable (some network filesystems): the poll still works.
-    }
+    this.openWatch();
     this.poller = setInterval(() => void this.poll(), this.options.pollMs ?? 2_000);
     this.poller.unref();
   }
 
   stop(): void {
+    this.stopped = true;
     this.watcher?.close();
     this.watcher = null;
     if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
     if (this.poller) clearInterval(this.poller);
+    this.poller = null;
+  }
+
+  private openWatch(): void {
+    try {
+      // Only events about the file itself restart the debounce: a busy neighbour in the same
+      // directory (a log written every few milliseconds) would otherwise hold a load off for
+      // as long as it is busy. An event without a name is taken as about the file.
+      this.watcher = watch(dirname(this.options.file), { persistent: false }, (_event, name) => {
+        if (name === null || this.names.has(name.toString())) this.schedule('watch');
+      });
+      this.watcher.on('error', () => this.restartWatch());
+    } catch {
+      // The directory may not be watchable (some network filesystems): the poll still works.
+    }
   }
 
   private restartWatch(): void {
     this.watcher?.close();
     this.watcher = null;
     setTimeout(() => {
-      if (this.poller === null) return;
-      try {
-        this.watcher = watch(dirname(this.options.file), { persistent: false }, () => this.schedule('watch'));
-      } catch {
-        // keep polling
-      }
+      if (!this.stopped) this.openWatch();
     }, 500).unref();
   }
 
   private schedule(trigger: string): void {
+    if (this.stopped) return;
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = null;

@@ -59,7 +59,13 @@ export async function loadPolicyFile(file: string): Promise<PolicyLoadResult & {
       diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }],
     };
   }
-  return { ...parsePolicy(file, bytes.toString('utf8')), bytes };
+  try {
+    return { ...parsePolicy(file, bytes.toString('utf8')), bytes };
+  } catch (err) {
+    // Bytes that cannot even be parsed (a string too long for V8, say): rejected with what was read.
+    const message = `cannot parse policy file: ${err instanceof Error ? err.message : String(err)}`;
+    return { spec: null, bytes, egressRules: 0, skippedRules: 0, diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }] };
+  }
 }
 
 export function parsePolicy(file: string, text: string): PolicyLoadResult {

@@ -9,6 +9,8 @@ import t from 'tap';
 import { PolicyStore } from '../../src/live/policy-store.js';
 import type { LoadAttempt, LoadResult } from '../../src/live/policy-store.js';
 import { parsePolicy } from '../../src/policy/schema.js';
+import type { PolicySpec } from '../../src/policy/types.js';
+import { sha256Hex } from '../../src/config/secret-hash.js';
 
 const ALLOW = 'version: 1\ndefault_verdict: allow\n';
 const DENY = 'version: 1\ndefault_verdict: deny\n';
@@ -157,4 +159,20 @@ t.test('a report that throws fails the callers of its read, and the next load re
   const result = await odd.load('start');
   t.equal(result.ok, false);
   t.same(odd.lastError?.errors, ['policy.yaml: cannot load policy: null']);
+
+  // Bytes that were read but could not be compiled: rejected, and named, so they are not read again.
+  const reports: LoadAttempt[] = [];
+  const uncompilable = new PolicyStore('policy.yaml', {
+    report: (attempt) => reports.push(attempt),
+    read: async () => ({
+      spec: { rules: null } as unknown as PolicySpec,
+      bytes: Buffer.from('x'),
+      diagnostics: [],
+      egressRules: 0,
+      skippedRules: 0,
+    }),
+  });
+  t.equal((await uncompilable.load('watch')).ok, false);
+  t.match(uncompilable.lastError?.errors[0], /^policy\.yaml: cannot load policy: /);
+  t.equal(reports[0]?.bytesSha256, sha256Hex(Buffer.from('x')));
 });

@@ -2,9 +2,10 @@
  * The policy file's watcher, on a real directory: a change is loaded whether fs.watch or the
  * poll sees it; what counts as seen is what a load read (`expect`), so an edit made between the
  * start's read and the watch, or bytes a load could not read, are loaded later rather than
- * taken as loaded; a vanished file is not reloaded over and over.
+ * taken as loaded; a vanished file is not reloaded over and over; a busy neighbour in the same
+ * directory does not hold a load off.
  */
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -15,7 +16,7 @@ import { PolicyWatcher } from '../../src/live/policy-watch.js';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const digest = (text: string) => sha256Hex(Buffer.from(text));
 
-async function watched(t: Test, text: string, loader: (watcher: PolicyWatcher, trigger: string) => void) {
+async function watched(t: Test, text: string, loader: (watcher: PolicyWatcher, trigger: string) => void, pollMs = 50) {
   const dir = await mkdtemp(join(tmpdir(), 'mep-watch-'));
   const file = join(dir, 'policy.yaml');
   await writeFile(file, text);
@@ -23,7 +24,7 @@ async function watched(t: Test, text: string, loader: (watcher: PolicyWatcher, t
   const watcher: PolicyWatcher = new PolicyWatcher({
     file,
     debounceMs: 20,
-    pollMs: 50,
+    pollMs,
     reload: async (trigger) => {
       triggers.push(trigger);
       loader(watcher, trigger);
@@ -81,4 +82,19 @@ t.test('bytes a load could not read are read again, and a vanished file is not r
   t.ok(afterVanish - afterGood >= 1 && afterVanish - afterGood <= 2, 'the vanished file is loaded (and rejected) once or twice');
   await sleep(400);
   t.equal(w.triggers.length, afterVanish, 'then left alone until it comes back');
+});
+
+t.test('a neighbour written more often than the debounce does not hold a load off', async (t) => {
+  let current = 'version: 1\n';
+  // No poll to fall back on within the test: only the watch can load the edit.
+  const w = await watched(t, current, (watcher) => reading(() => current)(watcher), 60_000);
+  w.watcher.start(digest(current));
+  const log = join(w.file, '..', 'events.log');
+  const busy = setInterval(() => void appendFile(log, 'x\n'), 5);
+  t.teardown(() => clearInterval(busy));
+  await sleep(100);
+  current = 'version: 1\n# edited while the neighbour is busy\n';
+  await writeFile(w.file, current);
+  await sleep(400);
+  t.same(w.triggers, ['watch'], 'loaded by the watch while the neighbour kept writing');
 });
