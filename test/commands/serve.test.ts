@@ -8,6 +8,7 @@
 import { writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import t from 'tap';
+import type { Test } from 'tap';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { files, serve } from '../helpers/serve-process.js';
@@ -68,17 +69,25 @@ t.test('listening, reload, graceful shutdown', async (t) => {
   t.equal(s.lines.at(-1)?.event, 'stopped', 'the last line is written');
 });
 
-t.test('open calls past the grace period end with shutdown', async (t) => {
+/** `serve` with `shutdown_grace_ms: graceMs` and one CONNECT tunnel open through it (decided). */
+async function servingATunnel(t: Test, graceMs: number, args: string[] = []) {
   const upstream = await startUpstream();
   t.teardown(() => upstream.close());
-  const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', 'shutdown_grace_ms: 200'));
-  const s = serve(['--config', f.config, '--listen', '127.0.0.1:0', '--admin-listen', 'off']);
+  const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', `shutdown_grace_ms: ${graceMs}`));
+  const s = serve(['--config', f.config, ...args]);
   t.teardown(() => s.kill());
   const port = (await s.waitFor((e) => e.event === 'listening')).port as number;
   const tunnel = connect({ host: '127.0.0.1', port });
   tunnel.on('data', () => {});
+  tunnel.on('error', () => {});
+  t.teardown(() => tunnel.destroy());
   tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
   await s.waitFor((e) => e.event === 'egress.decision');
+  return { s, tunnel };
+}
+
+t.test('open calls past the grace period end with shutdown', async (t) => {
+  const { s } = await servingATunnel(t, 200, ['--listen', '127.0.0.1:0', '--admin-listen', 'off']);
   s.child.kill('SIGINT');
   t.equal(await s.exit, 0);
   t.ok(
@@ -145,16 +154,7 @@ t.test('signals from the first line on: a SIGHUP is a reload, a SIGTERM a clean 
 });
 
 t.test('a second SIGTERM does not wait for the grace period', async (t) => {
-  const upstream = await startUpstream();
-  t.teardown(() => upstream.close());
-  const f = await files('version: 1\ndefault_verdict: allow\n', config.replace('shutdown_grace_ms: 3000', 'shutdown_grace_ms: 60000'));
-  const s = serve(['--config', f.config]);
-  t.teardown(() => s.kill());
-  const port = (await s.waitFor((e) => e.event === 'listening')).port as number;
-  const tunnel = connect({ host: '127.0.0.1', port });
-  tunnel.on('error', () => {});
-  tunnel.write(connectRequest(`127.0.0.1:${upstream.port}`));
-  await s.waitFor((e) => e.event === 'egress.decision');
+  const { s } = await servingATunnel(t, 60_000);
   s.child.kill('SIGTERM');
   await s.waitFor((e) => e.event === 'shutdown');
   const began = Date.now();
@@ -162,7 +162,6 @@ t.test('a second SIGTERM does not wait for the grace period', async (t) => {
   await s.exit;
   t.equal(s.child.signalCode, 'SIGTERM', 'ended by the signal itself');
   t.ok(Date.now() - began < 10_000, 'at once, not after the 60 s grace');
-  tunnel.destroy();
 });
 
 t.test('refuses to start on a broken config or policy', async (t) => {
