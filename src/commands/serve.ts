@@ -243,10 +243,17 @@ async function assemble(
     otherListeners: () => (adminAddress ? [adminAddress] : []),
   });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
-  events.info(
-    { event: 'listening', listener: 'proxy', address: bound.address, port: bound.port },
-    `proxy listening on ${bound.address}:${bound.port}`,
-  );
+  try {
+    events.info(
+      { event: 'listening', listener: 'proxy', address: bound.address, port: bound.port },
+      `proxy listening on ${bound.address}:${bound.port}`,
+    );
+  } catch (err) {
+    // The event log cannot be written: nothing is served unrecorded, and no listener is left
+    // open to keep the process alive after the start has failed.
+    await proxy.close(0);
+    throw err;
+  }
 
   const reload = async (trigger: string) => (await store.load(trigger)).ok;
   // Loads nobody waits for (the watcher's, a SIGHUP's) must not end the process when the event

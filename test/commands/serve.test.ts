@@ -2,16 +2,23 @@
  * `serve` as a real process: listening events with real ports, SIGHUP reload (a broken file
  * changes nothing; every new generation announced once, however reloads overlap), signals from
  * the first line on (none ends the process unhandled), SIGTERM with an open tunnel (stop
- * accepting, let it finish, write every event, exit 0), and refusing to start on a broken
- * config or policy.
+ * accepting, let it finish, write every event, exit 0; a second one at once), and refusing to
+ * start on a broken config or policy (closing what the start opened: the state store, the
+ * proxy's listener when its event line cannot be written).
  */
-import { writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import t from 'tap';
 import type { Test } from 'tap';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { files, serve } from '../helpers/serve-process.js';
+import { startProxy } from '../../src/commands/serve.js';
+import { parseProxyConfig } from '../../src/config/proxy-config.js';
+import type { ProxyConfig } from '../../src/config/proxy-config.js';
+import { createEventSink, createLogger } from '../../src/events/events.js';
 
 const config =
   'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
@@ -162,6 +169,35 @@ t.test('a second SIGTERM does not wait for the grace period', async (t) => {
   await s.exit;
   t.equal(s.child.signalCode, 'SIGTERM', 'ended by the signal itself');
   t.ok(Date.now() - began < 10_000, 'at once, not after the 60 s grace');
+});
+
+t.test('a start whose listening line cannot be written fails and leaves nothing listening', async (t) => {
+  const free = createServer().listen(0, '127.0.0.1');
+  await once(free, 'listening');
+  const port = (free.address() as AddressInfo).port;
+  await new Promise((r) => free.close(r));
+  const f = await files('version: 1\n', config.replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`));
+  const parsed = parseProxyConfig(f.config, await readFile(f.config, 'utf8'));
+  const written: string[] = [];
+  const logFullAtListening = {
+    write(line: string) {
+      if (line.includes('"event":"listening"')) throw new Error('ENOSPC: no space left on device, write');
+      written.push(line);
+    },
+  };
+  const events = createEventSink(createLogger('info', logFullAtListening));
+  await t.rejects(startProxy(parsed.config as ProxyConfig, events, { watch: false }), /ENOSPC/);
+  t.ok(
+    written.some((l) => l.includes('"event":"policy.loaded"')),
+    'the start got as far as listening',
+  );
+  const refused = await new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => resolve('connected'));
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code));
+    t.teardown(() => socket.destroy());
+  });
+  t.equal(refused, 'ECONNREFUSED', 'the listener is closed again');
 });
 
 t.test('refuses to start on a broken config or policy', async (t) => {
