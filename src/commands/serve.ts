@@ -57,12 +57,14 @@ export interface Running {
   readonly policyWriter: PolicyWriter;
   readonly admin: AdminServer | null;
   reload(trigger: string): Promise<boolean>;
-  /** `reload` for callers that do not wait: a failure to log it goes to stderr. */
-  reloadUnwatched(trigger: string): Promise<boolean>;
   stop(): Promise<void>;
 }
 
-/** The event line of a policy read could not be written (the log's disk is full, say). */
+/**
+ * For loads nobody waits for (the watcher's, a SIGHUP's): the event line of their read could not
+ * be written (the log's disk is full, say). The policy itself was loaded or rejected all the
+ * same, so this must not end the process as an unhandled rejection would.
+ */
 function reportLost(err: unknown): boolean {
   process.stderr.write(`error: a policy reload's event could not be written: ${err instanceof Error ? err.message : String(err)}\n`);
   return false;
@@ -256,10 +258,8 @@ async function assemble(
   }
 
   const reload = async (trigger: string) => (await store.load(trigger)).ok;
-  // Loads nobody waits for (the watcher's, a SIGHUP's) must not end the process when the event
-  // line of their read cannot be written: the policy itself was loaded or rejected all the same.
-  const reloadUnwatched = (trigger: string) => reload(trigger).catch(reportLost);
-  watcher = options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload: reloadUnwatched });
+  watcher =
+    options.watch === false ? null : new PolicyWatcher({ file: config.policy, reload: (trigger) => reload(trigger).catch(reportLost) });
   // Seen is what the start read: an edit since then differs from it and is loaded.
   watcher?.start(store.current.sha256);
   const policyWriter = new PolicyWriter({ store, reload, events, expectDigest: (digest) => watcher?.expect(digest) });
@@ -281,7 +281,6 @@ async function assemble(
       return admin;
     },
     reload,
-    reloadUnwatched,
     stop: async () => {
       if (sweeper) clearInterval(sweeper);
       watcher?.stop();
@@ -365,7 +364,7 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
       resolve(0);
     };
     signals.deliver((signal) => {
-      if (signal === 'SIGHUP') void r.reloadUnwatched('SIGHUP');
+      if (signal === 'SIGHUP') void r.reload('SIGHUP').catch(reportLost);
       // A second stop signal does not wait for the grace period (held-signals.ts).
       else if (stopping) signals.force(signal);
       else void stop(signal);

@@ -125,11 +125,15 @@ export class PolicyStore {
     this.draining = false;
   }
 
-  /** A read or compile that threw: rejected like a broken file, so the last good policy keeps serving. */
-  private unexpected(err: unknown): { result: LoadResult; bytesSha256: string | null } {
+  /**
+   * A read or compile that threw: rejected like a broken file, so the last good policy keeps
+   * serving. `bytesSha256` names the bytes when they were read (a compile that threw), so the
+   * watcher does not read them again.
+   */
+  private unexpected(err: unknown, bytesSha256: string | null = null): { result: LoadResult; bytesSha256: string | null } {
     const message = err instanceof Error ? err.message : String(err);
     this.failure = { at: new Date().toISOString(), errors: [`${this.source}: cannot load policy: ${message}`] };
-    return { result: { ok: false, error: this.failure }, bytesSha256: null };
+    return { result: { ok: false, error: this.failure }, bytesSha256 };
   }
 
   private async loadOnce(): Promise<{ result: LoadResult; bytesSha256: string | null }> {
@@ -148,8 +152,7 @@ export class PolicyStore {
     try {
       policy = compilePolicy(loaded.spec);
     } catch (err) {
-      // Judged bytes all the same: the watcher is told their digest, so they are not read again.
-      return { ...this.unexpected(err), bytesSha256: sha256 };
+      return this.unexpected(err, sha256);
     }
     this.failure = null;
     const generation: PolicyGeneration = Object.freeze({

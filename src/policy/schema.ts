@@ -50,22 +50,19 @@ export async function loadPolicyFile(file: string): Promise<PolicyLoadResult & {
   try {
     bytes = await readFile(file);
   } catch (err) {
-    const message = `cannot read policy file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-    return {
-      spec: null,
-      bytes: null,
-      egressRules: 0,
-      skippedRules: 0,
-      diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }],
-    };
+    return unloadable(file, null, `cannot read policy file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   try {
     return { ...parsePolicy(file, bytes.toString('utf8')), bytes };
   } catch (err) {
     // Bytes that cannot even be parsed (a string too long for V8, say): rejected with what was read.
-    const message = `cannot parse policy file: ${err instanceof Error ? err.message : String(err)}`;
-    return { spec: null, bytes, egressRules: 0, skippedRules: 0, diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }] };
+    return unloadable(file, bytes, `cannot parse policy file: ${err instanceof Error ? err.message : String(err)}`);
   }
+}
+
+/** A file that gave no policy at all: one error at its start, and the bytes if any were read. */
+function unloadable(file: string, bytes: Buffer | null, message: string): PolicyLoadResult & { readonly bytes: Buffer | null } {
+  return { spec: null, bytes, egressRules: 0, skippedRules: 0, diagnostics: [{ file, line: 1, col: 1, severity: 'error', message }] };
 }
 
 export function parsePolicy(file: string, text: string): PolicyLoadResult {

@@ -6,15 +6,14 @@
  * start on a broken config or policy (closing what the start opened: the state store, the
  * proxy's listener when its event line cannot be written).
  */
-import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import { connect } from 'node:net';
 import t from 'tap';
 import type { Test } from 'tap';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { files, serve } from '../helpers/serve-process.js';
+import { freePort } from '../helpers/redis.js';
 import { startProxy } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
 import type { ProxyConfig } from '../../src/config/proxy-config.js';
@@ -172,10 +171,7 @@ t.test('a second SIGTERM does not wait for the grace period', async (t) => {
 });
 
 t.test('a start whose listening line cannot be written fails and leaves nothing listening', async (t) => {
-  const free = createServer().listen(0, '127.0.0.1');
-  await once(free, 'listening');
-  const port = (free.address() as AddressInfo).port;
-  await new Promise((r) => free.close(r));
+  const port = await freePort();
   const f = await files('version: 1\n', config.replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${port}`));
   const parsed = parseProxyConfig(f.config, await readFile(f.config, 'utf8'));
   const written: string[] = [];
