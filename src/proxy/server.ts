@@ -19,6 +19,7 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { acceptWithFullOptions } from '../net/accept.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
@@ -102,6 +103,8 @@ export class ProxyServer {
       sockets.delete(this);
       clearHeadDeadline(this);
     };
+    // Accepted sockets without per-socket hidden classes (accept.ts); before any accept.
+    this.server.on('listening', () => acceptWithFullOptions(this.server));
     this.server.on('connection', (socket: Socket) => this.onConnection(socket));
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       clearHeadDeadline(req.socket);

@@ -1,0 +1,90 @@
+/**
+ * Accepted sockets built the way pinned-dial.ts builds dialled ones: with every option that
+ * net.Socket's constructor would add already present.
+ *
+ * Why: the constructor copies its options (`{ ...options }`) and then adds `emitClose`,
+ * `autoDestroy` and `decodeStrings`. In Node 20's V8 (11.3) a property added to a spread copy
+ * builds a new hidden class for each copy, so every accepted socket made new maps, and every
+ * property cache that then read its options (Duplex, ReadableState, WritableState) missed and
+ * went to V8's runtime. Node's `net.Server` makes accepted sockets in its listening handle's
+ * `onconnection`, from a literal without those keys. Measured on the peer bench's S2 after its
+ * S4 and S1 (perf, proxy on its own core): the node binary's share fell from 277 to 206 µs per
+ * tunnel (stub-cache and lookup-iterator misses gone from the Socket constructor), and the
+ * process's CPU per tunnel from 545–570 to 478–498 µs.
+ *
+ * What: the handle's `onconnection` is replaced by one that passes the full options and
+ * otherwise does what Node 20's does (count the connection, set `server`, apply `noDelay`, emit
+ * 'connection', publish to `net.server.socket`). Scope: only that common case. An accept error,
+ * a `maxConnections` limit or `keepAlive` go to Node's own function unchanged; a handle that
+ * does not look like Node 20's (no `onconnection`, no connection count) is left alone.
+ */
+import { channel } from 'node:diagnostics_channel';
+import { Socket } from 'node:net';
+import type { Server } from 'node:net';
+
+const serverSocketChannel = channel('net.server.socket');
+const INSTALLED = Symbol('accepts with full options');
+
+/** What Node 20's listening TCP handle and server hold that this uses (internal, checked at install). */
+interface ListeningHandle {
+  onconnection: (this: ListeningHandle, err: number, clientHandle: unknown) => void;
+  [INSTALLED]?: true;
+}
+interface NodeServerInternals {
+  _handle: ListeningHandle | null;
+  _connections: number;
+  allowHalfOpen?: boolean;
+  pauseOnConnect?: boolean;
+  highWaterMark?: number;
+  noDelay?: boolean;
+  keepAlive?: boolean;
+}
+
+/**
+ * Makes `server` build its accepted sockets with full options from now on (call it once it is
+ * listening; again after each `listen`). Returns whether it did: false leaves Node's own.
+ */
+export function acceptWithFullOptions(server: Server): boolean {
+  const internals = server as unknown as NodeServerInternals;
+  const handle = internals._handle;
+  if (handle === null || typeof handle !== 'object' || typeof handle.onconnection !== 'function') return false;
+  if (typeof internals._connections !== 'number') return false;
+  if (handle[INSTALLED]) return true;
+  const nodeOnConnection = handle.onconnection;
+  handle.onconnection = function onconnection(this: ListeningHandle, err: number, clientHandle: unknown): void {
+    const limit = server.maxConnections;
+    if (err || (limit && internals._connections >= limit) || internals.keepAlive) {
+      nodeOnConnection.call(this, err, clientHandle);
+      return;
+    }
+    const options = {
+      handle: clientHandle,
+      allowHalfOpen: internals.allowHalfOpen,
+      pauseOnCreate: internals.pauseOnConnect,
+      readable: true,
+      writable: true,
+      readableHighWaterMark: internals.highWaterMark,
+      writableHighWaterMark: internals.highWaterMark,
+      // What the constructor sets (net.js), so it has nothing to add.
+      emitClose: false,
+      autoDestroy: true,
+      decodeStrings: false,
+    };
+    const socket = new Socket(options);
+    // As Node's: the flag and the handle's TCP_NODELAY, through the public method.
+    if (internals.noDelay) socket.setNoDelay(true);
+    internals._connections++;
+    const owned = socket as Socket & { server: Server; _server: Server };
+    owned.server = server;
+    owned._server = server;
+    server.emit('connection', socket);
+    if (serverSocketChannel.hasSubscribers) serverSocketChannel.publish({ socket });
+  };
+  handle[INSTALLED] = true;
+  return true;
+}
+
+/** Whether `server`'s listening handle builds accepted sockets here (for its owner's tests). */
+export function acceptsWithFullOptions(server: Server): boolean {
+  return (server as unknown as NodeServerInternals)._handle?.[INSTALLED] === true;
+}
