@@ -30,6 +30,7 @@ import { Metrics } from '../admin/metrics.js';
 import { ProxyServer } from '../proxy/server.js';
 import type { CommandIO } from './io.js';
 import { holdSignals } from './held-signals.js';
+import { keepOldGenerationHeadroom } from './old-generation.js';
 import { capYoungGeneration } from './young-generation.js';
 
 export interface ServeOptions {
@@ -330,6 +331,8 @@ export async function runServe(opts: ServeOptions, io: CommandIO): Promise<numbe
   const events = createEventSink(logger);
   // Less memory per idle tunnel at the same throughput (young-generation.ts).
   capYoungGeneration();
+  // No back-to-back full collections while bodies are relayed (old-generation.ts).
+  keepOldGenerationHeadroom();
   // Signals are ours before anything listens, held until the proxy is up (held-signals.ts).
   const signals = holdSignals(process, (signal) => {
     // Ending by the signal itself: the deferred event lines go out first.
