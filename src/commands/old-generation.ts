@@ -19,14 +19,17 @@
  * well be larger when the old generation itself grows fast). Above 64 MiB the old generation is
  * left to V8: its minimum step and factor give room enough there, and a large heap should not be
  * made to grow by a fixed share. Memory: an old generation of 13 MiB may then grow to about 45 MiB
- * before it is collected (V8 alone let it reach ~29). An operator's own `--heap-growing-percent`
- * (command line or NODE_OPTIONS) wins: then nothing is changed.
+ * before it is collected (V8 alone let it reach ~29). While held, the percent replaces V8's own
+ * choice of factor, its careful modes too (near the heap limit, the memory reducer); V8 still
+ * caps each limit halfway to the heap's maximum. An operator's own `--heap-growing-percent` on
+ * the command line wins (Node 20 refuses it in NODE_OPTIONS; checked there too): then nothing is
+ * changed.
  */
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import v8 from 'node:v8';
 
 export const HEADROOM_BYTES = 32 * 1024 * 1024;
-/** Factor 4: V8's largest growing factor on a machine with a large heap limit. */
+/** Factor 4: V8's largest growing factor (on hosts whose heap limit is 2 GiB or more; below, V8's own stays under 2). */
 const MAX_PERCENT = 300;
 /** Above this the old generation grows by V8's own factor. */
 export const LARGEST_HELD_OLD_GENERATION = 64 * 1024 * 1024;
@@ -51,6 +54,9 @@ export function growingPercentFor(oldBytes: number, headroomBytes = HEADROOM_BYT
   if (oldBytes <= 0 || oldBytes > LARGEST_HELD_OLD_GENERATION) return 0;
   return Math.min(MAX_PERCENT, Math.ceil((headroomBytes / oldBytes) * 100));
 }
+
+/** The running hold's stop, if one runs. */
+let stopHolding: (() => void) | null = null;
 
 /** Two full collections closer than this: the old generation's margin is too small for the traffic. */
 export const BACK_TO_BACK_MS = 1_000;
@@ -100,6 +106,8 @@ export interface HeadroomOptions {
 export function keepOldGenerationHeadroom(options: HeadroomOptions = {}): () => void {
   const { headroomBytes = HEADROOM_BYTES, backToBackMs = BACK_TO_BACK_MS } = options;
   if (operatorSetHeapGrowing(options.execArgv ?? process.execArgv, options.nodeOptions ?? process.env['NODE_OPTIONS'])) return () => {};
+  // One hold per process: the flag is process-wide (in-process serves, as tests run, share it).
+  if (stopHolding !== null) return stopHolding;
   let percent = 0;
   const setPercent = (wanted: number) => {
     if (wanted === percent) return;
@@ -116,8 +124,11 @@ export function keepOldGenerationHeadroom(options: HeadroomOptions = {}): () => 
     }
   });
   observer.observe({ entryTypes: ['gc'] });
-  return () => {
+  const stop = () => {
     observer.disconnect();
     setPercent(0);
+    if (stopHolding === stop) stopHolding = null;
   };
+  stopHolding = stop;
+  return stop;
 }

@@ -15,8 +15,9 @@
  * What: the handle's `onconnection` is replaced by one that passes the full options and
  * otherwise does what Node 20's does (count the connection, set `server`, apply `noDelay`, emit
  * 'connection', publish to `net.server.socket`). Scope: only that common case. An accept error,
- * a `maxConnections` limit or `keepAlive` go to Node's own function unchanged; a handle that
- * does not look like Node 20's (no `onconnection`, no connection count) is left alone.
+ * a `maxConnections` limit or `keepAlive` go to Node's own function unchanged; on another Node
+ * major, or a handle that does not look like Node 20's (no `onconnection`, no connection count),
+ * Node's own is left in place.
  */
 import { channel } from 'node:diagnostics_channel';
 import { Socket } from 'node:net';
@@ -44,7 +45,9 @@ interface NodeServerInternals {
  * Makes `server` build its accepted sockets with full options from now on (call it once it is
  * listening; again after each `listen`). Returns whether it did: false leaves Node's own.
  */
-export function acceptWithFullOptions(server: Server): boolean {
+export function acceptWithFullOptions(server: Server, nodeVersion = process.versions.node): boolean {
+  // What this copies is Node 20's function; a later one may do more (Node 22 checks a blockList).
+  if (nodeVersion.split('.')[0] !== '20') return false;
   const internals = server as unknown as NodeServerInternals;
   const handle = internals._handle;
   if (handle === null || typeof handle !== 'object' || typeof handle.onconnection !== 'function') return false;

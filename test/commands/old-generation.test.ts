@@ -49,7 +49,11 @@ t.test("the operator's own factor wins", (t) => {
   t.ok(operatorSetHeapGrowing([], '--max-old-space-size=512 --heap_growing_percent=20'));
   t.notOk(operatorSetHeapGrowing(['--max-old-space-size=512'], '--max-semi-space-size=8'));
   const stop = keepOldGenerationHeadroom({ execArgv: [], nodeOptions: '' });
+  t.equal(keepOldGenerationHeadroom({ execArgv: [], nodeOptions: '' }), stop, 'one hold per process');
   stop();
+  const again = keepOldGenerationHeadroom({ execArgv: [], nodeOptions: '' });
+  t.not(again, stop, 'stopped: a new one can start');
+  again();
   keepOldGenerationHeadroom({ execArgv: ['--heap-growing-percent=20'] })();
   t.end();
 });

@@ -33,6 +33,9 @@ t.test("nothing is replaced before the server listens, nor on a handle unlike No
   t.equal(acceptWithFullOptions(createServer()), false);
   const unlike = { _handle: { onconnection() {} } } as unknown as Server;
   t.equal(acceptWithFullOptions(unlike), false, 'no connection count: left alone');
+  const alike = { _handle: { onconnection() {} }, _connections: 0 } as unknown as Server;
+  t.equal(acceptWithFullOptions(alike, '22.13.0'), false, 'another Node major: its own function stays');
+  t.equal(acceptWithFullOptions(alike, '20.20.2'), true, 'the same handle on Node 20: replaced');
   t.end();
 });
 
