@@ -10,7 +10,7 @@
  * `onconnection`, from a literal without those keys. Measured on the peer bench's S2 after its
  * S4 and S1 (perf, proxy on its own core): the node binary's share fell from 277 to 206 µs per
  * tunnel (stub-cache and lookup-iterator misses gone from the Socket constructor), and the
- * process's CPU per tunnel from 545–570 to 478–498 µs.
+ * process's CPU per tunnel from 545–570 to 446–489 µs.
  *
  * What: the handle's `onconnection` is replaced by one that passes the full options and
  * otherwise does what Node 20's does (count the connection, set `server`, apply `noDelay`, emit
