@@ -27,6 +27,7 @@
  */
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import v8 from 'node:v8';
+import { operatorGaveFlag } from './node-flags.js';
 
 export const HEADROOM_BYTES = 32 * 1024 * 1024;
 /** Factor 4: V8's largest growing factor (on hosts whose heap limit is 2 GiB or more; below, V8's own stays under 2). */
@@ -36,8 +37,7 @@ export const LARGEST_HELD_OLD_GENERATION = 64 * 1024 * 1024;
 
 /** Whether the operator set the growing factor themselves. */
 export function operatorSetHeapGrowing(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)];
-  return given.some((arg) => /^--heap[-_]growing[-_]percent\b/.test(arg));
+  return operatorGaveFlag(/^--heap[-_]growing[-_]percent\b/, execArgv, nodeOptions);
 }
 
 /** V8's old generation now: every space but the young generation's. */

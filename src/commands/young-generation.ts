@@ -20,6 +20,7 @@
  */
 import { PerformanceObserver } from 'node:perf_hooks';
 import v8 from 'node:v8';
+import { operatorGaveFlag } from './node-flags.js';
 
 export const SEMI_SPACE_CAP_BYTES = 8 * 1024 * 1024;
 /** V8's default `--semi-space-growth-factor`. */
@@ -27,8 +28,7 @@ const V8_DEFAULT_GROWTH_FACTOR = 2;
 
 /** Whether the operator sized the young generation themselves. */
 export function operatorSizedYoungGeneration(execArgv: readonly string[], nodeOptions: string | undefined): boolean {
-  const given = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)];
-  return given.some((arg) => /^--(max[-_]semi[-_]space[-_]size|semi[-_]space[-_]growth[-_]factor)\b/.test(arg));
+  return operatorGaveFlag(/^--(max[-_]semi[-_]space[-_]size|semi[-_]space[-_]growth[-_]factor)\b/, execArgv, nodeOptions);
 }
 
 /** The young generation's semi-space size now (new space holds two of them). */
