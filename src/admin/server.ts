@@ -116,7 +116,11 @@ export class AdminServer {
     }
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen({ host, port }, () => resolve());
+      this.server.listen({ host, port }, () => {
+        // Listening: a later 'error' is an accept failure, serve.ts's to report.
+        this.server.removeListener('error', reject);
+        resolve();
+      });
     });
     const addr = this.server.address() as { address: string; port: number };
     this.bound = canonicalListeners([addr])[0] as Listener;

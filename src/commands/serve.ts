@@ -6,8 +6,10 @@
  * Over 300 lines because it is the one place the process is assembled (state, policy, watcher,
  * proxy, admin, feed, signals, shutdown order); each piece lives in its own module.
  */
+import type { Server } from 'node:net';
 import { loadProxyConfig, parseListen } from '../config/proxy-config.js';
 import { isLoopbackHost } from '../net/address.js';
+import { reportAcceptErrors } from '../net/accept.js';
 import type { ListenAddress, ProxyConfig } from '../config/proxy-config.js';
 import { formatDiagnostic } from '../config/yaml.js';
 import { metadataOverlaps } from '../net/baseline.js';
@@ -246,6 +248,7 @@ async function assemble(
     otherListeners: () => (adminAddress ? [adminAddress] : []),
   });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
+  keepAccepting(proxy.server, 'proxy', events);
   try {
     events.info(
       { event: 'listening', listener: 'proxy', address: bound.address, port: bound.port },
@@ -310,6 +313,7 @@ async function assemble(
       await running.stop();
       throw err;
     }
+    keepAccepting(admin.server, 'admin', events);
     proxy.refreshSelf();
     events.info(
       { event: 'listening', listener: 'admin', address: adminAddress.address, port: adminAddress.port },
@@ -317,6 +321,16 @@ async function assemble(
     );
   }
   return running;
+}
+
+/** A listener that fails to accept a connection says so (`accept_failed`, warn) and goes on listening. */
+function keepAccepting(server: Server, listener: 'proxy' | 'admin', events: EventSink): void {
+  reportAcceptErrors(server, (err, notReported) =>
+    events.warn(
+      { event: 'accept_failed', listener, code: err.code ?? null, not_reported: notReported },
+      `${listener} listener: accepting a connection failed (${err.code ?? err.message}); still listening`,
+    ),
+  );
 }
 
 export async function runServe(opts: ServeOptions, io: CommandIO): Promise<number> {

@@ -91,3 +91,31 @@ export function acceptWithFullOptions(server: Server, nodeVersion = process.vers
 export function acceptsWithFullOptions(server: Server): boolean {
   return (server as unknown as NodeServerInternals)._handle?.[INSTALLED] === true;
 }
+
+/** How often a listener that keeps failing to accept is reported (the count of the rest goes with it). */
+export const ACCEPT_ERROR_REPORT_MS = 1_000;
+
+/**
+ * Keeps `server` serving when accepting a connection fails after it is listening, reporting the
+ * failure through `report` (at most once per `ACCEPT_ERROR_REPORT_MS`, with how many were not).
+ *
+ * Why: Node emits an accept failure (ENOBUFS, ENOMEM under kernel memory pressure; ECONNABORTED
+ * and EMFILE libuv handles itself) as 'error' on the server, and an 'error' with no listener is
+ * an uncaught exception: a passing shortage of kernel memory would end the proxy and every tunnel
+ * through it. The connection that failed is the kernel's to drop; the listener goes on.
+ */
+export function reportAcceptErrors(server: Server, report: (err: NodeJS.ErrnoException, notReported: number) => void): void {
+  let reportedAt = -Infinity;
+  let notReported = 0;
+  server.on('error', (err: NodeJS.ErrnoException) => {
+    const now = performance.now();
+    if (now - reportedAt < ACCEPT_ERROR_REPORT_MS) {
+      notReported++;
+      return;
+    }
+    reportedAt = now;
+    const count = notReported;
+    notReported = 0;
+    report(err, count);
+  });
+}

@@ -1,9 +1,13 @@
 /**
  * The proxy's listener (src/proxy/server.ts) builds its accepted sockets with full options
- * (src/net/accept.ts) from its first connection on, and serves through them.
+ * (src/net/accept.ts) from its first connection on, and serves through them; both listeners
+ * survive a failed accept (reportAcceptErrors, hooked in serve.ts).
  */
+import { createServer } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
+import { constants } from 'node:os';
 import t from 'tap';
-import { acceptsWithFullOptions } from '../../src/net/accept.js';
+import { ACCEPT_ERROR_REPORT_MS, acceptsWithFullOptions, reportAcceptErrors } from '../../src/net/accept.js';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw.js';
 
@@ -12,4 +16,54 @@ t.test('the proxy listener accepts with full options once listening', async (t) 
   t.equal(acceptsWithFullOptions(proxy.running.proxy.server), true);
   const answer = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n');
   t.equal(answer.status, 400, 'a request in origin form through it is answered');
+});
+
+/** Makes `server`'s listening handle report an accept failure, as libuv does (a negative errno). */
+function failAccept(server: Server, errno: number): void {
+  const handle = (server as unknown as { _handle: { onconnection(err: number, client: unknown): void } })._handle;
+  handle.onconnection(-errno, undefined);
+}
+
+t.test('a listener that fails to accept a connection says so and goes on serving', async (t) => {
+  const proxy = await startTestProxyFor(t, {
+    policy: 'version: 1\ndefault_verdict: allow\nrules: []\n',
+    config: 'admin: {listen: 127.0.0.1:0}',
+  });
+  const admin = proxy.running.admin;
+  if (!admin) throw new Error('no admin listener');
+  for (const [listener, server] of [
+    ['proxy', proxy.running.proxy.server],
+    ['admin', admin.server],
+  ] as const) {
+    // ENOBUFS under kernel memory pressure: an uncaught 'error' would end the process.
+    t.doesNotThrow(() => failAccept(server, constants.errno.ENOBUFS), `${listener}: no uncaught error`);
+    t.doesNotThrow(() => failAccept(server, constants.errno.ENOMEM), `${listener}: nor for a second one`);
+    const reported = proxy.events('accept_failed').filter((e) => e['listener'] === listener);
+    t.equal(reported.length, 1, `${listener}: reported once within ${ACCEPT_ERROR_REPORT_MS} ms`);
+    t.match(reported[0], { level: 'warn', code: 'ENOBUFS', not_reported: 0 });
+    t.equal(server.listening, true, `${listener}: still listening`);
+  }
+  const answer = await rawRequest(proxy.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.equal(answer.status, 400, 'the proxy listener still answers');
+  const adminPort = (admin.server.address() as AddressInfo).port;
+  const health = await rawRequest(adminPort, `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:${adminPort}\r\nConnection: close\r\n\r\n`);
+  t.equal(health.status, 200, 'the admin listener still answers');
+});
+
+t.test('accept failures are reported at most once a period, with the count of the rest', async (t) => {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const reports: Array<[string | undefined, number]> = [];
+  reportAcceptErrors(server, (err, notReported) => reports.push([err.code, notReported]));
+  failAccept(server, constants.errno.ENOBUFS);
+  failAccept(server, constants.errno.ENOBUFS);
+  failAccept(server, constants.errno.ENOMEM);
+  t.same(reports, [['ENOBUFS', 0]]);
+  await new Promise((r) => setTimeout(r, ACCEPT_ERROR_REPORT_MS + 50));
+  failAccept(server, constants.errno.ENOMEM);
+  t.same(reports, [
+    ['ENOBUFS', 0],
+    ['ENOMEM', 2],
+  ]);
 });
