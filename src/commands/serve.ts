@@ -323,14 +323,27 @@ async function assemble(
   return running;
 }
 
-/** A listener that fails to accept a connection says so (`accept_failed`, warn) and goes on listening. */
+/**
+ * A listener that fails to accept a connection says so (`accept_failed`, warn) and goes on
+ * listening; one stuck failing (net/accept.ts) says so and ends the process with status
+ * 1, its events written, for the supervisor to restart it.
+ */
 function keepAccepting(server: Server, listener: 'proxy' | 'admin', events: EventSink): void {
-  reportAcceptErrors(server, (err, notReported) =>
-    events.warn(
-      { event: 'accept_failed', listener, code: err.code ?? null, not_reported: notReported },
-      `${listener} listener: accepting a connection failed (${err.code ?? err.message}); still listening`,
-    ),
-  );
+  reportAcceptErrors(server, {
+    report: (err, notReported) =>
+      events.warn(
+        { event: 'accept_failed', listener, code: err.code ?? null, not_reported: notReported },
+        `${listener} listener: accepting a connection failed (${err.code ?? err.message}); still listening`,
+      ),
+    stuck: (err, failures, ms) => {
+      events.warn(
+        { event: 'accept_failed', listener, code: err.code ?? null, failures, stuck_ms: Math.round(ms) },
+        `${listener} listener: accepting has failed ${failures} times in ${Math.round(ms)} ms without a pause (${err.code ?? err.message}); exiting`,
+      );
+      events.flush();
+      process.exit(1);
+    },
+  });
 }
 
 export async function runServe(opts: ServeOptions, io: CommandIO): Promise<number> {

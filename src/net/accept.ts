@@ -94,28 +94,84 @@ export function acceptsWithFullOptions(server: Server): boolean {
 
 /** How often a listener that keeps failing to accept is reported (the count of the rest goes with it). */
 export const ACCEPT_ERROR_REPORT_MS = 1_000;
+/** How long accepting may fail without the event loop turning before the process gives up. */
+export const ACCEPT_STUCK_MS = 1_000;
+
+export interface AcceptFailureHandlers {
+  /** A failure, at most once per `ACCEPT_ERROR_REPORT_MS`; `notReported` failed since the last report. */
+  report(err: NodeJS.ErrnoException, notReported: number): void;
+  /**
+   * Accepting has failed for `ACCEPT_STUCK_MS` without the event loop turning: libuv is retrying
+   * the same queued connection in a loop (see below). The caller ends the process.
+   */
+  stuck(err: NodeJS.ErrnoException, failures: number, ms: number): void;
+}
 
 /**
  * Keeps `server` serving when accepting a connection fails after it is listening, reporting the
- * failure through `report` (at most once per `ACCEPT_ERROR_REPORT_MS`, with how many were not).
+ * failures (at most once per `ACCEPT_ERROR_REPORT_MS`, with how many were not), and says when
+ * accepting is stuck.
  *
- * Why: Node emits an accept failure (ENOBUFS, ENOMEM under kernel memory pressure; ECONNABORTED
- * and EMFILE libuv handles itself) as 'error' on the server, and an 'error' with no listener is
- * an uncaught exception: a passing shortage of kernel memory would end the proxy and every tunnel
- * through it. The connection that failed is the kernel's to drop; the listener goes on.
+ * Why: Node emits an accept failure that libuv passes on (ENOBUFS, ENOMEM under kernel memory
+ * pressure; EMFILE and ENFILE when libuv's reserve descriptor is gone) as 'error' on the server,
+ * and an 'error' with no listener is an uncaught exception: a passing shortage of kernel memory
+ * ended the proxy and every tunnel through it.
+ *
+ * Scope: libuv retries at once after each failure, in the same loop, until accept(2) succeeds or
+ * has nothing queued, and Linux allocates before it dequeues, so the same connection fails again
+ * while the shortage lasts, and the event loop does nothing else meanwhile. A short shortage is
+ * survived that way; a lasting one (descriptors exhausted, which nothing can free while the loop
+ * is held) would leave a process alive and serving nothing. So failures that go on for
+ * `ACCEPT_STUCK_MS` without a `setImmediate` having run go to `stuck`, and the caller exits for
+ * its supervisor to restart it. Closing and reopening the listener instead would free the port
+ * for a moment, for anything on the host (the guarded server) to take.
  */
-export function reportAcceptErrors(server: Server, report: (err: NodeJS.ErrnoException, notReported: number) => void): void {
+export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandlers, now: () => number = () => performance.now()): void {
   let reportedAt = -Infinity;
   let notReported = 0;
+  let lastSuppressed: NodeJS.ErrnoException | null = null;
+  let flushTimer: NodeJS.Timeout | null = null;
+  /** When the failures since the event loop last turned began, and how many there were. */
+  let burstFrom: number | null = null;
+  let burstFailures = 0;
+  const loopTurned = () => {
+    burstFrom = null;
+    burstFailures = 0;
+  };
+  // A count left over when the failures stop goes out a period later, with the last of them.
+  const flushSuppressed = () => {
+    flushTimer = null;
+    if (lastSuppressed === null) return;
+    const err = lastSuppressed;
+    const count = notReported - 1;
+    lastSuppressed = null;
+    notReported = 0;
+    reportedAt = now();
+    handlers.report(err, count);
+  };
   server.on('error', (err: NodeJS.ErrnoException) => {
-    const now = performance.now();
-    if (now - reportedAt < ACCEPT_ERROR_REPORT_MS) {
-      notReported++;
+    const at = now();
+    if (burstFrom === null) {
+      burstFrom = at;
+      setImmediate(loopTurned);
+    }
+    burstFailures++;
+    if (at - burstFrom >= ACCEPT_STUCK_MS) {
+      handlers.stuck(err, burstFailures, at - burstFrom);
       return;
     }
-    reportedAt = now;
+    if (at - reportedAt < ACCEPT_ERROR_REPORT_MS) {
+      notReported++;
+      lastSuppressed = err;
+      flushTimer ??= setTimeout(flushSuppressed, reportedAt + ACCEPT_ERROR_REPORT_MS - at).unref();
+      return;
+    }
+    if (flushTimer !== null) clearTimeout(flushTimer);
+    flushTimer = null;
+    reportedAt = at;
     const count = notReported;
     notReported = 0;
-    report(err, count);
+    lastSuppressed = null;
+    handlers.report(err, count);
   });
 }

@@ -4,7 +4,8 @@
  * the first line on (none ends the process unhandled), SIGTERM with an open tunnel (stop
  * accepting, let it finish, write every event, exit 0; a second one at once), and refusing to
  * start on a broken config or policy (closing what the start opened: the state store, the
- * proxy's listener when its event line cannot be written).
+ * proxy's listener when its event line cannot be written), and ending with status 1 when
+ * accepting is stuck failing (test/fixtures/stuck-accept.mjs).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
@@ -18,6 +19,7 @@ import { startProxy } from '../../src/commands/serve.js';
 import { parseProxyConfig } from '../../src/config/proxy-config.js';
 import type { ProxyConfig } from '../../src/config/proxy-config.js';
 import { createEventSink, createLogger } from '../../src/events/events.js';
+import { ACCEPT_STUCK_MS } from '../../src/net/accept.js';
 
 const config =
   'listen: 127.0.0.1:0\npolicy: policy.yaml\nadmin: {listen: "off"}\nbaseline: {allow_cidrs: [127.0.0.0/8]}\nshutdown_grace_ms: 3000\n';
@@ -257,4 +259,21 @@ t.test('refuses to start on a broken config or policy', async (t) => {
     h.lines.some((l) => l.event === 'listening'),
     'nothing listens',
   );
+});
+
+t.test('a listener stuck failing to accept ends the process with its events written', async (t) => {
+  const f = await files('version: 1\ndefault_verdict: allow\n', config);
+  const preload = new URL('../fixtures/stuck-accept.mjs', import.meta.url).pathname;
+  const started = Date.now();
+  const s = serve([], { MCP_EGRESS_CONFIG: f.config, NODE_OPTIONS: `--import ${preload}` });
+  t.teardown(() => s.kill());
+  const code = await Promise.race([s.exit, new Promise((r) => setTimeout(() => r('still running'), 10_000))]);
+  t.equal(code, 1, 'exits with status 1 for its supervisor (neither hangs nor dies of an uncaught error)');
+  t.ok(Date.now() - started >= ACCEPT_STUCK_MS, 'not before the failures lasted ACCEPT_STUCK_MS');
+  const failed = s.lines.filter((e) => e.event === 'accept_failed');
+  t.match(failed[0], { level: 'warn', listener: 'proxy', code: 'EMFILE', not_reported: 0 }, 'the first failure, at once');
+  const stuck = failed.at(-1) ?? {};
+  t.match(stuck, { listener: 'proxy', code: 'EMFILE', msg: /exiting$/ }, 'the last line says why it exits');
+  t.ok((stuck.failures as number) > 1 && (stuck.stuck_ms as number) >= ACCEPT_STUCK_MS, 'with how many and how long');
+  t.notMatch(s.stderr(), /Uncaught|ErrnoException|EMFILE/, 'no uncaught error');
 });

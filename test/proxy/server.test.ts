@@ -1,13 +1,14 @@
 /**
  * The proxy's listener (src/proxy/server.ts) builds its accepted sockets with full options
  * (src/net/accept.ts) from its first connection on, and serves through them; both listeners
- * survive a failed accept (reportAcceptErrors, hooked in serve.ts).
+ * survive a failed accept (reportAcceptErrors, hooked in serve.ts) and say when accepting is
+ * stuck failing.
  */
 import { createServer } from 'node:net';
 import type { AddressInfo, Server } from 'node:net';
 import { constants } from 'node:os';
 import t from 'tap';
-import { ACCEPT_ERROR_REPORT_MS, acceptsWithFullOptions, reportAcceptErrors } from '../../src/net/accept.js';
+import { ACCEPT_ERROR_REPORT_MS, ACCEPT_STUCK_MS, acceptsWithFullOptions, reportAcceptErrors } from '../../src/net/accept.js';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw.js';
 
@@ -55,15 +56,42 @@ t.test('accept failures are reported at most once a period, with the count of th
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   t.teardown(() => server.close());
   const reports: Array<[string | undefined, number]> = [];
-  reportAcceptErrors(server, (err, notReported) => reports.push([err.code, notReported]));
+  const stuck: number[] = [];
+  reportAcceptErrors(server, { report: (err, notReported) => reports.push([err.code, notReported]), stuck: (_e, n) => stuck.push(n) });
   failAccept(server, constants.errno.ENOBUFS);
   failAccept(server, constants.errno.ENOBUFS);
   failAccept(server, constants.errno.ENOMEM);
   t.same(reports, [['ENOBUFS', 0]]);
-  await new Promise((r) => setTimeout(r, ACCEPT_ERROR_REPORT_MS + 50));
-  failAccept(server, constants.errno.ENOMEM);
+  // Nothing more fails: the two held back go out a period after the first line, with the last one.
+  await new Promise((r) => setTimeout(r, ACCEPT_ERROR_REPORT_MS + 100));
   t.same(reports, [
     ['ENOBUFS', 0],
-    ['ENOMEM', 2],
+    ['ENOMEM', 1],
   ]);
+  await new Promise((r) => setTimeout(r, ACCEPT_ERROR_REPORT_MS + 50));
+  failAccept(server, constants.errno.ENOMEM);
+  t.same(reports.at(-1), ['ENOMEM', 0], 'a period later the next failure goes out at once');
+  t.same(stuck, [], 'failures with the event loop turning between them are never "stuck"');
+});
+
+t.test('accept failures that last ACCEPT_STUCK_MS without the event loop turning are stuck', async (t) => {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  let clock = 0;
+  const stuck: Array<[string | undefined, number, number]> = [];
+  reportAcceptErrors(server, { report: () => {}, stuck: (err, failures, ms) => stuck.push([err.code, failures, ms]) }, () => clock);
+  // libuv's retry loop: failure after failure in one turn, the clock moving on.
+  for (; clock < ACCEPT_STUCK_MS; clock += 100) failAccept(server, constants.errno.EMFILE);
+  t.same(stuck, [], 'not before ACCEPT_STUCK_MS');
+  failAccept(server, constants.errno.EMFILE);
+  t.same(stuck, [['EMFILE', ACCEPT_STUCK_MS / 100 + 1, ACCEPT_STUCK_MS]]);
+  // The loop turned (the failures stopped): a new burst starts from its own first failure.
+  stuck.length = 0;
+  await new Promise((r) => setImmediate(r));
+  clock += 5 * ACCEPT_STUCK_MS;
+  failAccept(server, constants.errno.EMFILE);
+  clock += ACCEPT_STUCK_MS - 1;
+  failAccept(server, constants.errno.EMFILE);
+  t.same(stuck, [], 'the time before the loop turned does not count');
 });
