@@ -94,15 +94,17 @@ export function acceptsWithFullOptions(server: Server): boolean {
 
 /** How often a listener that keeps failing to accept is reported (the count of the rest goes with it). */
 export const ACCEPT_ERROR_REPORT_MS = 1_000;
-/** How long accepting may fail without the event loop turning before the process gives up. */
+/** How long accepting may fail in a row without the event loop turning before the process gives up. */
 export const ACCEPT_STUCK_MS = 1_000;
+/** Failures further apart than this are not libuv retrying the same connection. */
+export const ACCEPT_RETRY_GAP_MS = 100;
 
 export interface AcceptFailureHandlers {
   /** A failure, at most once per `ACCEPT_ERROR_REPORT_MS`; `notReported` failed since the last report. */
   report(err: NodeJS.ErrnoException, notReported: number): void;
   /**
-   * Accepting has failed for `ACCEPT_STUCK_MS` without the event loop turning: libuv is retrying
-   * the same queued connection in a loop (see below). The caller ends the process.
+   * Accepting has failed in a row for `ACCEPT_STUCK_MS` without the event loop turning: libuv is
+   * retrying the same queued connection in a loop (see below). The caller ends the process.
    */
   stuck(err: NodeJS.ErrnoException, failures: number, ms: number): void;
 }
@@ -121,24 +123,37 @@ export interface AcceptFailureHandlers {
  * has nothing queued, and Linux allocates before it dequeues, so the same connection fails again
  * while the shortage lasts, and the event loop does nothing else meanwhile. A short shortage is
  * survived that way; a lasting one (descriptors exhausted, which nothing can free while the loop
- * is held) would leave a process alive and serving nothing. So failures that go on for
- * `ACCEPT_STUCK_MS` without a `setImmediate` having run go to `stuck`, and the caller exits for
- * its supervisor to restart it. Closing and reopening the listener instead would free the port
- * for a moment, for anything on the host (the guarded server) to take.
+ * is held) would leave a process alive and serving nothing. So failures in a row (no
+ * `setImmediate` run, no connection accepted, none more than `ACCEPT_RETRY_GAP_MS` apart) that
+ * go on for `ACCEPT_STUCK_MS` go to `stuck`, and the caller exits for its supervisor to restart
+ * it: a fresh process has its descriptors back, where this one cannot close any while the loop
+ * is held.
  */
 export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandlers, now: () => number = () => performance.now()): void {
   let reportedAt = -Infinity;
   let notReported = 0;
   let lastSuppressed: NodeJS.ErrnoException | null = null;
   let flushTimer: NodeJS.Timeout | null = null;
-  /** When the failures since the event loop last turned began, and how many there were. */
+  /**
+   * The failures in a row: since the event loop last turned, with no connection accepted between
+   * them and none more than ACCEPT_RETRY_GAP_MS after the one before (libuv's retries are
+   * microseconds apart).
+   */
   let burstFrom: number | null = null;
   let burstFailures = 0;
-  const loopTurned = () => {
+  let lastFailureAt = -Infinity;
+  let turnPending = false;
+  const endBurst = () => {
     burstFrom = null;
     burstFailures = 0;
   };
-  // A count left over when the failures stop goes out a period later, with the last of them.
+  const loopTurned = () => {
+    turnPending = false;
+    endBurst();
+  };
+  server.on('connection', endBurst);
+  server.on('drop', endBurst);
+  // A count left over when the failures stop goes out a period after the last line, with the last of them.
   const flushSuppressed = () => {
     flushTimer = null;
     if (lastSuppressed === null) return;
@@ -151,13 +166,21 @@ export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandle
   };
   server.on('error', (err: NodeJS.ErrnoException) => {
     const at = now();
-    if (burstFrom === null) {
+    if (burstFrom === null || at - lastFailureAt > ACCEPT_RETRY_GAP_MS) {
       burstFrom = at;
-      setImmediate(loopTurned);
+      burstFailures = 0;
+      if (!turnPending) {
+        turnPending = true;
+        setImmediate(loopTurned);
+      }
     }
+    lastFailureAt = at;
     burstFailures++;
     if (at - burstFrom >= ACCEPT_STUCK_MS) {
-      handlers.stuck(err, burstFailures, at - burstFrom);
+      const failures = burstFailures;
+      const ms = at - burstFrom;
+      endBurst();
+      handlers.stuck(err, failures, ms);
       return;
     }
     if (at - reportedAt < ACCEPT_ERROR_REPORT_MS) {

@@ -4,11 +4,17 @@
  * survive a failed accept (reportAcceptErrors, hooked in serve.ts) and say when accepting is
  * stuck failing.
  */
-import { createServer } from 'node:net';
+import { Socket, createServer } from 'node:net';
 import type { AddressInfo, Server } from 'node:net';
 import { constants } from 'node:os';
 import t from 'tap';
-import { ACCEPT_ERROR_REPORT_MS, ACCEPT_STUCK_MS, acceptsWithFullOptions, reportAcceptErrors } from '../../src/net/accept.js';
+import {
+  ACCEPT_ERROR_REPORT_MS,
+  ACCEPT_RETRY_GAP_MS,
+  ACCEPT_STUCK_MS,
+  acceptsWithFullOptions,
+  reportAcceptErrors,
+} from '../../src/net/accept.js';
 import { startTestProxyFor } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw.js';
 
@@ -82,10 +88,21 @@ t.test('accept failures that last ACCEPT_STUCK_MS without the event loop turning
   const stuck: Array<[string | undefined, number, number]> = [];
   reportAcceptErrors(server, { report: () => {}, stuck: (err, failures, ms) => stuck.push([err.code, failures, ms]) }, () => clock);
   // libuv's retry loop: failure after failure in one turn, the clock moving on.
-  for (; clock < ACCEPT_STUCK_MS; clock += 100) failAccept(server, constants.errno.EMFILE);
+  for (; clock < ACCEPT_STUCK_MS; clock += 10) failAccept(server, constants.errno.EMFILE);
   t.same(stuck, [], 'not before ACCEPT_STUCK_MS');
   failAccept(server, constants.errno.EMFILE);
-  t.same(stuck, [['EMFILE', ACCEPT_STUCK_MS / 100 + 1, ACCEPT_STUCK_MS]]);
+  t.same(stuck, [['EMFILE', ACCEPT_STUCK_MS / 10 + 1, ACCEPT_STUCK_MS]]);
+
+  // Still in one turn: failures with a connection accepted between them are not in a row.
+  stuck.length = 0;
+  for (let i = 0; i < 30; i++, clock += ACCEPT_STUCK_MS / 10) {
+    failAccept(server, constants.errno.ENOBUFS);
+    if (i % 5 === 4) server.emit('connection', new Socket());
+  }
+  t.same(stuck, [], 'a connection accepted between failures starts them again');
+  // Nor failures further apart than libuv's retries ever are.
+  for (let i = 0; i < 30; i++, clock += ACCEPT_RETRY_GAP_MS + 1) failAccept(server, constants.errno.ENOBUFS);
+  t.same(stuck, [], `failures more than ${ACCEPT_RETRY_GAP_MS} ms apart are not in a row`);
   // The loop turned (the failures stopped): a new burst starts from its own first failure.
   stuck.length = 0;
   await new Promise((r) => setImmediate(r));
