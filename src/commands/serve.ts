@@ -325,8 +325,8 @@ async function assemble(
 
 /**
  * A listener that fails to accept a connection says so (`accept_failed`, warn) and goes on
- * listening; one stuck failing (net/accept.ts) says so and ends the process with status
- * 1, its events written, for the supervisor to restart it.
+ * listening; one stuck failing (net/accept.ts) says so and ends the process with status 1, its
+ * events written, for the supervisor to restart it.
  */
 function keepAccepting(server: Server, listener: 'proxy' | 'admin', events: EventSink): void {
   reportAcceptErrors(server, {
