@@ -25,6 +25,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { isLoopbackHost } from '../net/address.js';
+import { listenOn } from '../net/listen.js';
 import type { IpAddress } from '../net/address.js';
 import { canonicalListeners } from '../net/self.js';
 import type { Listener } from '../net/self.js';
@@ -114,15 +115,7 @@ export class AdminServer {
     if (this.tokenHashes.length === 0 && !isLoopbackHost(host)) {
       throw new Error(`admin API: no admin.tokens configured, so it may only listen on a loopback address, not ${host}`);
     }
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
-        // Listening: a later 'error' is an accept failure, serve.ts's to report.
-        this.server.removeListener('error', reject);
-        resolve();
-      });
-    });
-    const addr = this.server.address() as { address: string; port: number };
+    const addr = await listenOn(this.server, host, port);
     this.bound = canonicalListeners([addr])[0] as Listener;
     return { address: addr.address, port: addr.port };
   }

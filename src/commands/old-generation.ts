@@ -14,9 +14,9 @@
  * 265–408 MB/s (what remains is page faults, which the minimal forwarder pays there too).
  *
  * How: only while full collections come back to back (two within a second), the growing percent
- * is set from what each full collection left alive: 32 MiB of it, at most 300% (factor
- * 4, V8's own largest on hosts with a heap limit of 2 GiB or more); after a minute without one it goes back to 0 (V8's own factor, which may
- * well be larger when the old generation itself grows fast). Above 64 MiB the old generation is
+ * is set from what each full collection left alive: 32 MiB of it, at most 300% (factor 4, V8's
+ * own largest on hosts with a heap limit of 2 GiB or more); after a minute without one it goes
+ * back to 0 (V8's own factor, which may well be larger when the old generation itself grows fast). Above 64 MiB the old generation is
  * left to V8: its minimum step and factor give room enough there, and a large heap should not be
  * made to grow by a fixed share. Memory: an old generation of 13 MiB may then grow to about 45 MiB
  * before it is collected (V8 alone let it reach ~29). While held, the percent replaces V8's own

@@ -248,7 +248,8 @@ async function assemble(
     otherListeners: () => (adminAddress ? [adminAddress] : []),
   });
   const bound = await proxy.listen(config.listen.host, config.listen.port);
-  keepAccepting(proxy.server, 'proxy', events);
+  // Each listener's accept failures held back for its next line, reported when the proxy stops.
+  const acceptFailuresHeldBack = [keepAccepting(proxy.server, 'proxy', events)];
   try {
     events.info(
       { event: 'listening', listener: 'proxy', address: bound.address, port: bound.port },
@@ -286,6 +287,7 @@ async function assemble(
     },
     reload,
     stop: async () => {
+      for (const report of acceptFailuresHeldBack) report();
       if (sweeper) clearInterval(sweeper);
       watcher?.stop();
       events.tapDecisions(null);
@@ -313,7 +315,7 @@ async function assemble(
       await running.stop();
       throw err;
     }
-    keepAccepting(admin.server, 'admin', events);
+    acceptFailuresHeldBack.push(keepAccepting(admin.server, 'admin', events));
     proxy.refreshSelf();
     events.info(
       { event: 'listening', listener: 'admin', address: adminAddress.address, port: adminAddress.port },
@@ -326,10 +328,10 @@ async function assemble(
 /**
  * A listener that fails to accept a connection says so (`accept_failed`, warn) and goes on
  * listening; one stuck failing (net/accept.ts) says so and ends the process with status 1, its
- * events written, for the supervisor to restart it.
+ * events written, for the supervisor to restart it. Returns what reports the failures held back.
  */
-function keepAccepting(server: Server, listener: 'proxy' | 'admin', events: EventSink): void {
-  reportAcceptErrors(server, {
+function keepAccepting(server: Server, listener: 'proxy' | 'admin', events: EventSink): () => void {
+  return reportAcceptErrors(server, {
     report: (err, notReported) =>
       events.warn(
         { event: 'accept_failed', listener, code: err.code ?? null, not_reported: notReported },

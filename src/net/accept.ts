@@ -128,8 +128,15 @@ export interface AcceptFailureHandlers {
  * go on for `ACCEPT_STUCK_MS` go to `stuck`, and the caller exits for its supervisor to restart
  * it: a fresh process has its descriptors back, where this one cannot close any while the loop
  * is held.
+ *
+ * Returns a function that reports the failures held back at once (the caller's shutdown: the
+ * timer that would report them is unref'd and dies with the process).
  */
-export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandlers, now: () => number = () => performance.now()): void {
+export function reportAcceptErrors(
+  server: Server,
+  handlers: AcceptFailureHandlers,
+  now: () => number = () => performance.now(),
+): () => void {
   let reportedAt = -Infinity;
   let notReported = 0;
   let lastSuppressed: NodeJS.ErrnoException | null = null;
@@ -164,6 +171,10 @@ export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandle
     reportedAt = now();
     handlers.report(err, count);
   };
+  const reportHeldBack = () => {
+    if (flushTimer !== null) clearTimeout(flushTimer);
+    flushSuppressed();
+  };
   server.on('error', (err: NodeJS.ErrnoException) => {
     const at = now();
     if (burstFrom === null || at - lastFailureAt > ACCEPT_RETRY_GAP_MS) {
@@ -197,4 +208,5 @@ export function reportAcceptErrors(server: Server, handlers: AcceptFailureHandle
     lastSuppressed = null;
     handlers.report(err, count);
   });
+  return reportHeldBack;
 }

@@ -20,6 +20,7 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { acceptWithFullOptions } from '../net/accept.js';
+import { listenOn } from '../net/listen.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
@@ -127,15 +128,9 @@ export class ProxyServer {
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
   }
 
-  listen(host: string, port: number): Promise<{ address: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port }, () => {
-        this.server.removeListener('error', reject);
-        const addr = this.server.address() as { address: string; port: number };
-        resolve({ address: addr.address, port: addr.port });
-      });
-    });
+  async listen(host: string, port: number): Promise<{ address: string; port: number }> {
+    const addr = await listenOn(this.server, host, port);
+    return { address: addr.address, port: addr.port };
   }
 
   get address(): { address: string; port: number } | null {

@@ -15,7 +15,7 @@ import {
   acceptsWithFullOptions,
   reportAcceptErrors,
 } from '../../src/net/accept.js';
-import { startTestProxyFor } from '../helpers/proxy.js';
+import { startTestProxy, startTestProxyFor } from '../helpers/proxy.js';
 import { rawRequest } from '../helpers/raw.js';
 
 t.test('the proxy listener accepts with full options once listening', async (t) => {
@@ -78,6 +78,45 @@ t.test('accept failures are reported at most once a period, with the count of th
   failAccept(server, constants.errno.ENOMEM);
   t.same(reports.at(-1), ['ENOMEM', 0], 'a period later the next failure goes out at once');
   t.same(stuck, [], 'failures with the event loop turning between them are never "stuck"');
+});
+
+t.test('accept failures held back are reported when asked, once', async (t) => {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => server.close());
+  const reports: Array<[string | undefined, number]> = [];
+  const reportHeldBack = reportAcceptErrors(server, { report: (err, n) => reports.push([err.code, n]), stuck: () => {} });
+  reportHeldBack();
+  t.same(reports, [], 'nothing held back: nothing reported');
+  const period = ACCEPT_ERROR_REPORT_MS;
+  failAccept(server, constants.errno.ENOBUFS);
+  failAccept(server, constants.errno.ENOMEM);
+  failAccept(server, constants.errno.ENOMEM);
+  await new Promise((r) => setTimeout(r, period / 2));
+  reportHeldBack();
+  t.same(reports, [
+    ['ENOBUFS', 0],
+    ['ENOMEM', 1],
+  ]);
+  // That was a report: the next failure waits a whole period from it, not for the first timer.
+  failAccept(server, constants.errno.ENOBUFS);
+  await new Promise((r) => setTimeout(r, period * 0.5 + 100));
+  t.equal(reports.length, 2, 'not when the first period would have ended');
+  await new Promise((r) => setTimeout(r, period * 0.5));
+  t.same(reports.at(-1), ['ENOBUFS', 0], 'but a period after the report');
+  t.equal(reports.length, 3);
+});
+
+t.test('a stopping proxy reports the accept failures it held back', async (t) => {
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\nrules: []\n' });
+  failAccept(proxy.running.proxy.server, constants.errno.ENOBUFS);
+  failAccept(proxy.running.proxy.server, constants.errno.ENOMEM);
+  t.equal(proxy.events('accept_failed').length, 1, 'the second is held back for a period');
+  await proxy.stop();
+  t.match(proxy.events('accept_failed'), [
+    { listener: 'proxy', code: 'ENOBUFS', not_reported: 0 },
+    { listener: 'proxy', code: 'ENOMEM', not_reported: 0 },
+  ]);
 });
 
 t.test('accept failures that last ACCEPT_STUCK_MS without the event loop turning are stuck', async (t) => {
