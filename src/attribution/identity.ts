@@ -21,8 +21,9 @@ export type IdentityResult =
       readonly viaCredentials: boolean;
       /**
        * What per-client limits count by: the authenticated user with users configured, else the
-       * source address. Without users a user name is a label the client picks, and a client
-       * writing a new one on each connection must not get a fresh allowance each time.
+       * source address (every loopback one as one). Without users a user name is a label the
+       * client picks, and a client writing a new one on each connection must not get a fresh
+       * allowance each time.
        */
       readonly limitKey: string;
     }
@@ -48,6 +49,18 @@ export function sourceAddress(remote: string | undefined): string {
   return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
 }
 
+/** What every loopback source (127.0.0.0/8, ::1) counts as in per-client limits. */
+export const LOOPBACK_LIMIT_KEY = '127.0.0.1';
+
+/**
+ * What per-client limits count a source address as: every loopback one as 127.0.0.1, since a
+ * client on the proxy's host may bind any of 127.0.0.0/8 as its source and would take a fresh
+ * allowance with each (red team 27: 8 tunnels per address, 32 from four addresses).
+ */
+export function limitKeyOfSource(source: string): string {
+  return source.startsWith('127.') || source === '::1' ? LOOPBACK_LIMIT_KEY : source;
+}
+
 export function identify(
   authorization: string | undefined,
   remoteAddress: string | undefined,
@@ -56,6 +69,7 @@ export function identify(
   const basic = authorization ? parseBasic(authorization) : null;
   if (users.length === 0) {
     const source = sourceAddress(remoteAddress);
+    const limitKey = limitKeyOfSource(source);
     if (basic && basic.user !== '') {
       if (!LABEL.test(basic.user))
         return {
@@ -63,9 +77,9 @@ export function identify(
           code: 'bad_request',
           reason: 'the Proxy-Authorization user name must be 1 to 256 characters without control characters',
         };
-      return { ok: true, client: basic.user, viaCredentials: true, limitKey: source };
+      return { ok: true, client: basic.user, viaCredentials: true, limitKey };
     }
-    return { ok: true, client: source, viaCredentials: false, limitKey: source };
+    return { ok: true, client: source, viaCredentials: false, limitKey };
   }
   // With users the name is checked against theirs (a long one matches none: 407, never a label).
   if (!basic)

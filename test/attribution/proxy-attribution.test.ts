@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import t from 'tap';
+import { limitKeyOfSource, sourceAddress } from '../../src/attribution/identity.js';
 import { proxyWithUpstream } from '../helpers/proxy.js';
 import { connectRequest, getRequest, rawRequest } from '../helpers/raw.js';
 
@@ -264,6 +265,41 @@ t.test('without users, max_tunnels_per_client counts per source address, whateve
     t.match(JSON.parse(r.body).error, { code: 'too_many_tunnels', message: /source address 127\.0\.0\.1 has 2 open tunnels/ });
   }
   t.match(proxy.events().filter((e) => e.code === 'too_many_tunnels')[0], { server: 'team-c', limit_key: '127.0.0.1', open: 2 });
+});
+
+t.test('without users, every loopback source address shares one allowance (red team 27 F2)', async (t) => {
+  const { proxy, target } = await proxyWithUpstream(t, { policy, config: 'limits: {max_tunnels_per_client: 2}' });
+  // A client on the proxy's host may bind any of 127.0.0.0/8 as its source address.
+  const from = async (localAddress: string) => {
+    const socket = connect({ host: '127.0.0.1', port: proxy.port, localAddress });
+    socket.on('error', () => {});
+    t.teardown(() => socket.destroy());
+    await once(socket, 'connect');
+    socket.write(connectRequest(target, ''));
+    const [first] = (await once(socket, 'data')) as [Buffer];
+    return first.toString('latin1').split('\r\n')[0] as string;
+  };
+  t.match(await from('127.0.0.1'), /^HTTP\/1\.1 200/);
+  t.match(await from('127.0.0.2'), /^HTTP\/1\.1 200/);
+  for (const address of ['127.0.0.3', '127.9.9.9', '127.0.0.1']) {
+    t.match(await from(address), /^HTTP\/1\.1 429/, `from ${address}: refused, loopback already has two tunnels`);
+  }
+  t.match(proxy.events().filter((e) => e.code === 'too_many_tunnels')[0], { server: '127.0.0.3', limit_key: '127.0.0.1', open: 2 });
+});
+
+t.test('the limit key of a source address', async (t) => {
+  for (const [remote, key] of [
+    ['127.0.0.1', '127.0.0.1'],
+    ['127.200.1.9', '127.0.0.1'],
+    ['::ffff:127.0.0.2', '127.0.0.1'],
+    ['::1', '127.0.0.1'],
+    ['10.0.0.7', '10.0.0.7'],
+    ['::ffff:10.0.0.7', '10.0.0.7'],
+    ['2001:db8::1', '2001:db8::1'],
+    ['::127.0.0.1', '::127.0.0.1'],
+  ] as const) {
+    t.equal(limitKeyOfSource(sourceAddress(remote)), key, remote);
+  }
 });
 
 t.test('with users, max_tunnels_per_client counts per authenticated user', async (t) => {

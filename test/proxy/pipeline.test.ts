@@ -65,3 +65,37 @@ t.test('pipelined floods are capped per connection and dropped when the client l
   t.equal(decisions(), cap, 'the queued requests of the departed clients were never decided');
   t.ok(held.length <= cap, `nor forwarded (${held.length} reached the upstream)`);
 });
+
+t.test('every call of a connection the client left ends, with its closed event (red team 27 F1)', async (t) => {
+  // A request with a body behind another: undici reads the body to its end (node:http destroys
+  // a finished request), and its answer waits in node:http's queue for a socket it never gets.
+  const upstream = await startUpstream();
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(async () => {
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  const get = `GET http://${target}/a HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+  const post = `POST http://${target}/b HTTP/1.1\r\nHost: ${target}\r\nContent-Length: 10\r\n\r\n0123456789`;
+  const cases: Record<string, string> = {
+    'a GET, a POST and a malformed head': `${get}${post}XXX\r\n\r\n`,
+    'two POSTs, then the client finishes sending': `${post}${post}`,
+    'a POST and a malformed head': `${post}XXX\r\n\r\n`,
+  };
+  for (const [name, payload] of Object.entries(cases)) {
+    for (let round = 0; round < 5; round++) {
+      const s = connect({ host: '127.0.0.1', port: proxy.port });
+      s.on('error', () => {});
+      s.resume();
+      s.end(payload);
+      await new Promise((r) => s.once('close', r));
+    }
+    const deadline = performance.now() + 3000;
+    while (proxy.running.proxy.activeCalls > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    t.equal(proxy.running.proxy.activeCalls, 0, `${name}: no call left open`);
+    const dispatched = proxy.events('egress.decision').filter((e) => e.dispatched === true).length;
+    t.ok(dispatched > 0, `${name}: calls were forwarded`);
+    t.equal(proxy.events('egress.closed').length, dispatched, `${name}: one closed event per forwarded call`);
+  }
+});
