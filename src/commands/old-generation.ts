@@ -13,17 +13,17 @@
  * mark-compact every ~150 ms: 24–26 in 4 s, 200–233 MB/s against 420–455 fresh. Held: 3–4, and
  * 265–408 MB/s (what remains is page faults, which the minimal forwarder pays there too).
  *
- * How: only while full collections come back to back (two within a second), the growing percent
- * is set from what each full collection left alive: 32 MiB of it, at most 300% (factor 4, V8's
- * own largest on hosts with a heap limit of 2 GiB or more); after a minute without one it goes
- * back to 0 (V8's own factor, which may well be larger when the old generation itself grows fast). Above 64 MiB the old generation is
- * left to V8: its minimum step and factor give room enough there, and a large heap should not be
- * made to grow by a fixed share. Memory: an old generation of 13 MiB may then grow to about 45 MiB
- * before it is collected (V8 alone let it reach ~29). While held, the percent replaces V8's own
- * choice of factor, its careful modes too (near the heap limit, the memory reducer); V8 still
- * caps each limit halfway to the heap's maximum. An operator's own `--heap-growing-percent` on
- * the command line wins (Node 20 refuses it in NODE_OPTIONS; checked there too): then nothing is
- * changed.
+ * How: only while full collections come back to back (two within a second), the growing percent is
+ * set from what each full collection left alive: 32 MiB of it, at most 300% (factor 4, V8's own
+ * largest on hosts with a heap limit of 2 GiB or more); after a minute without one it goes back to
+ * 0 (V8's own factor, which may well be larger when the old generation itself grows fast). Above 64
+ * MiB the old generation is left to V8: its minimum step and factor give room enough there, and a
+ * large heap should not be made to grow by a fixed share. Memory: an old generation of 13 MiB may
+ * then grow to about 45 MiB before it is collected (V8 alone let it reach ~29). While held, the
+ * percent replaces V8's own choice of factor, its careful modes too (near the heap limit, the
+ * memory reducer); V8 still caps each limit halfway to the heap's maximum. An operator's own
+ * `--heap-growing-percent` on the command line wins (Node 20 refuses it in NODE_OPTIONS; checked
+ * there too): then nothing is changed.
  */
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import v8 from 'node:v8';
