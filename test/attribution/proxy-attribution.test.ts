@@ -242,8 +242,9 @@ async function openTunnel(
   t: { teardown(fn: () => unknown): void },
   port: number,
   request: string,
+  localAddress?: string,
 ): Promise<{ status: string; socket: Socket }> {
-  const socket = connect({ host: '127.0.0.1', port });
+  const socket = connect({ host: '127.0.0.1', port, ...(localAddress ? { localAddress } : {}) });
   socket.on('error', () => {});
   t.teardown(() => socket.destroy());
   await once(socket, 'connect');
@@ -270,15 +271,7 @@ t.test('without users, max_tunnels_per_client counts per source address, whateve
 t.test('without users, every loopback source address shares one allowance (red team 27 F2)', async (t) => {
   const { proxy, target } = await proxyWithUpstream(t, { policy, config: 'limits: {max_tunnels_per_client: 2}' });
   // A client on the proxy's host may bind any of 127.0.0.0/8 as its source address.
-  const from = async (localAddress: string) => {
-    const socket = connect({ host: '127.0.0.1', port: proxy.port, localAddress });
-    socket.on('error', () => {});
-    t.teardown(() => socket.destroy());
-    await once(socket, 'connect');
-    socket.write(connectRequest(target, ''));
-    const [first] = (await once(socket, 'data')) as [Buffer];
-    return first.toString('latin1').split('\r\n')[0] as string;
-  };
+  const from = async (localAddress: string) => (await openTunnel(t, proxy.port, connectRequest(target, ''), localAddress)).status;
   t.match(await from('127.0.0.1'), /^HTTP\/1\.1 200/);
   t.match(await from('127.0.0.2'), /^HTTP\/1\.1 200/);
   for (const address of ['127.0.0.3', '127.9.9.9', '127.0.0.1']) {

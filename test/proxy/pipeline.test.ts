@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import t from 'tap';
 import { PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
-import { startTestProxy } from '../helpers/proxy.js';
+import { proxyWithUpstream, startTestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
 
@@ -69,13 +69,7 @@ t.test('pipelined floods are capped per connection and dropped when the client l
 t.test('every call of a connection the client left ends, with its closed event (red team 27 F1)', async (t) => {
   // A request with a body behind another: undici reads the body to its end (node:http destroys
   // a finished request), and its answer waits in node:http's queue for a socket it never gets.
-  const upstream = await startUpstream();
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
-  t.teardown(async () => {
-    await proxy.stop();
-    await upstream.close();
-  });
-  const target = `127.0.0.1:${upstream.port}`;
+  const { proxy, target } = await proxyWithUpstream(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   const get = `GET http://${target}/a HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
   const post = `POST http://${target}/b HTTP/1.1\r\nHost: ${target}\r\nContent-Length: 10\r\n\r\n0123456789`;
   const cases: Record<string, string> = {
