@@ -13,6 +13,7 @@
 import type { ProxyUser } from '../config/proxy-config.js';
 import { digestsEqual, sha256Hex } from '../config/secret-hash.js';
 import { LABEL } from '../decide/dry-run-history.js';
+import { isHostAddress } from '../net/host-addresses.js';
 
 export type IdentityResult =
   | {
@@ -49,16 +50,17 @@ export function sourceAddress(remote: string | undefined): string {
   return remote.startsWith('::ffff:') && remote.includes('.') ? remote.slice(7) : remote;
 }
 
-/** What every loopback source (127.0.0.0/8, ::1) counts as in per-client limits. */
+/** What every source on the proxy's own host (loopback or any address it holds) counts as in per-client limits. */
 export const LOOPBACK_LIMIT_KEY = '127.0.0.1';
 
 /**
- * What per-client limits count a source address as: every loopback one as 127.0.0.1, since a
- * client on the proxy's host may bind any of 127.0.0.0/8 as its source and would take a fresh
- * allowance with each (red team 27: 8 tunnels per address, 32 from four addresses).
+ * What per-client limits count a source address as: every loopback one, and every other address
+ * of this host, as 127.0.0.1, since a client on the proxy's host may bind any of them as its
+ * source and would take a fresh allowance with each (red team 27: 8 tunnels per address, 32 from
+ * four addresses of 127.0.0.0/8; red team 28: the same from the host's other addresses).
  */
 export function limitKeyOfSource(source: string): string {
-  return source.startsWith('127.') || source === '::1' ? LOOPBACK_LIMIT_KEY : source;
+  return source.startsWith('127.') || source === '::1' || isHostAddress(source) ? LOOPBACK_LIMIT_KEY : source;
 }
 
 export function identify(

@@ -4,10 +4,18 @@
  * connection could make the proxy decide and dial thousands of calls whose answers nobody reads,
  * and keep doing so after the client left (red-team F1).
  *
- * Threat: a client pipelining without reading. Scope: at most `PIPELINE_LIMIT` requests per
- * connection are served (admitted and unanswered) at a time; the rest wait, unadmitted (no
- * decision, no dial), while the socket is not read, and are dropped when the client goes.
- * Answers the client does not read stop the reading too (writableNeedDrain).
+ * Threat: a client pipelining without reading. Scope: one request per connection is served
+ * (admitted and unanswered) at a time, as Squid does by default (`pipeline_prefetch 0`); the rest
+ * wait, unadmitted (no decision, no dial), while the socket is not read, and are dropped when the
+ * client goes. Answers the client does not read stop the reading too (writableNeedDrain).
+ *
+ * Why one (red team 28; it was 32): an answer queued behind another holds what the upstream sent
+ * (its high-water mark and a read), so 32 answers to large downloads held ~4 MiB per connection
+ * that never read (300 connections took the proxy from 74 to 488 MiB); and a request admitted
+ * while an earlier one was still being refused was forwarded, body and all, after the proxy had
+ * decided to close the connection. One at a time, each answer owns the socket (backpressure
+ * holds it to one read), and a request is only admitted once the answer before it is done: after
+ * an answer that closes the connection (a refusal, `Connection: close`) none is.
  *
  * A CONNECT pipelined behind requests still unanswered (red-team F1/F2) waits here too, as the
  * connection's last entry: it is served once every earlier request is answered, so no answer of
@@ -20,7 +28,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
 /** Pipelined requests per connection admitted and not yet answered (README, "Connections and limits"). */
-export const PIPELINE_LIMIT = 32;
+export const PIPELINE_LIMIT = 1;
 
 /** One client connection's pipeline: requests in flight, those read but not yet served, and a CONNECT after them. */
 interface Pipeline {
@@ -55,7 +63,8 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
         // and its call would stay open for good with no closed event: a request whose body was
         // read to its end is already destroyed, so nothing else tells it (red team 27: one
         // connection a call, 18 KB each, until the heap ran out). Closed as node:http closes the
-        // answer on the socket.
+        // answer on the socket. (With one request served at a time the answer in flight has the
+        // socket; kept so that this does not rest on PIPELINE_LIMIT.)
         if (res.socket === null) {
           res.destroy();
           res.emit('close');
@@ -63,7 +72,7 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
       }
     });
   }
-  if (pipeline.inFlight.size >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain) {
+  if (pipeline.inFlight.size >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain || socket.writableEnded) {
     pipeline.waiting.push([req, res]);
     socket.pause();
     if (socket.writableNeedDrain) socket.once('drain', () => next(socket, pipeline, serve));
@@ -170,7 +179,8 @@ function start(socket: PipelinedSocket, pipeline: Pipeline, req: IncomingMessage
 
 /** Serves waiting requests while there is room, and reads the socket again once none wait. */
 function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
-  if (socket.destroyed) return;
+  // Ended: the last answer closed the connection; what waits is dropped with it, undecided.
+  if (socket.destroyed || socket.writableEnded) return;
   while (pipeline.inFlight.size < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
     if (waiting === undefined) {

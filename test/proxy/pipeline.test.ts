@@ -93,3 +93,69 @@ t.test('every call of a connection the client left ends, with its closed event (
     t.equal(proxy.events('egress.closed').length, dispatched, `${name}: one closed event per forwarded call`);
   }
 });
+
+t.test('nothing behind an answer that closes the connection is decided or forwarded (red team 28 F3)', async (t) => {
+  // A refused request between two allowed ones: the refusal closes the connection, so the POST
+  // after it (with a body: a side effect upstream) must never be decided nor sent.
+  const { proxy, upstream, target } = await proxyWithUpstream(t, {
+    policy: 'version: 1\ndefault_verdict: allow\nrules:\n  - {id: no-discard, priority: 1, verdict: deny, ports: [9]}\n',
+  });
+  const payload =
+    `GET http://${target}/first HTTP/1.1\r\nHost: ${target}\r\n\r\n` +
+    `GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n` +
+    `POST http://${target}/after-refusal HTTP/1.1\r\nHost: ${target}\r\nContent-Length: 6\r\n\r\nsecret`;
+  const s = connect({ host: '127.0.0.1', port: proxy.port });
+  s.on('error', () => {});
+  let got = '';
+  s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+  s.write(payload);
+  await new Promise((r) => s.once('close', r));
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(
+    [...got.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]),
+    ['200', '403'],
+    'the GET answered, then the refusal, then the connection closed',
+  );
+  t.same(
+    upstream.requests.map((r) => r.url),
+    ['/first'],
+    'the upstream never saw the POST',
+  );
+  t.same(
+    proxy.events('egress.decision').map((e) => e.method),
+    ['GET', 'GET'],
+    'the POST has no decision line',
+  );
+});
+
+t.test('a pipelined request reaches the upstream only once the answer before it is done (red team 28 F1)', async (t) => {
+  // Answers queued behind another held what their upstreams sent: 32 downloads a connection that
+  // never reads were ~4 MiB each. One at a time, the answer in flight owns the socket.
+  const held: ServerResponse[] = [];
+  const upstream = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await upstream.close();
+  });
+  const target = `127.0.0.1:${upstream.port}`;
+  const s = connect({ host: '127.0.0.1', port: proxy.port });
+  s.on('error', () => {});
+  let got = '';
+  s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+  s.write([1, 2, 3].map((i) => `GET http://${target}/${i} HTTP/1.1\r\nHost: ${target}\r\n\r\n`).join(''));
+  for (let answered = 1; answered <= 3; answered++) {
+    while (held.length < answered) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+    t.same(
+      upstream.requests.map((r) => r.url),
+      [1, 2, 3].slice(0, answered).map((i) => `/${i}`),
+      `${answered - 1} answered: ${answered} at the upstream`,
+    );
+    (held[answered - 1] as ServerResponse).end(`answer ${answered}`);
+  }
+  while (!got.includes('answer 3')) await new Promise((r) => setTimeout(r, 10));
+  t.match(got, /answer 1[^]*answer 2[^]*answer 3/, 'the answers in order');
+  s.destroy();
+});
