@@ -113,6 +113,9 @@ class Forward implements ActiveCall {
   private current: Attempt | null = null;
   /** The closed event is written (once, whichever way the call ended). */
   private ended = false;
+  /** The client has not taken the last chunk of the answer yet (writeAnswer). */
+  private stalled = false;
+  private stallTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly admission: Admission,
@@ -191,10 +194,13 @@ class Forward implements ActiveCall {
             if (status < 200) return true;
             this.admission.events.ensureWritten(this.decisionTicket);
             res.writeHead(status, statusText, forwardResponseHeaders(latin1(raw)));
-            res.on('drain', resume);
+            res.on('drain', () => {
+              this.stalled = false;
+              resume();
+            });
             return true;
           },
-          onData: (chunk) => res.write(chunk),
+          onData: (chunk) => this.writeAnswer(chunk),
           onComplete: () => {
             this.finish('upstream_closed');
             this.settle(true);
@@ -237,6 +243,26 @@ class Forward implements ActiveCall {
     return 'done';
   }
 
+  /**
+   * Writes a chunk of the answer. A client that stops reading would otherwise hold the call, its
+   * connection and what was read for it for good (undici's body timeout stops while paused; red
+   * team 29: 150 s and counting): after `tunnel_idle_timeout_ms` without the answer draining, the
+   * call ends `idle_timeout`, as an idle tunnel does. One timer per call, re-armed per stall.
+   */
+  private writeAnswer(chunk: Buffer): boolean {
+    if (this.res.write(chunk)) return true;
+    this.stalled = true;
+    if (this.stallTimer === null) this.stallTimer = setTimeout(this.onStalled, this.limits.tunnelIdleTimeoutMs).unref();
+    else this.stallTimer.refresh();
+    return false;
+  }
+
+  private readonly onStalled = (): void => {
+    if (!this.stalled || this.res.destroyed) return;
+    this.finish('idle_timeout');
+    this.res.destroy();
+  };
+
   private finish(reason: EndReason): void {
     if (this.end === null) this.end = reason;
   }
@@ -269,6 +295,7 @@ class Forward implements ActiveCall {
   private clientSideClosed(): void {
     if (this.ended) return;
     this.ended = true;
+    if (this.stallTimer !== null) clearTimeout(this.stallTimer);
     if (!this.res.writableFinished) {
       this.finish('client_closed');
       this.dialCancel.aborted = true;

@@ -295,6 +295,7 @@ t.test('the limit key of a source address', async (t) => {
     ['93.184.216.34', '127.0.0.1'],
     ['::ffff:93.184.216.35', '127.0.0.1'],
     ['2606:4700::1111', '127.0.0.1'],
+    ['2606:4700::1111%lo', '127.0.0.1'],
     ['93.184.216.36', '93.184.216.36'],
   ] as const) {
     t.equal(limitKeyOfSource(sourceAddress(remote)), key, remote);

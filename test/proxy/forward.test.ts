@@ -333,3 +333,40 @@ t.test('odd upstreams and URLs: a close-delimited HTTP/1.0 answer, a raw non-ASC
   );
   t.equal(after.status, 200, 'and the proxy keeps serving');
 });
+
+t.test(
+  'an answer the client stops reading ends after tunnel_idle_timeout_ms (idle_timeout), as an idle tunnel does (red team 29)',
+  async (t) => {
+    const proxy = await startTestProxyFor(t, { policy: POLICY, config: 'limits: {tunnel_idle_timeout_ms: 400}' });
+    const server = createServer((_req, res) => {
+      // Far more than the socket buffers on both sides hold: the proxy's writes stall.
+      res.writeHead(200, { 'content-length': String(64 * 1024 * 1024) });
+      const chunk = Buffer.alloc(64 * 1024, 0x78);
+      const more = () => {
+        while (res.write(chunk));
+      };
+      res.on('drain', more);
+      more();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    t.teardown(() => {
+      server.closeAllConnections();
+      server.close();
+    });
+    const port = (server.address() as AddressInfo).port;
+    const socket = connect({ host: '127.0.0.1', port: proxy.port });
+    socket.on('error', () => {});
+    const closedSocket = new Promise((r) => socket.once('close', r));
+    socket.write(`GET http://127.0.0.1:${port}/big HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+    await new Promise((r) => socket.once('data', r));
+    socket.pause(); // reads nothing more
+    const started = performance.now();
+    const closed = await proxy.waitFor((e) => e.event === 'egress.closed', 10_000);
+    t.equal(closed.end, 'idle_timeout', 'the call ends idle_timeout');
+    t.ok(performance.now() - started < 5000, 'soon after the timeout');
+    socket.resume(); // what was sent before the close, then the close itself
+    await closedSocket;
+    t.pass('the client connection is closed');
+    t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
+  },
+);
