@@ -60,10 +60,7 @@ export const LOOPBACK_LIMIT_KEY = '127.0.0.1';
  * four addresses of 127.0.0.0/8; red team 28: the same from the host's other addresses).
  */
 export function limitKeyOfSource(source: string): string {
-  if (source.startsWith('127.') || source === '::1') return LOOPBACK_LIMIT_KEY;
-  // A link-local peer comes with its zone (`fe80::1%eth0`); the host's list has none (red team 29).
-  const zone = source.indexOf('%');
-  return isHostAddress(zone === -1 ? source : source.slice(0, zone)) ? LOOPBACK_LIMIT_KEY : source;
+  return source.startsWith('127.') || source === '::1' || isHostAddress(source) ? LOOPBACK_LIMIT_KEY : source;
 }
 
 export function identify(

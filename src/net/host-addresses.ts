@@ -14,13 +14,17 @@ export const REFRESH_MS = 5_000;
 let known: ReadonlySet<string> = new Set();
 let readAt = -Infinity;
 
-/** Whether `address` (canonical text, IPv4-mapped forms already unwrapped) is held by this host. */
+/**
+ * Whether `address` (canonical text, IPv4-mapped forms already unwrapped) is held by this host.
+ * A link-local peer comes with its zone (`fe80::1%eth0`), the host's list without (red team 29).
+ */
 export function isHostAddress(address: string, now = performance.now()): boolean {
   if (now - readAt >= REFRESH_MS) {
     known = readHostAddresses();
     readAt = now;
   }
-  return known.has(address);
+  const zone = address.indexOf('%');
+  return known.has(zone === -1 ? address : address.slice(0, zone));
 }
 
 function readHostAddresses(): ReadonlySet<string> {

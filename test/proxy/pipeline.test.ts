@@ -9,8 +9,26 @@ import type { ServerResponse } from 'node:http';
 import t from 'tap';
 import { PIPELINE_LIMIT } from '../../src/proxy/pipeline.js';
 import { proxyWithUpstream, startTestProxy } from '../helpers/proxy.js';
+import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
 import { startUpstream } from '../helpers/upstream.js';
+import type { TestUpstream } from '../helpers/upstream.js';
+
+/** A proxy allowing everything, and an upstream that holds every answer (in `held`) until the test ends it. */
+async function heldUpstream(
+  t: { teardown(fn: () => Promise<void>): void },
+  config?: string,
+): Promise<{ held: ServerResponse[]; upstream: TestUpstream; proxy: TestProxy }> {
+  const held: ServerResponse[] = [];
+  const upstream = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', ...(config ? { config } : {}) });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await upstream.close();
+  });
+  return { held, upstream, proxy };
+}
 
 const CLIENTS = 20;
 const REQUESTS = 3000;
@@ -18,19 +36,9 @@ const MAX_CONNECTIONS = 8;
 
 t.test('pipelined floods are capped per connection and dropped when the client leaves', async (t) => {
   // The flooded upstream holds every answer: whatever the proxy admits stays unanswered.
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const { held, upstream: slow, proxy } = await heldUpstream(t, `limits: {max_connections: ${MAX_CONNECTIONS}, header_timeout_ms: 2000}`);
   const fast = await startUpstream();
-  const proxy = await startTestProxy({
-    policy: 'version: 1\ndefault_verdict: allow\n',
-    config: `limits: {max_connections: ${MAX_CONNECTIONS}, header_timeout_ms: 2000}`,
-  });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
-    await fast.close();
-  });
+  t.teardown(() => fast.close());
   const slowTarget = `127.0.0.1:${slow.port}`;
   const flood = Buffer.from(`GET http://${slowTarget}/flood HTTP/1.1\r\nHost: ${slowTarget}\r\n\r\n`.repeat(REQUESTS), 'latin1');
   const sockets: Socket[] = [];
@@ -131,14 +139,7 @@ t.test('nothing behind an answer that closes the connection is decided or forwar
 t.test('a pipelined request reaches the upstream only once the answer before it is done (red team 28 F1)', async (t) => {
   // Answers queued behind another held what their upstreams sent: 32 downloads a connection that
   // never reads were ~4 MiB each. One at a time, the answer in flight owns the socket.
-  const held: ServerResponse[] = [];
-  const upstream = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await upstream.close();
-  });
+  const { held, upstream, proxy } = await heldUpstream(t);
   const target = `127.0.0.1:${upstream.port}`;
   const s = connect({ host: '127.0.0.1', port: proxy.port });
   s.on('error', () => {});
