@@ -160,7 +160,17 @@ export function sendRawAnswer(socket: Duplex, answer: Answer): void {
   // the socket at once (both sides done); it also keeps unread bytes from turning the final
   // destroy into a reset that could cost the client its answer.
   if (socket.listenerCount('error') === 0) socket.on('error', destroySelf);
-  socket.end(`${lines.join('\r\n')}\r\n\r\n${answer.body}`);
+  endAnswered(socket, `${lines.join('\r\n')}\r\n\r\n${answer.body}`);
+}
+
+/**
+ * Ends a connection after its last answer (`last`, or one already written): our side ends now,
+ * what the client still sends is read and dropped, and the socket is destroyed when the client
+ * closes or after `ANSWERED_GRACE_MS`.
+ */
+export function endAnswered(socket: Duplex, last?: string): void {
+  if (last === undefined) socket.end();
+  else socket.end(last);
   socket.resume();
   setTimeout(destroySocket, ANSWERED_GRACE_MS, socket).unref();
 }

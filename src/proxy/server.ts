@@ -24,7 +24,7 @@ import { listenOn } from '../net/listen.js';
 import { createBaseline } from '../net/baseline.js';
 import { PinnedPool } from '../net/pinned-pool.js';
 import { createSelfCheck, OwnListeners } from '../net/self.js';
-import { destroyWhenFlushed, failure, sendRawAnswer } from './answers.js';
+import { destroyWhenFlushed, endAnswered, failure, sendRawAnswer } from './answers.js';
 import type { ErrorCode } from './answers.js';
 import { Admission } from './admission.js';
 import type { AdmissionOptions } from './admission.js';
@@ -47,6 +47,9 @@ export type ProxyServerOptions = Omit<AdmissionOptions, 'classify'> & {
 const UNANSWERED = Symbol('unanswered requests');
 /** node:http keeps an idle connection this long past its `keepAliveTimeout` (Node 20). */
 const NODE_KEEP_ALIVE_BUFFER_MS = 1_000;
+
+/** Connections whose failed bytes wait for an earlier answer before the connection ends (onClientError). */
+const ENDING_AFTER = new WeakSet<Duplex>();
 
 export class ProxyServer {
   readonly server: Server;
@@ -231,14 +234,25 @@ export class ProxyServer {
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     const { maxHeaderBytes } = this.options.config.limits;
-    // An answer of ours already under way on this connection: another one would corrupt it.
-    if ((socket as { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent) socket.destroy();
-    else if (err.code === 'HPE_HEADER_OVERFLOW')
+    const current = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+    // An answer of ours already under way on this connection: another one would corrupt it (and
+    // a reset client reads nothing).
+    if (current?.headersSent || err.code === 'ECONNRESET' || err.code === 'EPIPE') socket.destroy();
+    else if (current && !current.destroyed) {
+      if (ENDING_AFTER.has(socket)) return; // a second failure (a later timeout): already waiting
+      ENDING_AFTER.add(socket);
+      // The answer to an earlier request is still to come: one written now would take its place,
+      // and the client would read it as that request's (red team 29). That answer goes out, then
+      // the connection ends; the bytes that failed get none, and nothing waiting behind them is
+      // served ('finish' comes before the pipeline's 'close', which finds the socket ended).
+      current.once('finish', () => endAnswered(socket));
+      current.once('close', () => {
+        if (!socket.writableEnded) socket.destroy();
+      });
+    } else if (err.code === 'HPE_HEADER_OVERFLOW')
       this.refuseHead(socket, 'request_header_too_large', `request headers exceed ${maxHeaderBytes} bytes`);
     else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT')
       this.refuseHead(socket, 'request_timeout', 'request headers were not received in time');
-    else if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE')
-      this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
-    else socket.destroy();
+    else this.refuseHead(socket, 'bad_request', `malformed request (${err.code ?? err.message})`);
   }
 }

@@ -249,7 +249,14 @@ print(json.dumps([r.status_code, r.json()["url"], s.status_code, s.json()["url"]
       return n;
     };
     const decisions = count(proxy.events('egress.decision').filter((d: Event) => d.dispatched));
-    const closed = count(proxy.events('egress.closed'));
+    // A tunnel's closed line follows its client's close (the agents above are destroyed last):
+    // wait for it rather than race it.
+    const deadline = performance.now() + 3000;
+    let closed = count(proxy.events('egress.closed'));
+    while ([...decisions.keys()].some((id) => !closed.has(id)) && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+      closed = count(proxy.events('egress.closed'));
+    }
     t.ok(decisions.size > 0, `the clients above made dispatched calls (${decisions.size})`);
     for (const [connId, n] of decisions) {
       t.equal(n, 1, `one decision for ${String(connId)}`);

@@ -323,3 +323,36 @@ t.test('a malformed request behind an answer already streaming cuts the connecti
   t.ok(sentGarbage);
   t.notMatch(text, /HTTP\/1\.1 400/, 'no 400 written into the middle of the first answer');
 });
+
+t.test(
+  'malformed bytes behind an answer not yet begun: that answer goes out, then the connection ends; nothing after it is served (red team 29)',
+  async (t) => {
+    const slow = await startUpstream('127.0.0.1', {
+      respond: (_req, res) => setTimeout(() => res.end('first answer'), 300),
+    });
+    t.teardown(() => slow.close());
+    const proxy = await startTestProxyFor(t, { policy: ALLOW });
+    const target = `127.0.0.1:${slow.port}`;
+    const get = (path: string) => `GET http://${target}${path} HTTP/1.1\r\nHost: ${target}\r\n\r\n`;
+    for (const [name, after] of [
+      ['garbage', 'GARBAGE GARBAGE\r\n\r\n'],
+      ['a request, then garbage', `${get('/2')}GARBAGE GARBAGE\r\n\r\n`],
+      ['one byte after Connection: close', null],
+    ] as const) {
+      const seenBefore = slow.requests.length;
+      const socket = connect({ host: '127.0.0.1', port: proxy.port });
+      socket.on('error', () => {});
+      let text = '';
+      socket.on('data', (d: Buffer) => (text += d.toString('latin1')));
+      socket.write(after === null ? `GET http://${target}/1 HTTP/1.1\r\nHost: ${target}\r\nConnection: close\r\n\r\nX` : get('/1') + after);
+      await once(socket, 'close');
+      t.match(text, /^HTTP\/1\.1 200 OK\r\n[^]*first answer$/, `${name}: the first request's own answer, whole`);
+      t.notMatch(text, /HTTP\/1\.1 4\d\d/, `${name}: no 4xx in its place`);
+      t.same(
+        slow.requests.slice(seenBefore).map((r) => r.url),
+        ['/1'],
+        `${name}: nothing after it reached the upstream`,
+      );
+    }
+  },
+);

@@ -85,20 +85,36 @@ t.test('every call of a connection the client left ends, with its closed event (
     'two POSTs, then the client finishes sending': `${post}${post}`,
     'a POST and a malformed head': `${post}XXX\r\n\r\n`,
   };
-  for (const [name, payload] of Object.entries(cases)) {
-    for (let round = 0; round < 5; round++) {
-      const s = connect({ host: '127.0.0.1', port: proxy.port });
-      s.on('error', () => {});
-      s.resume();
-      s.end(payload);
-      await new Promise((r) => s.once('close', r));
+  const dispatchedSoFar = () => proxy.events('egress.decision').filter((e) => e.dispatched === true).length;
+  // The client's FIN comes with its requests (red team 27's attack: with more than one request
+  // in flight, the answers queued behind the first were never closed), or once an answer
+  // arrives: a FIN before the first request is dispatched usually ends it undispatched (node:http
+  // aborts what it has queued), which leaves nothing forwarded to check.
+  for (const finAt of ['at once', 'after an answer'] as const) {
+    for (const [name, payload] of Object.entries(cases)) {
+      const label = `${name}, FIN ${finAt}`;
+      const [dispatchedBefore, closedBefore] = [dispatchedSoFar(), proxy.events('egress.closed').length];
+      for (let round = 0; round < 5; round++) {
+        const s = connect({ host: '127.0.0.1', port: proxy.port });
+        s.on('error', () => {});
+        s.resume();
+        if (finAt === 'at once') s.end(payload);
+        else {
+          s.write(payload);
+          s.once('data', () => s.end());
+        }
+        await new Promise((r) => s.once('close', r));
+      }
+      const deadline = performance.now() + 3000;
+      while (proxy.running.proxy.activeCalls > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      t.equal(proxy.running.proxy.activeCalls, 0, `${label}: no call left open`);
+      const dispatched = dispatchedSoFar() - dispatchedBefore;
+      if (finAt === 'after an answer') t.ok(dispatched > 0, `${label}: calls were forwarded (${dispatched})`);
+      // The closed line is written once the call has left the open set: wait for it.
+      const closed = () => proxy.events('egress.closed').length - closedBefore;
+      while (closed() < dispatched && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      t.equal(closed(), dispatched, `${label}: one closed event per forwarded call (${dispatched})`);
     }
-    const deadline = performance.now() + 3000;
-    while (proxy.running.proxy.activeCalls > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    t.equal(proxy.running.proxy.activeCalls, 0, `${name}: no call left open`);
-    const dispatched = proxy.events('egress.decision').filter((e) => e.dispatched === true).length;
-    t.ok(dispatched > 0, `${name}: calls were forwarded`);
-    t.equal(proxy.events('egress.closed').length, dispatched, `${name}: one closed event per forwarded call`);
   }
 });
 
