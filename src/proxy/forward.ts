@@ -116,6 +116,9 @@ class Forward implements ActiveCall {
   /** The client has not taken the last chunk of the answer yet (writeAnswer). */
   private stalled = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Checks a request body still coming in for progress (watchBody). */
+  private bodyTimer: NodeJS.Timeout | null = null;
+  private bodyBytesMark = 0;
 
   constructor(
     private readonly admission: Admission,
@@ -135,6 +138,7 @@ class Forward implements ActiveCall {
     this.admission.active.add(this);
     this.req.on('error', () => this.abort('client_closed'));
     this.res.once('close', () => this.clientSideClosed());
+    if (!this.bodiless && !this.req.complete) this.watchBody();
     this.run().catch((err: unknown) => this.answer('error', this.admission.internalError(err, this.a.target)));
   }
 
@@ -263,6 +267,35 @@ class Forward implements ActiveCall {
     this.res.destroy();
   };
 
+  /**
+   * A request body that stops coming in is cut after `tunnel_idle_timeout_ms` without a byte moving
+   * on the client's connection either way (`idle_timeout`), as an idle tunnel is: undici's timers
+   * start only once the body is sent, so a client that sent a head and part of its body, then
+   * nothing, held its connection and one upstream connection for good (red team 30). Polled
+   * once a period from the socket's byte counts, so the body stream is not touched.
+   */
+  private watchBody(): void {
+    this.bodyBytesMark = this.clientBytes();
+    this.bodyTimer = setTimeout(this.onBodyCheck, this.limits.tunnelIdleTimeoutMs).unref();
+  }
+
+  private readonly onBodyCheck = (): void => {
+    if (this.ended || this.req.complete) return;
+    const bytes = this.clientBytes();
+    if (bytes !== this.bodyBytesMark) {
+      this.bodyBytesMark = bytes;
+      this.bodyTimer?.refresh();
+      return;
+    }
+    this.finish('idle_timeout');
+    this.res.destroy();
+  };
+
+  private clientBytes(): number {
+    const socket = this.req.socket;
+    return socket.bytesRead + socket.bytesWritten;
+  }
+
   private finish(reason: EndReason): void {
     if (this.end === null) this.end = reason;
   }
@@ -296,6 +329,7 @@ class Forward implements ActiveCall {
     if (this.ended) return;
     this.ended = true;
     if (this.stallTimer !== null) clearTimeout(this.stallTimer);
+    if (this.bodyTimer !== null) clearTimeout(this.bodyTimer);
     if (!this.res.writableFinished) {
       this.finish('client_closed');
       this.dialCancel.aborted = true;

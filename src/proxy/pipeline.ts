@@ -6,8 +6,9 @@
  *
  * Threat: a client pipelining without reading. Scope: one request per connection is served
  * (admitted and unanswered) at a time, as Squid does by default (`pipeline_prefetch 0`); the rest
- * wait, unadmitted (no decision, no dial), while the socket is not read, and are dropped when the
- * client goes. Answers the client does not read stop the reading too (writableNeedDrain).
+ * wait, unadmitted (no decision, no dial), at most WAITING_LIMIT of them, and are dropped when the
+ * client goes. A body waiting its turn is left in the socket (holdReads). Answers the client does
+ * not read stop the reading too (writableNeedDrain).
  *
  * Why one (red team 28; it was 32): an answer queued behind another holds what the upstream sent
  * (its high-water mark and a read), so 32 answers to large downloads held ~4 MiB per connection
@@ -34,6 +35,16 @@ import type { Socket } from 'node:net';
  * closes it (red team 27: its call stayed open for good; the test in pipeline.test.ts fails).
  */
 export const PIPELINE_LIMIT = 1;
+
+/**
+ * Requests node:http may have read behind the one being served before the connection is closed.
+ * The socket stays read while bodiless requests wait (so a client that leaves is seen), and one
+ * read can hold over a thousand small requests, each a request and a response object: unbounded,
+ * one connection took 37 MB of GETs into 1 GB of RSS and seconds of CPU to drop them (red team
+ * 30). No client we know pipelines (curl, undici, the proxy agents, requests, browsers); 32
+ * leaves room for one that does.
+ */
+export const WAITING_LIMIT = 32;
 
 /** One client connection's pipeline: requests in flight, those read but not yet served, and a CONNECT after them. */
 interface Pipeline {
@@ -68,8 +79,16 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
     });
   }
   if (pipeline.inFlight.size >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain || socket.writableEnded) {
+    if (socket.destroyed) return; // node:http aborts it with the rest
+    if (pipeline.waiting.length >= WAITING_LIMIT) {
+      socket.destroy();
+      return;
+    }
     pipeline.waiting.push([req, res]);
     socket.pause();
+    // A body waiting its turn stays in the socket. Bodiless requests leave it read, so a client
+    // that leaves is seen at once (its FIN) and node:http's parsing ends at WAITING_LIMIT.
+    if (hasBody(req)) holdReads(socket);
     if (socket.writableNeedDrain) socket.once('drain', () => next(socket, pipeline, serve));
     return;
   }
@@ -99,6 +118,7 @@ export const EARLY_BYTES_LIMIT = 16 * 1024;
  */
 export function admitLastHead(socket: Socket, alreadyRead: number, serve: (early: Buffer) => void): void {
   const pipeline = (socket as PipelinedSocket)[PIPELINE];
+  releaseReads(socket);
   if (pipeline === undefined || (pipeline.inFlight.size === 0 && pipeline.waiting.length === 0)) {
     readAgain(socket);
     serve(EMPTY);
@@ -145,7 +165,50 @@ function clientLeft(): NodeJS.ErrnoException {
   return err;
 }
 
-type StreamHandle = { reading: boolean; readStart(): number };
+type StreamHandle = { reading: boolean; readStart(): number; readStop(): number };
+
+/** Set on a handle whose reads holdReads stopped. */
+const HELD = Symbol('reads held');
+type HoldableHandle = StreamHandle & { [HELD]?: boolean };
+
+function handleOf(socket: Socket): HoldableHandle | null {
+  return (socket as Socket & { _handle?: HoldableHandle | null })._handle ?? null;
+}
+
+/**
+ * Stops reading the socket while a request body waits to be served, whoever asks to read
+ * meanwhile. A pause alone did not hold (red team 30): node:http reads the socket natively and
+ * starts the handle again as it sees fit, so the body of a POST waiting behind a slow answer went
+ * into memory as fast as the client sent it (600 MB in 7 s). The handle's `readStart` is
+ * shadowed by a no-op until `releaseReads`, which starts it again if node:http wants it reading
+ * by then (its `reading` flag). While held, a client that leaves is seen only once the answer
+ * being served ends, as with any request body the upstream does not take.
+ */
+function holdReads(socket: Socket): void {
+  const handle = handleOf(socket);
+  if (handle === null || handle[HELD] === true) return;
+  handle[HELD] = true;
+  handle.readStop();
+  handle.readStart = heldReadStart;
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
+}
+
+function heldReadStart(): number {
+  return 0;
+}
+
+/** Undoes holdReads: the handle's own `readStart` again, and called if node:http wants reading. */
+function releaseReads(socket: Socket): void {
+  const handle = handleOf(socket);
+  if (handle === null || handle[HELD] !== true) return;
+  handle[HELD] = false;
+  delete (handle as Partial<StreamHandle>).readStart;
+  if (handle.reading && !socket.destroyed) handle.readStart();
+}
 
 /**
  * Restarts reading a socket node:http let go of. While node:http read it natively, a pause of
@@ -156,7 +219,7 @@ type StreamHandle = { reading: boolean; readStart(): number };
  * until the tunnel relays them.
  */
 function readAgain(socket: Socket): void {
-  const handle = (socket as Socket & { _handle?: StreamHandle | null })._handle;
+  const handle = handleOf(socket);
   if (handle && !handle.reading && !socket.destroyed) {
     handle.reading = true;
     handle.readStart();
@@ -178,6 +241,9 @@ function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
   if (socket.destroyed || socket.writableEnded) return;
   while (pipeline.inFlight.size < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
+    // None left waiting: the socket is read again (the body of the request served now may be
+    // still to come).
+    if (pipeline.waiting.length === 0 && pipeline.lastHead === null) releaseReads(socket);
     if (waiting === undefined) {
       if (pipeline.lastHead === null) socket.resume();
       else if (pipeline.inFlight.size === 0) {

@@ -237,7 +237,10 @@ export class ProxyServer {
     const current = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
     // An answer of ours already under way on this connection: another one would corrupt it (and
     // a reset client reads nothing).
-    if (current?.headersSent || err.code === 'ECONNRESET' || err.code === 'EPIPE') socket.destroy();
+    // So does a failure inside the body of the request being served (a FIN before its end, a bad
+    // chunk): that request can never be completed, so its answer would never come (red team 30:
+    // the call and both connections stayed open for good).
+    if (current?.headersSent || err.code === 'ECONNRESET' || err.code === 'EPIPE' || current?.req.complete === false) socket.destroy();
     else if (current && !current.destroyed) {
       if (ENDING_AFTER.has(socket)) return; // a second failure (a later timeout): already waiting
       ENDING_AFTER.add(socket);

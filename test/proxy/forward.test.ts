@@ -370,3 +370,66 @@ t.test(
     t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
   },
 );
+
+t.test('a request body that stops: a FIN or reset ends the call at once, silence after tunnel_idle_timeout_ms (red team 30)', async (t) => {
+  const proxy = await startTestProxyFor(t, { policy: POLICY, config: 'limits: {tunnel_idle_timeout_ms: 400}' });
+  // The upstream reads the body as it comes and never answers: only the proxy can end the call.
+  const server = createServer((req) => req.resume());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const port = (server.address() as AddressInfo).port;
+  const head = `POST http://127.0.0.1:${port}/sink HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 100000000\r\n\r\n`;
+  for (const [how, expected] of [
+    ['FIN', 'client_closed'],
+    ['reset', 'client_closed'],
+    ['nothing more', 'idle_timeout'],
+  ] as const) {
+    const before = proxy.events('egress.closed').length;
+    const socket = connect({ host: '127.0.0.1', port: proxy.port });
+    socket.on('error', () => {});
+    const socketClosed = new Promise((r) => socket.once('close', r));
+    socket.write(head + 'x'.repeat(1000));
+    await proxy.waitFor((e) => e.event === 'egress.decision' && e.port === port && proxy.events('egress.decision').length > before);
+    await new Promise((r) => setTimeout(r, 100));
+    const started = performance.now();
+    if (how === 'FIN') socket.end();
+    else if (how === 'reset') socket.resetAndDestroy();
+    while (proxy.events('egress.closed').length === before && performance.now() - started < 5000)
+      await new Promise((r) => setTimeout(r, 20));
+    const closed = proxy.events('egress.closed').slice(before);
+    t.equal(closed.length, 1, `${how}: the call ended, with its closed event`);
+    t.equal(closed[0]?.end, expected, `${how}: ended ${expected}`);
+    // FIN and reset: at once; silence: the timeout (400 ms) and at most one more period.
+    t.ok(
+      performance.now() - started < (how === 'nothing more' ? 1500 : 500),
+      `${how}: within ${Math.round(performance.now() - started)} ms`,
+    );
+    await socketClosed;
+    t.equal(proxy.running.proxy.activeCalls, 0, `${how}: nothing left open`);
+  }
+});
+
+t.test('a request body that keeps coming, however slowly, is not cut while it moves', async (t) => {
+  const proxy = await startTestProxyFor(t, { policy: POLICY, config: 'limits: {tunnel_idle_timeout_ms: 400}' });
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const socket = connect({ host: '127.0.0.1', port: proxy.port });
+  socket.on('error', () => {});
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+  socket.write(
+    `POST http://127.0.0.1:${upstream.port}/slow-body HTTP/1.1\r\nHost: 127.0.0.1:${upstream.port}\r\nContent-Length: 10\r\n\r\n`,
+  );
+  for (let i = 0; i < 10; i++) {
+    await new Promise((r) => setTimeout(r, 250)); // 2.5 s in all, a byte every 250 ms
+    socket.write('b');
+  }
+  const deadline = performance.now() + 3000;
+  while (!answer.includes('\r\n\r\n') && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.match(answer, /^HTTP\/1\.1 200 /, 'answered');
+  t.equal(upstream.requests[0]?.body, 'bbbbbbbbbb', 'the whole body reached the upstream');
+  socket.destroy();
+});
