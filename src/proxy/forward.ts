@@ -20,6 +20,14 @@ import type { Answer } from './answers.js';
 import type { ActiveCall, Admission, Admitted, AdmissionResult } from './admission.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 
+/** Answers whose connection the proxy cut for the client's bytes (server.ts onClientError). */
+const CUT_FOR_CLIENT_ERROR = new WeakSet<ServerResponse>();
+
+/** The connection of `res` is being cut for a protocol error of its client: its call ends `error`, not `client_closed`. */
+export function cutForClientError(res: ServerResponse): void {
+  CUT_FOR_CLIENT_ERROR.add(res);
+}
+
 export class PlainHttpPath {
   /** The attribution headers: read by the proxy, never forwarded. */
   private readonly dropHeaders: ReadonlySet<string>;
@@ -331,7 +339,7 @@ class Forward implements ActiveCall {
     if (this.stallTimer !== null) clearTimeout(this.stallTimer);
     if (this.bodyTimer !== null) clearTimeout(this.bodyTimer);
     if (!this.res.writableFinished) {
-      this.finish('client_closed');
+      this.finish(CUT_FOR_CLIENT_ERROR.has(this.res) ? 'error' : 'client_closed');
       this.dialCancel.aborted = true;
       this.settle(false);
     }

@@ -31,7 +31,7 @@ import type { AdmissionOptions } from './admission.js';
 import { ConnectPath, destroyOnError } from './connect.js';
 import { armHeadDeadline, clearHeadDeadline, endHeadDeadlines, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
-import { PlainHttpPath } from './forward.js';
+import { cutForClientError, PlainHttpPath } from './forward.js';
 import { admitLastHead, admitPipelined } from './pipeline.js';
 import { LiveSet } from './live-set.js';
 
@@ -116,9 +116,12 @@ export class ProxyServer {
       admitPipelined(req, res, this.plain.accept);
     });
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-      this.lastHead(socket, head.length, (early) =>
-        this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, early.length === 0 ? head : Buffer.concat([head, early])),
-      );
+      this.lastHead(socket, head.length, (early) => {
+        // As connect-head.ts refuses it on a connection's first head (red team 30: node:http took it).
+        if (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
+          this.refuseHead(socket, 'bad_request', 'malformed request (a CONNECT request has no body)');
+        else this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, early.length === 0 ? head : Buffer.concat([head, early]));
+      });
     });
     this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.lastHead(socket, head.length, () =>
@@ -240,10 +243,16 @@ export class ProxyServer {
     // So does a failure inside the body of the request being served (a FIN before its end, a bad
     // chunk): that request can never be completed, so its answer would never come (red team 30:
     // the call and both connections stayed open for good).
-    if (current?.headersSent || err.code === 'ECONNRESET' || err.code === 'EPIPE' || current?.req.complete === false) socket.destroy();
-    else if (current && !current.destroyed) {
+    const clientLeft = err.code === 'ECONNRESET' || err.code === 'EPIPE' || err.code === 'HPE_INVALID_EOF_STATE';
+    if (current?.headersSent || clientLeft || current?.req.complete === false) {
+      // Cut by the proxy for the client's bytes, not left by the client: the call ends `error`.
+      if (current && !clientLeft) cutForClientError(current);
+      socket.destroy();
+    } else if (current && !current.destroyed) {
       if (ENDING_AFTER.has(socket)) return; // a second failure (a later timeout): already waiting
       ENDING_AFTER.add(socket);
+      // Its answer says the connection ends (red team 30: it said keep-alive, then closed).
+      current.shouldKeepAlive = false;
       // The answer to an earlier request is still to come: one written now would take its place,
       // and the client would read it as that request's (red team 29). That answer goes out, then
       // the connection ends; the bytes that failed get none, and nothing waiting behind them is

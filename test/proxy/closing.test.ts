@@ -322,6 +322,8 @@ t.test('a malformed request behind an answer already streaming cuts the connecti
   await once(socket, 'close');
   t.ok(sentGarbage);
   t.notMatch(text, /HTTP\/1\.1 400/, 'no 400 written into the middle of the first answer');
+  const closed = await proxy.waitFor((e) => e.event === 'egress.closed');
+  t.equal(closed.end, 'error', 'cut by the proxy, not left by the client: the call ends error (red team 30)');
 });
 
 t.test(
@@ -347,6 +349,7 @@ t.test(
       socket.write(after === null ? `GET http://${target}/1 HTTP/1.1\r\nHost: ${target}\r\nConnection: close\r\n\r\nX` : get('/1') + after);
       await once(socket, 'close');
       t.match(text, /^HTTP\/1\.1 200 OK\r\n[^]*first answer$/, `${name}: the first request's own answer, whole`);
+      t.match(text, /\r\nConnection: close\r\n/i, `${name}: saying the connection ends (red team 30)`);
       t.notMatch(text, /HTTP\/1\.1 4\d\d/, `${name}: no 4xx in its place`);
       t.same(
         slow.requests.slice(seenBefore).map((r) => r.url),

@@ -194,6 +194,32 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
   t.match(received(), /"code":"bad_request"/, 'the refusal says why');
 });
 
+t.test('a CONNECT with a body pipelined behind a GET is refused 400, as on a first head (red team 30)', async (t) => {
+  const held: ServerResponse[] = [];
+  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
+  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
+  t.teardown(async () => {
+    for (const res of held) res.destroy();
+    await proxy.stop();
+    await slow.close();
+  });
+  const slowTarget = `127.0.0.1:${slow.port}`;
+  for (const framing of ['Transfer-Encoding: chunked', 'Content-Length: 5']) {
+    const { client, received, closed } = openClient(proxy.port);
+    client.write(keptAliveGet(slowTarget, '/slow') + `CONNECT ${slowTarget} HTTP/1.1\r\nHost: ${slowTarget}\r\n${framing}\r\n\r\n`);
+    while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+    (held.shift() as ServerResponse).end('first');
+    await closed;
+    t.match(received(), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nfirst(HTTP\/1\.1 400 [^]*)$/, `${framing}: the GET answer, then the 400`);
+    t.match(received(), /a CONNECT request has no body/, `${framing}: the refusal says why`);
+  }
+  t.same(
+    proxy.events('egress.decision').map((e) => e.method),
+    ['GET', 'GET'],
+    'no CONNECT was decided',
+  );
+});
+
 t.test('a client that leaves while its CONNECT waits is seen at once: the GET is aborted, the CONNECT never decided', async (t) => {
   const { held, proxy, slowTarget, tunnelUp, tunnelTarget } = await slowAndTunnel(t, { policy: 'version: 1\ndefault_verdict: allow\n' });
   // 'flood': more than EARLY_BYTES_LIMIT before the 200 (left unread, a later leaving would go unseen).
