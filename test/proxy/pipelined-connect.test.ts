@@ -171,15 +171,10 @@ t.test('a client resetting while its pipelined CONNECT waits: no tunnel, no cras
 });
 
 t.test('an Upgrade pipelined behind a pending GET is refused after the GET is answered', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
+  const { held, proxy, slowTarget } = await slowAndTunnel(t, {
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: 'limits: {header_timeout_ms: 5000}',
   });
-  const slowTarget = `127.0.0.1:${slow.port}`;
   const { client, received, closed } = openClient(proxy.port);
   client.write(
     keptAliveGet(slowTarget, '/slow') +
@@ -195,15 +190,10 @@ t.test('an Upgrade pipelined behind a pending GET is refused after the GET is an
 });
 
 t.test('a CONNECT with a body pipelined behind a GET is refused 400, as on a first head (red team 30)', async (t) => {
-  const held: ServerResponse[] = [];
-  const slow = await startUpstream('127.0.0.1', { respond: (_req, res) => held.push(res) });
-  const proxy = await startTestProxy({ policy: 'version: 1\ndefault_verdict: allow\n', config: 'limits: {header_timeout_ms: 5000}' });
-  t.teardown(async () => {
-    for (const res of held) res.destroy();
-    await proxy.stop();
-    await slow.close();
+  const { held, proxy, slowTarget } = await slowAndTunnel(t, {
+    policy: 'version: 1\ndefault_verdict: allow\n',
+    config: 'limits: {header_timeout_ms: 5000}',
   });
-  const slowTarget = `127.0.0.1:${slow.port}`;
   for (const framing of ['Transfer-Encoding: chunked', 'Content-Length: 5']) {
     const { client, received, closed } = openClient(proxy.port);
     client.write(keptAliveGet(slowTarget, '/slow') + `CONNECT ${slowTarget} HTTP/1.1\r\nHost: ${slowTarget}\r\n${framing}\r\n\r\n`);
