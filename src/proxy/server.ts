@@ -243,10 +243,11 @@ export class ProxyServer {
     // So does a failure inside the body of the request being served (a FIN before its end, a bad
     // chunk): that request can never be completed, so its answer would never come (red team 30:
     // the call and both connections stayed open for good).
-    const clientLeft = err.code === 'ECONNRESET' || err.code === 'EPIPE' || err.code === 'HPE_INVALID_EOF_STATE';
-    if (current?.headersSent || clientLeft || current?.req.complete === false) {
-      // Cut by the proxy for the client's bytes, not left by the client: the call ends `error`.
-      if (current && !clientLeft) cutForClientError(current);
+    const reset = err.code === 'ECONNRESET' || err.code === 'EPIPE';
+    if (current?.headersSent || reset || current?.req.complete === false) {
+      // Cut by the proxy for the client's bytes, not left by the client (a reset, or a FIN where
+      // more was due): the call ends `error`.
+      if (current && !reset && err.code !== 'HPE_INVALID_EOF_STATE') cutForClientError(current);
       socket.destroy();
     } else if (current && !current.destroyed) {
       if (ENDING_AFTER.has(socket)) return; // a second failure (a later timeout): already waiting
