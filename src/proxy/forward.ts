@@ -277,19 +277,21 @@ class Forward implements ActiveCall {
 
   /**
    * A request body that stops coming in is cut after `tunnel_idle_timeout_ms` without a byte moving
-   * on the client's connection either way (`idle_timeout`), as an idle tunnel is: undici's timers
-   * start only once the body is sent, so a client that sent a head and part of its body, then
-   * nothing, held its connection and one upstream connection for good (red team 30). Polled
-   * once a period from the socket's byte counts, so the body stream is not touched.
+   * on the client's connection or the upstream one, either way (`idle_timeout`), as an idle tunnel
+   * is: undici's timers start only once the body is sent, so a client that sent a head and part
+   * of its body, then nothing, held its connection and one upstream connection for good (red team
+   * 30). The upstream side counts: an upstream slowly taking what the buffers hold leaves the
+   * client's side still (red team 31). Polled once a period from the sockets' byte counts, so the
+   * body stream is not touched.
    */
   private watchBody(): void {
-    this.bodyBytesMark = this.clientBytes();
+    this.bodyBytesMark = this.movedBytes();
     this.bodyTimer = setTimeout(this.onBodyCheck, this.limits.tunnelIdleTimeoutMs).unref();
   }
 
   private readonly onBodyCheck = (): void => {
     if (this.ended || this.req.complete) return;
-    const bytes = this.clientBytes();
+    const bytes = this.movedBytes();
     if (bytes !== this.bodyBytesMark) {
       this.bodyBytesMark = bytes;
       this.bodyTimer?.refresh();
@@ -299,9 +301,10 @@ class Forward implements ActiveCall {
     this.res.destroy();
   };
 
-  private clientBytes(): number {
-    const socket = this.req.socket;
-    return socket.bytesRead + socket.bytesWritten;
+  private movedBytes(): number {
+    const client = this.req.socket;
+    const upstream = this.current?.conn.socket;
+    return client.bytesRead + client.bytesWritten + (upstream ? upstream.bytesRead + upstream.bytesWritten : 0);
   }
 
   private finish(reason: EndReason): void {

@@ -6,7 +6,7 @@
  *
  * Threat: a client pipelining without reading. Scope: one request per connection is served
  * (admitted and unanswered) at a time, as Squid does by default (`pipeline_prefetch 0`); the rest
- * wait, unadmitted (no decision, no dial), at most WAITING_LIMIT of them, and are dropped when the
+ * wait, unadmitted (no decision, no dial), within WAITING_LIMIT and WAITING_HEAD_BYTES, and are dropped when the
  * client goes. A body waiting its turn is left in the socket (holdReads). Answers the client does
  * not read stop the reading too (writableNeedDrain).
  *
@@ -37,20 +37,25 @@ import type { Socket } from 'node:net';
 export const PIPELINE_LIMIT = 1;
 
 /**
- * Requests node:http may have read behind the one being served before the connection is closed.
+ * Requests node:http may have read behind the one being served before the connection is closed,
+ * and the bytes of their heads (past the first, which may be as large as `max_header_bytes`).
  * The socket stays read while bodiless requests wait (so a client that leaves is seen), and one
  * read can hold over a thousand small requests, each a request and a response object: unbounded,
  * one connection took 37 MB of GETs into 1 GB of RSS and seconds of CPU to drop them (red team
- * 30). No client we know pipelines (curl, undici, the proxy agents, requests, browsers); 32
- * leaves room for one that does.
+ * 30); 32 waiting 15 KB heads were 560 KB a connection (red team 31). No client we know
+ * pipelines (curl, undici, the proxy agents, requests, browsers); these leave room for one that
+ * does.
  */
-export const WAITING_LIMIT = 32;
+export const WAITING_LIMIT = 8;
+export const WAITING_HEAD_BYTES = 32 * 1024;
 
 /** One client connection's pipeline: requests in flight, those read but not yet served, and a CONNECT after them. */
 interface Pipeline {
   /** Requests admitted and not yet answered (their responses not closed). */
   readonly inFlight: Set<IncomingMessage>;
   readonly waiting: Array<[IncomingMessage, ServerResponse]>;
+  /** The head bytes of those waiting (headBytes). */
+  waitingHeadBytes: number;
   /** Serves the CONNECT (or Upgrade) node:http read after the requests above: nothing is read after it. */
   lastHead: (() => void) | null;
 }
@@ -64,11 +69,12 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   const socket = req.socket as PipelinedSocket;
   let pipeline = socket[PIPELINE];
   if (pipeline === undefined) {
-    const created: Pipeline = { inFlight: new Set(), waiting: [], lastHead: null };
+    const created: Pipeline = { inFlight: new Set(), waiting: [], waitingHeadBytes: 0, lastHead: null };
     socket[PIPELINE] = pipeline = created;
     socket.once('close', () => {
       // Gone before their turn: never admitted, never dialled, no events.
       created.waiting.length = 0;
+      created.waitingHeadBytes = 0;
       created.lastHead = null;
       // Those in flight end as node:http ends them when a client leaves (its abortIncoming), which
       // it no longer does once it has handed the socket over for a CONNECT behind them: else their
@@ -80,11 +86,16 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
   }
   if (pipeline.inFlight.size >= PIPELINE_LIMIT || pipeline.waiting.length > 0 || socket.writableNeedDrain || socket.writableEnded) {
     if (socket.destroyed) return; // node:http aborts it with the rest
-    if (pipeline.waiting.length >= WAITING_LIMIT) {
+    const bytes = headBytes(req);
+    if (
+      pipeline.waiting.length >= WAITING_LIMIT ||
+      (pipeline.waiting.length > 0 && pipeline.waitingHeadBytes + bytes > WAITING_HEAD_BYTES)
+    ) {
       socket.destroy();
       return;
     }
     pipeline.waiting.push([req, res]);
+    pipeline.waitingHeadBytes += bytes;
     socket.pause();
     // A body waiting its turn stays in the socket. Bodiless requests leave it read, so a client
     // that leaves is seen at once (its FIN) and node:http's parsing ends at WAITING_LIMIT.
@@ -197,6 +208,13 @@ function hasBody(req: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
 }
 
+/** About what a request head took on the wire: its target and header lines. */
+function headBytes(req: IncomingMessage): number {
+  let bytes = (req.url ?? '').length;
+  for (const field of req.rawHeaders) bytes += field.length + 2;
+  return bytes;
+}
+
 function heldReadStart(): number {
   return 0;
 }
@@ -241,6 +259,7 @@ function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
   if (socket.destroyed || socket.writableEnded) return;
   while (pipeline.inFlight.size < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
+    if (waiting !== undefined) pipeline.waitingHeadBytes -= headBytes(waiting[0]);
     // None left waiting: the socket is read again (the body of the request served now may be
     // still to come).
     if (pipeline.waiting.length === 0 && pipeline.lastHead === null) releaseReads(socket);

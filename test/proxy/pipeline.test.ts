@@ -7,7 +7,7 @@ import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import t from 'tap';
-import { PIPELINE_LIMIT, WAITING_LIMIT } from '../../src/proxy/pipeline.js';
+import { PIPELINE_LIMIT, WAITING_HEAD_BYTES, WAITING_LIMIT } from '../../src/proxy/pipeline.js';
 import { proxyWithUpstream, startTestProxy } from '../helpers/proxy.js';
 import type { TestProxy } from '../helpers/proxy.js';
 import { getRequest, rawRequest } from '../helpers/raw.js';
@@ -247,4 +247,38 @@ t.test(`more than ${WAITING_LIMIT} requests read behind the one being served clo
   await new Promise((r) => setTimeout(r, 200));
   t.ok(proxy.events('egress.decision').length - decisionsBefore <= 1, 'at most the first request was decided');
   t.equal(proxy.running.proxy.activeCalls, 0, 'nothing left open');
+});
+
+t.test(`waiting heads over ${WAITING_HEAD_BYTES} bytes close the connection; one large head may wait (red team 31)`, async (t) => {
+  const { held, upstream, proxy } = await heldUpstream(t, 'limits: {max_header_bytes: 65536}');
+  const target = `127.0.0.1:${upstream.port}`;
+  const padded = (path: string, bytes: number) =>
+    `GET http://${target}${path} HTTP/1.1\r\nHost: ${target}\r\nX-Pad: ${'p'.repeat(bytes)}\r\n\r\n`;
+  // One waiting head larger than the budget: served in turn (the test upstream, a node:http
+  // server, answers a head that large 431 itself: an answer from upstream is what is checked).
+  const one = connect({ host: '127.0.0.1', port: proxy.port });
+  one.on('error', () => {});
+  let answers = '';
+  one.on('data', (d: Buffer) => (answers += d.toString('latin1')));
+  one.write(padded('/first', 10) + padded('/large', WAITING_HEAD_BYTES + 1000));
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 5));
+  held[0]?.end('answer 0');
+  const deadline = performance.now() + 3000;
+  while ([...answers.matchAll(/HTTP\/1\.1 \d{3} /g)].length < 2 && performance.now() < deadline)
+    await new Promise((r) => setTimeout(r, 20));
+  t.match(answers, /answer 0HTTP\/1\.1 431 /, 'a large head waiting alone is sent on in turn');
+  t.notOk(one.destroyed, 'and the connection stays');
+  one.destroy();
+
+  // Heads adding up past the budget: closed, and nothing behind the first decided.
+  const decisionsBefore = proxy.events('egress.decision').length;
+  const over = connect({ host: '127.0.0.1', port: proxy.port });
+  over.on('error', () => {});
+  over.resume();
+  const each = Math.ceil(WAITING_HEAD_BYTES / 3);
+  over.write(padded('/o0', 10) + padded('/o1', each) + padded('/o2', each) + padded('/o3', each) + padded('/o4', each));
+  await new Promise((r) => over.once('close', r));
+  t.pass('the connection was closed');
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(proxy.events('egress.decision').length - decisionsBefore <= 1, 'at most the first request was decided');
 });
