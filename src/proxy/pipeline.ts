@@ -38,7 +38,8 @@ export const PIPELINE_LIMIT = 1;
 
 /**
  * Requests node:http may have read behind the one being served before the connection is closed,
- * and the bytes of their heads (past the first, which may be as large as `max_header_bytes`).
+ * and the bytes their heads may come to together (one waiting alone may be as large as
+ * `max_header_bytes`).
  * The socket stays read while bodiless requests wait (so a client that leaves is seen), and one
  * read can hold over a thousand small requests, each a request and a response object: unbounded,
  * one connection took 37 MB of GETs into 1 GB of RSS and seconds of CPU to drop them (red team
