@@ -18,7 +18,7 @@ import { answerAnnouncement, isAnnounceTarget } from './announce.js';
 import { failure, sendAnswer } from './answers.js';
 import type { Answer } from './answers.js';
 import type { ActiveCall, Admission, Admitted, AdmissionResult } from './admission.js';
-import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+import { declaresBody, forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 
 /** Answers whose connection the proxy cut for the client's bytes (server.ts onClientError). */
 const CUT_FOR_CLIENT_ERROR = new WeakSet<ServerResponse>();
@@ -138,8 +138,7 @@ class Forward implements ActiveCall {
     private readonly path: string,
   ) {
     this.limits = admission.config.limits;
-    const length = req.headers['content-length'];
-    this.bodiless = (length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined;
+    this.bodiless = !declaresBody(req.headers);
   }
 
   start(): void {

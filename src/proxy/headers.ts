@@ -6,6 +6,8 @@
  * answered by the proxy's own server (it sends the `100`) and so is not passed on. From
  * responses, `x-egress-*` is dropped so that an upstream cannot forge a proxy refusal.
  */
+import type { IncomingHttpHeaders } from 'node:http';
+
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
 
 const NONE: ReadonlySet<string> = new Set();
@@ -63,4 +65,10 @@ export function forwardResponseHeaders(raw: readonly string[]): string[] {
     out.push(name, raw[i + 1] as string);
   }
   return out;
+}
+
+/** Whether a request head announces a body (`Transfer-Encoding`, or a non-zero `Content-Length`). */
+export function declaresBody(headers: IncomingHttpHeaders): boolean {
+  const length = headers['content-length'];
+  return (length !== undefined && length !== '0') || headers['transfer-encoding'] !== undefined;
 }

@@ -27,6 +27,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { declaresBody } from './headers.js';
 
 /**
  * Pipelined requests per connection admitted and not yet answered (README, "Connections and
@@ -100,7 +101,7 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
     socket.pause();
     // A body waiting its turn stays in the socket. Bodiless requests leave it read, so a client
     // that leaves is seen at once (its FIN) and node:http's parsing ends at WAITING_LIMIT.
-    if (hasBody(req)) holdReads(socket);
+    if (declaresBody(req.headers)) holdReads(socket);
     if (socket.writableNeedDrain) socket.once('drain', () => next(socket, pipeline, serve));
     return;
   }
@@ -202,11 +203,6 @@ function holdReads(socket: Socket): void {
   handle[HELD] = true;
   handle.readStop();
   handle.readStart = heldReadStart;
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
 }
 
 /** About what a request head took on the wire: its target and header lines. */

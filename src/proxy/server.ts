@@ -32,6 +32,7 @@ import { ConnectPath, destroyOnError } from './connect.js';
 import { armHeadDeadline, clearHeadDeadline, endHeadDeadlines, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { cutForClientError, PlainHttpPath } from './forward.js';
+import { declaresBody } from './headers.js';
 import { admitLastHead, admitPipelined } from './pipeline.js';
 import { LiveSet } from './live-set.js';
 
@@ -118,8 +119,7 @@ export class ProxyServer {
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.lastHead(socket, head.length, (early) => {
         // As connect-head.ts refuses it on a connection's first head (red team 30: node:http took it).
-        if (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0')
-          this.refuseHead(socket, 'bad_request', 'malformed request (a CONNECT request has no body)');
+        if (declaresBody(req.headers)) this.refuseHead(socket, 'bad_request', 'malformed request (a CONNECT request has no body)');
         else this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, early.length === 0 ? head : Buffer.concat([head, early]));
       });
     });
