@@ -22,7 +22,7 @@
 #         PRE       seconds of S1 on both before S2 (the peer bench runs S2 after S1), default 8
 #         SECS      measured seconds (default 8; S2 adds 2 s of warm-up), CONC S2 workers (20)
 #
-# Sides alternate each round (A on the first port, then B), and everything started is stopped
+# Sides swap ports each round (A on the first port in odd rounds, B in even), everything started is stopped
 # by PID on exit. Events of our rows go to ${TMPDIR:-/tmp}/peers-paired-events-PORT.log (deleted
 # at the end: a run writes hundreds of MB).
 set -uo pipefail
