@@ -23,8 +23,8 @@
 #         SECS      measured seconds (default 8; S2 adds 2 s of warm-up), CONC S2 workers (20)
 #
 # Sides swap ports each round (A on the first port in odd rounds, B in even), everything started is stopped
-# by PID on exit. Events of our rows go to ${TMPDIR:-/tmp}/peers-paired-events-PORT.log (deleted
-# at the end: a run writes hundreds of MB).
+# by PID on exit. Events of our rows go to events-PORT.log in the run's own temporary directory
+# (mktemp -d, deleted at the end: a run writes hundreds of MB).
 set -uo pipefail
 
 ROUNDS=${1:?rounds}
@@ -49,7 +49,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   wait 2>/dev/null
-  rm -rf "$TMP" "${TMPDIR:-/tmp}"/peers-paired-events-*.log
+  rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
 
@@ -94,7 +94,7 @@ start() {
       [ -f "$system/proxy.yaml" ] && config="$system/proxy.yaml"
       # shellcheck disable=SC2046 # nodeopt holds node options, split on purpose
       taskset -c 0 node $(cat "$system/nodeopt" 2>/dev/null) "$system/dist/src/cli.js" serve --config "$config" \
-        --listen "127.0.0.1:$port" --admin-listen off >>"${TMPDIR:-/tmp}/peers-paired-events-$port.log" 2>&1 &
+        --listen "127.0.0.1:$port" --admin-listen off >>"$TMP/events-$port.log" 2>&1 &
       ;;
   esac
   echo $!

@@ -77,12 +77,15 @@ export function parseConnectHead(buffer: Buffer, maxBytes: number, searchFrom = 
     if (!FIELD_VALUE.test(value)) return { kind: 'invalid', reason: `invalid character in header ${name}` };
     const lower = name.toLowerCase();
     if (lower === 'transfer-encoding' || (lower === 'content-length' && value !== '0')) {
-      return { kind: 'invalid', reason: 'a CONNECT request has no body' };
+      return { kind: 'invalid', reason: CONNECT_HAS_NO_BODY };
     }
     rawHeaders.push(name, value);
   }
   return { kind: 'complete', target: requestLine[1] as string, rawHeaders, length };
 }
+
+/** Why a CONNECT head announcing a body is refused (here, and by server.ts for one node:http read). */
+export const CONNECT_HAS_NO_BODY = 'a CONNECT request has no body';
 
 const BAD_REQUEST_LINE = { kind: 'invalid', reason: 'malformed CONNECT request line' } as const;
 

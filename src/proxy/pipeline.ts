@@ -55,8 +55,9 @@ export const WAITING_HEAD_BYTES = 32 * 1024;
 interface Pipeline {
   /** Requests admitted and not yet answered (their responses not closed). */
   readonly inFlight: Set<IncomingMessage>;
-  readonly waiting: Array<[IncomingMessage, ServerResponse]>;
-  /** The head bytes of those waiting (headBytes). */
+  /** Each with its head's bytes (headBytes), counted once. */
+  readonly waiting: Array<[IncomingMessage, ServerResponse, number]>;
+  /** The head bytes of those waiting, together. */
   waitingHeadBytes: number;
   /** Serves the CONNECT (or Upgrade) node:http read after the requests above: nothing is read after it. */
   lastHead: (() => void) | null;
@@ -96,7 +97,7 @@ export function admitPipelined(req: IncomingMessage, res: ServerResponse, serve:
       socket.destroy();
       return;
     }
-    pipeline.waiting.push([req, res]);
+    pipeline.waiting.push([req, res, bytes]);
     pipeline.waitingHeadBytes += bytes;
     socket.pause();
     // A body waiting its turn stays in the socket. Bodiless requests leave it read, so a client
@@ -256,7 +257,7 @@ function next(socket: PipelinedSocket, pipeline: Pipeline, serve: Serve): void {
   if (socket.destroyed || socket.writableEnded) return;
   while (pipeline.inFlight.size < PIPELINE_LIMIT && !socket.writableNeedDrain) {
     const waiting = pipeline.waiting.shift();
-    if (waiting !== undefined) pipeline.waitingHeadBytes -= headBytes(waiting[0]);
+    if (waiting !== undefined) pipeline.waitingHeadBytes -= waiting[2];
     // None left waiting: the socket is read again (the body of the request served now may be
     // still to come).
     if (pipeline.waiting.length === 0 && pipeline.lastHead === null) releaseReads(socket);

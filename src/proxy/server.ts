@@ -29,6 +29,7 @@ import type { ErrorCode } from './answers.js';
 import { Admission } from './admission.js';
 import type { AdmissionOptions } from './admission.js';
 import { ConnectPath, destroyOnError } from './connect.js';
+import { CONNECT_HAS_NO_BODY } from './connect-head.js';
 import { armHeadDeadline, clearHeadDeadline, endHeadDeadlines, readConnectionStart } from './connection-start.js';
 import type { ConnectionStartHandlers, ConnectionStartLimits } from './connection-start.js';
 import { cutForClientError, PlainHttpPath } from './forward.js';
@@ -119,7 +120,7 @@ export class ProxyServer {
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       this.lastHead(socket, head.length, (early) => {
         // As connect-head.ts refuses it on a connection's first head (red team 30: node:http took it).
-        if (declaresBody(req.headers)) this.refuseHead(socket, 'bad_request', 'malformed request (a CONNECT request has no body)');
+        if (declaresBody(req.headers)) this.refuseHead(socket, 'bad_request', `malformed request (${CONNECT_HAS_NO_BODY})`);
         else this.connect.serve(req.url ?? '', req.rawHeaders, socket as Socket, early.length === 0 ? head : Buffer.concat([head, early]));
       });
     });

@@ -270,6 +270,29 @@ t.test(`waiting heads over ${WAITING_HEAD_BYTES} bytes close the connection; one
   t.notOk(one.destroyed, 'and the connection stays');
   one.destroy();
 
+  // The budget counts the heads waiting now, not every head the connection ever queued: two
+  // rounds on one connection, each with heads waiting within the budget, are both served.
+  const rounds = connect({ host: '127.0.0.1', port: proxy.port });
+  rounds.on('error', () => {});
+  let roundAnswers = '';
+  rounds.on('data', (d: Buffer) => (roundAnswers += d.toString('latin1')));
+  const third = Math.floor(WAITING_HEAD_BYTES / 3);
+  for (let round = 0; round < 2; round++) {
+    const from = held.length;
+    rounds.write(padded(`/r${round}a`, 10) + padded(`/r${round}b`, third) + padded(`/r${round}c`, third));
+    for (let i = 0; i < 3; i++) {
+      const until = performance.now() + 3000;
+      while (held.length <= from + i && performance.now() < until && !rounds.destroyed) await new Promise((r) => setTimeout(r, 5));
+      held[from + i]?.end(`round ${round} answer ${i}`);
+    }
+  }
+  const roundsDeadline = performance.now() + 3000;
+  while (!roundAnswers.includes('round 1 answer 2') && performance.now() < roundsDeadline && !rounds.destroyed)
+    await new Promise((r) => setTimeout(r, 20));
+  t.match(roundAnswers, /round 1 answer 2/, 'a second round of waiting heads is served as the first was');
+  t.notOk(rounds.destroyed, 'on the same connection');
+  rounds.destroy();
+
   // Heads adding up past the budget: closed, and nothing behind the first decided.
   const decisionsBefore = proxy.events('egress.decision').length;
   const over = connect({ host: '127.0.0.1', port: proxy.port });
